@@ -1,0 +1,193 @@
+/*
+ * main.c — the `relay` multi-call binary: argument parsing and dispatch
+ * only.  Every subcommand takes --help; a bad subcommand or flag exits 2
+ * with a usage line.
+ */
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <nghttp2/nghttp2.h>
+#include <protobuf-c/protobuf-c.h>
+
+#include "relay/relay.h"
+
+#define EXIT_USAGE 2
+
+#define OPT(n, t, f, d, lo, hi, h, mv) \
+  {n, t, offsetof(rly_config, f), d, lo, hi, h, mv}
+
+static const cm_cfg_opt g_serve_opts[] = {
+    OPT("listen", CM_CFG_STRING, listen, "127.0.0.1:8443", 0, 0,
+        "public listener address", "ADDR:PORT"),
+    OPT("tls-cert", CM_CFG_STRING, tls_cert, NULL, 0, 0, "public TLS certificate chain (PEM)",
+        "FILE"),
+    OPT("tls-key", CM_CFG_STRING, tls_key, NULL, 0, 0, "public TLS private key (PEM)", "FILE"),
+    OPT("dev-cert-dir", CM_CFG_STRING, dev_cert_dir, NULL, 0, 0,
+        "generate once and use a self-signed development certificate kept in DIR", "DIR"),
+    OPT("plain", CM_CFG_BOOL, plain, "false", 0, 0,
+        "serve plain HTTP/WS (loopback only unless --allow-public-plain)", NULL),
+    OPT("allow-public-plain", CM_CFG_BOOL, allow_public_plain, "false", 0, 0,
+        "allow --plain on a non-loopback address (TLS terminated by a proxy)", NULL),
+    OPT("client-ca", CM_CFG_STRING, client_ca, NULL, 0, 0,
+        "request client certificates verified by this CA; fingerprints go to the controller",
+        "FILE"),
+    OPT("alpn", CM_CFG_STRING, alpn, "http/1.1", 0, 0, "ALPN protocols offered", "LIST"),
+    OPT("public-url", CM_CFG_STRING, public_url, NULL, 0, 0,
+        "base URL peers use to reach this relay (default from --listen)", "URL"),
+    OPT("node-id", CM_CFG_STRING, node_id, NULL, 0, 0, "this relay's name (default hostname)",
+        "NAME"),
+    OPT("header-timeout", CM_CFG_DURATION, header_timeout_ms, "10s", 100, 600000,
+        "time allowed for a request's headers and body", "DURATION"),
+    OPT("idle-timeout", CM_CFG_DURATION, idle_timeout_ms, "60s", 100, 3600000,
+        "keep-alive idle time before a connection is closed", "DURATION"),
+    OPT("max-connections", CM_CFG_INT, max_connections, "100000", 1, 10000000,
+        "public connections allowed at once", "N"),
+    OPT("max-header-bytes", CM_CFG_SIZE, max_header_bytes, "16KiB", 1024, 1048576,
+        "request line and headers, bytes", "SIZE"),
+    OPT("max-headers", CM_CFG_INT, max_headers, "64", 8, 1024, "request headers allowed", "N"),
+    OPT("max-body", CM_CFG_SIZE, max_body, "64KiB", 0, 16777216, "request body, bytes", "SIZE"),
+    OPT("max-url", CM_CFG_SIZE, max_url, "8KiB", 256, 65536, "request target, bytes", "SIZE"),
+    OPT("shutdown-grace", CM_CFG_DURATION, shutdown_grace_ms, "10s", 0, 3600000,
+        "on SIGTERM, how long live connections may finish", "DURATION"),
+    OPT("metrics", CM_CFG_STRING, metrics, "loopback", 0, 0,
+        "who may read /metrics: public, loopback or off", "MODE"),
+    OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error",
+        "LEVEL"),
+};
+
+static const cm_cfg_spec g_serve_spec = {
+    "relay serve [options]",
+    "Run the public relay: HTTPS and WebSocket on --listen, with a health probe at /healthz.",
+    g_serve_opts, CM_ARRAY_LEN(g_serve_opts)};
+
+/* ---- serve ------------------------------------------------------------------ */
+
+typedef struct serve_ctx {
+  uv_loop_t *loop;
+  rly_server *srv;
+  uv_signal_t sigint, sigterm;
+  int signals;
+} serve_ctx;
+
+static void on_shutdown_done(void *ud) {
+  serve_ctx *x = ud;
+  uv_close((uv_handle_t *)&x->sigint, NULL);
+  uv_close((uv_handle_t *)&x->sigterm, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  serve_ctx *x = h->data;
+  if (++x->signals > 1) {
+    cm_log(CM_LOG_WARN, "relay", "second signal: exiting now", CM_I("signal", signum));
+    exit(1);
+  }
+  cm_log(CM_LOG_INFO, "relay", "signal received", CM_I("signal", signum));
+  rly_server_shutdown(x->srv, on_shutdown_done, x);
+}
+
+static int cmd_serve(int argc, char **argv) {
+  rly_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  char err[512];
+  int rc = cm_config_load(&g_serve_spec, &cfg, argc, argv, NULL, err, sizeof err);
+  if (rc == CM_CFG_HELP) {
+    cm_config_print_help(&g_serve_spec, stdout);
+    cm_config_free(&g_serve_spec, &cfg);
+    return 0;
+  }
+  if (rc != CM_CFG_OK) {
+    fprintf(stderr, "relay serve: %s\nUsage: %s (see --help)\n", err, g_serve_spec.usage);
+    cm_config_free(&g_serve_spec, &cfg);
+    return EXIT_USAGE;
+  }
+  cm_log_level lvl;
+  if (cm_log_level_parse(cfg.log_level, &lvl) != 0) {
+    fprintf(stderr, "relay serve: log-level must be debug, info, warn or error\n");
+    cm_config_free(&g_serve_spec, &cfg);
+    return EXIT_USAGE;
+  }
+  cm_log_set_level(lvl);
+  signal(SIGPIPE, SIG_IGN);
+
+  serve_ctx x = {.loop = uv_default_loop()};
+  x.srv = rly_server_new(x.loop, &cfg, err, sizeof err);
+  if (!x.srv || rly_server_start(x.srv, err, sizeof err) != 0) {
+    cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
+    if (x.srv) {
+      uv_run(x.loop, UV_RUN_NOWAIT);
+      rly_server_free(x.srv);
+    }
+    cm_config_free(&g_serve_spec, &cfg);
+    return 1;
+  }
+  uv_signal_init(x.loop, &x.sigint);
+  uv_signal_init(x.loop, &x.sigterm);
+  x.sigint.data = x.sigterm.data = &x;
+  uv_signal_start(&x.sigint, on_signal, SIGINT);
+  uv_signal_start(&x.sigterm, on_signal, SIGTERM);
+  uv_run(x.loop, UV_RUN_DEFAULT);
+  rly_server_free(x.srv);
+  uv_loop_close(x.loop);
+  cm_config_free(&g_serve_spec, &cfg);
+  return 0;
+}
+
+/* ---- version ------------------------------------------------------------------ */
+
+static int cmd_version(int argc, char **argv) {
+  for (int i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      printf("Usage: relay version\n\nPrint the version, git commit, build date and the "
+             "versions of the linked libraries.\n");
+      return 0;
+    }
+    fprintf(stderr, "relay version: unexpected argument \"%s\"\nUsage: relay version\n", argv[i]);
+    return EXIT_USAGE;
+  }
+  printf("relay %s (commit %s, built %s)\n", rly_version(), rly_git_commit(), rly_build_date());
+  printf("  libuv %s\n  %s\n  nghttp2 %s\n  protobuf-c %s\n  jansson %s\n", uv_version_string(),
+         cm_openssl_version(), nghttp2_version(0)->version_str, protobuf_c_version(),
+         JANSSON_VERSION);
+  return 0;
+}
+
+/* ---- dispatch ------------------------------------------------------------------- */
+
+typedef struct subcmd {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} subcmd;
+
+static const subcmd g_cmds[] = {
+    {"serve", cmd_serve, "run the relay"},
+    {"version", cmd_version, "print version and library versions"},
+};
+
+static void usage(FILE *out) {
+  fprintf(out, "Usage: relay <command> [options]\n\nCommands:\n");
+  for (size_t i = 0; i < CM_ARRAY_LEN(g_cmds); i++)
+    fprintf(out, "  %-10s %s\n", g_cmds[i].name, g_cmds[i].summary);
+  fprintf(out, "\nRun 'relay <command> --help' for the options of a command.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    usage(stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "--version")) return cmd_version(0, NULL);
+  for (size_t i = 0; i < CM_ARRAY_LEN(g_cmds); i++)
+    if (!strcmp(argv[1], g_cmds[i].name)) return g_cmds[i].run(argc - 2, argv + 2);
+  fprintf(stderr, "relay: unknown command \"%s\"\n", argv[1]);
+  usage(stderr);
+  return EXIT_USAGE;
+}

@@ -1,0 +1,423 @@
+/*
+ * common.h — the small shared plumbing every other library of relay stands
+ * on, and nothing else: structured logging with secret redaction, layered
+ * configuration (flags > RELAY_* environment > JSON file > defaults),
+ * base64url, CSPRNG tokens, time, bounded byte buffers, and `cm_stream`, one
+ * abstraction for a plain or TLS TCP connection on libuv (OpenSSL 3 over
+ * memory BIOs) used by the public listener, the controller tunnel and every
+ * client we write.
+ *
+ * Conventions (shared by all libraries of the project):
+ *  - Prefix per library: cm_ here, tun_ in tunnel/, ctl_ in controller-stub/,
+ *    rly_ in relay/.  Objects are made by x_new and released by x_free (or
+ *    x_close for handles whose release is asynchronous, as in libuv).
+ *  - Errors are negative return codes (negated errno or libuv codes) and,
+ *    where a caller needs words, a message written into a caller buffer.
+ *    Nothing here calls exit().
+ *  - Every queue has a limit.  cm_buf has a hard cap; cm_stream reports its
+ *    write-queue size and signals watermarks so callers apply backpressure.
+ */
+#ifndef RELAY_COMMON_H
+#define RELAY_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define CM_UNUSED(x) ((void)(x))
+#define CM_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define CM_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* ------------------------------------------------------------------------
+ * Intrusive doubly-linked list (circular, with a sentinel head).
+ * ---------------------------------------------------------------------- */
+typedef struct cm_list {
+  struct cm_list *prev, *next;
+} cm_list;
+
+#define cm_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+static inline void cm_list_init(cm_list *l) { l->prev = l->next = l; }
+static inline bool cm_list_empty(const cm_list *l) { return l->next == l; }
+static inline bool cm_list_linked(const cm_list *n) { return n->next != NULL && n->next != n; }
+static inline void cm_list_push_back(cm_list *head, cm_list *n) {
+  n->prev = head->prev;
+  n->next = head;
+  head->prev->next = n;
+  head->prev = n;
+}
+static inline void cm_list_remove(cm_list *n) {
+  if (!n->next) return;
+  n->prev->next = n->next;
+  n->next->prev = n->prev;
+  n->prev = n->next = n;
+}
+
+/* ------------------------------------------------------------------------
+ * Logging: one JSON object per line on stderr:
+ *   {"time":"2026-11-21T10:00:00.123Z","level":"info","component":"http",
+ *    "msg":"request","method":"GET","path":"/relay/x?token=REDACTED"}
+ * Fields are typed; CM_URL fields have secret query values redacted and
+ * CM_SECRET fields are never printed.  Thread-safe (one write(2) a line).
+ * ---------------------------------------------------------------------- */
+typedef enum { CM_LOG_DEBUG = 0, CM_LOG_INFO, CM_LOG_WARN, CM_LOG_ERROR, CM_LOG_OFF } cm_log_level;
+
+typedef enum { CM_F_STR = 1, CM_F_INT, CM_F_URL, CM_F_BOOL } cm_field_type;
+
+typedef struct cm_field {
+  const char *key;
+  cm_field_type type;
+  const char *s;
+  long long i;
+} cm_field;
+
+#define CM_S(k, v) ((cm_field){(k), CM_F_STR, (v), 0})
+#define CM_I(k, v) ((cm_field){(k), CM_F_INT, NULL, (long long)(v)})
+#define CM_URL(k, v) ((cm_field){(k), CM_F_URL, (v), 0})
+#define CM_B(k, v) ((cm_field){(k), CM_F_BOOL, NULL, (v) ? 1 : 0})
+
+void cm_log_set_level(cm_log_level level);
+cm_log_level cm_log_get_level(void);
+/* Parses "debug|info|warn|error|off"; returns -1 when unknown. */
+int cm_log_level_parse(const char *s, cm_log_level *out);
+/* Redirects log lines (tests); fd -1 restores stderr. */
+void cm_log_set_fd(int fd);
+void cm_log_fields(cm_log_level level, const char *component, const char *msg,
+                   const cm_field *fields, size_t nfields);
+
+#define cm_log(level, component, msg, ...)                                         \
+  do {                                                                             \
+    if ((level) >= cm_log_get_level()) {                                           \
+      const cm_field cm_f_[] = {CM_S(NULL, NULL), ##__VA_ARGS__};                  \
+      cm_log_fields((level), (component), (msg), cm_f_ + 1, CM_ARRAY_LEN(cm_f_) - 1); \
+    }                                                                              \
+  } while (0)
+
+/* Copies `url` into `out` with the value of every secret-bearing query
+ * parameter (token, access_token, id_token, jwt, code, secret, password,
+ * key) replaced by REDACTED.  Always NUL-terminates; truncates if needed. */
+void cm_redact_url(const char *url, char *out, size_t outlen);
+
+/* ------------------------------------------------------------------------
+ * Configuration.  A program describes its settings in a table; cm_config
+ * fills a struct from, in rising precedence: defaults, a JSON file
+ * (--config FILE or RELAY_CONFIG), RELAY_<NAME> environment variables and
+ * --name[=value] flags.  Every value is validated; errors name the setting.
+ * ---------------------------------------------------------------------- */
+typedef enum {
+  CM_CFG_STRING = 1, /* char * (heap; freed by cm_config_free) */
+  CM_CFG_INT,        /* long long, with [min, max] */
+  CM_CFG_BOOL,       /* bool; a flag with no value means true */
+  CM_CFG_DURATION,   /* long long milliseconds; "250ms", "30s", "5m", "2h"; bare = seconds */
+  CM_CFG_SIZE,       /* long long bytes; "64KiB", "1MiB", "1G"; bare = bytes */
+  CM_CFG_LIST,       /* cm_strlist; flag repeatable, env comma-separated, JSON array */
+} cm_cfg_type;
+
+typedef struct cm_strlist {
+  char **v;
+  size_t n;
+} cm_strlist;
+
+typedef struct cm_cfg_opt {
+  const char *name; /* flag name: "listen" -> --listen, RELAY_LISTEN, "listen" */
+  cm_cfg_type type;
+  size_t offset;    /* offsetof(config struct, field) */
+  const char *def;  /* default as text, NULL for none */
+  long long min, max; /* for INT/DURATION/SIZE; both 0 means unbounded */
+  const char *help;
+  const char *metavar; /* shown in --help, e.g. "ADDR:PORT" */
+} cm_cfg_opt;
+
+typedef struct cm_cfg_spec {
+  const char *usage;   /* "relay serve [options]" */
+  const char *summary; /* one paragraph shown by --help */
+  const cm_cfg_opt *opts;
+  size_t nopts;
+} cm_cfg_spec;
+
+enum { CM_CFG_OK = 0, CM_CFG_HELP = 1, CM_CFG_ERROR = -1 };
+
+/* Parses argv (without the program/subcommand words).  Returns CM_CFG_OK,
+ * CM_CFG_HELP when --help/-h was given, or CM_CFG_ERROR with a message in
+ * err.  Positional arguments are refused unless `positional` is non-NULL,
+ * in which case they are appended to it. */
+int cm_config_load(const cm_cfg_spec *spec, void *cfg, int argc, char **argv,
+                   cm_strlist *positional, char *err, size_t errlen);
+void cm_config_free(const cm_cfg_spec *spec, void *cfg);
+void cm_config_print_help(const cm_cfg_spec *spec, FILE *out);
+
+void cm_strlist_free(cm_strlist *l);
+int cm_strlist_push(cm_strlist *l, const char *s);
+
+/* Parsers used by cm_config, exposed for other text inputs. */
+int cm_parse_duration_ms(const char *s, long long *out);
+int cm_parse_size(const char *s, long long *out);
+/* "host:port", "[v6]:port" or ":port" (host defaults to def_host). */
+int cm_parse_hostport(const char *s, const char *def_host, char *host, size_t hostlen, int *port);
+/* Resolves a numeric host:port into a sockaddr (no DNS). */
+int cm_sockaddr_from(const char *host, int port, struct sockaddr_storage *out);
+/* True when the numeric host is a loopback address. */
+bool cm_host_is_loopback(const char *host);
+
+/* ------------------------------------------------------------------------
+ * base64url (RFC 4648 §5), no padding on output, padding tolerated on input.
+ * ---------------------------------------------------------------------- */
+size_t cm_b64url_encoded_len(size_t n);
+/* Writes NUL-terminated text; returns its length, or 0 if outlen too small. */
+size_t cm_b64url_encode(const uint8_t *in, size_t n, char *out, size_t outlen);
+/* Returns decoded length or -1 on invalid input / short buffer. */
+long cm_b64url_decode(const char *in, size_t n, uint8_t *out, size_t outlen);
+
+/* ------------------------------------------------------------------------
+ * Random identifiers: 128 CSPRNG bits as 22 base64url characters.
+ * ---------------------------------------------------------------------- */
+#define CM_TOKEN_LEN 22
+int cm_random_bytes(uint8_t *out, size_t n);
+int cm_random_token(char out[CM_TOKEN_LEN + 1]);
+/* Uniform in [0, n) from the CSPRNG (for jitter). */
+uint64_t cm_random_below(uint64_t n);
+/* Constant-time equality of two byte strings of the same length. */
+bool cm_ct_equal(const void *a, const void *b, size_t n);
+/* SHA-256 of data as raw bytes and as lowercase hex (65 bytes with NUL). */
+void cm_sha256(const void *data, size_t n, uint8_t out[32]);
+void cm_hex(const uint8_t *in, size_t n, char *out);
+
+/* ------------------------------------------------------------------------
+ * Time.
+ * ---------------------------------------------------------------------- */
+uint64_t cm_now_mono_ms(void);  /* monotonic, for deadlines */
+int64_t cm_now_wall_ms(void);   /* Unix epoch, for timestamps */
+/* "2026-11-21T10:00:00Z" (sec precision, UTC) into out (>= 21 bytes). */
+void cm_rfc3339(int64_t unix_seconds, char *out, size_t outlen);
+/* RFC 7231 IMF-fixdate for the HTTP Date header (>= 30 bytes). */
+void cm_http_date(int64_t unix_seconds, char *out, size_t outlen);
+
+/* ------------------------------------------------------------------------
+ * cm_buf: a contiguous byte buffer with a read offset and a hard cap.
+ * ---------------------------------------------------------------------- */
+typedef struct cm_buf {
+  uint8_t *data;
+  size_t off; /* first unread byte */
+  size_t len; /* bytes in use from data[0] (so unread = len - off) */
+  size_t cap; /* allocated */
+  size_t max; /* hard limit on unread bytes; 0 = unlimited */
+} cm_buf;
+
+void cm_buf_init(cm_buf *b, size_t max);
+void cm_buf_free(cm_buf *b);
+static inline size_t cm_buf_size(const cm_buf *b) { return b->len - b->off; }
+/* Never NULL (an empty buffer yields a pointer to a static empty byte). */
+static inline const uint8_t *cm_buf_head(const cm_buf *b) {
+  static const uint8_t empty[1];
+  return b->data ? b->data + b->off : empty;
+}
+/* Appends; returns -ENOBUFS when it would pass the cap, -ENOMEM on OOM. */
+int cm_buf_append(cm_buf *b, const void *data, size_t n);
+int cm_buf_printf(cm_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void cm_buf_consume(cm_buf *b, size_t n);
+void cm_buf_reset(cm_buf *b);
+/* Reserves room for n more bytes and returns where to write them. */
+uint8_t *cm_buf_reserve(cm_buf *b, size_t n);
+void cm_buf_commit(cm_buf *b, size_t n);
+
+/* ------------------------------------------------------------------------
+ * Files.
+ * ---------------------------------------------------------------------- */
+/* Writes data to path atomically (temp file, fsync, rename, fsync dir) with
+ * the given mode.  With exclusive, fails with -EEXIST if path exists. */
+int cm_write_file_atomic(const char *path, const void *data, size_t n, unsigned mode,
+                         bool exclusive);
+/* Reads a whole file (up to max bytes) into a NUL-terminated heap buffer. */
+int cm_read_file(const char *path, size_t max, char **out, size_t *outlen);
+/* mkdir -p with mode for missing components. */
+int cm_mkdir_p(const char *path, unsigned mode);
+
+/* ------------------------------------------------------------------------
+ * TLS contexts.
+ * ---------------------------------------------------------------------- */
+typedef struct cm_tls_ctx cm_tls_ctx;
+
+typedef struct cm_tls_config {
+  const char *cert_file;  /* PEM chain; required for servers */
+  const char *key_file;   /* PEM private key */
+  const char *ca_file;    /* trust anchors: clients verify servers with it,
+                             servers verify client certificates with it */
+  bool verify_peer;       /* client: verify server (default true via
+                             cm_tls_config_init); server: request a client cert */
+  bool require_peer_cert; /* server: fail the handshake without one */
+  const char *alpn;       /* comma list in preference order: "h2,http/1.1" */
+  bool system_ca;         /* client: also trust the system store */
+} cm_tls_config;
+
+void cm_tls_config_init(cm_tls_config *c);
+cm_tls_ctx *cm_tls_ctx_new_server(const cm_tls_config *c, char *err, size_t errlen);
+cm_tls_ctx *cm_tls_ctx_new_client(const cm_tls_config *c, char *err, size_t errlen);
+void cm_tls_ctx_free(cm_tls_ctx *ctx);
+/* Underlying SSL_CTX (for callers that need extra verification hooks). */
+void *cm_tls_ctx_ssl_ctx(cm_tls_ctx *ctx);
+
+/* ------------------------------------------------------------------------
+ * cm_stream: a TCP (or AF_UNIX) connection, plain or TLS, on a libuv loop.
+ *
+ * Life cycle: made by cm_stream_accept / cm_stream_connect / cm_stream_open_fd,
+ * it reports on_open once the TLS handshake is done (at once for plain),
+ * on_read for plaintext, on_drain when the write queue falls below the low
+ * watermark after having reached the high one, and exactly one on_close,
+ * after which the stream is freed.  Callbacks may call any cm_stream
+ * function, including cm_stream_close, on the same stream.
+ * ---------------------------------------------------------------------- */
+typedef struct cm_stream cm_stream;
+
+typedef struct cm_stream_cbs {
+  void (*on_open)(cm_stream *s);
+  void (*on_read)(cm_stream *s, uint8_t *data, size_t len); /* bytes are the callee's to modify (e.g. unmask in place) until it returns */
+  void (*on_drain)(cm_stream *s);
+  /* err: 0 on orderly close, else a negative code; msg says why. */
+  void (*on_close)(cm_stream *s, int err, const char *msg);
+} cm_stream_cbs;
+
+typedef struct cm_stream_opts {
+  cm_tls_ctx *tls;              /* NULL: plain */
+  const char *sni;              /* client: server name to send and verify */
+  uint32_t handshake_timeout_ms;/* 0: 10 s */
+  size_t high_watermark;        /* 0: 256 KiB */
+  size_t low_watermark;         /* 0: high / 4 */
+  size_t max_write_queue;       /* hard cap; 0: 16 * high.  Writes past it fail */
+  bool keepalive;               /* TCP keepalive + TCP_USER_TIMEOUT */
+  uint32_t keepalive_s;         /* idle seconds before probes; 0: 30 */
+} cm_stream_opts;
+
+enum {
+  CM_EHANDSHAKE = -10001, /* TLS handshake failed */
+  CM_ETIMEOUT = -10002,   /* handshake timeout */
+  CM_EQUEUE = -10003,     /* write queue cap exceeded */
+  CM_ETLS = -10004,       /* TLS error after handshake */
+  CM_ECLOSED = -10005,    /* operation on a closing stream */
+};
+
+/* Accepts a pending connection from a listening server handle. */
+cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o,
+                            const cm_stream_cbs *cbs, void *ud, int *err);
+/* Connects to a numeric address; on_open after connect (+ handshake). */
+cm_stream *cm_stream_connect(uv_loop_t *loop, const struct sockaddr *addr,
+                             const cm_stream_opts *o, const cm_stream_cbs *cbs, void *ud,
+                             int *err);
+/* Wraps a connected socket fd (socketpair for the in-process transport).
+ * is_server selects the TLS role when o->tls is set. */
+cm_stream *cm_stream_open_fd(uv_loop_t *loop, int fd, bool is_server,
+                             const cm_stream_opts *o, const cm_stream_cbs *cbs, void *ud,
+                             int *err);
+
+void *cm_stream_get_data(const cm_stream *s);
+void cm_stream_set_data(cm_stream *s, void *ud);
+void cm_stream_set_cbs(cm_stream *s, const cm_stream_cbs *cbs);
+uv_loop_t *cm_stream_loop(const cm_stream *s);
+
+/* Queues bytes (copied).  Returns 0, CM_EQUEUE past the hard cap (the
+ * stream is then closed), or CM_ECLOSED. */
+int cm_stream_write(cm_stream *s, const void *data, size_t len);
+/* Gathers several pieces into one write. */
+int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n);
+/* Bytes accepted by cm_stream_write not yet handed to the kernel. */
+size_t cm_stream_write_queued(const cm_stream *s);
+bool cm_stream_above_high(const cm_stream *s);
+
+void cm_stream_pause(cm_stream *s);
+void cm_stream_resume(cm_stream *s);
+bool cm_stream_paused(const cm_stream *s);
+
+/* Graceful: flush, TLS close_notify, FIN, then close.  Idempotent. */
+void cm_stream_close(cm_stream *s);
+/* Abrupt: drop queued data and reset the connection. */
+void cm_stream_abort(cm_stream *s);
+bool cm_stream_closing(const cm_stream *s);
+
+bool cm_stream_is_tls(const cm_stream *s);
+/* Negotiated ALPN protocol ("" if none). */
+const char *cm_stream_alpn(const cm_stream *s);
+/* SNI the client sent (server side) or NULL. */
+const char *cm_stream_sni(const cm_stream *s);
+/* TLS version string ("TLSv1.3") or NULL for plain. */
+const char *cm_stream_tls_version(const cm_stream *s);
+/* Verified peer certificate: SHA-256 over DER.  False when none. */
+bool cm_stream_peer_fingerprint(const cm_stream *s, uint8_t out[32]);
+/* The verified peer certificate (X509 *), borrowed; NULL when none. */
+void *cm_stream_peer_cert(const cm_stream *s);
+/* Remote address as text "ip:port" (or "local" for AF_UNIX). */
+const char *cm_stream_peer_addr(const cm_stream *s);
+
+/* ------------------------------------------------------------------------
+ * Listening sockets.
+ * ---------------------------------------------------------------------- */
+/* Binds a TCP listener on "host:port" with SO_REUSEADDR.  The handle is
+ * initialised on loop; close it with uv_close.  Port 0 picks a free port;
+ * cm_tcp_bound_port reports it. */
+int cm_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, int backlog,
+                  uv_connection_cb cb, char *err, size_t errlen);
+int cm_tcp_bound_port(const uv_tcp_t *tcp);
+
+/* ------------------------------------------------------------------------
+ * PKI for enrolment and development certificates (OpenSSL 3, ECDSA P-256).
+ * Keys and certificates are OpenSSL objects (EVP_PKEY *, X509 *) passed as
+ * void * so this header needs no OpenSSL includes.  PEM outputs are heap
+ * strings the caller frees.
+ *
+ * Identities: certificates issued by the controller CA carry a URI SAN that
+ * says what they are: CM_PKI_URI_RELAY for relays (serverAuth), and
+ * CM_PKI_URI_CONTROLLER for controllers (clientAuth).  A relay admits a
+ * controller only with the controller identity, so another relay's
+ * certificate is never accepted as a controller.
+ * ---------------------------------------------------------------------- */
+#define CM_PKI_URI_RELAY "urn:relay:role:relay"
+#define CM_PKI_URI_CONTROLLER "urn:relay:role:controller"
+
+enum { CM_PKI_SERVER = 1, CM_PKI_CLIENT = 2, CM_PKI_CA = 4 };
+
+typedef struct cm_pki_issue {
+  const char *cn;          /* subject CN */
+  const cm_strlist *sans;  /* DNS names and IP literals (IPs become iPAddress) */
+  const char *uri;         /* URI SAN identity, or NULL */
+  unsigned usage;          /* CM_PKI_* bits: EKUs serverAuth/clientAuth, or a CA */
+  int days;                /* validity from now (notBefore = now - 5 min) */
+} cm_pki_issue;
+
+/* Loads the PEM key at path; when the file does not exist, makes a P-256
+ * key and writes it with mode 0600 atomically, never replacing a file.  A
+ * file that exists but does not parse is an error, left untouched. */
+int cm_pki_key_load_or_create(const char *path, void **pkey, bool *created, char *err,
+                              size_t errlen);
+int cm_pki_key_load(const char *path, void **pkey, char *err, size_t errlen);
+void cm_pki_key_free(void *pkey);
+/* PEM of the private key (for writing elsewhere) — handle as a secret. */
+int cm_pki_key_pem(void *pkey, char **pem, char *err, size_t errlen);
+/* A self-signed certificate for pkey. */
+int cm_pki_self_signed(void *pkey, const cm_pki_issue *opt, char **pem, char *err, size_t errlen);
+/* A PEM CSR with subject CN, signed by pkey. */
+int cm_pki_csr(void *pkey, const char *cn, char **pem, char *err, size_t errlen);
+/* Verifies the CSR's self-signature, then issues a certificate for its
+ * public key signed by the CA.  Subject, SANs, identity and usage come from
+ * opt (opt->cn NULL: the CSR's CN); nothing else is copied from the CSR. */
+int cm_pki_sign_csr(void *ca_key, const char *ca_cert_pem, const char *csr_pem,
+                    const cm_pki_issue *opt, char **cert_pem, char *err, size_t errlen);
+/* Issues a certificate for a key we hold (e.g. the controller's own). */
+int cm_pki_issue_for_key(void *ca_key, const char *ca_cert_pem, void *subject_key,
+                         const cm_pki_issue *opt, char **cert_pem, char *err, size_t errlen);
+/* Certificate checks on an X509 *. */
+bool cm_pki_cert_has_uri(void *x509, const char *uri);
+bool cm_pki_cert_has_eku(void *x509, unsigned usage);
+
+/* Version strings of the libraries common links. */
+const char *cm_openssl_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

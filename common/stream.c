@@ -1,0 +1,769 @@
+/*
+ * stream.c — cm_stream: one connection, plain or TLS, on a libuv loop.
+ *
+ * TLS runs over a custom BIO rather than memory BIOs: OpenSSL reads
+ * ciphertext straight out of libuv's read buffer (shared per thread, so an
+ * idle connection holds no read buffer at all) and writes records into a
+ * per-stream output buffer that is handed whole to uv_write.  Ciphertext
+ * left over when the reader pauses is kept in `in` (bounded by one read).
+ *
+ * Write accounting: `queued` counts bytes handed to uv_write and not yet
+ * completed.  Crossing high_watermark arms on_drain, fired when the queue
+ * falls to low_watermark; passing max_write_queue closes the stream.
+ *
+ * Closing: close() flushes, sends close_notify, waits for the queue to
+ * drain, half-closes (FIN), then discards input until EOF or a short linger
+ * so the peer reads our last bytes instead of a reset.  abort() resets at
+ * once.  Both end in exactly one on_close, after which the stream is freed.
+ */
+#include "common/common.h"
+#include "common/tls_internal.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define READ_CHUNK 65536
+#define LINGER_MS 1000
+#define CLOSE_TIMEOUT_MS 5000
+
+enum state { S_CONNECTING, S_HANDSHAKE, S_OPEN, S_CLOSING, S_SHUTDOWN, S_CLOSED };
+
+struct cm_stream {
+  union {
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  uv_timer_t timer;
+  uv_connect_t connect_req;
+  uv_shutdown_t shutdown_req;
+  bool is_tcp, is_server;
+  enum state state;
+  int handles_open; /* uv handles still to close before free */
+  cm_stream_cbs cbs;
+  void *ud;
+
+  SSL *ssl;
+  const uint8_t *in_ptr; /* ciphertext the BIO is reading from */
+  size_t in_len;
+  cm_buf in;  /* ciphertext kept while paused */
+  cm_buf out; /* records written by OpenSSL, not yet handed to uv_write */
+  cm_buf pre; /* plaintext written before the handshake finished */
+
+  size_t queued, high, low, maxq;
+  bool above_high;
+  bool paused, reading, eof;
+  int close_err;
+  char close_msg[160];
+  char peer[64];
+  char alpn[32];
+  uint32_t handshake_ms;
+};
+
+typedef struct write_req {
+  uv_write_t req;
+  cm_stream *s;
+  size_t len;
+  uint8_t data[];
+} write_req;
+
+static _Thread_local uint8_t t_readbuf[READ_CHUNK];
+static _Thread_local uint8_t t_plainbuf[READ_CHUNK];
+
+static void finish_close(cm_stream *s);
+static void begin_close(cm_stream *s, int err, const char *msg, bool abrupt);
+static void process_input(cm_stream *s);
+static int flush_out(cm_stream *s);
+
+/* ---- custom BIO ------------------------------------------------------------ */
+
+static BIO_METHOD *g_bio_method;
+static uv_once_t g_bio_once = UV_ONCE_INIT;
+
+static int bio_write(BIO *b, const char *data, int len) {
+  cm_stream *s = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (cm_buf_append(&s->out, data, (size_t)len) != 0) return -1;
+  return len;
+}
+
+static int bio_read(BIO *b, char *buf, int len) {
+  cm_stream *s = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  if (s->in_len == 0) {
+    BIO_set_retry_read(b);
+    return -1;
+  }
+  size_t n = CM_MIN((size_t)len, s->in_len);
+  memcpy(buf, s->in_ptr, n);
+  s->in_ptr += n;
+  s->in_len -= n;
+  return (int)n;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  CM_UNUSED(b);
+  CM_UNUSED(num);
+  CM_UNUSED(ptr);
+  switch (cmd) {
+  case BIO_CTRL_FLUSH:
+    return 1;
+  case BIO_CTRL_PUSH:
+  case BIO_CTRL_POP:
+    return 0;
+  default:
+    return 0;
+  }
+}
+
+static int bio_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static void bio_method_init(void) {
+  g_bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "cm_stream");
+  BIO_meth_set_write(g_bio_method, bio_write);
+  BIO_meth_set_read(g_bio_method, bio_read);
+  BIO_meth_set_ctrl(g_bio_method, bio_ctrl);
+  BIO_meth_set_create(g_bio_method, bio_create);
+}
+
+/* ---- helpers --------------------------------------------------------------- */
+
+static uv_stream_t *uvs(cm_stream *s) { return (uv_stream_t *)&s->h; }
+
+static void tls_error_msg(cm_stream *s, const char *what, char *out, size_t outlen) {
+  unsigned long e = ERR_peek_last_error();
+  char buf[200] = "";
+  long vr = s->ssl ? SSL_get_verify_result(s->ssl) : X509_V_OK;
+  if (vr != X509_V_OK) snprintf(buf, sizeof buf, "certificate verify failed: %s",
+                                X509_verify_cert_error_string(vr));
+  else if (e) ERR_error_string_n(e, buf, sizeof buf);
+  snprintf(out, outlen, "%s%s%s", what, *buf ? ": " : "", buf);
+  ERR_clear_error();
+}
+
+static void set_peer_addr(cm_stream *s) {
+  struct sockaddr_storage ss;
+  int len = sizeof ss;
+  if (!s->is_tcp || uv_tcp_getpeername(&s->h.tcp, (struct sockaddr *)&ss, &len) != 0) {
+    snprintf(s->peer, sizeof s->peer, "local");
+    return;
+  }
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port;
+  if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    uv_ip6_name(a, ip, sizeof ip);
+    port = ntohs(a->sin6_port);
+    snprintf(s->peer, sizeof s->peer, "[%s]:%d", ip, port);
+  } else {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    uv_ip4_name(a, ip, sizeof ip);
+    port = ntohs(a->sin_port);
+    snprintf(s->peer, sizeof s->peer, "%s:%d", ip, port);
+  }
+}
+
+static void tune_tcp(cm_stream *s, const cm_stream_opts *o) {
+  if (!s->is_tcp) return;
+  uv_tcp_nodelay(&s->h.tcp, 1);
+  if (!o || !o->keepalive) return;
+  unsigned idle = o->keepalive_s ? o->keepalive_s : 30;
+  uv_tcp_keepalive(&s->h.tcp, 1, idle);
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&s->h.tcp, &fd) == 0) {
+    /* Unacknowledged data for this long means the peer is gone, even
+     * while keepalive probes would still be pending. */
+    unsigned tmo = idle * 1000 + 10000;
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &tmo, sizeof tmo);
+    int intvl = 5, cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+  }
+}
+
+static cm_stream *stream_alloc(const cm_stream_opts *o, const cm_stream_cbs *cbs, void *ud,
+                               bool is_server) {
+  cm_stream *s = calloc(1, sizeof *s);
+  if (!s) return NULL;
+  s->cbs = *cbs;
+  s->ud = ud;
+  s->is_server = is_server;
+  s->high = o && o->high_watermark ? o->high_watermark : 256 * 1024;
+  s->low = o && o->low_watermark ? o->low_watermark : s->high / 4;
+  s->maxq = o && o->max_write_queue ? o->max_write_queue : 16 * s->high;
+  s->handshake_ms = o && o->handshake_timeout_ms ? o->handshake_timeout_ms : 10000;
+  cm_buf_init(&s->in, 0);
+  cm_buf_init(&s->out, 0);
+  cm_buf_init(&s->pre, s->maxq);
+  return s;
+}
+
+static int setup_tls(cm_stream *s, const cm_stream_opts *o) {
+  if (!o || !o->tls) return 0;
+  uv_once(&g_bio_once, bio_method_init);
+  s->ssl = SSL_new(o->tls->ctx);
+  if (!s->ssl) return -ENOMEM;
+  BIO *b = BIO_new(g_bio_method);
+  if (!b) return -ENOMEM;
+  BIO_set_data(b, s);
+  SSL_set_bio(s->ssl, b, b);
+  if (s->is_server) {
+    SSL_set_accept_state(s->ssl);
+  } else {
+    SSL_set_connect_state(s->ssl);
+    if (o->sni && *o->sni) {
+      SSL_set_tlsext_host_name(s->ssl, o->sni);
+      /* Verify the name we dialled, IP or DNS. */
+      X509_VERIFY_PARAM *vp = SSL_get0_param(s->ssl);
+      if (X509_VERIFY_PARAM_set1_ip_asc(vp, o->sni) != 1) SSL_set1_host(s->ssl, o->sni);
+    }
+  }
+  return 0;
+}
+
+/* ---- timers ------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t) {
+  cm_stream *s = t->data;
+  switch (s->state) {
+  case S_CONNECTING:
+  case S_HANDSHAKE:
+    begin_close(s, CM_ETIMEOUT, "TLS handshake timed out", true);
+    break;
+  case S_OPEN:
+    /* Deferred input after resume. */
+    process_input(s);
+    break;
+  case S_CLOSING:
+  case S_SHUTDOWN:
+    finish_close(s); /* linger or drain deadline passed */
+    break;
+  case S_CLOSED:
+    break;
+  }
+}
+
+/* ---- writes --------------------------------------------------------------- */
+
+static void after_write(uv_write_t *req, int status) {
+  write_req *w = (write_req *)req;
+  cm_stream *s = w->s;
+  s->queued -= w->len;
+  free(w);
+  if (status < 0) {
+    if (s->state < S_CLOSED) begin_close(s, status, uv_strerror(status), true);
+    return;
+  }
+  if (s->state == S_CLOSING && s->queued == 0) {
+    begin_close(s, s->close_err, NULL, false); /* continue the close sequence */
+    return;
+  }
+  if (s->above_high && s->queued <= s->low && s->state == S_OPEN) {
+    s->above_high = false;
+    if (s->cbs.on_drain) s->cbs.on_drain(s);
+  }
+}
+
+/* Hands bytes to the kernel, trying a synchronous write first so the
+ * common case copies nothing. */
+static int raw_write(cm_stream *s, const uv_buf_t *bufs, unsigned n) {
+  size_t total = 0, done = 0;
+  for (unsigned i = 0; i < n; i++) total += bufs[i].len;
+  if (total == 0) return 0;
+  if (s->queued == 0) {
+    int r = uv_try_write(uvs(s), bufs, n);
+    if (r > 0) done = (size_t)r;
+    else if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS) return r;
+  }
+  if (done == total) return 0;
+  size_t left = total - done;
+  if (s->queued + left > s->maxq) return CM_EQUEUE;
+  write_req *w = malloc(sizeof *w + left);
+  if (!w) return -ENOMEM;
+  size_t o = 0, skip = done;
+  for (unsigned i = 0; i < n; i++) {
+    size_t len = bufs[i].len;
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    memcpy(w->data + o, bufs[i].base + skip, len - skip);
+    o += len - skip;
+    skip = 0;
+  }
+  w->s = s;
+  w->len = left;
+  uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)left);
+  int rc = uv_write(&w->req, uvs(s), &b, 1, after_write);
+  if (rc != 0) {
+    free(w);
+    return rc;
+  }
+  s->queued += left;
+  if (s->queued >= s->high) s->above_high = true;
+  return 0;
+}
+
+static int flush_out(cm_stream *s) {
+  if (cm_buf_size(&s->out) == 0) return 0;
+  if (s->state == S_CLOSED) {
+    cm_buf_reset(&s->out);
+    return CM_ECLOSED;
+  }
+  uv_buf_t b = uv_buf_init((char *)cm_buf_head(&s->out), (unsigned)cm_buf_size(&s->out));
+  int rc = raw_write(s, &b, 1);
+  cm_buf_reset(&s->out);
+  /* Large bursts leave a large buffer: give it back once the burst is out. */
+  if (s->out.cap > 4 * READ_CHUNK) cm_buf_free(&s->out);
+  return rc;
+}
+
+static int tls_write(cm_stream *s, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    int chunk = (int)CM_MIN(n, (size_t)1 << 20);
+    int r = SSL_write(s->ssl, p, chunk);
+    if (r <= 0) return CM_ETLS;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n) {
+  if (s->state >= S_CLOSING) return CM_ECLOSED;
+  if (s->state != S_OPEN) {
+    for (size_t i = 0; i < n; i++)
+      if (cm_buf_append(&s->pre, bufs[i].base, bufs[i].len) != 0) return CM_EQUEUE;
+    return 0;
+  }
+  int rc = 0;
+  if (!s->ssl) {
+    rc = raw_write(s, bufs, (unsigned)n);
+  } else {
+    /* Coalesce small pieces so one record carries them, not one each. */
+    uint8_t small[16384];
+    size_t fill = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+      const uint8_t *p = (const uint8_t *)bufs[i].base;
+      size_t len = bufs[i].len;
+      if (fill + len <= sizeof small) {
+        memcpy(small + fill, p, len);
+        fill += len;
+        continue;
+      }
+      if (fill) rc = tls_write(s, small, fill);
+      fill = 0;
+      if (rc == 0) rc = tls_write(s, p, len);
+    }
+    if (rc == 0 && fill) rc = tls_write(s, small, fill);
+    if (rc == 0) rc = flush_out(s);
+  }
+  if (rc != 0) {
+    begin_close(s, rc, rc == CM_EQUEUE ? "write queue limit exceeded" : "write failed", true);
+    return rc;
+  }
+  return 0;
+}
+
+int cm_stream_write(cm_stream *s, const void *data, size_t len) {
+  uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+  return cm_stream_writev(s, &b, 1);
+}
+
+size_t cm_stream_write_queued(const cm_stream *s) { return s->queued + cm_buf_size(&s->pre); }
+bool cm_stream_above_high(const cm_stream *s) { return s->queued >= s->high || s->above_high; }
+
+/* ---- reads ---------------------------------------------------------------- */
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  CM_UNUSED(h);
+  CM_UNUSED(suggested);
+  *buf = uv_buf_init((char *)t_readbuf, sizeof t_readbuf);
+}
+
+static void stop_reading(cm_stream *s) {
+  if (s->reading) {
+    uv_read_stop(uvs(s));
+    s->reading = false;
+  }
+}
+
+static void start_reading(cm_stream *s);
+
+static void handshake_done(cm_stream *s) {
+  const unsigned char *a;
+  unsigned alen;
+  SSL_get0_alpn_selected(s->ssl, &a, &alen);
+  if (alen >= sizeof s->alpn) alen = sizeof s->alpn - 1;
+  memcpy(s->alpn, a, alen);
+  s->alpn[alen] = '\0';
+  s->state = S_OPEN;
+  uv_timer_stop(&s->timer);
+}
+
+static void became_open(cm_stream *s) {
+  if (cm_buf_size(&s->pre) > 0) {
+    cm_buf pre = s->pre;
+    cm_buf_init(&s->pre, s->maxq);
+    cm_stream_write(s, cm_buf_head(&pre), cm_buf_size(&pre));
+    cm_buf_free(&pre);
+  }
+  if (s->state == S_OPEN && s->cbs.on_open) s->cbs.on_open(s);
+}
+
+/* Runs the handshake and reads records while not paused.  Input comes from
+ * in_ptr/in_len (the current uv read), else from the stash `in`. */
+static void tls_pump(cm_stream *s) {
+  if (s->state == S_HANDSHAKE) {
+    int r = SSL_do_handshake(s->ssl);
+    flush_out(s);
+    if (r != 1) {
+      int e = SSL_get_error(s->ssl, r);
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
+      char msg[200];
+      tls_error_msg(s, "TLS handshake failed", msg, sizeof msg);
+      begin_close(s, CM_EHANDSHAKE, msg, true);
+      return;
+    }
+    handshake_done(s);
+    became_open(s);
+  }
+  while (s->state == S_OPEN && !s->paused) {
+    int r = SSL_read(s->ssl, t_plainbuf, sizeof t_plainbuf);
+    if (r > 0) {
+      s->cbs.on_read(s, t_plainbuf, (size_t)r);
+      continue;
+    }
+    int e = SSL_get_error(s->ssl, r);
+    flush_out(s); /* e.g. a KeyUpdate answer */
+    if (e == SSL_ERROR_WANT_READ) break;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      begin_close(s, 0, "peer sent close_notify", false);
+    } else {
+      char msg[200];
+      tls_error_msg(s, "TLS error", msg, sizeof msg);
+      begin_close(s, CM_ETLS, msg, true);
+    }
+    return;
+  }
+  flush_out(s);
+}
+
+static void stash_unread(cm_stream *s) {
+  if (s->in_len == 0) return;
+  /* in_ptr may point into `in` itself; move, don't append onto ourselves. */
+  if (s->in_ptr >= s->in.data && s->in_ptr < s->in.data + s->in.len) {
+    cm_buf_consume(&s->in, (size_t)(s->in_ptr - cm_buf_head(&s->in)));
+  } else {
+    cm_buf_append(&s->in, s->in_ptr, s->in_len);
+  }
+  s->in_len = 0;
+  s->in_ptr = NULL;
+}
+
+static void process_input(cm_stream *s) {
+  if (!s->ssl || s->state >= S_CLOSING) return;
+  if (cm_buf_size(&s->in) > 0 && s->in_len == 0) {
+    s->in_ptr = cm_buf_head(&s->in);
+    s->in_len = cm_buf_size(&s->in);
+    tls_pump(s);
+    if (s->state >= S_CLOSED) return;
+    size_t used = (size_t)(s->in_ptr - cm_buf_head(&s->in));
+    cm_buf_consume(&s->in, used);
+    s->in_len = 0;
+    if (cm_buf_size(&s->in) == 0) cm_buf_free(&s->in);
+  }
+  if (!s->paused && s->state == S_OPEN) start_reading(s);
+}
+
+static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
+  cm_stream *s = h->data;
+  if (nread == 0) return;
+  if (nread < 0) {
+    if (s->state == S_SHUTDOWN) {
+      finish_close(s); /* linger ended: peer closed too */
+    } else if (nread == UV_EOF) {
+      bool clean = !s->ssl || (SSL_get_shutdown(s->ssl) & SSL_RECEIVED_SHUTDOWN);
+      s->eof = true;
+      begin_close(s, clean ? 0 : UV_EOF,
+                  clean ? "peer closed" : "peer closed without close_notify", !clean);
+    } else {
+      begin_close(s, (int)nread, uv_strerror((int)nread), true);
+    }
+    return;
+  }
+  if (s->state >= S_CLOSING) return; /* discarding while lingering */
+  if (!s->ssl) {
+    s->cbs.on_read(s, (uint8_t *)buf->base, (size_t)nread);
+    return;
+  }
+  s->in_ptr = (const uint8_t *)buf->base;
+  s->in_len = (size_t)nread;
+  tls_pump(s);
+  if (s->state < S_CLOSING && s->in_len > 0) stash_unread(s);
+  s->in_len = 0;
+}
+
+static void start_reading(cm_stream *s) {
+  if (s->reading || s->state >= S_CLOSED || s->eof) return;
+  if (uv_read_start(uvs(s), alloc_cb, read_cb) == 0) s->reading = true;
+}
+
+void cm_stream_pause(cm_stream *s) {
+  s->paused = true;
+  if (s->state <= S_OPEN) stop_reading(s);
+}
+
+void cm_stream_resume(cm_stream *s) {
+  if (!s->paused) return;
+  s->paused = false;
+  if (s->state != S_OPEN) return;
+  if (cm_buf_size(&s->in) > 0) {
+    /* Deliver stashed records from the loop, not from inside the
+     * caller's callback (which may belong to another stream). */
+    uv_timer_start(&s->timer, on_timer, 0, 0);
+  } else {
+    start_reading(s);
+  }
+}
+
+bool cm_stream_paused(const cm_stream *s) { return s->paused; }
+
+/* ---- open ----------------------------------------------------------------- */
+
+static void handles_init_common(cm_stream *s, uv_loop_t *loop) {
+  uv_timer_init(loop, &s->timer);
+  s->timer.data = s;
+  s->h.tcp.data = s;
+  s->handles_open = 2;
+}
+
+static void start_session(cm_stream *s) {
+  set_peer_addr(s);
+  if (s->ssl) {
+    s->state = S_HANDSHAKE;
+    uv_timer_start(&s->timer, on_timer, s->handshake_ms, 0);
+    start_reading(s);
+    if (!s->is_server) tls_pump(s); /* ClientHello */
+    return;
+  }
+  s->state = S_OPEN;
+  start_reading(s);
+  became_open(s);
+}
+
+cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o,
+                            const cm_stream_cbs *cbs, void *ud, int *err) {
+  cm_stream *s = stream_alloc(o, cbs, ud, true);
+  if (!s) {
+    *err = -ENOMEM;
+    return NULL;
+  }
+  s->is_tcp = server->type == UV_TCP;
+  if (s->is_tcp) uv_tcp_init(server->loop, &s->h.tcp);
+  else uv_pipe_init(server->loop, &s->h.pipe, 0);
+  handles_init_common(s, server->loop);
+  int rc = uv_accept(server, uvs(s));
+  if (rc == 0) rc = setup_tls(s, o);
+  if (rc != 0) {
+    *err = rc;
+    s->cbs.on_close = NULL;
+    begin_close(s, rc, "accept failed", true);
+    return NULL;
+  }
+  tune_tcp(s, o);
+  start_session(s);
+  *err = 0;
+  return s;
+}
+
+static void on_connect(uv_connect_t *req, int status) {
+  cm_stream *s = req->data;
+  if (s->state >= S_CLOSING) return;
+  if (status < 0) {
+    begin_close(s, status, uv_strerror(status), true);
+    return;
+  }
+  start_session(s);
+}
+
+cm_stream *cm_stream_connect(uv_loop_t *loop, const struct sockaddr *addr,
+                             const cm_stream_opts *o, const cm_stream_cbs *cbs, void *ud,
+                             int *err) {
+  cm_stream *s = stream_alloc(o, cbs, ud, false);
+  if (!s) {
+    *err = -ENOMEM;
+    return NULL;
+  }
+  s->is_tcp = true;
+  uv_tcp_init(loop, &s->h.tcp);
+  handles_init_common(s, loop);
+  int rc = setup_tls(s, o);
+  s->connect_req.data = s;
+  if (rc == 0) rc = uv_tcp_connect(&s->connect_req, &s->h.tcp, addr, on_connect);
+  if (rc != 0) {
+    *err = rc;
+    s->cbs.on_close = NULL;
+    begin_close(s, rc, "connect failed", true);
+    return NULL;
+  }
+  tune_tcp(s, o);
+  s->state = S_CONNECTING;
+  uv_timer_start(&s->timer, on_timer, s->handshake_ms, 0);
+  *err = 0;
+  return s;
+}
+
+cm_stream *cm_stream_open_fd(uv_loop_t *loop, int fd, bool is_server, const cm_stream_opts *o,
+                             const cm_stream_cbs *cbs, void *ud, int *err) {
+  cm_stream *s = stream_alloc(o, cbs, ud, is_server);
+  if (!s) {
+    *err = -ENOMEM;
+    return NULL;
+  }
+  s->is_tcp = false;
+  uv_pipe_init(loop, &s->h.pipe, 0);
+  handles_init_common(s, loop);
+  int rc = uv_pipe_open(&s->h.pipe, fd);
+  if (rc == 0) rc = setup_tls(s, o);
+  if (rc != 0) {
+    *err = rc;
+    s->cbs.on_close = NULL;
+    begin_close(s, rc, "open failed", true);
+    return NULL;
+  }
+  start_session(s);
+  *err = 0;
+  return s;
+}
+
+/* ---- close ---------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h) {
+  cm_stream *s = h->data;
+  if (--s->handles_open > 0) return;
+  if (s->cbs.on_close) s->cbs.on_close(s, s->close_err, s->close_msg);
+  SSL_free(s->ssl);
+  cm_buf_free(&s->in);
+  cm_buf_free(&s->out);
+  cm_buf_free(&s->pre);
+  free(s);
+}
+
+static void finish_close(cm_stream *s) {
+  if (s->state == S_CLOSED) return;
+  s->state = S_CLOSED;
+  uv_timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+  uv_close((uv_handle_t *)&s->h, on_handle_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  cm_stream *s = req->data;
+  if (s->state != S_SHUTDOWN) return;
+  if (status < 0 || s->eof) {
+    finish_close(s);
+    return;
+  }
+  /* Linger: read and discard until the peer closes or the timer fires. */
+  s->paused = false;
+  start_reading(s);
+  uv_timer_start(&s->timer, on_timer, LINGER_MS, 0);
+}
+
+static void abort_now(cm_stream *s) {
+  if (s->state == S_CLOSED) return;
+  if (s->is_tcp && s->state != S_SHUTDOWN && s->state != S_CONNECTING) {
+    s->state = S_CLOSED;
+    uv_timer_stop(&s->timer);
+    uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    if (uv_tcp_close_reset(&s->h.tcp, on_handle_closed) != 0)
+      uv_close((uv_handle_t *)&s->h, on_handle_closed);
+    return;
+  }
+  finish_close(s);
+}
+
+static void begin_close(cm_stream *s, int err, const char *msg, bool abrupt) {
+  if (s->state == S_CLOSED) return;
+  if (s->state < S_CLOSING) {
+    s->close_err = err;
+    snprintf(s->close_msg, sizeof s->close_msg, "%s", msg ? msg : "closed");
+  }
+  if (abrupt) {
+    abort_now(s);
+    return;
+  }
+  if (s->state == S_SHUTDOWN) return;
+  bool was_open = s->state == S_OPEN;
+  if (s->state < S_CLOSING) {
+    s->state = S_CLOSING;
+    stop_reading(s);
+    if (was_open && s->ssl) {
+      SSL_shutdown(s->ssl); /* queues close_notify */
+      flush_out(s);
+    }
+    uv_timer_start(&s->timer, on_timer, CLOSE_TIMEOUT_MS, 0);
+  }
+  if (s->queued > 0) return; /* after_write continues */
+  if (!was_open && s->state == S_CLOSING && s->eof) {
+    finish_close(s);
+    return;
+  }
+  s->state = S_SHUTDOWN;
+  s->shutdown_req.data = s;
+  if (s->eof || uv_shutdown(&s->shutdown_req, uvs(s), on_shutdown) != 0) finish_close(s);
+}
+
+void cm_stream_close(cm_stream *s) {
+  if (s->state >= S_CLOSING) return;
+  if (s->state != S_OPEN) {
+    begin_close(s, 0, "closed before open", true);
+    return;
+  }
+  begin_close(s, 0, "closed", false);
+}
+
+void cm_stream_abort(cm_stream *s) { begin_close(s, 0, "aborted", true); }
+
+bool cm_stream_closing(const cm_stream *s) { return s->state >= S_CLOSING; }
+
+/* ---- accessors ------------------------------------------------------------ */
+
+void *cm_stream_get_data(const cm_stream *s) { return s->ud; }
+void cm_stream_set_data(cm_stream *s, void *ud) { s->ud = ud; }
+void cm_stream_set_cbs(cm_stream *s, const cm_stream_cbs *cbs) { s->cbs = *cbs; }
+uv_loop_t *cm_stream_loop(const cm_stream *s) { return s->h.tcp.loop; }
+bool cm_stream_is_tls(const cm_stream *s) { return s->ssl != NULL; }
+const char *cm_stream_alpn(const cm_stream *s) { return s->alpn; }
+const char *cm_stream_peer_addr(const cm_stream *s) { return s->peer; }
+
+const char *cm_stream_sni(const cm_stream *s) {
+  return s->ssl ? SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+}
+
+const char *cm_stream_tls_version(const cm_stream *s) {
+  return s->ssl ? SSL_get_version(s->ssl) : NULL;
+}
+
+void *cm_stream_peer_cert(const cm_stream *s) {
+  if (!s->ssl || s->state != S_OPEN) return NULL;
+  X509 *c = SSL_get0_peer_certificate(s->ssl);
+  if (!c || SSL_get_verify_result(s->ssl) != X509_V_OK) return NULL;
+  return c;
+}
+
+bool cm_stream_peer_fingerprint(const cm_stream *s, uint8_t out[32]) {
+  X509 *c = cm_stream_peer_cert(s);
+  if (!c) return false;
+  unsigned int n = 32;
+  return X509_digest(c, EVP_sha256(), out, &n) == 1;
+}

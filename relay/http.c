@@ -1,0 +1,531 @@
+/*
+ * http.c — the HTTP/1.1 server core (see http.h): libhttp-parser drives
+ * parsing; this file adds limits, request assembly, pipelining order and
+ * response formatting.  No I/O happens here.
+ *
+ * Memory: the request line and headers accumulate in one arena (bounded by
+ * max_header_bytes); strings are NUL-terminated in place and the header
+ * table points into the arena once the headers are complete, so a request
+ * costs two allocations however many headers it has.
+ */
+#include "relay/http.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <http_parser.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum piece { P_NONE, P_URL, P_FIELD, P_VALUE };
+
+typedef struct hdr_off {
+  size_t name, value;
+} hdr_off;
+
+struct rly_http_conn {
+  http_parser parser;
+  rly_http_limits lim;
+  rly_http_cbs cbs;
+  void *ud;
+  char server[64];
+
+  cm_buf in;    /* unparsed input */
+  cm_buf arena; /* target, header names and values, path */
+  cm_buf body;
+  hdr_off *hoff;
+  rly_http_header *headers;
+  size_t nheaders;
+  enum piece last;
+  size_t url_off, url_len, header_bytes;
+
+  int error_status; /* set by a callback that aborts parsing */
+  bool in_request, headers_done, complete, busy, closed, upgraded, in_feed;
+  uint64_t requests;
+  rly_http_request req;
+};
+
+static const http_parser_settings g_settings;
+
+void rly_http_limits_default(rly_http_limits *l) {
+  l->max_url = 8192;
+  l->max_header_bytes = 16384;
+  l->max_headers = 64;
+  l->max_body = 1 << 20;
+  l->max_pending_input = 65536;
+}
+
+const char *rly_http_status_text(int status) {
+  switch (status) {
+  case 100: return "Continue";
+  case 101: return "Switching Protocols";
+  case 200: return "OK";
+  case 201: return "Created";
+  case 204: return "No Content";
+  case 301: return "Moved Permanently";
+  case 304: return "Not Modified";
+  case 400: return "Bad Request";
+  case 401: return "Unauthorized";
+  case 403: return "Forbidden";
+  case 404: return "Not Found";
+  case 405: return "Method Not Allowed";
+  case 408: return "Request Timeout";
+  case 409: return "Conflict";
+  case 411: return "Length Required";
+  case 413: return "Content Too Large";
+  case 414: return "URI Too Long";
+  case 415: return "Unsupported Media Type";
+  case 421: return "Misdirected Request";
+  case 426: return "Upgrade Required";
+  case 429: return "Too Many Requests";
+  case 431: return "Request Header Fields Too Large";
+  case 500: return "Internal Server Error";
+  case 501: return "Not Implemented";
+  case 502: return "Bad Gateway";
+  case 503: return "Service Unavailable";
+  case 504: return "Gateway Timeout";
+  case 505: return "HTTP Version Not Supported";
+  default: return "Unknown";
+  }
+}
+
+rly_http_conn *rly_http_conn_new(const rly_http_limits *l, const rly_http_cbs *cbs, void *ud,
+                                 const char *server_name) {
+  rly_http_conn *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  if (l) c->lim = *l;
+  else rly_http_limits_default(&c->lim);
+  c->hoff = calloc(c->lim.max_headers, sizeof *c->hoff);
+  c->headers = calloc(c->lim.max_headers, sizeof *c->headers);
+  if (!c->hoff || !c->headers) {
+    rly_http_conn_free(c);
+    return NULL;
+  }
+  c->cbs = *cbs;
+  c->ud = ud;
+  snprintf(c->server, sizeof c->server, "%s", server_name ? server_name : "relay");
+  http_parser_init(&c->parser, HTTP_REQUEST);
+  c->parser.data = c;
+  cm_buf_init(&c->in, 0);
+  cm_buf_init(&c->arena, c->lim.max_header_bytes + 64);
+  cm_buf_init(&c->body, c->lim.max_body);
+  return c;
+}
+
+void rly_http_conn_free(rly_http_conn *c) {
+  if (!c) return;
+  cm_buf_free(&c->in);
+  cm_buf_free(&c->arena);
+  cm_buf_free(&c->body);
+  free(c->hoff);
+  free(c->headers);
+  free(c);
+}
+
+static void reset_request(rly_http_conn *c) {
+  cm_buf_reset(&c->arena);
+  cm_buf_reset(&c->body);
+  /* Keep-alive connections sit idle most of the time: hold no memory. */
+  if (c->arena.cap > 4096) cm_buf_free(&c->arena), cm_buf_init(&c->arena, c->lim.max_header_bytes + 64);
+  if (c->body.cap > 4096) cm_buf_free(&c->body), cm_buf_init(&c->body, c->lim.max_body);
+  c->nheaders = 0;
+  c->last = P_NONE;
+  c->url_len = c->header_bytes = 0;
+  c->in_request = c->headers_done = c->complete = false;
+  memset(&c->req, 0, sizeof c->req);
+}
+
+/* ---- parser callbacks ------------------------------------------------------ */
+
+static int fail(rly_http_conn *c, int status) {
+  c->error_status = status;
+  return -1;
+}
+
+static int terminate_piece(rly_http_conn *c) {
+  if (c->last == P_NONE) return 0;
+  return cm_buf_append(&c->arena, "", 1) == 0 ? 0 : fail(c, 431);
+}
+
+static int piece(rly_http_conn *c, enum piece kind, const char *at, size_t len) {
+  c->header_bytes += len;
+  if (c->header_bytes > c->lim.max_header_bytes) return fail(c, kind == P_URL ? 414 : 431);
+  if (kind != c->last) {
+    if (terminate_piece(c) != 0) return -1;
+    if (kind == P_FIELD) {
+      if (c->nheaders == c->lim.max_headers) return fail(c, 431);
+      c->hoff[c->nheaders++].name = cm_buf_size(&c->arena);
+    } else if (kind == P_VALUE) {
+      c->hoff[c->nheaders - 1].value = cm_buf_size(&c->arena);
+    } else {
+      c->url_off = cm_buf_size(&c->arena);
+    }
+    c->last = kind;
+  }
+  if (cm_buf_append(&c->arena, at, len) != 0) return fail(c, kind == P_URL ? 414 : 431);
+  return 0;
+}
+
+static int on_message_begin(http_parser *p) {
+  rly_http_conn *c = p->data;
+  c->in_request = true;
+  return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t len) {
+  rly_http_conn *c = p->data;
+  c->url_len += len;
+  if (c->url_len > c->lim.max_url) return fail(c, 414);
+  return piece(c, P_URL, at, len);
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t len) {
+  return piece(p->data, P_FIELD, at, len);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len) {
+  return piece(p->data, P_VALUE, at, len);
+}
+
+static char *trim(char *s) {
+  while (*s == ' ' || *s == '\t') s++;
+  size_t n = strlen(s);
+  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
+  return s;
+}
+
+static int on_headers_complete(http_parser *p) {
+  rly_http_conn *c = p->data;
+  if (c->last == P_FIELD) { /* a name without a value */
+    if (cm_buf_append(&c->arena, "", 1) != 0) return fail(c, 431);
+    c->hoff[c->nheaders - 1].value = cm_buf_size(&c->arena);
+    c->last = P_VALUE;
+  }
+  if (terminate_piece(c) != 0) return -1;
+  /* The path is a separate copy so the raw target stays intact. */
+  size_t path_off = cm_buf_size(&c->arena);
+  const char *target = (const char *)cm_buf_head(&c->arena) + c->url_off;
+  size_t plen = strcspn(target, "?");
+  char tmp[8192 + 1];
+  if (plen >= sizeof tmp) return fail(c, 414);
+  memcpy(tmp, target, plen);
+  tmp[plen] = '\0';
+  if (cm_buf_append(&c->arena, tmp, plen + 1) != 0) return fail(c, 431);
+
+  char *base = (char *)cm_buf_head(&c->arena);
+  for (size_t i = 0; i < c->nheaders; i++) {
+    c->headers[i].name = base + c->hoff[i].name;
+    c->headers[i].value = trim(base + c->hoff[i].value);
+  }
+  rly_http_request *r = &c->req;
+  r->method = http_method_str((enum http_method)p->method);
+  r->target = base + c->url_off;
+  r->path = base + path_off;
+  const char *q = strchr(r->target, '?');
+  r->query = q ? q + 1 : "";
+  r->headers = c->headers;
+  r->nheaders = c->nheaders;
+  r->http_minor = p->http_minor;
+  r->head = p->method == HTTP_HEAD;
+  c->headers_done = true;
+
+  if (p->http_major != 1) return fail(c, 505);
+  if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->lim.max_body) return fail(c, 413);
+  const char *expect = rly_http_header_get(r, "Expect");
+  if (expect && strcasecmp(expect, "100-continue") == 0) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    c->cbs.send(c->ud, cont, sizeof cont - 1);
+  }
+  return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t len) {
+  rly_http_conn *c = p->data;
+  if (cm_buf_append(&c->body, at, len) != 0) return fail(c, 413);
+  return 0;
+}
+
+static int on_message_complete(http_parser *p) {
+  rly_http_conn *c = p->data;
+  c->complete = true;
+  c->req.body = cm_buf_head(&c->body);
+  c->req.body_len = cm_buf_size(&c->body);
+  c->req.keep_alive = http_should_keep_alive(p) != 0;
+  c->req.upgrade = p->upgrade != 0;
+  http_parser_pause(p, 1); /* one request at a time */
+  return 0;
+}
+
+static const http_parser_settings g_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- driving the parser ---------------------------------------------------- */
+
+static const char *error_code(int status) {
+  switch (status) {
+  case 400: return "bad_request";
+  case 408: return "request_timeout";
+  case 413: return "payload_too_large";
+  case 414: return "uri_too_long";
+  case 431: return "request_header_fields_too_large";
+  case 505: return "http_version_not_supported";
+  default: return "error";
+  }
+}
+
+static void protocol_error(rly_http_conn *c, int status, const char *detail) {
+  c->error_status = status; /* forces Connection: close */
+  c->busy = true; /* the error answers the request being parsed */
+  rly_http_respond_error(c, status, error_code(status), detail, NULL);
+}
+
+static void dispatch(rly_http_conn *c) {
+  c->busy = true;
+  c->requests++;
+  if (c->req.upgrade) c->upgraded = true; /* input past here is not HTTP */
+  c->cbs.on_request(c->ud, &c->req);
+}
+
+static void run(rly_http_conn *c) {
+  while (!c->busy && !c->closed && !c->upgraded && cm_buf_size(&c->in) > 0) {
+    size_t avail = cm_buf_size(&c->in);
+    size_t n = http_parser_execute(&c->parser, &g_settings, (const char *)cm_buf_head(&c->in),
+                                   avail);
+    enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+    if (c->complete) {
+      cm_buf_consume(&c->in, n);
+      if (e == HPE_PAUSED) http_parser_pause(&c->parser, 0);
+      dispatch(c);
+      continue;
+    }
+    if (e == HPE_OK && n == avail) {
+      cm_buf_consume(&c->in, n);
+      break;
+    }
+    int status = c->error_status ? c->error_status : 400;
+    if (e == HPE_HEADER_OVERFLOW) status = 431;
+    cm_buf_reset(&c->in);
+    protocol_error(c, status, status == 400 ? http_errno_description(e) : NULL);
+    return;
+  }
+}
+
+int rly_http_feed(rly_http_conn *c, const uint8_t *data, size_t len) {
+  if (c->closed) return 0;
+  if (len > 0 && cm_buf_append(&c->in, data, len) != 0) return -ENOMEM;
+  if (!c->in_feed) {
+    c->in_feed = true;
+    run(c);
+    c->in_feed = false;
+  }
+  /* Pipelined (or post-upgrade) bytes wait while a request is answered;
+   * past the limit the caller stops reading until the answer is out. */
+  return cm_buf_size(&c->in) > c->lim.max_pending_input ? 1 : 0;
+}
+
+/* ---- responses ---------------------------------------------------------------- */
+
+static const char *cached_date(void) {
+  static _Thread_local int64_t last;
+  static _Thread_local char buf[40];
+  int64_t now = cm_now_wall_ms() / 1000;
+  if (now != last) {
+    cm_http_date(now, buf, sizeof buf);
+    last = now;
+  }
+  return buf;
+}
+
+int rly_http_respond(rly_http_conn *c, const rly_http_response *r) {
+  if (c->closed || !c->busy) return -EINVAL;
+  bool close = r->close || !c->req.keep_alive || c->req.upgrade || c->error_status != 0;
+  bool no_body = c->req.head || r->status == 204 || r->status == 304 || r->status < 200;
+  char head[2048];
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s%s",
+                   r->status, rly_http_status_text(r->status), cached_date(), c->server,
+                   r->content_type ? "Content-Type: " : "",
+                   r->content_type ? r->content_type : "", r->content_type ? "\r\n" : "");
+  if (r->status != 204 && r->status != 304)
+    n += snprintf(head + n, sizeof head - (size_t)n, "Content-Length: %zu\r\n", r->body_len);
+  n += snprintf(head + n, sizeof head - (size_t)n, "%s%s\r\n",
+                close ? "Connection: close\r\n" : "",
+                r->extra_headers ? r->extra_headers : "");
+  if (n >= (int)sizeof head) return -E2BIG;
+  int rc = c->cbs.send(c->ud, head, (size_t)n);
+  if (rc == 0 && !no_body && r->body_len) rc = c->cbs.send(c->ud, r->body, r->body_len);
+  c->busy = false;
+  if (close || rc != 0) {
+    c->closed = true;
+    c->cbs.on_close(c->ud);
+    return rc;
+  }
+  reset_request(c);
+  /* An asynchronous answer restarts the parser on pipelined input; a
+   * synchronous one (inside rly_http_feed) lets the running loop do it. */
+  if (!c->in_feed && cm_buf_size(&c->in) > 0) rly_http_feed(c, NULL, 0);
+  return 0;
+}
+
+size_t rly_http_format_error(char *out, size_t outlen, int status, const char *code,
+                             const char *msg) {
+  char emsg[256];
+  size_t o = 0;
+  /* JSON-escape the message: it may quote client input. */
+  for (const char *p = msg ? msg : rly_http_status_text(status); *p && o + 7 < sizeof emsg; p++) {
+    unsigned char ch = (unsigned char)*p;
+    if (ch == '"' || ch == '\\') {
+      emsg[o++] = '\\';
+      emsg[o++] = (char)ch;
+    } else if (ch < 0x20) {
+      o += (size_t)snprintf(emsg + o, sizeof emsg - o, "\\u%04x", ch);
+    } else {
+      emsg[o++] = (char)ch;
+    }
+  }
+  emsg[o] = '\0';
+  int n = snprintf(out, outlen, "{\"error\":\"%s\",\"message\":\"%s\"}", code, emsg);
+  return n < 0 ? 0 : CM_MIN((size_t)n, outlen - 1);
+}
+
+int rly_http_respond_error(rly_http_conn *c, int status, const char *code, const char *msg,
+                           const char *extra_headers) {
+  char body[512];
+  size_t n = rly_http_format_error(body, sizeof body, status, code, msg);
+  rly_http_response r = {.status = status,
+                         .content_type = "application/json",
+                         .body = (const uint8_t *)body,
+                         .body_len = n,
+                         .extra_headers = extra_headers};
+  return rly_http_respond(c, &r);
+}
+
+void rly_http_timeout(rly_http_conn *c) {
+  if (c->closed || c->busy) return;
+  if (c->in_request || cm_buf_size(&c->in) > 0) {
+    c->error_status = 408;
+    protocol_error(c, 408, "request headers not received in time");
+    return;
+  }
+  c->closed = true;
+  c->cbs.on_close(c->ud);
+}
+
+const uint8_t *rly_http_take_upgrade(rly_http_conn *c, size_t *len) {
+  c->closed = true; /* the core is done with this connection */
+  *len = cm_buf_size(&c->in);
+  return cm_buf_head(&c->in);
+}
+
+bool rly_http_busy(const rly_http_conn *c) { return c->busy; }
+bool rly_http_in_request(const rly_http_conn *c) {
+  return c->in_request || cm_buf_size(&c->in) > 0;
+}
+bool rly_http_in_body(const rly_http_conn *c) { return c->headers_done && !c->complete; }
+uint64_t rly_http_requests(const rly_http_conn *c) { return c->requests; }
+
+/* ---- helpers ------------------------------------------------------------------ */
+
+const char *rly_http_header_get(const rly_http_request *r, const char *name) {
+  for (size_t i = 0; i < r->nheaders; i++)
+    if (strcasecmp(r->headers[i].name, name) == 0) return r->headers[i].value;
+  return NULL;
+}
+
+bool rly_http_header_has_token(const char *value, const char *token) {
+  size_t tl = strlen(token);
+  const char *p = value;
+  while (p && *p) {
+    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    size_t n = strcspn(p, ",");
+    size_t m = n;
+    while (m > 0 && (p[m - 1] == ' ' || p[m - 1] == '\t')) m--;
+    if (m == tl && strncasecmp(p, token, tl) == 0) return true;
+    p += n;
+  }
+  return false;
+}
+
+static int hexval(int ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  ch = tolower(ch);
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  return -1;
+}
+
+bool rly_http_query_get(const char *query, const char *name, char *out, size_t outlen) {
+  size_t nl = strlen(name);
+  const char *p = query;
+  while (p && *p) {
+    const char *end = p + strcspn(p, "&");
+    if ((size_t)(end - p) > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+      size_t o = 0;
+      for (const char *v = p + nl + 1; v < end; v++) {
+        int ch = (unsigned char)*v;
+        if (ch == '%' && v + 2 < end && hexval(v[1]) >= 0 && hexval(v[2]) >= 0) {
+          ch = hexval(v[1]) * 16 + hexval(v[2]);
+          v += 2;
+        } else if (ch == '+') {
+          ch = ' ';
+        }
+        if (o + 1 >= outlen) return false;
+        out[o++] = (char)ch;
+      }
+      out[o] = '\0';
+      return true;
+    }
+    p = *end ? end + 1 : end;
+  }
+  return false;
+}
+
+/* ---- router -------------------------------------------------------------------- */
+
+static bool match_pattern(const char *pat, const char *path, rly_route_match *m) {
+  m->ncaps = 0;
+  while (*pat && *path) {
+    if (*pat == '{') {
+      const char *pe = strchr(pat, '}');
+      size_t n = strcspn(path, "/");
+      if (!pe || n == 0 || n >= sizeof m->caps[0] || m->ncaps == RLY_ROUTE_MAX_CAPS) return false;
+      memcpy(m->caps[m->ncaps], path, n);
+      m->caps[m->ncaps++][n] = '\0';
+      pat = pe + 1;
+      path += n;
+      continue;
+    }
+    if (*pat != *path) return false;
+    pat++;
+    path++;
+  }
+  return *pat == '\0' && *path == '\0';
+}
+
+int rly_route_find(const rly_route *table, size_t n, const char *method, const char *path,
+                   rly_route_match *m, char *allow, size_t allowlen) {
+  bool path_seen = false;
+  size_t o = 0;
+  if (allowlen) allow[0] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    rly_route_match tmp;
+    if (!match_pattern(table[i].pattern, path, &tmp)) continue;
+    if (!table[i].method || strcmp(table[i].method, method) == 0 ||
+        (strcmp(method, "HEAD") == 0 && strcmp(table[i].method, "GET") == 0)) {
+      *m = tmp;
+      m->route = (int)i;
+      return (int)i;
+    }
+    path_seen = true;
+    if (allowlen && !strstr(allow, table[i].method)) {
+      int w = snprintf(allow + o, allowlen - o, "%s%s", o ? ", " : "", table[i].method);
+      if (w > 0 && (size_t)w < allowlen - o) o += (size_t)w;
+    }
+  }
+  return path_seen ? RLY_ROUTE_BAD_METHOD : RLY_ROUTE_NOT_FOUND;
+}

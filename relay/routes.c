@@ -1,0 +1,98 @@
+/*
+ * routes.c — the public request router and the small built-in handlers
+ * (/healthz, /metrics).  Larger handlers (admin API, WebSocket upgrade)
+ * live in their own files and are reached from the table here.
+ */
+#include "relay/edge.h"
+
+#include <string.h>
+
+enum {
+  R_HEALTHZ,
+  R_METRICS,
+};
+
+static const rly_route g_routes[] = {
+    [R_HEALTHZ] = {"GET", "/healthz"},
+    [R_METRICS] = {"GET", "/metrics"},
+};
+
+static void healthz(rly_conn *c) {
+  rly_http_response r = {.status = 200,
+                         .content_type = "text/plain; charset=utf-8",
+                         .body = (const uint8_t *)"ok",
+                         .body_len = 2,
+                         .extra_headers = "Cache-Control: no-store\r\n"};
+  rly_conn_respond(c, &r);
+}
+
+static bool metrics_allowed(rly_conn *c) {
+  const char *mode = c->srv->cfg->metrics ? c->srv->cfg->metrics : "loopback";
+  if (strcmp(mode, "public") == 0) return true;
+  if (strcmp(mode, "off") == 0) return false;
+  char host[64];
+  int port;
+  return cm_parse_hostport(c->remote, NULL, host, sizeof host, &port) == 0 &&
+         cm_host_is_loopback(host);
+}
+
+static void metrics(rly_conn *c) {
+  if (!metrics_allowed(c)) {
+    rly_conn_respond_error(c, 404, "not_found", "no such resource", NULL);
+    return;
+  }
+  rly_server *s = c->srv;
+  cm_buf b;
+  cm_buf_init(&b, 1 << 20);
+#define COUNTER(name, help, v)                                                              \
+  cm_buf_printf(&b, "# HELP relay_" name " " help "\n# TYPE relay_" name " counter\nrelay_" name \
+                    " %llu\n",                                                              \
+                (unsigned long long)(v))
+#define GAUGE(name, help, v)                                                                \
+  cm_buf_printf(&b, "# HELP relay_" name " " help "\n# TYPE relay_" name " gauge\nrelay_" name \
+                    " %llu\n",                                                              \
+                (unsigned long long)(v))
+  COUNTER("connections_accepted_total", "Public connections accepted.", s->m.conns_accepted);
+  COUNTER("connections_refused_total", "Connections refused over a limit.", s->m.conns_refused);
+  COUNTER("tls_handshake_failures_total", "Failed or timed-out TLS handshakes.",
+          s->m.tls_handshake_failures);
+  COUNTER("http_requests_total", "HTTP requests received.", s->m.http_requests);
+  COUNTER("http_responses_4xx_total", "Responses with a 4xx status.", s->m.http_errors_4xx);
+  COUNTER("http_responses_5xx_total", "Responses with a 5xx status.", s->m.http_errors_5xx);
+  COUNTER("http_request_timeouts_total", "Requests that missed the header deadline.",
+          s->m.http_timeouts);
+  GAUGE("connections", "Open public connections.", s->nconns);
+  GAUGE("uptime_seconds", "Seconds since start.", (cm_now_mono_ms() - s->started_ms) / 1000);
+#undef COUNTER
+#undef GAUGE
+  rly_http_response r = {.status = 200,
+                         .content_type = "text/plain; version=0.0.4; charset=utf-8",
+                         .body = cm_buf_head(&b),
+                         .body_len = cm_buf_size(&b)};
+  rly_conn_respond(c, &r);
+  cm_buf_free(&b);
+}
+
+void rly_route_request(rly_conn *c, const rly_http_request *req) {
+  rly_route_match m;
+  char allow[128], hdr[160];
+  int r = rly_route_find(g_routes, CM_ARRAY_LEN(g_routes), req->method, req->path, &m, allow,
+                         sizeof allow);
+  switch (r) {
+  case RLY_ROUTE_NOT_FOUND:
+    rly_conn_respond_error(c, 404, "not_found", "no such resource", NULL);
+    return;
+  case RLY_ROUTE_BAD_METHOD:
+    snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
+    rly_conn_respond_error(c, 405, "method_not_allowed", "method not allowed here", hdr);
+    return;
+  case R_HEALTHZ:
+    healthz(c);
+    return;
+  case R_METRICS:
+    metrics(c);
+    return;
+  default:
+    rly_conn_respond_error(c, 500, "internal", "unrouted request", NULL);
+  }
+}
