@@ -255,6 +255,7 @@ typedef struct cm_tls_config {
   bool require_peer_cert; /* server: fail the handshake without one */
   const char *alpn;       /* comma list in preference order: "h2,http/1.1" */
   bool system_ca;         /* client: also trust the system store */
+  bool tls13_only;        /* refuse TLS 1.2 (links where both ends are ours) */
 } cm_tls_config;
 
 void cm_tls_config_init(cm_tls_config *c);

@@ -40,8 +40,11 @@ static int fsync_dir_of(const char *path) {
 
 int cm_write_file_atomic(const char *path, const void *data, size_t n, unsigned mode,
                          bool exclusive) {
-  char tmp[PATH_MAX];
-  if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+  char tmp[PATH_MAX], rnd[CM_TOKEN_LEN + 1];
+  /* A random suffix: concurrent writers and stale temp files of a crashed
+   * process (whose pid may be reused) never collide with us. */
+  if (cm_random_token(rnd) != 0) return -EIO;
+  if (snprintf(tmp, sizeof tmp, "%s.tmp.%s", path, rnd) >= (int)sizeof tmp)
     return -ENAMETOOLONG;
   if (exclusive && access(path, F_OK) == 0) return -EEXIST;
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
@@ -63,22 +66,27 @@ int cm_write_file_atomic(const char *path, const void *data, size_t n, unsigned 
     unlink(tmp);
     return rc;
   }
-  return fsync_dir_of(path);
+  /* The file is in place; a failed directory sync only weakens durability
+   * across a power loss, so it is not reported as a failed write. */
+  (void)fsync_dir_of(path);
+  return 0;
 }
 
 int cm_read_file(const char *path, size_t max, char **out, size_t *outlen) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -errno;
   cm_buf b;
-  cm_buf_init(&b, max ? max + 1 : 0);
+  cm_buf_init(&b, max ? max + 2 : 0); /* room for the NUL */
   int rc = 0;
   for (;;) {
-    uint8_t *p = cm_buf_reserve(&b, 65536);
+    size_t chunk = 65536;
+    if (max && chunk > max + 1 - cm_buf_size(&b)) chunk = max + 1 - cm_buf_size(&b);
+    uint8_t *p = cm_buf_reserve(&b, chunk);
     if (!p) {
       rc = -EFBIG;
       break;
     }
-    ssize_t r = read(fd, p, 65536);
+    ssize_t r = read(fd, p, chunk);
     if (r < 0) {
       if (errno == EINTR) continue;
       rc = -errno;

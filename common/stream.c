@@ -58,6 +58,7 @@ struct cm_stream {
   size_t queued, high, low, maxq;
   bool above_high;
   bool paused, reading, eof;
+  bool open_pending; /* plain stream: on_open runs from the loop, not the constructor */
   int close_err;
   char close_msg[160];
   char peer[64];
@@ -79,6 +80,8 @@ static void finish_close(cm_stream *s);
 static void begin_close(cm_stream *s, int err, const char *msg, bool abrupt);
 static void process_input(cm_stream *s);
 static int flush_out(cm_stream *s);
+static void became_open(cm_stream *s);
+static void start_reading(cm_stream *s);
 
 /* ---- custom BIO ------------------------------------------------------------ */
 
@@ -239,6 +242,12 @@ static void on_timer(uv_timer_t *t) {
     begin_close(s, CM_ETIMEOUT, "TLS handshake timed out", true);
     break;
   case S_OPEN:
+    if (s->open_pending) {
+      s->open_pending = false;
+      became_open(s);
+      if (s->state == S_OPEN && !s->paused) start_reading(s);
+      break;
+    }
     /* Deferred input after resume. */
     process_input(s);
     break;
@@ -555,9 +564,11 @@ static void start_session(cm_stream *s) {
     if (!s->is_server) tls_pump(s); /* ClientHello */
     return;
   }
+  /* Report the open from the loop so the caller has the stream pointer
+   * before any callback runs. */
   s->state = S_OPEN;
-  start_reading(s);
-  became_open(s);
+  s->open_pending = true;
+  uv_timer_start(&s->timer, on_timer, 0, 0);
 }
 
 cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o,

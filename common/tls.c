@@ -70,7 +70,7 @@ static cm_tls_ctx *ctx_common(const cm_tls_config *c, bool server, char *err, si
     return NULL;
   }
   SSL_CTX *x = t->ctx;
-  SSL_CTX_set_min_proto_version(x, TLS1_2_VERSION);
+  SSL_CTX_set_min_proto_version(x, c->tls13_only ? TLS1_3_VERSION : TLS1_2_VERSION);
   SSL_CTX_set_options(x, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                              SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(x, SSL_MODE_RELEASE_BUFFERS);

@@ -20,6 +20,46 @@
 
 #include "common/common.h"
 
+/* ---- the controller service (service.c) ------------------------------------ */
+
+typedef struct ctl_config {
+  const char *state_dir;        /* registry files; NULL: memory only */
+  uint32_t default_ttl_s;       /* 0: 3600 */
+  uint32_t default_peer_wait_s; /* 0: 120 */
+  uint32_t max_ttl_s;           /* 0: 86400 */
+  uint32_t max_peer_wait_s;     /* 0: 3600 */
+  uint32_t max_sessions;        /* 0: 100000 */
+  uint64_t max_message_bytes;   /* handed to relays in decisions; 0: relay default */
+  const cm_strlist *relays;     /* "host:port" of relays to dial (remote mode) */
+  const char *relay_server_name;/* name to verify in relay certs; NULL: host */
+  const char *cert_file, *key_file, *ca_file; /* mTLS for dialing relays */
+  uint32_t ping_interval_ms, ping_timeout_ms; /* 0: 10 s, 30 s */
+  uint32_t backoff_base_ms, backoff_max_ms;   /* 0: 1 s, 60 s */
+  uint32_t reap_interval_ms;    /* 0: 1 s */
+  bool accept_unauthenticated;  /* honour AdminRequest.auth_disabled (embedded,
+                                   or a relay run with --no-auth) */
+} ctl_config;
+
+typedef struct ctl_server ctl_server;
+
+/* Opens the registry (replaying its journal); no sockets yet. */
+ctl_server *ctl_server_new(uv_loop_t *loop, const ctl_config *cfg, char *err, size_t errlen);
+/* Starts dialing the configured relays and the reaper. */
+int ctl_server_start(ctl_server *s, char *err, size_t errlen);
+/* Serves a relay over an already-connected socket (in-process transport). */
+int ctl_server_add_fd(ctl_server *s, int fd);
+size_t ctl_server_links(const ctl_server *s);
+/* Closes links and timers; `done` runs on the loop when all are closed. */
+void ctl_server_close(ctl_server *s, void (*done)(void *ud), void *ud);
+void ctl_server_free(ctl_server *s);
+
+/* Embedded mode: a controller on its own thread and loop, serving the relay
+ * at the other end of fd.  Returns once the registry is open (or failed). */
+typedef struct ctl_embedded ctl_embedded;
+ctl_embedded *ctl_embedded_start(const ctl_config *cfg, int fd, char *err, size_t errlen);
+/* Stops the controller thread and waits for it. */
+void ctl_embedded_stop(ctl_embedded *e);
+
 /* ---- enrolment (ca.c) ----------------------------------------------------- */
 
 typedef struct ctl_ca_paths {

@@ -1,0 +1,597 @@
+/*
+ * ctl_side.c — the controller's end of the controller link (see tunnel.h):
+ * dials relays and keeps dialling, verifies each relay's certificate (CA,
+ * dialled name, relay identity), and serves the Controller service as the
+ * HTTP/2 *server* on the connection it opened.
+ *
+ * Backoff: after a failed or short-lived connection the next dial waits a
+ * uniformly random time in [0, min(max, base * 2^attempt)) ("full jitter");
+ * a link that stayed up for stable_ms resets attempt to 0.  A relay that
+ * accepts and immediately closes therefore backs off like one that refuses.
+ */
+#include "tunnel/link.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct dialer dialer;
+
+typedef struct clink {
+  tun_link base; /* first */
+  tun_ctl *c;
+  dialer *d; /* NULL for adopted fds */
+  cm_list node;
+  bool tls, up;
+  uint64_t opened_ms;
+  char node_id[128];
+  char public_url[256];
+  int32_t events_sid;
+  tun_outq events_out;
+  tun_grpc_decoder events_in;
+  cm_list calls; /* streams not yet closed */
+} clink;
+
+struct tun_ctl_call {
+  clink *l;
+  cm_list node;
+  int32_t sid;
+  char path[64];
+  bool is_events, got_end, replied;
+  tun_grpc_decoder dec;
+  uint8_t *msg;
+  size_t msg_len;
+  int nmsgs;
+  tun_outq out;
+};
+
+struct dialer {
+  tun_ctl *c;
+  char hostport[300];
+  char host[256];
+  char server_name[256];
+  int port;
+  uv_timer_t timer;
+  uv_getaddrinfo_t gai;
+  bool resolving, timer_closed;
+  uint32_t attempt;
+  clink *link;
+  cm_list node;
+};
+
+struct tun_ctl {
+  uv_loop_t *loop;
+  tun_ctl_config cfg;
+  tun_ctl_handlers h;
+  void *ud;
+  cm_tls_ctx *tls;
+  cm_list links, dialers;
+  size_t nup;
+  bool closing;
+  int handles;
+  void (*done)(void *);
+  void *done_ud;
+};
+
+static void dial_later(dialer *d, bool failed);
+static void maybe_closed(tun_ctl *c);
+
+/* ---- replies ------------------------------------------------------------------ */
+
+static int submit_headers(tun_ctl_call *call, nghttp2_data_provider *p) {
+  nghttp2_nv nv[] = {TUN_NV(":status", "200"), TUN_NV("content-type", "application/grpc")};
+  return nghttp2_submit_response(call->l->base.h2, call->sid, nv, 2, p);
+}
+
+static int reply_trailers_only(tun_ctl_call *call, int status, const char *message) {
+  char st[12], msg[512];
+  snprintf(st, sizeof st, "%d", status);
+  tun_grpc_message_encode(message ? message : "", msg, sizeof msg);
+  nghttp2_nv nv[] = {TUN_NV(":status", "200"), TUN_NV("content-type", "application/grpc"),
+                     TUN_NV("grpc-status", st), TUN_NV("grpc-message", msg)};
+  return nghttp2_submit_response(call->l->base.h2, call->sid, nv, msg[0] ? 4 : 3, NULL);
+}
+
+int tun_ctl_reply(tun_ctl_call *call, int status, const char *message,
+                  const ProtobufCMessage *resp) {
+  if (call->replied) return -EALREADY;
+  call->replied = true;
+  if (status != TUN_GRPC_OK || !resp) return reply_trailers_only(call, status, message);
+  int rc = tun_grpc_encode(&call->out.buf, resp);
+  if (rc != 0) return reply_trailers_only(call, TUN_GRPC_INTERNAL, "response too large");
+  call->out.eof = true;
+  call->out.trailers = true;
+  call->out.status = TUN_GRPC_OK;
+  nghttp2_data_provider p = tun_outq_provider(&call->out);
+  return submit_headers(call, &p);
+}
+
+tun_ctl_link *tun_ctl_call_link(const tun_ctl_call *call) { return (tun_ctl_link *)call->l; }
+
+/* ---- dispatch ------------------------------------------------------------------- */
+
+static void dispatch_unary(tun_ctl_call *call) {
+  tun_ctl *c = call->l->c;
+  if (call->nmsgs != 1) {
+    reply_trailers_only(call, TUN_GRPC_INVALID_ARGUMENT, "expected exactly one request message");
+    return;
+  }
+  if (strcmp(call->path, TUN_PATH_VALIDATE) == 0 && c->h.validate) {
+    Relay__V1__SlotRequest *req = relay__v1__slot_request__unpack(NULL, call->msg_len, call->msg);
+    if (!req) {
+      reply_trailers_only(call, TUN_GRPC_INVALID_ARGUMENT, "malformed SlotRequest");
+      return;
+    }
+    c->h.validate(c->ud, call, req);
+    relay__v1__slot_request__free_unpacked(req, NULL);
+  } else if (strcmp(call->path, TUN_PATH_ADMIN) == 0 && c->h.admin) {
+    Relay__V1__AdminRequest *req = relay__v1__admin_request__unpack(NULL, call->msg_len, call->msg);
+    if (!req) {
+      reply_trailers_only(call, TUN_GRPC_INVALID_ARGUMENT, "malformed AdminRequest");
+      return;
+    }
+    c->h.admin(c->ud, call, req);
+    relay__v1__admin_request__free_unpacked(req, NULL);
+  } else {
+    reply_trailers_only(call, TUN_GRPC_UNIMPLEMENTED, "unknown method");
+    return;
+  }
+  if (!call->replied) reply_trailers_only(call, TUN_GRPC_INTERNAL, "handler did not answer");
+}
+
+static void set_up(clink *l, bool up) {
+  if (l->up == up) return;
+  l->up = up;
+  tun_ctl *c = l->c;
+  if (up) c->nup++;
+  else c->nup--;
+  cm_log(up ? CM_LOG_INFO : CM_LOG_WARN, "tunnel", up ? "relay link up" : "relay link down",
+         CM_S("relay", l->node_id), CM_S("peer", l->base.peer), CM_I("links", c->nup),
+         CM_S("reason", up ? "" : l->base.why));
+  if (c->h.on_link) c->h.on_link(c->ud, (tun_ctl_link *)l, up);
+}
+
+static int on_event_message(void *ud, const uint8_t *msg, size_t len) {
+  clink *l = ud;
+  Relay__V1__RelayEvent *ev = relay__v1__relay_event__unpack(NULL, len, msg);
+  if (!ev) return -EBADMSG;
+  if (ev->kind_case == RELAY__V1__RELAY_EVENT__KIND_HELLO && ev->hello) {
+    snprintf(l->node_id, sizeof l->node_id, "%s", ev->hello->node_id);
+    snprintf(l->public_url, sizeof l->public_url, "%s", ev->hello->public_url);
+    if (l->d) l->d->attempt = 0; /* a real relay answered; backoff resets once stable */
+    set_up(l, true);
+  }
+  if (l->c->h.on_event) l->c->h.on_event(l->c->ud, (tun_ctl_link *)l, ev);
+  relay__v1__relay_event__free_unpacked(ev, NULL);
+  return 0;
+}
+
+static int on_call_message(void *ud, const uint8_t *msg, size_t len) {
+  tun_ctl_call *call = ud;
+  if (++call->nmsgs > 1) return 0; /* counted, refused at dispatch */
+  call->msg = malloc(len ? len : 1);
+  if (!call->msg) return -ENOMEM;
+  memcpy(call->msg, msg, len);
+  call->msg_len = len;
+  return 0;
+}
+
+/* ---- nghttp2 callbacks ------------------------------------------------------------ */
+
+static void call_free(tun_ctl_call *call) {
+  cm_list_remove(&call->node);
+  tun_grpc_decoder_free(&call->dec);
+  tun_outq_free(&call->out);
+  free(call->msg);
+  free(call);
+}
+
+static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
+  clink *l = user;
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  tun_ctl_call *call = calloc(1, sizeof *call);
+  if (!call) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  call->l = l;
+  call->sid = frame->hd.stream_id;
+  tun_grpc_decoder_init(&call->dec, l->base.cfg.max_message);
+  tun_outq_init(&call->out, 0);
+  cm_list_push_back(&l->calls, &call->node);
+  nghttp2_session_set_stream_user_data(h2, call->sid, call);
+  return 0;
+}
+
+static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user) {
+  CM_UNUSED(flags);
+  CM_UNUSED(user);
+  tun_ctl_call *call = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+  if (!call || !tun_hdr_is(name, namelen, ":path")) return 0;
+  size_t n = CM_MIN(valuelen, sizeof call->path - 1);
+  memcpy(call->path, value, n);
+  call->path[n] = '\0';
+  return 0;
+}
+
+static void open_events_stream(clink *l, tun_ctl_call *call) {
+  call->is_events = true;
+  l->events_sid = call->sid;
+  nghttp2_data_provider p = tun_outq_provider(&l->events_out);
+  submit_headers(call, &p);
+}
+
+static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
+  clink *l = user;
+  tun_ctl_call *call = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+  if (!call) return 0;
+  if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST &&
+      strcmp(call->path, TUN_PATH_EVENTS) == 0) {
+    if (l->events_sid > 0) { /* one Events stream per link */
+      reply_trailers_only(call, TUN_GRPC_ALREADY_EXISTS, "Events already open");
+      call->replied = true;
+    } else {
+      open_events_stream(l, call);
+    }
+  }
+  if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
+      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->is_events && !call->replied) {
+    call->got_end = true;
+    dispatch_unary(call);
+  }
+  return 0;
+}
+
+static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_t *data,
+                   size_t len, void *user) {
+  CM_UNUSED(flags);
+  clink *l = user;
+  tun_ctl_call *call = nghttp2_session_get_stream_user_data(h2, sid);
+  if (!call || call->replied) return 0;
+  int rc = call->is_events ? tun_grpc_decode(&l->events_in, data, len, on_event_message, l)
+                           : tun_grpc_decode(&call->dec, data, len, on_call_message, call);
+  if (rc != 0) {
+    reply_trailers_only(call, rc == -EMSGSIZE ? TUN_GRPC_RESOURCE_EXHAUSTED
+                                              : TUN_GRPC_INVALID_ARGUMENT,
+                        "malformed request stream");
+    call->replied = true;
+  }
+  return 0;
+}
+
+static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void *user) {
+  CM_UNUSED(err);
+  clink *l = user;
+  tun_ctl_call *call = nghttp2_session_get_stream_user_data(h2, sid);
+  if (!call) return 0;
+  if (call->is_events) {
+    l->events_sid = 0;
+    set_up(l, false);
+  }
+  nghttp2_session_set_stream_user_data(h2, sid, NULL);
+  call_free(call);
+  return 0;
+}
+
+static nghttp2_session_callbacks *g_cbs;
+static uv_once_t g_cbs_once = UV_ONCE_INIT;
+
+/* Built once; both ends may run on different threads (embedded mode). */
+static void make_callbacks(void) {
+  nghttp2_session_callbacks_new(&g_cbs);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(g_cbs, on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(g_cbs, on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(g_cbs, on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(g_cbs, on_data);
+  nghttp2_session_callbacks_set_on_stream_close_callback(g_cbs, on_stream_close);
+}
+
+static nghttp2_session_callbacks *server_callbacks(void) {
+  uv_once(&g_cbs_once, make_callbacks);
+  return g_cbs;
+}
+
+/* ---- link hooks ---------------------------------------------------------------------- */
+
+static int check_relay_cert(clink *l) {
+  void *cert = cm_stream_peer_cert(l->base.st);
+  if (!cert) {
+    snprintf(l->base.why, sizeof l->base.why, "relay certificate not verified");
+    return -1;
+  }
+  if (!cm_pki_cert_has_uri(cert, CM_PKI_URI_RELAY)) {
+    snprintf(l->base.why, sizeof l->base.why, "certificate lacks the relay identity %s",
+             CM_PKI_URI_RELAY);
+    return -1;
+  }
+  if (strcmp(cm_stream_alpn(l->base.st), "h2") != 0) {
+    snprintf(l->base.why, sizeof l->base.why, "relay did not negotiate h2");
+    return -1;
+  }
+  return 0;
+}
+
+static int link_open(tun_link *tl) {
+  clink *l = (clink *)tl;
+  if (l->tls && check_relay_cert(l) != 0) {
+    cm_log(CM_LOG_WARN, "tunnel", "relay refused", CM_S("peer", tl->peer), CM_S("reason", tl->why));
+    return -1;
+  }
+  l->opened_ms = cm_now_mono_ms();
+  if (nghttp2_session_server_new(&tl->h2, server_callbacks(), l) != 0) return -1;
+  nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 4096},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
+  };
+  nghttp2_submit_settings(tl->h2, NGHTTP2_FLAG_NONE, iv, CM_ARRAY_LEN(iv));
+  nghttp2_session_set_local_window_size(tl->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+  tun_link_start(tl);
+  return 0;
+}
+
+static void link_closed(tun_link *tl, int err, const char *msg) {
+  CM_UNUSED(err);
+  clink *l = (clink *)tl;
+  if (!tl->why[0]) snprintf(tl->why, sizeof tl->why, "%s", msg ? msg : "closed");
+  set_up(l, false);
+  cm_list_remove(&l->node);
+  /* nghttp2_session_del frees streams without stream-close callbacks. */
+  while (!cm_list_empty(&l->calls))
+    call_free(cm_container_of(l->calls.next, tun_ctl_call, node));
+  if (l->d) {
+    bool stable = l->opened_ms && cm_now_mono_ms() - l->opened_ms >= l->c->cfg.stable_ms;
+    if (!l->opened_ms || !l->up)
+      cm_log(CM_LOG_INFO, "tunnel", "dial failed", CM_S("relay", l->d->hostport),
+             CM_S("reason", tl->why));
+    l->d->link = NULL;
+    dial_later(l->d, !stable);
+  }
+}
+
+static void link_free(tun_link *tl) {
+  clink *l = (clink *)tl;
+  tun_ctl *c = l->c;
+  tun_outq_free(&l->events_out);
+  tun_grpc_decoder_free(&l->events_in);
+  free(l);
+  c->handles--;
+  maybe_closed(c);
+}
+
+static const tun_link_hooks g_hooks = {link_open, link_closed, link_free};
+
+static clink *link_new(tun_ctl *c, dialer *d, bool tls) {
+  clink *l = calloc(1, sizeof *l);
+  if (!l) return NULL;
+  l->c = c;
+  l->d = d;
+  l->tls = tls;
+  cm_list_init(&l->calls);
+  tun_outq_init(&l->events_out, c->cfg.link.max_event_queue);
+  tun_grpc_decoder_init(&l->events_in, c->cfg.link.max_message);
+  tun_link_init(&l->base, c->loop, &c->cfg.link, &g_hooks);
+  cm_list_push_back(&c->links, &l->node);
+  c->handles++;
+  return l;
+}
+
+int tun_ctl_add_fd(tun_ctl *c, int fd) {
+  clink *l = link_new(c, NULL, false);
+  if (!l) return -ENOMEM;
+  cm_stream_opts o = {.high_watermark = 1 << 20};
+  int err;
+  l->base.st = cm_stream_open_fd(c->loop, fd, true, &o, tun_link_stream_cbs(), &l->base, &err);
+  if (!l->base.st) {
+    cm_list_remove(&l->node);
+    tun_link_discard(&l->base);
+    return err;
+  }
+  return 0;
+}
+
+/* ---- dialing --------------------------------------------------------------------------- */
+
+static void connect_to(dialer *d, const struct sockaddr *addr) {
+  tun_ctl *c = d->c;
+  clink *l = link_new(c, d, true);
+  if (!l) {
+    dial_later(d, true);
+    return;
+  }
+  cm_stream_opts o = {.tls = c->tls,
+                      .sni = d->server_name,
+                      .handshake_timeout_ms = c->cfg.link.handshake_timeout_ms,
+                      .keepalive = true,
+                      .high_watermark = 1 << 20};
+  int err;
+  l->base.st = cm_stream_connect(c->loop, addr, &o, tun_link_stream_cbs(), &l->base, &err);
+  if (!l->base.st) {
+    cm_list_remove(&l->node);
+    tun_link_discard(&l->base);
+    dial_later(d, true);
+    return;
+  }
+  d->link = l;
+}
+
+/* A dialer goes once its timer is closed and no resolution is pending. */
+static void dialer_release(dialer *d) {
+  if (!d->timer_closed || d->resolving) return;
+  tun_ctl *c = d->c;
+  free(d);
+  c->handles--;
+  maybe_closed(c);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  dialer *d = req->data;
+  d->resolving = false;
+  if (d->c->closing) {
+    uv_freeaddrinfo(res);
+    dialer_release(d);
+    return;
+  }
+  if (status != 0 || !res) {
+    cm_log(CM_LOG_WARN, "tunnel", "cannot resolve relay", CM_S("relay", d->hostport),
+           CM_S("error", uv_strerror(status)));
+    dial_later(d, true);
+  } else {
+    connect_to(d, res->ai_addr);
+  }
+  uv_freeaddrinfo(res);
+}
+
+static void on_dial_timer(uv_timer_t *t) {
+  dialer *d = t->data;
+  if (d->c->closing || d->link || d->resolving) return;
+  struct sockaddr_storage ss;
+  if (cm_sockaddr_from(d->host, d->port, &ss) == 0) {
+    connect_to(d, (struct sockaddr *)&ss);
+    return;
+  }
+  char port[8];
+  snprintf(port, sizeof port, "%d", d->port);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+  d->gai.data = d;
+  if (uv_getaddrinfo(d->c->loop, &d->gai, on_resolved, d->host, port, &hints) == 0) {
+    d->resolving = true;
+  } else {
+    dial_later(d, true);
+  }
+}
+
+static void dial_later(dialer *d, bool failed) {
+  tun_ctl *c = d->c;
+  if (c->closing) return;
+  if (failed) {
+    if (d->attempt < 16) d->attempt++;
+  } else {
+    d->attempt = 0;
+  }
+  uint64_t cap = (uint64_t)c->cfg.backoff_base_ms << (d->attempt ? d->attempt - 1 : 0);
+  if (cap > c->cfg.backoff_max_ms) cap = c->cfg.backoff_max_ms;
+  uint64_t delay = d->attempt ? cm_random_below(cap + 1) : 0;
+  uv_timer_start(&d->timer, on_dial_timer, delay, 0);
+}
+
+int tun_ctl_dial(tun_ctl *c, const char *hostport, const char *server_name, char *err,
+                 size_t errlen) {
+  if (!c->tls) {
+    snprintf(err, errlen, "dialing a relay needs the controller certificate, key and CA");
+    return -EINVAL;
+  }
+  dialer *d = calloc(1, sizeof *d);
+  if (!d) return -ENOMEM;
+  d->c = c;
+  snprintf(d->hostport, sizeof d->hostport, "%s", hostport);
+  if (cm_parse_hostport(hostport, NULL, d->host, sizeof d->host, &d->port) != 0 || d->port == 0) {
+    snprintf(err, errlen, "relay address \"%s\" must be HOST:PORT", hostport);
+    free(d);
+    return -EINVAL;
+  }
+  snprintf(d->server_name, sizeof d->server_name, "%s", server_name ? server_name : d->host);
+  uv_timer_init(c->loop, &d->timer);
+  d->timer.data = d;
+  c->handles++;
+  cm_list_push_back(&c->dialers, &d->node);
+  uv_timer_start(&d->timer, on_dial_timer, 0, 0);
+  return 0;
+}
+
+/* ---- commands ---------------------------------------------------------------------- */
+
+int tun_ctl_link_send(tun_ctl_link *tl, const Relay__V1__ControllerCommand *cmd) {
+  clink *l = (clink *)tl;
+  if (!l->up || l->events_sid <= 0 || !l->base.h2) return -ENOTCONN;
+  int rc = tun_outq_push(&l->base, l->events_sid, &l->events_out, &cmd->base);
+  if (rc == 0) tun_link_pump(&l->base);
+  return rc;
+}
+
+bool tun_ctl_send_to_node(tun_ctl *c, const char *node, const Relay__V1__ControllerCommand *cmd) {
+  for (cm_list *p = c->links.next; p != &c->links; p = p->next) {
+    clink *l = cm_container_of(p, clink, node);
+    if (l->up && strcmp(l->node_id, node) == 0 && tun_ctl_link_send((tun_ctl_link *)l, cmd) == 0)
+      return true;
+  }
+  return false;
+}
+
+const char *tun_ctl_link_node(const tun_ctl_link *l) { return ((const clink *)l)->node_id; }
+const char *tun_ctl_link_public_url(const tun_ctl_link *l) {
+  return ((const clink *)l)->public_url;
+}
+size_t tun_ctl_links(const tun_ctl *c) { return c->nup; }
+
+/* ---- lifecycle ----------------------------------------------------------------------- */
+
+tun_ctl *tun_ctl_new(uv_loop_t *loop, const tun_ctl_config *cfg, const tun_ctl_handlers *h,
+                     void *ud, char *err, size_t errlen) {
+  tun_ctl *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->loop = loop;
+  c->cfg = *cfg;
+  tun_link_config_fill(&c->cfg.link);
+  if (!c->cfg.backoff_base_ms) c->cfg.backoff_base_ms = 1000;
+  if (!c->cfg.backoff_max_ms) c->cfg.backoff_max_ms = 60000;
+  if (!c->cfg.stable_ms) c->cfg.stable_ms = 5000;
+  c->h = *h;
+  c->ud = ud;
+  cm_list_init(&c->links);
+  cm_list_init(&c->dialers);
+  if (cfg->cert_file) {
+    cm_tls_config tc;
+    cm_tls_config_init(&tc);
+    tc.cert_file = cfg->cert_file;
+    tc.key_file = cfg->key_file;
+    tc.ca_file = cfg->ca_file;
+    tc.verify_peer = true;
+    tc.alpn = "h2";
+    tc.tls13_only = true; /* both ends are ours */
+    c->tls = cm_tls_ctx_new_client(&tc, err, errlen);
+    if (!c->tls) {
+      free(c);
+      return NULL;
+    }
+  }
+  return c;
+}
+
+static void maybe_closed(tun_ctl *c) {
+  if (c->closing && c->handles == 0 && c->done) {
+    void (*done)(void *) = c->done;
+    c->done = NULL;
+    done(c->done_ud);
+  }
+}
+
+static void on_dialer_closed(uv_handle_t *h) {
+  dialer *d = h->data;
+  d->timer_closed = true;
+  dialer_release(d);
+}
+
+void tun_ctl_close(tun_ctl *c, void (*done)(void *), void *ud) {
+  if (c->closing) return;
+  c->closing = true;
+  c->done = done;
+  c->done_ud = ud;
+  while (!cm_list_empty(&c->dialers)) {
+    dialer *d = cm_container_of(c->dialers.next, dialer, node);
+    cm_list_remove(&d->node);
+    if (d->resolving) uv_cancel((uv_req_t *)&d->gai);
+    uv_close((uv_handle_t *)&d->timer, on_dialer_closed);
+  }
+  for (cm_list *p = c->links.next; p != &c->links;) {
+    clink *l = cm_container_of(p, clink, node);
+    p = p->next;
+    l->d = NULL;
+    tun_link_close(&l->base, "controller shutting down");
+  }
+  maybe_closed(c);
+}
+
+void tun_ctl_free(tun_ctl *c) {
+  if (!c) return;
+  cm_tls_ctx_free(c->tls);
+  free(c);
+}

@@ -1,0 +1,709 @@
+/*
+ * relay_side.c — the relay's end of the controller link (see tunnel.h):
+ * accepts controller connections, checks the controller identity, runs an
+ * HTTP/2 *client* session on each and issues gRPC calls over them.
+ *
+ * Calls live in two lists: the relay's (for deadlines, swept by a 50 ms
+ * timer while any call is in flight) and their link's (so a link that
+ * drops fails its calls at once).  A call keeps its framed request so it
+ * can be replayed on another controller after NOT_FOUND.
+ */
+#include "tunnel/link.h"
+
+#include <errno.h>
+#include <openssl/x509.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_TRIED 8
+#define DEADLINE_TICK_MS 50
+
+typedef struct rlink {
+  tun_link base; /* first: a tun_link * is an rlink * */
+  tun_relay *r;
+  cm_list node;
+  cm_list calls;
+  char controller[96];
+  bool up, tls;
+  int32_t events_sid;
+  tun_outq events_out;
+  tun_grpc_decoder events_in;
+} rlink;
+
+typedef struct call_group {
+  size_t pending;
+  void (*done)(void *ud);
+  void *ud;
+} call_group;
+
+struct tun_call {
+  tun_relay *r;
+  rlink *link;
+  int32_t sid;
+  char path[64];
+  cm_buf req; /* framed request, kept for replays */
+  tun_outq out;
+  const ProtobufCMessageDescriptor *desc;
+  tun_call_cb cb;
+  void *ud;
+  call_group *group;
+  tun_grpc_decoder dec;
+  ProtobufCMessage *resp;
+  int http_status, grpc_status;
+  char grpc_msg[256];
+  uint64_t deadline;
+  uint32_t timeout_ms;
+  cm_list rnode, lnode;
+  char tried[MAX_TRIED][96];
+  size_t ntried;
+  bool pinned; /* tun_relay_call_all: never replayed elsewhere */
+};
+
+struct tun_relay {
+  uv_loop_t *loop;
+  tun_relay_config cfg;
+  char *node_id, *version, *public_url, *controller_uri;
+  tun_relay_cbs cbs;
+  void *ud;
+  cm_tls_ctx *tls;
+  uv_tcp_t listener;
+  bool listening;
+  cm_list links;
+  size_t nup;
+  cm_list calls;
+  uv_timer_t tick;
+  size_t rr;
+  tun_relay_stats st;
+  bool closing;
+  int handles;
+  void (*done)(void *);
+  void *done_ud;
+};
+
+static void call_finish(tun_call *c, int status, const char *msg);
+static int submit_call(tun_call *c, rlink *l);
+static void maybe_closed(tun_relay *r);
+
+/* ---- links ------------------------------------------------------------------ */
+
+static rlink *pick_link(tun_relay *r, tun_call *c) {
+  size_t n = 0;
+  for (cm_list *p = r->links.next; p != &r->links; p = p->next) n++;
+  if (n == 0) return NULL;
+  size_t start = r->rr++ % n, i = 0;
+  /* Round-robin over live links whose controller has not been tried. */
+  for (size_t pass = 0; pass < 2; pass++) {
+    i = 0;
+    for (cm_list *p = r->links.next; p != &r->links; p = p->next, i++) {
+      if (pass == 0 && i < start) continue;
+      if (pass == 1 && i >= start) break;
+      rlink *l = cm_container_of(p, rlink, node);
+      if (!l->up || l->base.closing) continue;
+      bool tried = false;
+      for (size_t k = 0; c && k < c->ntried && !tried; k++)
+        tried = strcmp(c->tried[k], l->controller) == 0;
+      if (!tried) return l;
+    }
+  }
+  return NULL;
+}
+
+static void set_up(rlink *l, bool up) {
+  tun_relay *r = l->r;
+  if (l->up == up) return;
+  l->up = up;
+  if (up) r->nup++;
+  else r->nup--;
+  cm_log(up ? CM_LOG_INFO : CM_LOG_WARN, "tunnel", up ? "controller link up" : "controller link down",
+         CM_S("controller", l->controller), CM_S("peer", l->base.peer), CM_I("links", r->nup),
+         CM_S("reason", up ? "" : l->base.why));
+  if (r->cbs.on_links) r->cbs.on_links(r->ud, r->nup);
+  if (up && r->cbs.on_link_up) r->cbs.on_link_up(r->ud, l->controller);
+}
+
+static void send_hello(rlink *l) {
+  tun_relay *r = l->r;
+  Relay__V1__Hello hello = RELAY__V1__HELLO__INIT;
+  hello.node_id = r->node_id;
+  hello.version = r->version;
+  hello.public_url = r->public_url;
+  Relay__V1__RelayEvent ev = RELAY__V1__RELAY_EVENT__INIT;
+  ev.kind_case = RELAY__V1__RELAY_EVENT__KIND_HELLO;
+  ev.hello = &hello;
+  tun_outq_push(&l->base, l->events_sid, &l->events_out, &ev.base);
+}
+
+static void open_events(rlink *l) {
+  nghttp2_nv nv[] = {
+      TUN_NV(":method", "POST"),        TUN_NV(":scheme", l->tls ? "https" : "http"),
+      TUN_NV(":path", TUN_PATH_EVENTS), TUN_NV(":authority", "controller"),
+      TUN_NV("content-type", "application/grpc"), TUN_NV("te", "trailers"),
+  };
+  nghttp2_data_provider p = tun_outq_provider(&l->events_out);
+  l->events_sid = nghttp2_submit_request(l->base.h2, NULL, nv, CM_ARRAY_LEN(nv), &p, NULL);
+  if (l->events_sid < 0) {
+    l->events_sid = 0;
+    return;
+  }
+  send_hello(l);
+}
+
+/* ---- nghttp2 callbacks ------------------------------------------------------- */
+
+static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user) {
+  CM_UNUSED(flags);
+  CM_UNUSED(user);
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  tun_call *c = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+  if (!c) return 0;
+  char v[256];
+  size_t n = CM_MIN(valuelen, sizeof v - 1);
+  memcpy(v, value, n);
+  v[n] = '\0';
+  if (tun_hdr_is(name, namelen, ":status")) c->http_status = atoi(v);
+  else if (tun_hdr_is(name, namelen, "grpc-status")) c->grpc_status = atoi(v);
+  else if (tun_hdr_is(name, namelen, "grpc-message"))
+    tun_grpc_message_decode(v, c->grpc_msg, sizeof c->grpc_msg);
+  return 0;
+}
+
+static int on_call_message(void *ud, const uint8_t *msg, size_t len) {
+  tun_call *c = ud;
+  if (c->resp) return -EPROTO; /* unary: one message only */
+  c->resp = protobuf_c_message_unpack(c->desc, NULL, len, msg);
+  return c->resp ? 0 : -EBADMSG;
+}
+
+static int on_command_message(void *ud, const uint8_t *msg, size_t len) {
+  rlink *l = ud;
+  Relay__V1__ControllerCommand *cmd = relay__v1__controller_command__unpack(NULL, len, msg);
+  if (!cmd) return -EBADMSG;
+  l->r->st.commands++;
+  if (l->r->cbs.on_command) l->r->cbs.on_command(l->r->ud, l->controller, cmd);
+  relay__v1__controller_command__free_unpacked(cmd, NULL);
+  return 0;
+}
+
+static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_t *data,
+                   size_t len, void *user) {
+  CM_UNUSED(flags);
+  rlink *l = user;
+  if (sid == l->events_sid) {
+    int rc = tun_grpc_decode(&l->events_in, data, len, on_command_message, l);
+    if (rc != 0) {
+      cm_log(CM_LOG_WARN, "tunnel", "bad command message; dropping link",
+             CM_S("controller", l->controller), CM_I("error", rc));
+      nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, sid, NGHTTP2_PROTOCOL_ERROR);
+    }
+    return 0;
+  }
+  tun_call *c = nghttp2_session_get_stream_user_data(h2, sid);
+  if (!c) return 0;
+  int rc = tun_grpc_decode(&c->dec, data, len, on_call_message, c);
+  if (rc != 0) {
+    nghttp2_session_set_stream_user_data(h2, sid, NULL);
+    nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, sid, NGHTTP2_CANCEL);
+    call_finish(c, rc == -EMSGSIZE ? TUN_GRPC_RESOURCE_EXHAUSTED : TUN_GRPC_INTERNAL,
+                rc == -EMSGSIZE ? "response too large" : "malformed response");
+  }
+  return 0;
+}
+
+static bool try_elsewhere(tun_call *c) {
+  if (c->pinned || c->ntried >= MAX_TRIED) return false;
+  rlink *next = pick_link(c->r, c);
+  if (!next) return false;
+  cm_list_remove(&c->lnode);
+  return submit_call(c, next) == 0;
+}
+
+static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void *user) {
+  rlink *l = user;
+  if (sid == l->events_sid) {
+    cm_log(CM_LOG_WARN, "tunnel", "controller closed the Events stream",
+           CM_S("controller", l->controller), CM_I("h2_error", err));
+    l->events_sid = 0;
+    return 0;
+  }
+  tun_call *c = nghttp2_session_get_stream_user_data(h2, sid);
+  if (!c) return 0;
+  c->sid = 0;
+  int status = c->grpc_status;
+  const char *msg = c->grpc_msg;
+  if (err != NGHTTP2_NO_ERROR) {
+    status = TUN_GRPC_UNAVAILABLE;
+    msg = "stream reset by controller";
+  } else if (c->http_status != 200) {
+    status = TUN_GRPC_UNKNOWN;
+    msg = "controller answered a non-200 HTTP status";
+  } else if (status < 0) {
+    status = TUN_GRPC_INTERNAL;
+    msg = "response without grpc-status";
+  } else if (status == TUN_GRPC_OK && !c->resp) {
+    status = TUN_GRPC_INTERNAL;
+    msg = "OK without a response message";
+  }
+  if (status == TUN_GRPC_NOT_FOUND && try_elsewhere(c)) return 0;
+  call_finish(c, status, msg);
+  return 0;
+}
+
+static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
+  CM_UNUSED(h2);
+  rlink *l = user;
+  /* The peer's first SETTINGS proves an HTTP/2 server is there. */
+  if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) && !l->up) {
+    set_up(l, true);
+  }
+  if (frame->hd.type == NGHTTP2_GOAWAY) {
+    cm_log(CM_LOG_INFO, "tunnel", "controller sent GOAWAY", CM_S("controller", l->controller));
+  }
+  return 0;
+}
+
+static nghttp2_session_callbacks *g_cbs;
+static uv_once_t g_cbs_once = UV_ONCE_INIT;
+
+/* Built once; both ends may run on different threads (embedded mode). */
+static void make_callbacks(void) {
+  nghttp2_session_callbacks_new(&g_cbs);
+  nghttp2_session_callbacks_set_on_header_callback(g_cbs, on_header);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(g_cbs, on_data);
+  nghttp2_session_callbacks_set_on_stream_close_callback(g_cbs, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(g_cbs, on_frame_recv);
+}
+
+static nghttp2_session_callbacks *client_callbacks(void) {
+  uv_once(&g_cbs_once, make_callbacks);
+  return g_cbs;
+}
+
+/* ---- link hooks ---------------------------------------------------------------- */
+
+static int check_controller_cert(rlink *l) {
+  tun_relay *r = l->r;
+  X509 *cert = cm_stream_peer_cert(l->base.st);
+  if (!cert) {
+    snprintf(l->base.why, sizeof l->base.why, "no verified client certificate");
+    return -1;
+  }
+  if (!cm_pki_cert_has_uri(cert, r->controller_uri) || !cm_pki_cert_has_eku(cert, CM_PKI_CLIENT)) {
+    snprintf(l->base.why, sizeof l->base.why,
+             "certificate lacks the controller identity (%s, clientAuth)", r->controller_uri);
+    return -1;
+  }
+  if (strcmp(cm_stream_alpn(l->base.st), "h2") != 0) {
+    snprintf(l->base.why, sizeof l->base.why, "controller did not negotiate h2");
+    return -1;
+  }
+  uint8_t fp[32];
+  char hex[65], cn[64] = "controller";
+  cm_stream_peer_fingerprint(l->base.st, fp);
+  cm_hex(fp, 8, hex);
+  X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn);
+  snprintf(l->controller, sizeof l->controller, "%s#%s", cn, hex);
+  return 0;
+}
+
+static int link_open(tun_link *tl) {
+  rlink *l = (rlink *)tl;
+  tun_relay *r = l->r;
+  if (l->tls && check_controller_cert(l) != 0) {
+    r->st.links_refused++;
+    cm_log(CM_LOG_WARN, "tunnel", "controller refused", CM_S("peer", tl->peer),
+           CM_S("reason", tl->why));
+    return -1;
+  }
+  nghttp2_option *opt;
+  nghttp2_option_new(&opt);
+  nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
+  int rc = nghttp2_session_client_new2(&tl->h2, client_callbacks(), l, opt);
+  nghttp2_option_del(opt);
+  if (rc != 0) return -1;
+  nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
+  };
+  nghttp2_submit_settings(tl->h2, NGHTTP2_FLAG_NONE, iv, CM_ARRAY_LEN(iv));
+  nghttp2_session_set_local_window_size(tl->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
+  tun_link_start(tl);
+  open_events(l);
+  return 0;
+}
+
+static void link_closed(tun_link *tl, int err, const char *msg) {
+  CM_UNUSED(err);
+  rlink *l = (rlink *)tl;
+  if (!tl->why[0]) snprintf(tl->why, sizeof tl->why, "%s", msg ? msg : "closed");
+  if (l->up) set_up(l, false);
+  cm_list_remove(&l->node);
+  /* In-flight calls fail now: their controller is gone. */
+  while (!cm_list_empty(&l->calls)) {
+    tun_call *c = cm_container_of(l->calls.next, tun_call, lnode);
+    if (tl->h2 && c->sid > 0) nghttp2_session_set_stream_user_data(tl->h2, c->sid, NULL);
+    c->sid = 0;
+    call_finish(c, TUN_GRPC_UNAVAILABLE, "controller link lost");
+  }
+}
+
+static void link_free(tun_link *tl) {
+  rlink *l = (rlink *)tl;
+  tun_relay *r = l->r;
+  tun_outq_free(&l->events_out);
+  tun_grpc_decoder_free(&l->events_in);
+  free(l);
+  r->handles--;
+  maybe_closed(r);
+}
+
+static const tun_link_hooks g_hooks = {link_open, link_closed, link_free};
+
+static rlink *link_new(tun_relay *r, bool tls) {
+  rlink *l = calloc(1, sizeof *l);
+  if (!l) return NULL;
+  l->r = r;
+  l->tls = tls;
+  cm_list_init(&l->calls);
+  tun_outq_init(&l->events_out, r->cfg.link.max_event_queue);
+  tun_grpc_decoder_init(&l->events_in, r->cfg.link.max_message);
+  tun_link_init(&l->base, r->loop, &r->cfg.link, &g_hooks);
+  r->handles++;
+  cm_list_push_back(&r->links, &l->node);
+  return l;
+}
+
+static void on_controller_conn(uv_stream_t *server, int status) {
+  tun_relay *r = server->data;
+  if (status < 0 || r->closing) return;
+  rlink *l = link_new(r, true);
+  if (!l) return;
+  cm_stream_opts o = {.tls = r->tls,
+                      .handshake_timeout_ms = r->cfg.link.handshake_timeout_ms,
+                      .keepalive = true,
+                      .high_watermark = 1 << 20};
+  int err;
+  l->base.st = cm_stream_accept(server, &o, tun_link_stream_cbs(), &l->base, &err);
+  if (!l->base.st) {
+    cm_list_remove(&l->node);
+    tun_link_discard(&l->base);
+    return;
+  }
+  r->st.links_accepted++;
+}
+
+int tun_relay_add_fd(tun_relay *r, int fd, const char *controller) {
+  rlink *l = link_new(r, false);
+  if (!l) return -ENOMEM;
+  snprintf(l->controller, sizeof l->controller, "%s", controller ? controller : "embedded");
+  cm_stream_opts o = {.high_watermark = 1 << 20};
+  int err;
+  l->base.st = cm_stream_open_fd(r->loop, fd, false, &o, tun_link_stream_cbs(), &l->base, &err);
+  if (!l->base.st) {
+    cm_list_remove(&l->node);
+    tun_link_discard(&l->base);
+    return err;
+  }
+  return 0;
+}
+
+/* ---- calls ---------------------------------------------------------------------- */
+
+static void call_free(tun_call *c) {
+  cm_buf_free(&c->req);
+  tun_outq_free(&c->out);
+  tun_grpc_decoder_free(&c->dec);
+  if (c->resp) protobuf_c_message_free_unpacked(c->resp, NULL);
+  free(c);
+}
+
+static void call_finish(tun_call *c, int status, const char *msg) {
+  tun_relay *r = c->r;
+  cm_list_remove(&c->rnode);
+  cm_list_remove(&c->lnode);
+  if (c->sid > 0 && c->link && c->link->base.h2) {
+    nghttp2_session_set_stream_user_data(c->link->base.h2, c->sid, NULL);
+    nghttp2_submit_rst_stream(c->link->base.h2, NGHTTP2_FLAG_NONE, c->sid, NGHTTP2_CANCEL);
+    tun_link_pump(&c->link->base);
+  }
+  if (status != TUN_GRPC_OK) r->st.calls_failed++;
+  if (status == TUN_GRPC_UNAVAILABLE) r->st.calls_unavailable++;
+  if (status == TUN_GRPC_DEADLINE_EXCEEDED) r->st.calls_deadline++;
+  const char *ctl = c->link ? c->link->controller : "";
+  if (c->cb) c->cb(c->ud, status, msg ? msg : "", status == TUN_GRPC_OK ? c->resp : NULL, ctl);
+  call_group *g = c->group;
+  call_free(c);
+  if (g && --g->pending == 0) {
+    if (g->done) g->done(g->ud);
+    free(g);
+  }
+  if (cm_list_empty(&r->calls)) uv_timer_stop(&r->tick);
+}
+
+static int submit_call(tun_call *c, rlink *l) {
+  char tmo[16];
+  uint64_t now = cm_now_mono_ms();
+  tun_grpc_timeout_format(c->deadline > now ? c->deadline - now : 1, tmo);
+  nghttp2_nv nv[] = {
+      TUN_NV(":method", "POST"),  TUN_NV(":scheme", l->tls ? "https" : "http"),
+      TUN_NV(":path", c->path),   TUN_NV(":authority", "controller"),
+      TUN_NV("content-type", "application/grpc"), TUN_NV("te", "trailers"),
+      TUN_NV("grpc-timeout", tmo),
+  };
+  /* Fresh response state for this attempt. */
+  cm_buf_reset(&c->out.buf);
+  cm_buf_append(&c->out.buf, cm_buf_head(&c->req), cm_buf_size(&c->req));
+  c->out.eof = true;
+  c->out.deferred = false;
+  if (c->resp) protobuf_c_message_free_unpacked(c->resp, NULL);
+  c->resp = NULL;
+  tun_grpc_decoder_free(&c->dec);
+  tun_grpc_decoder_init(&c->dec, c->r->cfg.link.max_message);
+  c->http_status = 0;
+  c->grpc_status = -1;
+  c->grpc_msg[0] = '\0';
+  nghttp2_data_provider p = tun_outq_provider(&c->out);
+  int32_t sid = nghttp2_submit_request(l->base.h2, NULL, nv, CM_ARRAY_LEN(nv), &p, c);
+  if (sid < 0) return -EIO;
+  c->sid = sid;
+  c->link = l;
+  if (c->ntried < MAX_TRIED) snprintf(c->tried[c->ntried++], sizeof c->tried[0], "%s", l->controller);
+  cm_list_push_back(&l->calls, &c->lnode);
+  tun_link_pump(&l->base);
+  return 0;
+}
+
+static void on_tick(uv_timer_t *t) {
+  tun_relay *r = t->data;
+  uint64_t now = cm_now_mono_ms();
+  for (cm_list *p = r->calls.next; p != &r->calls;) {
+    tun_call *c = cm_container_of(p, tun_call, rnode);
+    p = p->next;
+    if (now >= c->deadline) call_finish(c, TUN_GRPC_DEADLINE_EXCEEDED, "deadline exceeded");
+  }
+}
+
+static tun_call *call_new(tun_relay *r, const char *path, const ProtobufCMessage *req,
+                          const ProtobufCMessageDescriptor *desc, uint32_t timeout_ms,
+                          tun_call_cb cb, void *ud) {
+  tun_call *c = calloc(1, sizeof *c);
+  if (!c) return NULL;
+  c->r = r;
+  snprintf(c->path, sizeof c->path, "%s", path);
+  cm_buf_init(&c->req, r->cfg.link.max_message + TUN_GRPC_PREFIX);
+  tun_outq_init(&c->out, 0);
+  tun_grpc_decoder_init(&c->dec, r->cfg.link.max_message);
+  c->desc = desc;
+  c->cb = cb;
+  c->ud = ud;
+  c->timeout_ms = timeout_ms ? timeout_ms : r->cfg.default_timeout_ms;
+  c->deadline = cm_now_mono_ms() + c->timeout_ms;
+  cm_list_init(&c->rnode);
+  cm_list_init(&c->lnode);
+  if (tun_grpc_encode(&c->req, req) != 0) {
+    call_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+static bool call_start(tun_relay *r, tun_call *c, rlink *l) {
+  if (submit_call(c, l) != 0) return false;
+  cm_list_push_back(&r->calls, &c->rnode);
+  r->st.calls++;
+  if (!uv_is_active((uv_handle_t *)&r->tick))
+    uv_timer_start(&r->tick, on_tick, DEADLINE_TICK_MS, DEADLINE_TICK_MS);
+  return true;
+}
+
+tun_call *tun_relay_call(tun_relay *r, const char *path, const ProtobufCMessage *req,
+                         const ProtobufCMessageDescriptor *desc, uint32_t timeout_ms,
+                         tun_call_cb cb, void *ud, int *status) {
+  rlink *l = r->closing ? NULL : pick_link(r, NULL);
+  if (!l) {
+    r->st.calls++;
+    r->st.calls_failed++;
+    r->st.calls_unavailable++;
+    *status = TUN_GRPC_UNAVAILABLE;
+    return NULL;
+  }
+  tun_call *c = call_new(r, path, req, desc, timeout_ms, cb, ud);
+  if (!c || !call_start(r, c, l)) {
+    if (c) call_free(c);
+    *status = c ? TUN_GRPC_UNAVAILABLE : TUN_GRPC_RESOURCE_EXHAUSTED;
+    return NULL;
+  }
+  *status = TUN_GRPC_OK;
+  return c;
+}
+
+size_t tun_relay_call_all(tun_relay *r, const char *path, const ProtobufCMessage *req,
+                          const ProtobufCMessageDescriptor *desc, uint32_t timeout_ms,
+                          tun_call_cb cb, void (*done)(void *ud), void *ud) {
+  call_group *g = calloc(1, sizeof *g);
+  if (!g) return 0;
+  g->done = done;
+  g->ud = ud;
+  g->pending = 1; /* held until every call is started */
+  char seen[16][96];
+  size_t nseen = 0, started = 0;
+  for (cm_list *p = r->links.next; p != &r->links && !r->closing; p = p->next) {
+    rlink *l = cm_container_of(p, rlink, node);
+    if (!l->up || l->base.closing) continue;
+    bool dup = false;
+    for (size_t k = 0; k < nseen && !dup; k++) dup = strcmp(seen[k], l->controller) == 0;
+    if (dup || nseen == CM_ARRAY_LEN(seen)) continue;
+    snprintf(seen[nseen++], sizeof seen[0], "%s", l->controller);
+    tun_call *c = call_new(r, path, req, desc, timeout_ms, cb, ud);
+    if (!c) continue;
+    c->pinned = true;
+    c->group = g;
+    g->pending++;
+    if (!call_start(r, c, l)) {
+      g->pending--;
+      call_free(c);
+      continue;
+    }
+    started++;
+  }
+  if (--g->pending == 0) { /* every call already finished, or none started */
+    if (g->done) g->done(g->ud);
+    free(g);
+  }
+  return started;
+}
+
+void tun_call_cancel(tun_call *c) {
+  c->cb = NULL;
+  call_finish(c, TUN_GRPC_CANCELLED, "cancelled");
+}
+
+/* ---- events ---------------------------------------------------------------------- */
+
+int tun_relay_send_event(tun_relay *r, const char *controller, const Relay__V1__RelayEvent *ev) {
+  int sent = 0;
+  for (cm_list *p = r->links.next; p != &r->links; p = p->next) {
+    rlink *l = cm_container_of(p, rlink, node);
+    if (!l->up || l->events_sid <= 0) continue;
+    if (controller && strcmp(controller, l->controller) != 0) continue;
+    if (tun_outq_push(&l->base, l->events_sid, &l->events_out, &ev->base) != 0) {
+      r->st.events_dropped++;
+      continue;
+    }
+    r->st.events_sent++;
+    sent++;
+    tun_link_pump(&l->base);
+    /* One link per controller is enough when several share an identity. */
+    if (controller) break;
+  }
+  return sent > 0 ? 0 : -ENOTCONN;
+}
+
+/* ---- lifecycle --------------------------------------------------------------------- */
+
+tun_relay *tun_relay_new(uv_loop_t *loop, const tun_relay_config *cfg, const tun_relay_cbs *cbs,
+                         void *ud, char *err, size_t errlen) {
+  tun_relay *r = calloc(1, sizeof *r);
+  if (!r) return NULL;
+  r->loop = loop;
+  r->cfg = *cfg;
+  tun_link_config_fill(&r->cfg.link);
+  if (!r->cfg.default_timeout_ms) r->cfg.default_timeout_ms = 5000;
+  r->node_id = strdup(cfg->node_id ? cfg->node_id : "relay");
+  r->version = strdup(cfg->version ? cfg->version : "");
+  r->public_url = strdup(cfg->public_url ? cfg->public_url : "");
+  r->controller_uri = strdup(cfg->controller_uri ? cfg->controller_uri : CM_PKI_URI_CONTROLLER);
+  if (cbs) r->cbs = *cbs;
+  r->ud = ud;
+  cm_list_init(&r->links);
+  cm_list_init(&r->calls);
+  uv_timer_init(loop, &r->tick);
+  r->tick.data = r;
+  r->handles = 1;
+  if (cfg->cert_file) {
+    cm_tls_config tc;
+    cm_tls_config_init(&tc);
+    tc.cert_file = cfg->cert_file;
+    tc.key_file = cfg->key_file;
+    tc.ca_file = cfg->ca_file;
+    tc.verify_peer = true;
+    tc.require_peer_cert = true;
+    tc.alpn = "h2";
+    tc.tls13_only = true; /* both ends are ours */
+    if (!cfg->ca_file) {
+      snprintf(err, errlen, "controller-ca: the tunnel needs the controller CA to verify peers");
+      tun_relay_free(r);
+      return NULL;
+    }
+    r->tls = cm_tls_ctx_new_server(&tc, err, errlen);
+    if (!r->tls) {
+      tun_relay_free(r);
+      return NULL;
+    }
+  }
+  return r;
+}
+
+int tun_relay_listen(tun_relay *r, const char *hostport, char *err, size_t errlen) {
+  if (!r->tls) {
+    snprintf(err, errlen, "tunnel-cert: a listener needs the relay's certificate and key");
+    return -EINVAL;
+  }
+  int rc = cm_tcp_listen(r->loop, &r->listener, hostport, 128, on_controller_conn, err, errlen);
+  if (rc != 0) return rc;
+  r->listener.data = r;
+  r->listening = true;
+  r->handles++;
+  cm_log(CM_LOG_INFO, "tunnel", "listening for controllers", CM_S("addr", hostport),
+         CM_I("port", tun_relay_port(r)));
+  return 0;
+}
+
+int tun_relay_port(const tun_relay *r) {
+  return r->listening ? cm_tcp_bound_port(&r->listener) : -1;
+}
+
+size_t tun_relay_links(const tun_relay *r) { return r->nup; }
+
+void tun_relay_get_stats(const tun_relay *r, tun_relay_stats *out) { *out = r->st; }
+
+static void on_handle_closed(uv_handle_t *h) {
+  tun_relay *r = h->data;
+  r->handles--;
+  maybe_closed(r);
+}
+
+static void maybe_closed(tun_relay *r) {
+  if (r->closing && r->handles == 0 && r->done) {
+    void (*done)(void *) = r->done;
+    r->done = NULL;
+    done(r->done_ud);
+  }
+}
+
+void tun_relay_close(tun_relay *r, void (*done)(void *), void *ud) {
+  if (r->closing) return;
+  r->closing = true;
+  r->done = done;
+  r->done_ud = ud;
+  if (r->listening) uv_close((uv_handle_t *)&r->listener, on_handle_closed);
+  r->listening = false;
+  for (cm_list *p = r->links.next; p != &r->links;) {
+    rlink *l = cm_container_of(p, rlink, node);
+    p = p->next;
+    tun_link_close(&l->base, "relay shutting down");
+  }
+  uv_timer_stop(&r->tick);
+  uv_close((uv_handle_t *)&r->tick, on_handle_closed);
+}
+
+void tun_relay_free(tun_relay *r) {
+  if (!r) return;
+  cm_tls_ctx_free(r->tls);
+  free(r->node_id);
+  free(r->version);
+  free(r->public_url);
+  free(r->controller_uri);
+  free(r);
+}
