@@ -10,8 +10,19 @@
 #include "common/common.h"
 #include "relay/http.h"
 #include "relay/relay.h"
+#include "tunnel/tunnel.h"
 
 typedef struct rly_conn rly_conn;
+typedef struct rly_session rly_session;
+typedef struct rly_auth rly_auth;
+typedef struct rly_auth_req rly_auth_req;
+typedef struct rly_principal rly_principal;
+typedef struct ctl_embedded ctl_embedded;
+
+typedef struct rly_dp_metrics {
+  uint64_t upgrades, refused_4xx, refused_503, peers_closed, protocol_errors, too_big,
+      bytes_in, bytes_out, messages, kicks, peer_wait_expired;
+} rly_dp_metrics;
 
 typedef struct rly_metrics {
   uint64_t conns_accepted, conns_refused, tls_handshake_failures;
@@ -35,7 +46,7 @@ struct rly_server {
   size_t nconns;
   uv_timer_t sweep;
 
-  bool shutting_down;
+  bool shutting_down, started, finishing, control_stopped;
   uv_timer_t grace;
   int handles_open;
   void (*done)(void *);
@@ -43,6 +54,26 @@ struct rly_server {
 
   rly_metrics m;
   uint64_t started_ms;
+
+  rly_auth *auth; /* OIDC verifier; NULL with --no-auth */
+
+  /* controller link (control.c) */
+  tun_relay *tun;
+  ctl_embedded *embedded;
+  size_t links;
+  void (*control_done)(void *);
+
+  /* data plane (dataplane.c) */
+  rly_session **sess_tab;
+  size_t sess_cap, nsessions, npeers;
+  cm_list sessions;
+  uv_timer_t dp_tick;
+  uint64_t last_stats_ms;
+  bool draining;
+  uint64_t drain_deadline_ms;
+  uint64_t max_message; /* runtime limit (controller may lower it) */
+  uint64_t max_sessions;
+  rly_dp_metrics dm;
 };
 
 enum conn_wait { W_NONE, W_HEADER, W_IDLE };
@@ -57,8 +88,71 @@ struct rly_conn {
   uint64_t deadline;
   uint64_t req_start_ms;
   const rly_http_request *req; /* awaiting its response, else NULL */
+  /* Work in flight for the current request (a Validate, an admin call,
+   * a token check): cancelled if the connection goes first. */
+  void *pending;
+  void (*pending_cancel)(void *pending);
   char remote[64];
 };
+
+/* control.c */
+int rly_control_start(rly_server *s, char *err, size_t errlen);
+void rly_control_stop(rly_server *s, void (*done)(void *ud));
+void rly_control_free(rly_server *s);
+
+/* dataplane.c */
+void rly_dp_init(rly_server *s);
+void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const char *session_id);
+void rly_dp_on_command(rly_server *s, const char *controller,
+                       const Relay__V1__ControllerCommand *cmd);
+void rly_dp_on_link_up(rly_server *s, const char *controller);
+/* Shutdown: lone peers go now; open sessions run until rly_dp_close_all. */
+void rly_dp_shutdown(rly_server *s);
+void rly_dp_close_all(rly_server *s, uint16_t code, const char *reason);
+void rly_dp_stop(rly_server *s); /* closes the data plane's timer */
+void rly_dp_metrics_text(rly_server *s, cm_buf *b);
+
+/* admin.c: the admin API and discovery document. */
+void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const char *id);
+void rly_admin_preflight(rly_conn *c, const rly_http_request *req, const char *methods);
+void rly_admin_discovery(rly_conn *c, const rly_http_request *req);
+enum { RLY_ADMIN_CREATE = 1, RLY_ADMIN_LIST, RLY_ADMIN_GET, RLY_ADMIN_DELETE };
+
+/* auth.c: OIDC bearer tokens.  The IdP's discovery document and JWKS are
+ * fetched at start and refreshed; verification is local except for a rate-
+ * limited JWKS refetch on an unknown kid.  cb gets the HTTP status to use
+ * (200, 401, 403, 503) and, on 200, the principal (valid during cb). */
+typedef void (*rly_auth_cb)(void *ud, int status, const rly_principal *p, const char *error,
+                            const char *description);
+rly_auth *rly_auth_new(rly_server *s, char *err, size_t errlen);
+int rly_auth_start(rly_auth *a, char *err, size_t errlen);
+/* Runs cb now (returning NULL) or later (returning a handle to cancel). */
+rly_auth_req *rly_auth_check(rly_auth *a, const char *token, rly_auth_cb cb, void *ud);
+void rly_auth_cancel(rly_auth_req *r);
+/* The swsrs-config document; false until the IdP's discovery is known. */
+bool rly_auth_discovery_json(rly_auth *a, cm_buf *out);
+void rly_auth_stop(rly_auth *a, void (*done)(void *ud), void *ud);
+void rly_auth_free(rly_auth *a);
+
+/* fetch.c: asynchronous HTTP(S) GET.  cb runs exactly once, from the loop,
+ * unless cancelled: status is the HTTP status or a negative error.  The
+ * handle is invalid after cb or cancel. */
+typedef struct rly_fetch rly_fetch;
+typedef void (*rly_fetch_cb)(void *ud, int status, const char *body, size_t len, const char *err);
+rly_fetch *rly_fetch_get(uv_loop_t *loop, cm_tls_ctx *tls, const char *url, size_t max_body,
+                         uint32_t timeout_ms, rly_fetch_cb cb, void *ud);
+void rly_fetch_cancel(rly_fetch *f);
+
+/* cors.c: explicit allowlist match (false when the list is empty). */
+bool rly_origin_allowed(const cm_strlist *allow, const char *origin);
+
+/* server.c: hands the connection's stream over to a new owner (the
+ * WebSocket peer) and frees the HTTP side.  Bytes received after the
+ * request are copied into leftover. */
+cm_stream *rly_conn_detach(rly_conn *c, cm_buf *leftover);
+
+/* server.c: called when a connection or peer goes during shutdown. */
+void rly_server_maybe_finish(rly_server *s);
 
 /* routes.c */
 void rly_route_request(rly_conn *c, const rly_http_request *req);

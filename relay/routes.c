@@ -9,13 +9,46 @@
 
 enum {
   R_HEALTHZ,
+  R_READYZ,
   R_METRICS,
+  R_RELAY,
+  R_SESSIONS_POST,
+  R_SESSIONS_GET,
+  R_SESSIONS_OPTIONS,
+  R_SESSION_GET,
+  R_SESSION_DELETE,
+  R_SESSION_OPTIONS,
+  R_DISCOVERY,
 };
 
 static const rly_route g_routes[] = {
     [R_HEALTHZ] = {"GET", "/healthz"},
+    [R_READYZ] = {"GET", "/readyz"},
     [R_METRICS] = {"GET", "/metrics"},
+    [R_RELAY] = {"GET", "/relay/{id}"},
+    [R_SESSIONS_POST] = {"POST", "/admin/sessions"},
+    [R_SESSIONS_GET] = {"GET", "/admin/sessions"},
+    [R_SESSIONS_OPTIONS] = {"OPTIONS", "/admin/sessions"},
+    [R_SESSION_GET] = {"GET", "/admin/sessions/{id}"},
+    [R_SESSION_DELETE] = {"DELETE", "/admin/sessions/{id}"},
+    [R_SESSION_OPTIONS] = {"OPTIONS", "/admin/sessions/{id}"},
+    [R_DISCOVERY] = {"GET", "/.well-known/swsrs-config"},
 };
+
+static void readyz(rly_conn *c) {
+  if (c->srv->links == 0 || c->srv->draining) {
+    rly_conn_respond_error(c, 503, "not_ready",
+                           c->srv->draining ? "draining" : "no controller link is up",
+                           "Cache-Control: no-store\r\n");
+    return;
+  }
+  rly_http_response r = {.status = 200,
+                         .content_type = "text/plain; charset=utf-8",
+                         .body = (const uint8_t *)"ready",
+                         .body_len = 5,
+                         .extra_headers = "Cache-Control: no-store\r\n"};
+  rly_conn_respond(c, &r);
+}
 
 static void healthz(rly_conn *c) {
   rly_http_response r = {.status = 200,
@@ -63,6 +96,19 @@ static void metrics(rly_conn *c) {
           s->m.http_timeouts);
   GAUGE("connections", "Open public connections.", s->nconns);
   GAUGE("uptime_seconds", "Seconds since start.", (cm_now_mono_ms() - s->started_ms) / 1000);
+  if (s->tun) {
+    tun_relay_stats ts;
+    tun_relay_get_stats(s->tun, &ts);
+    COUNTER("controller_calls_total", "Calls made to controllers.", ts.calls);
+    COUNTER("controller_calls_failed_total", "Calls that did not return OK.", ts.calls_failed);
+    COUNTER("controller_calls_unavailable_total", "Calls failed for lack of a link.",
+            ts.calls_unavailable);
+    COUNTER("controller_links_refused_total", "Controller connections refused.",
+            ts.links_refused);
+    COUNTER("controller_events_dropped_total", "Events dropped at a full queue.",
+            ts.events_dropped);
+  }
+  rly_dp_metrics_text(s, &b);
 #undef COUNTER
 #undef GAUGE
   rly_http_response r = {.status = 200,
@@ -89,8 +135,35 @@ void rly_route_request(rly_conn *c, const rly_http_request *req) {
   case R_HEALTHZ:
     healthz(c);
     return;
+  case R_READYZ:
+    readyz(c);
+    return;
   case R_METRICS:
     metrics(c);
+    return;
+  case R_RELAY:
+    rly_dp_upgrade(c, req, m.caps[0]);
+    return;
+  case R_SESSIONS_POST:
+    rly_admin_request(c, req, RLY_ADMIN_CREATE, NULL);
+    return;
+  case R_SESSIONS_GET:
+    rly_admin_request(c, req, RLY_ADMIN_LIST, NULL);
+    return;
+  case R_SESSION_GET:
+    rly_admin_request(c, req, RLY_ADMIN_GET, m.caps[0]);
+    return;
+  case R_SESSION_DELETE:
+    rly_admin_request(c, req, RLY_ADMIN_DELETE, m.caps[0]);
+    return;
+  case R_SESSIONS_OPTIONS:
+    rly_admin_preflight(c, req, "GET, POST, OPTIONS");
+    return;
+  case R_SESSION_OPTIONS:
+    rly_admin_preflight(c, req, "GET, DELETE, OPTIONS");
+    return;
+  case R_DISCOVERY:
+    rly_admin_discovery(c, req);
     return;
   default:
     rly_conn_respond_error(c, 500, "internal", "unrouted request", NULL);

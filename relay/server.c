@@ -60,6 +60,28 @@ static int setup_tls(rly_server *s, char *err, size_t errlen) {
   return s->tls ? 0 : -EINVAL;
 }
 
+/* --no-auth opens the admin API to anyone who can connect: loopback only,
+ * unless the operator says otherwise in so many words. */
+static int setup_auth(rly_server *s, char *err, size_t errlen) {
+  const rly_config *cfg = s->cfg;
+  if (!cfg->no_auth) {
+    s->auth = rly_auth_new(s, err, errlen);
+    return s->auth ? 0 : -EINVAL;
+  }
+  char host[256];
+  int port;
+  if (cm_parse_hostport(cfg->listen, "0.0.0.0", host, sizeof host, &port) != 0 ||
+      (!cm_host_is_loopback(host) && !cfg->allow_public_no_auth)) {
+    snprintf(err, errlen, "no-auth: refusing an unauthenticated admin API on non-loopback %s "
+                          "(pass --allow-public-no-auth if you really mean it)",
+             cfg->listen);
+    return -EINVAL;
+  }
+  cm_log(CM_LOG_WARN, "relay", "admin API has NO authentication (--no-auth)",
+         CM_S("listen", cfg->listen));
+  return 0;
+}
+
 /* ---- lifecycle -------------------------------------------------------------- */
 
 rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, size_t errlen) {
@@ -85,7 +107,8 @@ rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, si
     size_t n = sizeof s->node_id;
     if (uv_os_gethostname(s->node_id, &n) != 0) snprintf(s->node_id, sizeof s->node_id, "relay");
   }
-  if (setup_tls(s, err, errlen) != 0) {
+  if (setup_tls(s, err, errlen) != 0 || setup_auth(s, err, errlen) != 0) {
+    cm_tls_ctx_free(s->tls);
     free(s);
     return NULL;
   }
@@ -102,11 +125,14 @@ rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, si
 
 void rly_server_free(rly_server *s) {
   if (!s) return;
+  rly_auth_free(s->auth);
+  rly_control_free(s);
   cm_tls_ctx_free(s->tls);
   free(s);
 }
 
 int rly_server_public_port(const rly_server *s) { return cm_tcp_bound_port(&s->listener); }
+int rly_server_tunnel_port(const rly_server *s) { return s->tun ? tun_relay_port(s->tun) : -1; }
 
 /* ---- connections -------------------------------------------------------------- */
 
@@ -216,7 +242,6 @@ static void on_open(cm_stream *st) {
   snprintf(c->remote, sizeof c->remote, "%s", cm_stream_peer_addr(st));
 }
 
-static void maybe_finish_shutdown(rly_server *s);
 
 static void on_close(cm_stream *st, int err, const char *msg) {
   rly_conn *c = cm_stream_get_data(st);
@@ -226,12 +251,27 @@ static void on_close(cm_stream *st, int err, const char *msg) {
     cm_log(CM_LOG_DEBUG, "tls", "handshake failed", CM_S("remote", cm_stream_peer_addr(st)),
            CM_S("error", msg));
   }
+  if (c->pending_cancel) c->pending_cancel(c->pending); /* e.g. a Validate in flight */
   cm_list_remove(&c->wait);
   cm_list_remove(&c->all);
   s->nconns--;
   rly_http_conn_free(c->http);
   free(c);
-  maybe_finish_shutdown(s);
+  rly_server_maybe_finish(s);
+}
+
+cm_stream *rly_conn_detach(rly_conn *c, cm_buf *leftover) {
+  rly_server *s = c->srv;
+  size_t n;
+  const uint8_t *rest = rly_http_take_upgrade(c->http, &n);
+  if (n) cm_buf_append(leftover, rest, n);
+  cm_stream *st = c->st;
+  cm_list_remove(&c->wait);
+  cm_list_remove(&c->all);
+  s->nconns--;
+  rly_http_conn_free(c->http);
+  free(c);
+  return st;
 }
 
 static const cm_stream_cbs g_conn_cbs = {
@@ -261,7 +301,8 @@ static void on_connection(uv_stream_t *server, int status) {
   s->nconns++;
   s->m.conns_accepted++;
   snprintf(c->remote, sizeof c->remote, "%s", cm_stream_peer_addr(c->st));
-  if (!c->http || (s->cfg->max_connections && (long long)s->nconns > s->cfg->max_connections)) {
+  if (!c->http ||
+      (s->cfg->max_connections && (long long)(s->nconns + s->npeers) > s->cfg->max_connections)) {
     s->m.conns_refused++;
     cm_log(CM_LOG_WARN, "http", "connection limit reached; refusing",
            CM_I("max_connections", s->cfg->max_connections), CM_S("remote", c->remote));
@@ -303,42 +344,78 @@ int rly_server_start(rly_server *s, char *err, size_t errlen) {
   if (rc != 0) return rc;
   s->listener.data = s;
   s->listening = true;
-  s->handles_open = 3; /* listener, sweep, grace */
+  s->handles_open = 3; /* listener, sweep, grace; dp_tick below */
   uv_timer_init(s->loop, &s->sweep);
   s->sweep.data = s;
   uv_timer_start(&s->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
   uv_timer_init(s->loop, &s->grace);
   s->grace.data = s;
   s->started_ms = cm_now_mono_ms();
+  rly_dp_init(s);
+  s->handles_open++; /* dp_tick */
+  s->started = true;
+  if ((rc = rly_control_start(s, err, errlen)) != 0) return rc;
+  if (s->auth && (rc = rly_auth_start(s->auth, err, errlen)) != 0) return rc;
   cm_log(CM_LOG_INFO, "relay", "listening", CM_S("addr", s->cfg->listen),
          CM_I("port", rly_server_public_port(s)), CM_B("tls", s->tls != NULL),
          CM_S("public_url", s->public_url), CM_S("node_id", s->node_id));
   return 0;
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  rly_server *s = h->data;
-  if (--s->handles_open == 0 && s->done) s->done(s->done_ud);
+static void finish_if_done(rly_server *s) {
+  if (s->handles_open == 0 && s->control_stopped && s->done) {
+    void (*done)(void *) = s->done;
+    s->done = NULL;
+    cm_log(CM_LOG_INFO, "relay", "shutdown complete");
+    done(s->done_ud);
+  }
 }
 
-static void maybe_finish_shutdown(rly_server *s) {
-  if (!s->shutting_down || s->nconns > 0 || !s->listening) return;
-  s->listening = false;
-  uv_timer_stop(&s->grace);
-  uv_close((uv_handle_t *)&s->sweep, on_handle_closed);
-  uv_close((uv_handle_t *)&s->grace, on_handle_closed);
-  cm_log(CM_LOG_INFO, "relay", "shutdown complete");
+static void on_handle_closed(uv_handle_t *h) {
+  rly_server *s = h->data;
+  s->handles_open--;
+  finish_if_done(s);
+}
+
+static void on_auth_stopped(void *ud) {
+  rly_server *s = ud;
+  s->handles_open--;
+  finish_if_done(s);
+}
+
+static void on_control_stopped(void *ud) {
+  rly_server *s = ud;
+  s->control_stopped = true;
+  finish_if_done(s);
+}
+
+void rly_server_maybe_finish(rly_server *s) {
+  if (!s->shutting_down || s->nconns > 0 || s->npeers > 0 || s->finishing) return;
+  s->finishing = true;
+  if (s->started) {
+    uv_timer_stop(&s->grace);
+    uv_close((uv_handle_t *)&s->sweep, on_handle_closed);
+    uv_close((uv_handle_t *)&s->grace, on_handle_closed);
+    rly_dp_stop(s);
+    uv_close((uv_handle_t *)&s->dp_tick, on_handle_closed);
+  }
+  if (s->auth) {
+    s->handles_open++;
+    rly_auth_stop(s->auth, on_auth_stopped, s);
+  }
+  rly_control_stop(s, on_control_stopped);
 }
 
 static void on_grace(uv_timer_t *t) {
   rly_server *s = t->data;
   cm_log(CM_LOG_WARN, "relay", "grace period over; closing remaining connections",
-         CM_I("connections", s->nconns));
+         CM_I("connections", s->nconns), CM_I("peers", s->npeers));
   for (cm_list *n = s->conns.next; n != &s->conns;) {
     rly_conn *c = cm_container_of(n, rly_conn, all);
     n = n->next;
     cm_stream_abort(c->st);
   }
+  rly_dp_close_all(s, 1001, "relay shutting down");
 }
 
 void rly_server_shutdown(rly_server *s, void (*done)(void *), void *ud) {
@@ -347,8 +424,9 @@ void rly_server_shutdown(rly_server *s, void (*done)(void *), void *ud) {
   s->done = done;
   s->done_ud = ud;
   cm_log(CM_LOG_INFO, "relay", "shutting down", CM_I("connections", s->nconns),
-         CM_I("grace_ms", s->cfg->shutdown_grace_ms));
-  uv_close((uv_handle_t *)&s->listener, on_handle_closed);
+         CM_I("peers", s->npeers), CM_I("grace_ms", s->cfg->shutdown_grace_ms));
+  if (s->listening) uv_close((uv_handle_t *)&s->listener, on_handle_closed);
+  s->listening = false;
   /* Idle keep-alive connections and ones that never sent a byte go now;
    * requests in flight finish and then close (see conn_update_wait). */
   for (cm_list *n = s->conns.next; n != &s->conns;) {
@@ -356,6 +434,9 @@ void rly_server_shutdown(rly_server *s, void (*done)(void *), void *ud) {
     n = n->next;
     if (!rly_http_busy(c->http) && !rly_http_in_request(c->http)) cm_stream_close(c->st);
   }
-  uv_timer_start(&s->grace, on_grace, (uint64_t)s->cfg->shutdown_grace_ms, 0);
-  maybe_finish_shutdown(s);
+  if (s->started) {
+    rly_dp_shutdown(s);
+    uv_timer_start(&s->grace, on_grace, (uint64_t)s->cfg->shutdown_grace_ms, 0);
+  }
+  rly_server_maybe_finish(s);
 }

@@ -53,6 +53,60 @@ static const cm_cfg_opt g_serve_opts[] = {
     OPT("max-url", CM_CFG_SIZE, max_url, "8KiB", 256, 65536, "request target, bytes", "SIZE"),
     OPT("shutdown-grace", CM_CFG_DURATION, shutdown_grace_ms, "10s", 0, 3600000,
         "on SIGTERM, how long live connections may finish", "DURATION"),
+    OPT("tunnel-listen", CM_CFG_STRING, tunnel_listen, "0.0.0.0:8444", 0, 0,
+        "where controllers dial in (with --controller-ca)", "ADDR:PORT"),
+    OPT("tunnel-cert", CM_CFG_STRING, tunnel_cert, NULL, 0, 0,
+        "this relay's enrolled certificate (signed by the controller CA)", "FILE"),
+    OPT("tunnel-key", CM_CFG_STRING, tunnel_key, NULL, 0, 0,
+        "this relay's tunnel key (from `relay gen-csr`)", "FILE"),
+    OPT("controller-ca", CM_CFG_STRING, controller_ca, NULL, 0, 0,
+        "pinned controller CA: accept remote controllers (unset: embedded controller)", "FILE"),
+    OPT("controller-identity", CM_CFG_STRING, controller_name, CM_PKI_URI_CONTROLLER, 0, 0,
+        "URI SAN a controller certificate must carry", "URI"),
+    OPT("call-timeout", CM_CFG_DURATION, call_timeout_ms, "5s", 10, 600000,
+        "deadline of each controller call", "DURATION"),
+    OPT("ping-interval", CM_CFG_DURATION, ping_interval_ms, "10s", 100, 600000,
+        "HTTP/2 PING interval on controller links", "DURATION"),
+    OPT("ping-timeout", CM_CFG_DURATION, ping_timeout_ms, "30s", 100, 3600000,
+        "drop a controller link silent this long", "DURATION"),
+    OPT("state-dir", CM_CFG_STRING, state_dir, NULL, 0, 0,
+        "embedded controller: keep the session registry here (unset: memory only)", "DIR"),
+    OPT("max-ttl", CM_CFG_DURATION, max_ttl_s, "24h", 1000, 31536000000LL,
+        "embedded controller: longest session TTL a client may ask for", "DURATION"),
+    OPT("max-peer-wait", CM_CFG_DURATION, max_peer_wait_s, "1h", 1000, 86400000,
+        "embedded controller: longest peer_wait a client may ask for", "DURATION"),
+    OPT("max-message", CM_CFG_SIZE, max_message, "64MiB", 1024, 1LL << 40,
+        "largest WebSocket message relayed (else close 1009)", "SIZE"),
+    OPT("hold-bytes", CM_CFG_SIZE, hold_bytes, "256KiB", 0, 1LL << 30,
+        "data a lone peer may send before its counterpart arrives", "SIZE"),
+    OPT("ws-high-watermark", CM_CFG_SIZE, ws_high_watermark, "256KiB", 16384, 1LL << 30,
+        "a peer's write queue above this pauses the sender", "SIZE"),
+    OPT("ping-idle", CM_CFG_DURATION, ping_idle_ms, "0", 0, 86400000,
+        "ping peers idle this long, close if still silent after as long again (0: off)",
+        "DURATION"),
+    OPT("max-sessions", CM_CFG_INT, max_sessions, "100000", 1, 100000000,
+        "sessions live on this relay at once (else 429)", "N"),
+    OPT("no-auth", CM_CFG_BOOL, no_auth, "false", 0, 0,
+        "admin API without authentication (loopback only unless --allow-public-no-auth)", NULL),
+    OPT("allow-public-no-auth", CM_CFG_BOOL, allow_public_no_auth, "false", 0, 0,
+        "allow --no-auth on a non-loopback listener", NULL),
+    OPT("oidc-issuer", CM_CFG_STRING, oidc_issuer, NULL, 0, 0,
+        "OIDC issuer of admin tokens (its discovery document and JWKS are fetched)", "URL"),
+    OPT("oidc-audience", CM_CFG_STRING, oidc_audience, NULL, 0, 0,
+        "audience admin tokens must carry", "AUD"),
+    OPT("oidc-ca", CM_CFG_STRING, oidc_ca, NULL, 0, 0,
+        "CA bundle for the identity provider (default: system store)", "FILE"),
+    OPT("client-id-hint", CM_CFG_STRING, client_id_hint, NULL, 0, 0,
+        "OAuth client id suggested to CLI clients in /.well-known/swsrs-config", "ID"),
+    OPT("jwt-leeway", CM_CFG_DURATION, jwt_leeway_ms, "60s", 0, 600000,
+        "clock skew allowed on exp and nbf", "DURATION"),
+    OPT("jwks-refresh", CM_CFG_DURATION, jwks_refresh_ms, "1h", 1000, 604800000,
+        "how often the discovery document and JWKS are refetched", "DURATION"),
+    OPT("jwks-min-refetch", CM_CFG_DURATION, jwks_min_refetch_ms, "30s", 0, 3600000,
+        "least time between JWKS refetches caused by unknown key ids", "DURATION"),
+    OPT("cors-origin", CM_CFG_LIST, cors_origins, NULL, 0, 0,
+        "allowed browser origin (repeatable): exact, https://*.example.com, http://localhost:*",
+        "ORIGIN"),
     OPT("metrics", CM_CFG_STRING, metrics, "loopback", 0, 0,
         "who may read /metrics: public, loopback or off", "MODE"),
     OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error",
@@ -61,7 +115,9 @@ static const cm_cfg_opt g_serve_opts[] = {
 
 static const cm_cfg_spec g_serve_spec = {
     "relay serve [options]",
-    "Run the public relay: HTTPS and WebSocket on --listen, with a health probe at /healthz.",
+    "Run the public relay: HTTPS and WebSocket on --listen (health /healthz, readiness /readyz,\n"
+    "metrics /metrics, sessions on /relay/{id}).  With --controller-ca, controllers dial in on\n"
+    "--tunnel-listen over mutual TLS; without it the reference controller runs in-process.",
     g_serve_opts, CM_ARRAY_LEN(g_serve_opts)};
 
 /* ---- serve ------------------------------------------------------------------ */
@@ -112,13 +168,30 @@ static int cmd_serve(int argc, char **argv) {
   }
   cm_log_set_level(lvl);
   signal(SIGPIPE, SIG_IGN);
+  /* Durations for the controller's limits are given as durations but the
+   * controller counts seconds. */
+  cfg.max_ttl_s /= 1000;
+  cfg.max_peer_wait_s /= 1000;
+  static char dev_cert[4096], dev_key[4096];
+  if (cfg.dev_cert_dir && !cfg.tls_cert && !cfg.plain) {
+    if (rly_dev_cert_ensure(cfg.dev_cert_dir, dev_cert, dev_key, err, sizeof err) != 0) {
+      cm_log(CM_LOG_ERROR, "relay", "development certificate", CM_S("error", err));
+      cm_config_free(&g_serve_spec, &cfg);
+      return 1;
+    }
+    cfg.tls_cert = strdup(dev_cert);
+    cfg.tls_key = strdup(dev_key);
+    cm_log(CM_LOG_WARN, "relay", "using a self-signed development certificate",
+           CM_S("cert", dev_cert));
+  }
 
   serve_ctx x = {.loop = uv_default_loop()};
   x.srv = rly_server_new(x.loop, &cfg, err, sizeof err);
   if (!x.srv || rly_server_start(x.srv, err, sizeof err) != 0) {
     cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
     if (x.srv) {
-      uv_run(x.loop, UV_RUN_NOWAIT);
+      rly_server_shutdown(x.srv, NULL, NULL);
+      uv_run(x.loop, UV_RUN_DEFAULT);
       rly_server_free(x.srv);
     }
     cm_config_free(&g_serve_spec, &cfg);

@@ -1,0 +1,417 @@
+/*
+ * admin.c — the swsrs admin API (/admin/sessions), its CORS preflights and
+ * the discovery document (/.well-known/swsrs-config).
+ *
+ * The relay authenticates (OIDC bearer token, auth.c) and the controller
+ * decides: every request becomes an Admin call carrying the verified
+ * principal, and the controller's answer says which HTTP status to send.
+ * A listing asks every distinct controller linked to this relay and merges
+ * their sessions.  Responses that carry slot tokens are never cached.
+ */
+#include "relay/edge.h"
+#include "relay/jwt.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ID 64
+
+typedef struct admin_op {
+  rly_conn *c; /* NULL once the client went away */
+  rly_server *srv;
+  int op;
+  char id[MAX_ID];
+  uint32_t ttl, peer_wait;
+  char cors[512];
+  rly_auth_req *auth;
+  tun_call *call;
+  json_t *list;       /* LIST: merged sessions */
+  int list_ok, list_failed;
+  bool waiting_calls; /* LIST: tun calls outstanding */
+} admin_op;
+
+/* ---- CORS ---------------------------------------------------------------------- */
+
+static void cors_headers(rly_server *s, const rly_http_request *req, char *out, size_t outlen) {
+  const char *origin = rly_http_header_get(req, "Origin");
+  if (origin && rly_origin_allowed(&s->cfg->cors_origins, origin) && strlen(origin) < 256 &&
+      !strpbrk(origin, "\r\n")) {
+    snprintf(out, outlen,
+             "Access-Control-Allow-Origin: %s\r\nAccess-Control-Expose-Headers: Location, "
+             "WWW-Authenticate\r\nVary: Origin\r\n",
+             origin);
+  } else {
+    snprintf(out, outlen, "Vary: Origin\r\n");
+  }
+}
+
+void rly_admin_preflight(rly_conn *c, const rly_http_request *req, const char *methods) {
+  rly_server *s = c->srv;
+  const char *origin = rly_http_header_get(req, "Origin");
+  const char *want = rly_http_header_get(req, "Access-Control-Request-Method");
+  if (!origin || !want || !rly_origin_allowed(&s->cfg->cors_origins, origin) ||
+      strlen(origin) >= 256 || strpbrk(origin, "\r\n")) {
+    rly_conn_respond_error(c, 403, "origin_not_allowed", "this origin may not call the admin API",
+                           "Vary: Origin\r\n");
+    return;
+  }
+  char hdr[768];
+  snprintf(hdr, sizeof hdr,
+           "Access-Control-Allow-Origin: %s\r\nAccess-Control-Allow-Methods: %s\r\n"
+           "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"
+           "Access-Control-Max-Age: 600\r\nVary: Origin\r\n",
+           origin, methods);
+  rly_http_response r = {.status = 204, .extra_headers = hdr};
+  rly_conn_respond(c, &r);
+}
+
+/* ---- JSON --------------------------------------------------------------------- */
+
+static json_t *time_or_null(int64_t t) {
+  if (t <= 0) return json_null();
+  char buf[32];
+  cm_rfc3339(t, buf, sizeof buf);
+  return json_string(buf);
+}
+
+static json_t *status_json(const Relay__V1__SessionStatus *st) {
+  json_t *o = json_object();
+  json_object_set_new(o, "id", json_string(st->id));
+  json_object_set_new(o, "state", json_string(st->state));
+  json_object_set_new(o, "created_at", time_or_null(st->created_at_unix));
+  json_object_set_new(o, "expires_at", time_or_null(st->expires_at_unix));
+  json_object_set_new(o, "last_activity", time_or_null(st->last_activity_unix));
+  json_object_set_new(o, "bytes_in", json_integer((json_int_t)st->bytes_in));
+  json_object_set_new(o, "bytes_out", json_integer((json_int_t)st->bytes_out));
+  json_object_set_new(o, "initiator_connected", json_boolean(st->initiator_connected));
+  json_object_set_new(o, "responder_connected", json_boolean(st->responder_connected));
+  return o;
+}
+
+static void respond_json(admin_op *a, int status, json_t *body, const char *more_headers) {
+  char hdr[1024];
+  snprintf(hdr, sizeof hdr, "%sCache-Control: no-store\r\n%s", a->cors,
+           more_headers ? more_headers : "");
+  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  rly_http_response r = {.status = status,
+                         .content_type = text ? "application/json" : NULL,
+                         .body = (const uint8_t *)text,
+                         .body_len = text ? strlen(text) : 0,
+                         .extra_headers = hdr};
+  rly_conn_respond(a->c, &r);
+  free(text);
+  json_decref(body);
+}
+
+static void respond_error(admin_op *a, int status, const char *code, const char *msg,
+                          const char *more) {
+  char hdr[1024];
+  snprintf(hdr, sizeof hdr, "%sCache-Control: no-store\r\n%s", a->cors, more ? more : "");
+  rly_conn_respond_error(a->c, status, code, msg, hdr);
+}
+
+/* ---- op lifetime ---------------------------------------------------------------- */
+
+static void op_free(admin_op *a) {
+  json_decref(a->list);
+  free(a);
+}
+
+/* The client left: stop what can be stopped, let the rest find c NULL. */
+static void op_cancel(void *pending) {
+  admin_op *a = pending;
+  a->c = NULL;
+  if (a->auth) rly_auth_cancel(a->auth);
+  a->auth = NULL;
+  if (a->call) {
+    tun_call_cancel(a->call);
+    a->call = NULL;
+  }
+  if (!a->waiting_calls) op_free(a);
+}
+
+static void op_done(admin_op *a) {
+  if (a->c) {
+    a->c->pending = NULL;
+    a->c->pending_cancel = NULL;
+  }
+  op_free(a);
+}
+
+/* ---- controller answers ------------------------------------------------------------ */
+
+static int grpc_to_http(int status, const char **code, const char **msg) {
+  if (status == TUN_GRPC_NOT_FOUND) {
+    *code = "not_found";
+    *msg = "no such session";
+    return 404;
+  }
+  *code = "controller_unavailable";
+  *msg = "the controller could not be reached";
+  return 503;
+}
+
+static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
+  json_t *o = json_object();
+  const Relay__V1__SessionStatus *st = cs->status;
+  json_object_set_new(o, "id", json_string(st ? st->id : ""));
+  json_object_set_new(o, "initiator_token", json_string(cs->initiator_token));
+  json_object_set_new(o, "responder_token", json_string(cs->responder_token));
+  json_object_set_new(o, "initiator_url", json_string(cs->initiator_url));
+  json_object_set_new(o, "responder_url", json_string(cs->responder_url));
+  json_object_set_new(o, "created_at", time_or_null(st ? st->created_at_unix : 0));
+  json_object_set_new(o, "expires_at", time_or_null(st ? st->expires_at_unix : 0));
+  char loc[160];
+  snprintf(loc, sizeof loc, "Location: /admin/sessions/%s\r\n", st ? st->id : "");
+  respond_json(a, 201, o, loc);
+}
+
+static void on_admin_answer(void *ud, int status, const char *message,
+                            const ProtobufCMessage *resp, const char *controller) {
+  CM_UNUSED(controller);
+  admin_op *a = ud;
+  a->call = NULL;
+  if (!a->c) {
+    op_free(a);
+    return;
+  }
+  if (status != TUN_GRPC_OK) {
+    const char *code, *msg;
+    int http = grpc_to_http(status, &code, &msg);
+    if (http == 503)
+      cm_log(CM_LOG_WARN, "admin", "controller call failed",
+             CM_S("grpc_status", tun_grpc_status_name(status)), CM_S("message", message));
+    respond_error(a, http, code, msg, NULL);
+    op_done(a);
+    return;
+  }
+  const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
+  int http = r->http_status >= 200 && r->http_status < 600 ? (int)r->http_status : 500;
+  if (r->error && r->error[0]) {
+    respond_error(a, http, r->error, r->message && r->message[0] ? r->message : NULL, NULL);
+  } else if (a->op == RLY_ADMIN_CREATE && r->created) {
+    created_json(a, r->created);
+  } else if (a->op == RLY_ADMIN_GET && r->n_sessions == 1) {
+    respond_json(a, 200, status_json(r->sessions[0]), NULL);
+  } else if (a->op == RLY_ADMIN_DELETE) {
+    respond_json(a, http == 200 ? 204 : http, NULL, NULL);
+  } else {
+    respond_error(a, 502, "bad_controller_answer", "the controller's answer was incomplete", NULL);
+  }
+  op_done(a);
+}
+
+static void on_list_part(void *ud, int status, const char *message, const ProtobufCMessage *resp,
+                         const char *controller) {
+  admin_op *a = ud;
+  if (status != TUN_GRPC_OK) {
+    a->list_failed++;
+    cm_log(CM_LOG_WARN, "admin", "list: a controller did not answer",
+           CM_S("controller", controller), CM_S("message", message));
+    return;
+  }
+  a->list_ok++;
+  const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
+  for (size_t i = 0; i < r->n_sessions; i++) json_array_append_new(a->list, status_json(r->sessions[i]));
+}
+
+static void on_list_done(void *ud) {
+  admin_op *a = ud;
+  a->waiting_calls = false;
+  if (!a->c) {
+    op_free(a);
+    return;
+  }
+  if (a->list_ok == 0) {
+    respond_error(a, 503, "controller_unavailable", "the controller could not be reached", NULL);
+  } else {
+    json_t *o = json_object();
+    json_object_set(o, "sessions", a->list);
+    respond_json(a, 200, o, NULL);
+  }
+  op_done(a);
+}
+
+/* ---- issuing the call ------------------------------------------------------------------ */
+
+static void call_controller(admin_op *a, const rly_principal *p) {
+  rly_server *s = a->srv;
+  static const Relay__V1__AdminOp ops[] = {
+      [RLY_ADMIN_CREATE] = RELAY__V1__ADMIN_OP__ADMIN_OP_CREATE,
+      [RLY_ADMIN_LIST] = RELAY__V1__ADMIN_OP__ADMIN_OP_LIST,
+      [RLY_ADMIN_GET] = RELAY__V1__ADMIN_OP__ADMIN_OP_GET,
+      [RLY_ADMIN_DELETE] = RELAY__V1__ADMIN_OP__ADMIN_OP_DELETE};
+  Relay__V1__Principal pr = RELAY__V1__PRINCIPAL__INIT;
+  Relay__V1__AdminRequest q = RELAY__V1__ADMIN_REQUEST__INIT;
+  q.op = ops[a->op];
+  q.session_id = a->id;
+  q.ttl_seconds = a->ttl;
+  q.peer_wait_seconds = a->peer_wait;
+  q.relay_node_id = s->node_id;
+  q.auth_disabled = p == NULL;
+  if (p) {
+    pr.subject = p->subject;
+    pr.issuer = p->issuer;
+    pr.n_scopes = p->scopes.n;
+    pr.scopes = p->scopes.v;
+    q.principal = &pr;
+  }
+  if (a->op == RLY_ADMIN_LIST) {
+    a->list = json_array();
+    a->waiting_calls = true;
+    size_t n = tun_relay_call_all(s->tun, TUN_PATH_ADMIN, &q.base,
+                                  &relay__v1__admin_response__descriptor, 0, on_list_part,
+                                  on_list_done, a);
+    CM_UNUSED(n); /* with none started, on_list_done already answered 503 */
+    return;
+  }
+  int status;
+  a->call = tun_relay_call(s->tun, TUN_PATH_ADMIN, &q.base, &relay__v1__admin_response__descriptor,
+                           0, on_admin_answer, a, &status);
+  if (!a->call) {
+    respond_error(a, 503, "controller_unavailable", "no controller link is up", NULL);
+    op_done(a);
+  }
+}
+
+static void on_authenticated(void *ud, int status, const rly_principal *p, const char *error,
+                             const char *description) {
+  admin_op *a = ud;
+  a->auth = NULL;
+  if (status != 200) {
+    char hdr[512];
+    if (status == 401) {
+      snprintf(hdr, sizeof hdr, "WWW-Authenticate: Bearer realm=\"relay\", error=\"%s\", "
+                                "error_description=\"%s\"\r\n",
+               error, description);
+    } else if (status == 403) {
+      snprintf(hdr, sizeof hdr, "WWW-Authenticate: Bearer realm=\"relay\", "
+                                "error=\"insufficient_scope\"\r\n");
+    } else {
+      hdr[0] = '\0';
+    }
+    respond_error(a, status, status == 503 ? "auth_unavailable" : error, description, hdr);
+    op_done(a);
+    return;
+  }
+  cm_log(CM_LOG_DEBUG, "admin", "authenticated", CM_S("sub", p->subject));
+  call_controller(a, p);
+}
+
+/* ---- request parsing -------------------------------------------------------------------- */
+
+static bool parse_create_body(admin_op *a, const rly_http_request *req) {
+  if (req->body_len == 0) return true;
+  const char *ct = rly_http_header_get(req, "Content-Type");
+  if (!ct || strncasecmp(ct, "application/json", 16) != 0 ||
+      (ct[16] != '\0' && ct[16] != ';' && ct[16] != ' ')) {
+    respond_error(a, 415, "unsupported_media_type", "the body must be application/json", NULL);
+    return false;
+  }
+  json_error_t je;
+  json_t *o = json_loadb((const char *)req->body, req->body_len, JSON_REJECT_DUPLICATES, &je);
+  if (!o || !json_is_object(o)) {
+    json_decref(o);
+    respond_error(a, 400, "invalid_request", "the body must be a JSON object", NULL);
+    return false;
+  }
+  static const char *keys[] = {"ttl_seconds", "peer_wait_seconds"};
+  uint32_t *dst[] = {&a->ttl, &a->peer_wait};
+  for (size_t i = 0; i < 2; i++) {
+    json_t *v = json_object_get(o, keys[i]);
+    if (!v || json_is_null(v)) continue;
+    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+        json_integer_value(v) > (json_int_t)UINT32_MAX) {
+      char msg[96];
+      snprintf(msg, sizeof msg, "%s must be a positive integer", keys[i]);
+      json_decref(o);
+      respond_error(a, 400, "invalid_request", msg, NULL);
+      return false;
+    }
+    *dst[i] = (uint32_t)json_integer_value(v);
+  }
+  json_decref(o);
+  return true;
+}
+
+static bool valid_id(const char *id) {
+  size_t n = strlen(id);
+  if (n == 0 || n >= MAX_ID) return false;
+  for (const char *p = id; *p; p++)
+    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+          *p == '-' || *p == '_'))
+      return false;
+  return true;
+}
+
+void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const char *id) {
+  rly_server *s = c->srv;
+  admin_op *a = calloc(1, sizeof *a);
+  if (!a) {
+    rly_conn_respond_error(c, 503, "overloaded", "out of memory", NULL);
+    return;
+  }
+  a->c = c;
+  a->srv = s;
+  a->op = op;
+  cors_headers(s, req, a->cors, sizeof a->cors);
+  if (id && !valid_id(id)) {
+    respond_error(a, 404, "not_found", "no such session", NULL);
+    op_free(a);
+    return;
+  }
+  snprintf(a->id, sizeof a->id, "%s", id ? id : "");
+  if (op == RLY_ADMIN_CREATE && !parse_create_body(a, req)) {
+    op_free(a);
+    return;
+  }
+  if (s->links == 0) {
+    respond_error(a, 503, "controller_unavailable", "no controller link is up", NULL);
+    op_free(a);
+    return;
+  }
+  c->pending = a;
+  c->pending_cancel = op_cancel;
+  if (!s->auth) { /* --no-auth: the controller sees auth_disabled */
+    call_controller(a, NULL);
+    return;
+  }
+  const char *authz = rly_http_header_get(req, "Authorization");
+  if (!authz || strncasecmp(authz, "Bearer ", 7) != 0 || !authz[7]) {
+    on_authenticated(a, 401, NULL, "invalid_request", "a bearer token is required");
+    return;
+  }
+  a->auth = rly_auth_check(s->auth, authz + 7, on_authenticated, a);
+}
+
+/* ---- discovery ------------------------------------------------------------------------------ */
+
+void rly_admin_discovery(rly_conn *c, const rly_http_request *req) {
+  rly_server *s = c->srv;
+  char cors[512];
+  cors_headers(s, req, cors, sizeof cors);
+  if (!s->auth) {
+    rly_conn_respond_error(c, 404, "auth_disabled",
+                           "this relay runs without authentication (--no-auth)", cors);
+    return;
+  }
+  cm_buf b;
+  cm_buf_init(&b, 1 << 16);
+  if (!rly_auth_discovery_json(s->auth, &b)) {
+    cm_buf_free(&b);
+    rly_conn_respond_error(c, 503, "auth_unavailable",
+                           "the identity provider's discovery document is not loaded yet", cors);
+    return;
+  }
+  char hdr[768];
+  snprintf(hdr, sizeof hdr, "%sCache-Control: public, max-age=300\r\n", cors);
+  rly_http_response r = {.status = 200,
+                         .content_type = "application/json",
+                         .body = cm_buf_head(&b),
+                         .body_len = cm_buf_size(&b),
+                         .extra_headers = hdr};
+  rly_conn_respond(c, &r);
+  cm_buf_free(&b);
+}

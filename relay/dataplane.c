@@ -1,0 +1,808 @@
+/*
+ * dataplane.c — WebSocket upgrades on /relay/{id}, pairing, and frame
+ * forwarding between the two peers of a session.
+ *
+ * Upgrade: the handshake is checked here, the token is taken from
+ * Authorization, ?token= or the swsrs.token.<t> subprotocol, and the
+ * controller decides (Validate).  Only then is 101 sent.
+ *
+ * Forwarding is cut-through: each payload chunk the parser delivers (already
+ * unmasked in the read buffer) leaves at once as a frame to the other peer.
+ * A frame that arrives in one read leaves as the same frame; one that spans
+ * reads leaves as several frames of the same message (RFC 6455 §5.4 lets an
+ * intermediary refragment).  So the output is at a frame boundary between
+ * reads, and pongs and close frames can always be sent at once, even while
+ * a huge frame streams through.  Nothing assembles a message.
+ *
+ * Backpressure: after each read, if the receiving peer's write queue is
+ * above its high watermark the sender stops reading until on_drain.  Data
+ * sent by a lone peer is held (bounded by hold_bytes) and reading pauses
+ * past it.  So per session memory is about two write queues, one read chunk
+ * and the hold buffer, whatever the peers do.
+ *
+ * Timers: one sweep (250 ms) applies peer_wait and TTL through the pairing
+ * machine, sends idle pings, and every 5 s reports changed counters to the
+ * controller as absolute values.
+ */
+#include "relay/edge.h"
+#include "relay/pair.h"
+#include "relay/ws.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TICK_MS 250
+#define STATS_EVERY_MS 5000
+#define MAX_TOKEN 256
+
+typedef struct rly_peer rly_peer;
+
+struct rly_session {
+  char id[64];
+  rly_server *srv;
+  rly_pair pair;
+  rly_peer *peer[2];
+  char controller[96];
+  cm_buf held[2];           /* frames for slot s sent while s was empty */
+  uint64_t held_payload[2]; /* payload bytes inside held[s] */
+  uint64_t bytes_in, bytes_out;
+  int64_t last_activity;
+  bool dirty;
+  uint64_t max_message;
+  rly_session *next; /* hash chain */
+  cm_list node;
+};
+
+struct rly_peer {
+  rly_server *srv;
+  rly_session *sess;
+  int slot;
+  cm_stream *st;
+  rly_ws_parser parser;
+  uint64_t frame_len, frame_left; /* current frame: length, bytes still to come */
+  uint8_t msg_opcode;
+  bool frame_fin, msg_started;
+  bool closing;         /* close frame sent or stream closing */
+  bool released;        /* the pairing machine already let this slot go */
+  bool paused;          /* reading paused for backpressure */
+  uint16_t close_code;  /* close code the peer sent */
+  uint64_t last_rx_ms;
+  bool ping_sent;
+  char remote[64];
+};
+
+typedef struct rly_upgrade {
+  rly_conn *conn;
+  tun_call *call;
+  char id[64];
+  char protocol[MAX_TOKEN + 16]; /* subprotocol to echo, "" for none */
+  char accept[32];
+} rly_upgrade;
+
+static const char *slot_name(int slot) { return slot == RLY_SLOT_INITIATOR ? "initiator" : "responder"; }
+
+/* ---- session table ---------------------------------------------------------- */
+
+static uint64_t hash_id(const char *id) {
+  uint64_t h = 1469598103934665603ULL;
+  for (const unsigned char *p = (const unsigned char *)id; *p; p++) h = (h ^ *p) * 1099511628211ULL;
+  return h;
+}
+
+static rly_session *sess_find(rly_server *s, const char *id) {
+  if (!s->sess_cap) return NULL;
+  for (rly_session *x = s->sess_tab[hash_id(id) & (s->sess_cap - 1)]; x; x = x->next)
+    if (strcmp(x->id, id) == 0) return x;
+  return NULL;
+}
+
+static void sess_grow(rly_server *s) {
+  size_t ncap = s->sess_cap ? s->sess_cap * 2 : 1024;
+  rly_session **nt = calloc(ncap, sizeof *nt);
+  if (!nt) return; /* keep the old table: longer chains, still correct */
+  for (size_t i = 0; i < s->sess_cap; i++) {
+    for (rly_session *x = s->sess_tab[i], *nx; x; x = nx) {
+      nx = x->next;
+      size_t b = hash_id(x->id) & (ncap - 1);
+      x->next = nt[b];
+      nt[b] = x;
+    }
+  }
+  free(s->sess_tab);
+  s->sess_tab = nt;
+  s->sess_cap = ncap;
+}
+
+static rly_session *sess_new(rly_server *s, const char *id, const char *controller,
+                             uint64_t peer_wait_ms, int64_t expires_at_ms, uint64_t max_message) {
+  if (s->nsessions >= s->sess_cap) sess_grow(s);
+  rly_session *x = calloc(1, sizeof *x);
+  if (!x || !s->sess_cap) {
+    free(x);
+    return NULL;
+  }
+  snprintf(x->id, sizeof x->id, "%s", id);
+  snprintf(x->controller, sizeof x->controller, "%s", controller);
+  x->srv = s;
+  rly_pair_init(&x->pair, peer_wait_ms, expires_at_ms);
+  x->max_message = max_message;
+  long long hold = s->cfg->hold_bytes ? s->cfg->hold_bytes : 256 * 1024;
+  cm_buf_init(&x->held[0], (size_t)hold + 65536 + 64);
+  cm_buf_init(&x->held[1], (size_t)hold + 65536 + 64);
+  size_t b = hash_id(id) & (s->sess_cap - 1);
+  x->next = s->sess_tab[b];
+  s->sess_tab[b] = x;
+  cm_list_push_back(&s->sessions, &x->node);
+  s->nsessions++;
+  return x;
+}
+
+static void sess_free(rly_session *x) {
+  rly_server *s = x->srv;
+  rly_session **pp = &s->sess_tab[hash_id(x->id) & (s->sess_cap - 1)];
+  while (*pp && *pp != x) pp = &(*pp)->next;
+  if (*pp) *pp = x->next;
+  cm_list_remove(&x->node);
+  cm_buf_free(&x->held[0]);
+  cm_buf_free(&x->held[1]);
+  s->nsessions--;
+  free(x);
+}
+
+/* Forgets a session once no peer is on it (the relay keeps no state). */
+static void sess_maybe_free(rly_session *x);
+
+/* ---- events to the controller ---------------------------------------------- */
+
+static void send_event(rly_session *x, Relay__V1__SessionEvent__Type type, int slot, uint16_t code,
+                       const char *reason) {
+  rly_server *s = x->srv;
+  if (!s->tun) return;
+  Relay__V1__SessionEvent se = RELAY__V1__SESSION_EVENT__INIT;
+  se.type = type;
+  se.session_id = x->id;
+  se.role = slot == RLY_SLOT_INITIATOR   ? RELAY__V1__ROLE__ROLE_INITIATOR
+            : slot == RLY_SLOT_RESPONDER ? RELAY__V1__ROLE__ROLE_RESPONDER
+                                         : RELAY__V1__ROLE__ROLE_UNSPECIFIED;
+  se.bytes_in = x->bytes_in;
+  se.bytes_out = x->bytes_out;
+  se.last_activity_unix = x->last_activity;
+  se.close_code = code;
+  se.reason = (char *)(reason ? reason : "");
+  Relay__V1__RelayEvent ev = RELAY__V1__RELAY_EVENT__INIT;
+  ev.kind_case = RELAY__V1__RELAY_EVENT__KIND_SESSION;
+  ev.session = &se;
+  tun_relay_send_event(s->tun, x->controller, &ev);
+  x->dirty = false;
+}
+
+/* ---- writing ----------------------------------------------------------------------- */
+
+static void ws_send_frame(rly_peer *p, uint8_t opcode, const uint8_t *payload, size_t len) {
+  if (!p->st || cm_stream_closing(p->st)) return;
+  uint8_t hdr[RLY_WS_MAX_HEADER];
+  size_t hl = rly_ws_frame_header(hdr, true, opcode, len, NULL);
+  uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl), uv_buf_init((char *)payload, (unsigned)len)};
+  cm_stream_writev(p->st, b, len ? 2 : 1);
+}
+
+/* Sends a close frame and closes the stream.  The peer's answering close
+ * (if any) is read and dropped while the stream lingers. */
+static void peer_close(rly_peer *p, uint16_t code, const char *reason) {
+  if (p->closing) return;
+  p->closing = true;
+  uint8_t payload[RLY_WS_MAX_CONTROL];
+  size_t n = rly_ws_close_payload(payload, code, reason);
+  ws_send_frame(p, RLY_WS_CLOSE, payload, n);
+  cm_stream_close(p->st);
+}
+
+/* Writes a data frame for the other slot: to its stream when it is there,
+ * else into the session's hold buffer.  Returns true when the sender should
+ * stop reading (receiver above its high watermark, or hold buffer full). */
+static bool forward(rly_peer *from, bool fin, uint8_t opcode, const uint8_t *data, size_t len) {
+  rly_session *x = from->sess;
+  int to = 1 - from->slot;
+  uint8_t hdr[RLY_WS_MAX_HEADER];
+  size_t hl = rly_ws_frame_header(hdr, fin, opcode, len, NULL);
+  x->bytes_in += len;
+  x->dirty = true;
+  rly_peer *dst = x->peer[to];
+  if (dst && x->pair.state == RLY_PAIR_OPEN) {
+    if (dst->closing) return false;
+    uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl), uv_buf_init((char *)data, (unsigned)len)};
+    cm_stream_writev(dst->st, b, len ? 2 : 1);
+    x->bytes_out += len;
+    from->srv->dm.bytes_out += len;
+    return cm_stream_above_high(dst->st);
+  }
+  /* Lone peer: hold it for the counterpart, up to the bound. */
+  if (cm_buf_append(&x->held[to], hdr, hl) != 0 || cm_buf_append(&x->held[to], data, len) != 0) {
+    peer_close(from, 1008, "too much data before the peer arrived");
+    return true;
+  }
+  x->held_payload[to] += len;
+  long long hold = from->srv->cfg->hold_bytes ? from->srv->cfg->hold_bytes : 256 * 1024;
+  return cm_buf_size(&x->held[to]) >= (size_t)hold;
+}
+
+/* ---- parser callbacks (one peer's incoming frames) -------------------------------- */
+
+static bool g_stop_reading; /* set by callbacks during one peer_read */
+
+static int on_frame_header(void *ud, const rly_ws_frame *f) {
+  rly_peer *p = ud;
+  p->frame_left = p->frame_len = f->len;
+  p->frame_fin = f->fin;
+  p->msg_opcode = f->msg_opcode;
+  return 0;
+}
+
+static uint8_t next_opcode(rly_peer *p) {
+  uint8_t op = p->msg_started ? RLY_WS_CONT : p->msg_opcode;
+  p->msg_started = true;
+  return op;
+}
+
+static int on_frame_payload(void *ud, uint8_t *data, size_t len) {
+  rly_peer *p = ud;
+  if (p->closing || !p->sess) return 1;
+  p->frame_left -= len;
+  bool fin = p->frame_fin && p->frame_left == 0;
+  uint8_t op = next_opcode(p);
+  if (fin) p->msg_started = false;
+  p->srv->dm.bytes_in += len;
+  if (forward(p, fin, op, data, len)) g_stop_reading = true;
+  return 0;
+}
+
+static int on_frame_end(void *ud) {
+  rly_peer *p = ud;
+  if (p->closing || !p->sess) return 1;
+  /* Pieces of a non-empty frame already left (the last with FIN when the
+   * frame had it).  An empty final frame still ends its message; an empty
+   * non-final frame carries nothing and is dropped. */
+  if (p->frame_len == 0 && p->frame_fin) {
+    uint8_t op = next_opcode(p);
+    p->msg_started = false;
+    if (forward(p, true, op, NULL, 0)) g_stop_reading = true;
+  }
+  if (p->frame_fin) p->srv->dm.messages++;
+  return 0;
+}
+
+static int on_control(void *ud, uint8_t opcode, const uint8_t *payload, size_t len) {
+  rly_peer *p = ud;
+  if (opcode == RLY_WS_PING) {
+    ws_send_frame(p, RLY_WS_PONG, payload, len); /* output is at a frame boundary */
+  } else if (opcode == RLY_WS_CLOSE) {
+    p->close_code = len >= 2 ? (uint16_t)(payload[0] << 8 | payload[1]) : 0;
+    /* Echo the code (RFC 6455 §5.5.1), then leave. */
+    if (!p->closing) {
+      p->closing = true;
+      ws_send_frame(p, RLY_WS_CLOSE, payload, len >= 2 ? 2 : 0);
+      cm_stream_close(p->st);
+    }
+    return 1; /* stop parsing: nothing valid follows a close */
+  }
+  p->ping_sent = false;
+  return 0;
+}
+
+static const rly_ws_parser_cbs g_parser_cbs = {on_frame_header, on_frame_payload, on_frame_end,
+                                               on_control};
+
+/* ---- pairing actions -------------------------------------------------------------------- */
+
+static void flush_held(rly_session *x, int to) {
+  rly_peer *dst = x->peer[to];
+  if (!dst || cm_buf_size(&x->held[to]) == 0) return;
+  cm_stream_write(dst->st, cm_buf_head(&x->held[to]), cm_buf_size(&x->held[to]));
+  x->bytes_out += x->held_payload[to];
+  x->srv->dm.bytes_out += x->held_payload[to];
+  x->held_payload[to] = 0;
+  cm_buf_free(&x->held[to]);
+  long long hold = x->srv->cfg->hold_bytes ? x->srv->cfg->hold_bytes : 256 * 1024;
+  cm_buf_init(&x->held[to], (size_t)hold + 65536 + 64);
+}
+
+static void peer_resume(rly_peer *p);
+
+static void on_pair_action(void *ud, const rly_pair_action *a) {
+  rly_session *x = ud;
+  switch (a->type) {
+  case RLY_ACT_CLOSE: {
+    rly_peer *p = x->peer[a->slot];
+    if (!p) break;
+    /* The slot is free at once (a rejoin need not wait for our close
+     * handshake); the closing peer no longer belongs to the session. */
+    p->released = true;
+    x->peer[a->slot] = NULL;
+    p->sess = NULL;
+    if (a->reason && strcmp(a->reason, "peer_wait expired") == 0) x->srv->dm.peer_wait_expired++;
+    cm_log(CM_LOG_INFO, "ws", "closing peer", CM_S("session", x->id), CM_S("slot", slot_name(a->slot)),
+           CM_I("code", a->code), CM_S("reason", a->reason ? a->reason : ""));
+    peer_close(p, a->code, a->reason);
+    break;
+  }
+  case RLY_ACT_OPEN:
+    for (int s = 0; s < 2; s++) flush_held(x, s);
+    for (int s = 0; s < 2; s++)
+      if (x->peer[s] && x->peer[s]->paused) peer_resume(x->peer[s]);
+    break;
+  case RLY_ACT_EV_ATTACH:
+    send_event(x, RELAY__V1__SESSION_EVENT__TYPE__ATTACH, a->slot, 0, NULL);
+    break;
+  case RLY_ACT_EV_DETACH:
+    send_event(x, RELAY__V1__SESSION_EVENT__TYPE__DETACH, a->slot, a->code, a->reason);
+    break;
+  case RLY_ACT_EV_OPEN:
+    cm_log(CM_LOG_INFO, "ws", "session open", CM_S("session", x->id));
+    send_event(x, RELAY__V1__SESSION_EVENT__TYPE__OPEN, -1, 0, NULL);
+    break;
+  case RLY_ACT_EV_CLOSE:
+    send_event(x, RELAY__V1__SESSION_EVENT__TYPE__CLOSE, -1, a->code, a->reason);
+    break;
+  }
+}
+
+/* ---- peer I/O ------------------------------------------------------------------------------ */
+
+static void peer_protocol_error(rly_peer *p) {
+  uint16_t code = 1002;
+  const char *why = rly_ws_parser_error(&p->parser, &code);
+  rly_server *s = p->srv;
+  if (code == 1009) s->dm.too_big++;
+  else s->dm.protocol_errors++;
+  cm_log(CM_LOG_INFO, "ws", "peer protocol error", CM_S("session", p->sess ? p->sess->id : ""),
+         CM_S("slot", slot_name(p->slot)), CM_I("code", code), CM_S("reason", why ? why : ""),
+         CM_S("remote", p->remote));
+  peer_close(p, code, why);
+}
+
+static void peer_input(rly_peer *p, uint8_t *data, size_t len) {
+  p->last_rx_ms = cm_now_mono_ms();
+  p->ping_sent = false;
+  if (p->closing) return;
+  g_stop_reading = false;
+  int rc = rly_ws_parse(&p->parser, data, len, &g_parser_cbs, p, NULL);
+  if (rc == RLY_WS_EPROTO) {
+    peer_protocol_error(p);
+    return;
+  }
+  if (p->sess) {
+    p->sess->last_activity = cm_now_wall_ms() / 1000;
+  }
+  /* Cut-through wrote this whole chunk; if the receiver (or the hold
+   * buffer) is full, stop reading until it drains. */
+  if (g_stop_reading && !p->closing) {
+    p->paused = true;
+    cm_stream_pause(p->st);
+  }
+}
+
+static void peer_resume(rly_peer *p) {
+  if (!p->paused || p->closing) return;
+  p->paused = false;
+  cm_stream_resume(p->st);
+}
+
+static void p_on_read(cm_stream *st, uint8_t *data, size_t len) {
+  peer_input(cm_stream_get_data(st), data, len);
+}
+
+static void p_on_drain(cm_stream *st) {
+  rly_peer *p = cm_stream_get_data(st);
+  rly_session *x = p->sess;
+  if (!x) return;
+  rly_peer *other = x->peer[1 - p->slot];
+  if (other && other->paused && x->pair.state == RLY_PAIR_OPEN) peer_resume(other);
+}
+
+static void sess_maybe_free(rly_session *x) {
+  if (!rly_pair_empty(&x->pair) || x->peer[0] || x->peer[1]) return;
+  if (x->dirty) send_event(x, RELAY__V1__SESSION_EVENT__TYPE__STATS, -1, 0, NULL);
+  sess_free(x);
+}
+
+static void p_on_close(cm_stream *st, int err, const char *msg) {
+  rly_peer *p = cm_stream_get_data(st);
+  rly_server *s = p->srv;
+  rly_session *x = p->sess;
+  s->npeers--;
+  s->dm.peers_closed++;
+  cm_log(CM_LOG_DEBUG, "ws", "peer closed", CM_S("session", x ? x->id : ""),
+         CM_S("slot", slot_name(p->slot)), CM_I("err", err), CM_S("why", msg));
+  if (x) {
+    x->peer[p->slot] = NULL;
+    if (!p->released) {
+      p->released = true;
+      rly_pair_detach(&x->pair, p->slot, p->close_code, cm_now_mono_ms(), on_pair_action, x);
+    }
+    sess_maybe_free(x);
+  }
+  free(p);
+  rly_server_maybe_finish(s);
+}
+
+static const cm_stream_cbs g_peer_cbs = {.on_read = p_on_read, .on_drain = p_on_drain,
+                                         .on_close = p_on_close};
+
+/* ---- upgrade ------------------------------------------------------------------------------- */
+
+static void refuse(rly_conn *c, int status, const char *code, const char *msg) {
+  rly_server *s = c->srv;
+  if (status == 503) s->dm.refused_503++;
+  else s->dm.refused_4xx++;
+  const char *extra = status == 401 ? "WWW-Authenticate: Bearer realm=\"relay\"\r\n"
+                      : status == 426 ? "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+                                      : NULL;
+  rly_conn_respond_error(c, status, code, msg, extra);
+}
+
+static bool token_chars_ok(const char *t) {
+  size_t n = strlen(t);
+  if (n == 0 || n > MAX_TOKEN) return false;
+  for (const char *p = t; *p; p++)
+    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+          *p == '-' || *p == '_' || *p == '.' || *p == '~'))
+      return false;
+  return true;
+}
+
+/* Finds the slot token.  Returns false when none was offered. */
+static bool find_token(const rly_http_request *req, char *tok, size_t toklen, char *proto,
+                       size_t protolen) {
+  proto[0] = '\0';
+  const char *auth = rly_http_header_get(req, "Authorization");
+  if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
+    snprintf(tok, toklen, "%s", auth + 7);
+    return true;
+  }
+  if (rly_http_query_get(req->query, "token", tok, toklen)) return true;
+  const char *sp = rly_http_header_get(req, "Sec-WebSocket-Protocol");
+  for (const char *p = sp; p && *p;) {
+    while (*p == ' ' || *p == ',') p++;
+    size_t n = strcspn(p, ", ");
+    if (n > 12 && strncmp(p, "swsrs.token.", 12) == 0 && n - 12 < toklen && n < protolen) {
+      memcpy(tok, p + 12, n - 12);
+      tok[n - 12] = '\0';
+      memcpy(proto, p, n);
+      proto[n] = '\0';
+      return true;
+    }
+    p += n;
+  }
+  return false;
+}
+
+static void upgrade_free(rly_upgrade *u) {
+  OPENSSL_cleanse(u, sizeof *u);
+  free(u);
+}
+
+/* The client went away while its Validate was in flight. */
+static void upgrade_cancel(void *pending) {
+  rly_upgrade *u = pending;
+  if (u->call) tun_call_cancel(u->call);
+  upgrade_free(u);
+}
+
+static void accept_peer(rly_conn *c, rly_upgrade *u, const Relay__V1__SlotDecision *d,
+                        const char *controller);
+
+static void on_validate(void *ud, int status, const char *message, const ProtobufCMessage *resp,
+                        const char *controller) {
+  rly_upgrade *u = ud;
+  rly_conn *c = u->conn;
+  c->pending = NULL;
+  c->pending_cancel = NULL;
+  u->call = NULL;
+  if (status == TUN_GRPC_NOT_FOUND) {
+    refuse(c, 404, "unknown_session", "no such session");
+  } else if (status != TUN_GRPC_OK) {
+    cm_log(CM_LOG_WARN, "ws", "validate failed", CM_S("session", u->id),
+           CM_S("grpc_status", tun_grpc_status_name(status)), CM_S("message", message));
+    refuse(c, 503, "controller_unavailable", "the controller could not be reached");
+  } else {
+    const Relay__V1__SlotDecision *d = (const Relay__V1__SlotDecision *)resp;
+    if (!d->allow) {
+      int st = d->http_status >= 400 && d->http_status < 600 ? (int)d->http_status : 403;
+      refuse(c, st, d->reason[0] ? d->reason : "refused", d->message[0] ? d->message : NULL);
+    } else {
+      accept_peer(c, u, d, controller);
+    }
+  }
+  upgrade_free(u);
+}
+
+static bool check_handshake(rly_conn *c, const rly_http_request *req, rly_upgrade *u) {
+  const char *upg = rly_http_header_get(req, "Upgrade");
+  const char *conn = rly_http_header_get(req, "Connection");
+  if (!req->upgrade || !upg || !rly_http_header_has_token(upg, "websocket") || !conn ||
+      !rly_http_header_has_token(conn, "upgrade")) {
+    refuse(c, 426, "upgrade_required", "this endpoint speaks WebSocket only");
+    return false;
+  }
+  const char *ver = rly_http_header_get(req, "Sec-WebSocket-Version");
+  if (!ver || strcmp(ver, "13") != 0) {
+    refuse(c, 426, "unsupported_version", "WebSocket version 13 is required");
+    return false;
+  }
+  const char *key = rly_http_header_get(req, "Sec-WebSocket-Key");
+  if (!key || rly_ws_accept_key(key, u->accept) != 0) {
+    refuse(c, 400, "bad_handshake", "missing or malformed Sec-WebSocket-Key");
+    return false;
+  }
+  return true;
+}
+
+void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const char *session_id) {
+  rly_server *s = c->srv;
+  rly_upgrade *u = calloc(1, sizeof *u);
+  if (!u) {
+    refuse(c, 503, "overloaded", "out of memory");
+    return;
+  }
+  u->conn = c;
+  snprintf(u->id, sizeof u->id, "%s", session_id);
+  if (!check_handshake(c, req, u)) goto done;
+  const char *origin = rly_http_header_get(req, "Origin");
+  if (origin && s->cfg->cors_origins.n > 0 && !rly_origin_allowed(&s->cfg->cors_origins, origin)) {
+    refuse(c, 403, "origin_not_allowed", "this Origin may not connect");
+    goto done;
+  }
+  char token[MAX_TOKEN + 2];
+  if (!find_token(req, token, sizeof token, u->protocol, sizeof u->protocol)) {
+    refuse(c, 401, "missing_token", "a slot token is required");
+    goto done;
+  }
+  if (!token_chars_ok(token)) {
+    OPENSSL_cleanse(token, sizeof token);
+    refuse(c, 401, "invalid_token", "malformed slot token");
+    goto done;
+  }
+  if (s->draining || s->shutting_down) {
+    refuse(c, 503, "draining", "this relay is not accepting new peers");
+    goto done;
+  }
+  if (s->max_sessions && !sess_find(s, session_id) && s->nsessions >= s->max_sessions) {
+    refuse(c, 429, "too_many_sessions", "the relay's session limit is reached");
+    goto done;
+  }
+  char role[16] = "";
+  rly_http_query_get(req->query, "role", role, sizeof role);
+  Relay__V1__SlotRequest q = RELAY__V1__SLOT_REQUEST__INIT;
+  q.session_id = u->id;
+  q.token = token;
+  q.requested_role = strcmp(role, "initiator") == 0   ? RELAY__V1__ROLE__ROLE_INITIATOR
+                     : strcmp(role, "responder") == 0 ? RELAY__V1__ROLE__ROLE_RESPONDER
+                                                      : RELAY__V1__ROLE__ROLE_UNSPECIFIED;
+  q.remote_addr = c->remote;
+  q.origin = (char *)(origin ? origin : "");
+  q.relay_node_id = s->node_id;
+  uint8_t fp[32];
+  if (cm_stream_peer_fingerprint(c->st, fp)) {
+    q.client_cert_sha256.data = fp;
+    q.client_cert_sha256.len = sizeof fp;
+  }
+  int status;
+  u->call = tun_relay_call(s->tun, TUN_PATH_VALIDATE, &q.base, &relay__v1__slot_decision__descriptor,
+                           0, on_validate, u, &status);
+  OPENSSL_cleanse(token, sizeof token);
+  if (!u->call) {
+    refuse(c, 503, "controller_unavailable", "no controller link is up");
+    goto done;
+  }
+  c->pending = u;
+  c->pending_cancel = upgrade_cancel;
+  return;
+done:
+  upgrade_free(u);
+}
+
+static void write_101(cm_stream *st, const rly_upgrade *u) {
+  char resp[512];
+  int n = snprintf(resp, sizeof resp,
+                   "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s%s%s\r\n",
+                   u->accept, u->protocol[0] ? "Sec-WebSocket-Protocol: " : "", u->protocol,
+                   u->protocol[0] ? "\r\n" : "");
+  cm_stream_write(st, resp, (size_t)n);
+}
+
+static void accept_peer(rly_conn *c, rly_upgrade *u, const Relay__V1__SlotDecision *d,
+                        const char *controller) {
+  rly_server *s = c->srv;
+  int slot = d->slot == RELAY__V1__ROLE__ROLE_RESPONDER ? RLY_SLOT_RESPONDER : RLY_SLOT_INITIATOR;
+  rly_session *x = sess_find(s, u->id);
+  if (x && (x->pair.held[slot] || x->peer[slot])) {
+    refuse(c, 409, "slot_taken", "this slot is already connected");
+    return;
+  }
+  uint64_t max_msg = d->max_message_bytes ? d->max_message_bytes : s->max_message;
+  if (!x) {
+    uint64_t wait_ms = d->peer_wait_seconds ? (uint64_t)d->peer_wait_seconds * 1000 : 120000;
+    x = sess_new(s, u->id, controller, wait_ms, d->expires_at_unix * 1000, max_msg);
+    if (!x) {
+      refuse(c, 503, "overloaded", "out of memory");
+      return;
+    }
+  }
+  rly_peer *p = calloc(1, sizeof *p);
+  if (!p) {
+    sess_maybe_free(x);
+    refuse(c, 503, "overloaded", "out of memory");
+    return;
+  }
+  p->srv = s;
+  p->sess = x;
+  p->slot = slot;
+  p->last_rx_ms = cm_now_mono_ms();
+  snprintf(p->remote, sizeof p->remote, "%s", c->remote);
+  rly_ws_parser_config pc = {.server = true, .max_message = x->max_message, .validate_utf8 = true};
+  rly_ws_parser_init(&p->parser, &pc);
+  cm_buf leftover;
+  cm_buf_init(&leftover, 0);
+  cm_log(CM_LOG_INFO, "ws", "peer attached", CM_S("session", x->id), CM_S("slot", slot_name(slot)),
+         CM_S("remote", c->remote));
+  p->st = rly_conn_detach(c, &leftover); /* c is gone from here on */
+  cm_stream_set_cbs(p->st, &g_peer_cbs);
+  cm_stream_set_data(p->st, p);
+  write_101(p->st, u);
+  s->npeers++;
+  s->dm.upgrades++;
+  x->peer[slot] = p;
+  rly_pair_attach(&x->pair, slot, cm_now_mono_ms(), on_pair_action, x);
+  if (cm_stream_paused(p->st)) cm_stream_resume(p->st);
+  if (cm_buf_size(&leftover) > 0)
+    peer_input(p, (uint8_t *)cm_buf_head(&leftover), cm_buf_size(&leftover));
+  cm_buf_free(&leftover);
+}
+
+/* ---- commands, sweep, shutdown ---------------------------------------------------------- */
+
+static void kick_session(rly_session *x, uint16_t code, const char *reason) {
+  x->srv->dm.kicks++;
+  cm_log(CM_LOG_INFO, "ws", "session kicked", CM_S("session", x->id), CM_I("code", code),
+         CM_S("reason", reason));
+  rly_pair_kick(&x->pair, code, reason, on_pair_action, x);
+  sess_maybe_free(x);
+}
+
+void rly_dp_close_all(rly_server *s, uint16_t code, const char *reason) {
+  for (cm_list *n = s->sessions.next; n != &s->sessions;) {
+    rly_session *x = cm_container_of(n, rly_session, node);
+    n = n->next;
+    rly_pair_kick(&x->pair, code, reason, on_pair_action, x);
+    sess_maybe_free(x);
+  }
+}
+
+void rly_dp_on_command(rly_server *s, const char *controller,
+                       const Relay__V1__ControllerCommand *cmd) {
+  switch (cmd->kind_case) {
+  case RELAY__V1__CONTROLLER_COMMAND__KIND_KICK: {
+    rly_session *x = sess_find(s, cmd->kick->session_id);
+    if (x) {
+      uint16_t code = cmd->kick->close_code ? (uint16_t)cmd->kick->close_code : 1001;
+      kick_session(x, code, cmd->kick->reason[0] ? cmd->kick->reason : "kicked by controller");
+    }
+    break;
+  }
+  case RELAY__V1__CONTROLLER_COMMAND__KIND_DRAIN:
+    cm_log(CM_LOG_WARN, "relay", "drain requested by controller", CM_S("controller", controller),
+           CM_I("grace_s", cmd->drain->grace_seconds));
+    s->draining = true;
+    /* The sweep closes what is left once the grace period ends. */
+    s->drain_deadline_ms = cm_now_mono_ms() + (uint64_t)cmd->drain->grace_seconds * 1000;
+    break;
+  case RELAY__V1__CONTROLLER_COMMAND__KIND_LIMITS:
+    if (cmd->limits->max_message_bytes) s->max_message = cmd->limits->max_message_bytes;
+    if (cmd->limits->max_sessions) s->max_sessions = cmd->limits->max_sessions;
+    cm_log(CM_LOG_INFO, "relay", "limits updated by controller",
+           CM_I("max_message", s->max_message), CM_I("max_sessions", s->max_sessions));
+    break;
+  default:
+    break;
+  }
+}
+
+/* A controller (re)linked: tell it which slots this relay holds, so its
+ * view survives its own restart. */
+void rly_dp_on_link_up(rly_server *s, const char *controller) {
+  for (cm_list *n = s->sessions.next; n != &s->sessions; n = n->next) {
+    rly_session *x = cm_container_of(n, rly_session, node);
+    if (strcmp(x->controller, controller) != 0) continue;
+    for (int slot = 0; slot < 2; slot++)
+      if (x->pair.held[slot]) send_event(x, RELAY__V1__SESSION_EVENT__TYPE__ATTACH, slot, 0, NULL);
+  }
+}
+
+static void idle_ping(rly_server *s, rly_peer *p, uint64_t now) {
+  uint64_t idle = (uint64_t)s->cfg->ping_idle_ms;
+  if (!idle || !p || p->closing || now - p->last_rx_ms < idle) return;
+  if (!p->ping_sent) {
+    p->ping_sent = true;
+    p->last_rx_ms = now; /* the pong must come within another idle period */
+    ws_send_frame(p, RLY_WS_PING, (const uint8_t *)"relay", 5);
+    return;
+  }
+  cm_log(CM_LOG_INFO, "ws", "peer idle; closing", CM_S("session", p->sess ? p->sess->id : ""),
+         CM_S("slot", slot_name(p->slot)));
+  peer_close(p, 1001, "idle timeout");
+}
+
+static void on_tick(uv_timer_t *t) {
+  rly_server *s = t->data;
+  uint64_t now = cm_now_mono_ms();
+  int64_t wall = cm_now_wall_ms();
+  bool stats = now - s->last_stats_ms >= STATS_EVERY_MS;
+  if (stats) s->last_stats_ms = now;
+  if (s->draining && s->drain_deadline_ms && now >= s->drain_deadline_ms) {
+    s->drain_deadline_ms = 0;
+    rly_dp_close_all(s, 1001, "relay draining");
+  }
+  for (cm_list *n = s->sessions.next; n != &s->sessions;) {
+    rly_session *x = cm_container_of(n, rly_session, node);
+    n = n->next;
+    rly_pair_tick(&x->pair, now, wall, on_pair_action, x);
+    for (int slot = 0; slot < 2; slot++) idle_ping(s, x->peer[slot], now);
+    if (stats && x->dirty) send_event(x, RELAY__V1__SESSION_EVENT__TYPE__STATS, -1, 0, NULL);
+    sess_maybe_free(x);
+  }
+}
+
+void rly_dp_init(rly_server *s) {
+  cm_list_init(&s->sessions);
+  s->max_message = s->cfg->max_message ? (uint64_t)s->cfg->max_message : 64u << 20;
+  s->max_sessions = (uint64_t)s->cfg->max_sessions;
+  uv_timer_init(s->loop, &s->dp_tick);
+  s->dp_tick.data = s;
+  uv_timer_start(&s->dp_tick, on_tick, TICK_MS, TICK_MS);
+}
+
+void rly_dp_shutdown(rly_server *s) {
+  /* A lone peer cannot be paired any more: no new connections. */
+  for (cm_list *n = s->sessions.next; n != &s->sessions;) {
+    rly_session *x = cm_container_of(n, rly_session, node);
+    n = n->next;
+    if (x->pair.state != RLY_PAIR_OPEN) kick_session(x, 1001, "relay shutting down");
+  }
+}
+
+void rly_dp_stop(rly_server *s) {
+  uv_timer_stop(&s->dp_tick);
+  free(s->sess_tab);
+  s->sess_tab = NULL;
+  s->sess_cap = 0;
+}
+
+void rly_dp_metrics_text(rly_server *s, cm_buf *b) {
+  const rly_dp_metrics *m = &s->dm;
+#define C(name, help, v)                                                                     \
+  cm_buf_printf(b, "# HELP relay_" name " " help "\n# TYPE relay_" name " counter\nrelay_" name \
+                   " %llu\n",                                                                \
+                (unsigned long long)(v))
+#define G(name, help, v)                                                                     \
+  cm_buf_printf(b, "# HELP relay_" name " " help "\n# TYPE relay_" name " gauge\nrelay_" name \
+                   " %llu\n",                                                                \
+                (unsigned long long)(v))
+  G("sessions", "Sessions with at least one peer on this relay.", s->nsessions);
+  G("peers", "Connected WebSocket peers.", s->npeers);
+  G("controller_links", "Live controller links.", s->links);
+  C("ws_upgrades_total", "WebSocket upgrades accepted.", m->upgrades);
+  C("ws_refused_total", "Upgrades refused with a 4xx status.", m->refused_4xx);
+  C("ws_unavailable_total", "Upgrades refused with 503.", m->refused_503);
+  C("ws_protocol_errors_total", "Peers closed for protocol errors.", m->protocol_errors);
+  C("ws_too_big_total", "Peers closed for an oversized message (1009).", m->too_big);
+  C("ws_peer_wait_expired_total", "Lone peers closed after peer_wait.", m->peer_wait_expired);
+  C("ws_kicks_total", "Sessions closed by the controller.", m->kicks);
+  C("ws_messages_total", "Messages forwarded.", m->messages);
+  C("ws_bytes_in_total", "Payload bytes received from peers.", m->bytes_in);
+  C("ws_bytes_out_total", "Payload bytes sent to peers.", m->bytes_out);
+#undef C
+#undef G
+}
