@@ -1,1 +1,329 @@
-int main(void) { return 0; }
+/*
+ * main.c — `relay-controller`: the reference controller.  Argument parsing
+ * and dispatch only:
+ *   run       dial relays and serve them (sessions, tokens, policy)
+ *   init-ca   make the controller CA and the controller's own certificate
+ *   sign-csr  issue a relay certificate from `relay gen-csr` output
+ */
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "controller-stub/controller.h"
+
+#define EXIT_USAGE 2
+
+typedef struct run_cfg {
+  cm_strlist relays;
+  char *relay_server_name;
+  char *ca_dir, *cert, *key, *ca;
+  char *state_dir;
+  long long default_ttl, default_peer_wait, max_ttl, max_peer_wait;
+  long long max_sessions, max_message;
+  long long ping_interval, ping_timeout, backoff_base, backoff_max;
+  bool accept_unauthenticated;
+  char *log_level;
+} run_cfg;
+
+#define OPT(n, t, f, d, lo, hi, h, mv) {n, t, offsetof(run_cfg, f), d, lo, hi, h, mv}
+
+static const cm_cfg_opt g_run_opts[] = {
+    OPT("relay", CM_CFG_LIST, relays, NULL, 0, 0, "relay tunnel address to dial (repeatable)",
+        "HOST:PORT"),
+    OPT("relay-server-name", CM_CFG_STRING, relay_server_name, NULL, 0, 0,
+        "name to verify in relay certificates (default: the dialled host)", "NAME"),
+    OPT("ca-dir", CM_CFG_STRING, ca_dir, NULL, 0, 0,
+        "directory made by init-ca (ca.crt, controller.crt, controller.key)", "DIR"),
+    OPT("cert", CM_CFG_STRING, cert, NULL, 0, 0, "controller certificate (overrides --ca-dir)",
+        "FILE"),
+    OPT("key", CM_CFG_STRING, key, NULL, 0, 0, "controller key (overrides --ca-dir)", "FILE"),
+    OPT("ca", CM_CFG_STRING, ca, NULL, 0, 0, "CA relay certificates chain to", "FILE"),
+    OPT("state-dir", CM_CFG_STRING, state_dir, NULL, 0, 0,
+        "session registry (journal + snapshot); unset: memory only", "DIR"),
+    OPT("default-ttl", CM_CFG_DURATION, default_ttl, "1h", 1000, 31536000000LL,
+        "session lifetime when the client asks for none", "DURATION"),
+    OPT("default-peer-wait", CM_CFG_DURATION, default_peer_wait, "2m", 1000, 86400000,
+        "how long a lone peer waits, by default", "DURATION"),
+    OPT("max-ttl", CM_CFG_DURATION, max_ttl, "24h", 1000, 31536000000LL,
+        "longest session lifetime a client may ask for", "DURATION"),
+    OPT("max-peer-wait", CM_CFG_DURATION, max_peer_wait, "1h", 1000, 86400000,
+        "longest peer_wait a client may ask for", "DURATION"),
+    OPT("max-sessions", CM_CFG_INT, max_sessions, "100000", 1, 10000000, "sessions held at once",
+        "N"),
+    OPT("max-message", CM_CFG_SIZE, max_message, "0", 0, 1LL << 40,
+        "message size limit handed to relays (0: each relay's own)", "SIZE"),
+    OPT("ping-interval", CM_CFG_DURATION, ping_interval, "10s", 100, 600000,
+        "HTTP/2 PING interval", "DURATION"),
+    OPT("ping-timeout", CM_CFG_DURATION, ping_timeout, "30s", 100, 3600000,
+        "drop a link silent this long", "DURATION"),
+    OPT("backoff-base", CM_CFG_DURATION, backoff_base, "1s", 10, 600000,
+        "first redial delay bound (doubles per failure, full jitter)", "DURATION"),
+    OPT("backoff-max", CM_CFG_DURATION, backoff_max, "60s", 10, 3600000,
+        "largest redial delay", "DURATION"),
+    OPT("accept-unauthenticated", CM_CFG_BOOL, accept_unauthenticated, "false", 0, 0,
+        "honour admin requests from relays running --no-auth", NULL),
+    OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error",
+        "LEVEL"),
+};
+
+static const cm_cfg_spec g_run_spec = {
+    "relay-controller run --relay HOST:PORT [--relay ...] --ca-dir DIR [options]",
+    "Dial relays over mutual TLS and serve them: mint sessions and tokens, validate every\n"
+    "slot, decide every admin request.  Redials with exponential backoff and full jitter.",
+    g_run_opts, CM_ARRAY_LEN(g_run_opts)};
+
+static int usage_error(const cm_cfg_spec *spec, const char *cmd, const char *err) {
+  fprintf(stderr, "relay-controller %s: %s\nUsage: %s (see --help)\n", cmd, err, spec->usage);
+  return EXIT_USAGE;
+}
+
+/* ---- run ------------------------------------------------------------------------- */
+
+typedef struct run_ctx {
+  ctl_server *srv;
+  uv_signal_t sigint, sigterm;
+  int signals;
+} run_ctx;
+
+static void on_closed(void *ud) {
+  run_ctx *x = ud;
+  uv_close((uv_handle_t *)&x->sigint, NULL);
+  uv_close((uv_handle_t *)&x->sigterm, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  run_ctx *x = h->data;
+  if (++x->signals > 1) exit(1);
+  cm_log(CM_LOG_INFO, "controller", "signal received; stopping", CM_I("signal", signum));
+  ctl_server_close(x->srv, on_closed, x);
+}
+
+static int cmd_run(int argc, char **argv) {
+  run_cfg rc;
+  memset(&rc, 0, sizeof rc);
+  char err[512];
+  int r = cm_config_load(&g_run_spec, &rc, argc, argv, NULL, err, sizeof err);
+  if (r == CM_CFG_HELP) {
+    cm_config_print_help(&g_run_spec, stdout);
+    cm_config_free(&g_run_spec, &rc);
+    return 0;
+  }
+  if (r != CM_CFG_OK) {
+    cm_config_free(&g_run_spec, &rc);
+    return usage_error(&g_run_spec, "run", err);
+  }
+  cm_log_level lvl;
+  if (cm_log_level_parse(rc.log_level, &lvl) != 0) {
+    cm_config_free(&g_run_spec, &rc);
+    return usage_error(&g_run_spec, "run", "log-level must be debug, info, warn or error");
+  }
+  cm_log_set_level(lvl);
+  if (rc.relays.n == 0) {
+    cm_config_free(&g_run_spec, &rc);
+    return usage_error(&g_run_spec, "run", "at least one --relay is required");
+  }
+  ctl_ca_paths paths;
+  if (rc.ca_dir) ctl_ca_paths_for(rc.ca_dir, &paths);
+  ctl_config cc = {.state_dir = rc.state_dir,
+                   .default_ttl_s = (uint32_t)(rc.default_ttl / 1000),
+                   .default_peer_wait_s = (uint32_t)(rc.default_peer_wait / 1000),
+                   .max_ttl_s = (uint32_t)(rc.max_ttl / 1000),
+                   .max_peer_wait_s = (uint32_t)(rc.max_peer_wait / 1000),
+                   .max_sessions = (uint32_t)rc.max_sessions,
+                   .max_message_bytes = (uint64_t)rc.max_message,
+                   .relays = &rc.relays,
+                   .relay_server_name = rc.relay_server_name,
+                   .cert_file = rc.cert ? rc.cert : rc.ca_dir ? paths.ctl_cert : NULL,
+                   .key_file = rc.key ? rc.key : rc.ca_dir ? paths.ctl_key : NULL,
+                   .ca_file = rc.ca ? rc.ca : rc.ca_dir ? paths.ca_cert : NULL,
+                   .ping_interval_ms = (uint32_t)rc.ping_interval,
+                   .ping_timeout_ms = (uint32_t)rc.ping_timeout,
+                   .backoff_base_ms = (uint32_t)rc.backoff_base,
+                   .backoff_max_ms = (uint32_t)rc.backoff_max,
+                   .accept_unauthenticated = rc.accept_unauthenticated};
+  if (!cc.cert_file || !cc.key_file || !cc.ca_file) {
+    cm_config_free(&g_run_spec, &rc);
+    return usage_error(&g_run_spec, "run", "give --ca-dir, or --cert, --key and --ca");
+  }
+  signal(SIGPIPE, SIG_IGN);
+  uv_loop_t *loop = uv_default_loop();
+  run_ctx x = {0};
+  x.srv = ctl_server_new(loop, &cc, err, sizeof err);
+  int exit_code = 0;
+  if (!x.srv || ctl_server_start(x.srv, err, sizeof err) != 0) {
+    cm_log(CM_LOG_ERROR, "controller", "cannot start", CM_S("error", err));
+    exit_code = 1;
+    if (x.srv) {
+      ctl_server_close(x.srv, NULL, NULL);
+      uv_run(loop, UV_RUN_DEFAULT);
+    }
+  } else {
+    uv_signal_init(loop, &x.sigint);
+    uv_signal_init(loop, &x.sigterm);
+    x.sigint.data = x.sigterm.data = &x;
+    uv_signal_start(&x.sigint, on_signal, SIGINT);
+    uv_signal_start(&x.sigterm, on_signal, SIGTERM);
+    uv_run(loop, UV_RUN_DEFAULT);
+  }
+  ctl_server_free(x.srv);
+  uv_loop_close(loop);
+  cm_config_free(&g_run_spec, &rc);
+  return exit_code;
+}
+
+/* ---- init-ca ------------------------------------------------------------------------ */
+
+typedef struct ca_cfg {
+  char *dir, *ca_name, *controller_name;
+  long long days;
+  cm_strlist hosts;
+  char *csr;
+} ca_cfg;
+
+#define COPT(n, t, f, d, lo, hi, h, mv) {n, t, offsetof(ca_cfg, f), d, lo, hi, h, mv}
+
+static const cm_cfg_opt g_init_opts[] = {
+    COPT("dir", CM_CFG_STRING, dir, NULL, 0, 0, "where the CA lives (created 0700)", "DIR"),
+    COPT("ca-name", CM_CFG_STRING, ca_name, "relay controller CA", 0, 0, "CA common name", "CN"),
+    COPT("controller-name", CM_CFG_STRING, controller_name, "relay-controller", 0, 0,
+         "controller certificate common name", "CN"),
+    COPT("days", CM_CFG_INT, days, "3650", 1, 36500, "validity of the CA", "N"),
+};
+
+static const cm_cfg_spec g_init_spec = {
+    "relay-controller init-ca --dir DIR [options]",
+    "Make the controller CA (ca.key, ca.crt) and the controller's client certificate\n"
+    "(controller.key, controller.crt) carrying the controller identity " CM_PKI_URI_CONTROLLER ".\n"
+    "Existing files are reused, never overwritten.",
+    g_init_opts, CM_ARRAY_LEN(g_init_opts)};
+
+static int cmd_init_ca(int argc, char **argv) {
+  ca_cfg c;
+  memset(&c, 0, sizeof c);
+  char err[512];
+  int r = cm_config_load(&g_init_spec, &c, argc, argv, NULL, err, sizeof err);
+  int rc = 0;
+  if (r == CM_CFG_HELP) {
+    cm_config_print_help(&g_init_spec, stdout);
+  } else if (r != CM_CFG_OK) {
+    rc = usage_error(&g_init_spec, "init-ca", err);
+  } else if (!c.dir) {
+    rc = usage_error(&g_init_spec, "init-ca", "--dir is required");
+  } else if (ctl_init_ca(c.dir, c.ca_name, c.controller_name, (int)c.days, err, sizeof err) != 0) {
+    fprintf(stderr, "relay-controller init-ca: %s\n", err);
+    rc = 1;
+  } else {
+    ctl_ca_paths p;
+    ctl_ca_paths_for(c.dir, &p);
+    fprintf(stderr, "CA certificate:          %s\ncontroller certificate:  %s\n", p.ca_cert,
+            p.ctl_cert);
+  }
+  cm_config_free(&g_init_spec, &c);
+  return rc;
+}
+
+/* ---- sign-csr ---------------------------------------------------------------------------- */
+
+static const cm_cfg_opt g_sign_opts[] = {
+    COPT("dir", CM_CFG_STRING, dir, NULL, 0, 0, "the CA directory made by init-ca", "DIR"),
+    COPT("host", CM_CFG_LIST, hosts, NULL, 0, 0,
+         "DNS name or IP controllers dial the relay at (repeatable)", "NAME"),
+    COPT("csr", CM_CFG_STRING, csr, "-", 0, 0, "CSR file from `relay gen-csr` (- for stdin)",
+         "FILE"),
+    COPT("days", CM_CFG_INT, days, "365", 1, 36500, "validity of the relay certificate", "N"),
+};
+
+static const cm_cfg_spec g_sign_spec = {
+    "relay-controller sign-csr --dir DIR --host NAME [--host ...] [--csr FILE]",
+    "Verify a relay's CSR and print its certificate (PEM) on stdout: subject from the CSR,\n"
+    "SANs from --host, identity " CM_PKI_URI_RELAY ", serverAuth only.",
+    g_sign_opts, CM_ARRAY_LEN(g_sign_opts)};
+
+static int read_csr(const char *path, char **out, char *err, size_t errlen) {
+  size_t n;
+  if (strcmp(path, "-") != 0) {
+    int rc = cm_read_file(path, 1 << 20, out, &n);
+    if (rc != 0) snprintf(err, errlen, "cannot read %s: %s", path, strerror(-rc));
+    return rc;
+  }
+  cm_buf b;
+  cm_buf_init(&b, 1 << 20);
+  char chunk[4096];
+  size_t got;
+  while ((got = fread(chunk, 1, sizeof chunk, stdin)) > 0) {
+    if (cm_buf_append(&b, chunk, got) != 0) {
+      cm_buf_free(&b);
+      snprintf(err, errlen, "CSR on stdin is too large");
+      return -1;
+    }
+  }
+  cm_buf_append(&b, "", 1);
+  *out = (char *)b.data;
+  return 0;
+}
+
+static int cmd_sign_csr(int argc, char **argv) {
+  ca_cfg c;
+  memset(&c, 0, sizeof c);
+  char err[512];
+  int r = cm_config_load(&g_sign_spec, &c, argc, argv, NULL, err, sizeof err);
+  int rc = 0;
+  char *csr = NULL, *cert = NULL;
+  if (r == CM_CFG_HELP) {
+    cm_config_print_help(&g_sign_spec, stdout);
+  } else if (r != CM_CFG_OK) {
+    rc = usage_error(&g_sign_spec, "sign-csr", err);
+  } else if (!c.dir || c.hosts.n == 0) {
+    rc = usage_error(&g_sign_spec, "sign-csr", "--dir and at least one --host are required");
+  } else if (read_csr(c.csr, &csr, err, sizeof err) != 0 ||
+             ctl_sign_csr(c.dir, csr, &c.hosts, (int)c.days, &cert, err, sizeof err) != 0) {
+    fprintf(stderr, "relay-controller sign-csr: %s\n", err);
+    rc = 1;
+  } else {
+    fputs(cert, stdout);
+  }
+  free(csr);
+  free(cert);
+  cm_config_free(&g_sign_spec, &c);
+  return rc;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+typedef struct subcmd {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} subcmd;
+
+static const subcmd g_cmds[] = {
+    {"run", cmd_run, "dial relays and serve them"},
+    {"init-ca", cmd_init_ca, "make the controller CA and the controller certificate"},
+    {"sign-csr", cmd_sign_csr, "issue a relay certificate from its CSR"},
+};
+
+static void usage(FILE *out) {
+  fprintf(out, "Usage: relay-controller <command> [options]\n\nCommands:\n");
+  for (size_t i = 0; i < CM_ARRAY_LEN(g_cmds); i++)
+    fprintf(out, "  %-10s %s\n", g_cmds[i].name, g_cmds[i].summary);
+  fprintf(out, "\nRun 'relay-controller <command> --help' for the options of a command.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    usage(stdout);
+    return 0;
+  }
+  for (size_t i = 0; i < CM_ARRAY_LEN(g_cmds); i++)
+    if (!strcmp(argv[1], g_cmds[i].name)) return g_cmds[i].run(argc - 2, argv + 2);
+  fprintf(stderr, "relay-controller: unknown command \"%s\"\n", argv[1]);
+  usage(stderr);
+  return EXIT_USAGE;
+}

@@ -228,6 +228,62 @@ static int cmd_version(int argc, char **argv) {
   return 0;
 }
 
+/* ---- gen-csr ------------------------------------------------------------------------ */
+
+typedef struct csr_cfg {
+  char *key;
+  char *node_id;
+} csr_cfg;
+
+static const cm_cfg_opt g_csr_opts[] = {
+    {"key", CM_CFG_STRING, offsetof(csr_cfg, key), "/var/lib/relay/tunnel.key", 0, 0,
+     "the tunnel key: made (0600) if missing, reused if present, never overwritten", "FILE"},
+    {"node-id", CM_CFG_STRING, offsetof(csr_cfg, node_id), NULL, 0, 0,
+     "this relay's name, the CSR's common name (default: hostname)", "NAME"},
+};
+
+static const cm_cfg_spec g_csr_spec = {
+    "relay gen-csr [--key FILE] [--node-id NAME] > relay.csr",
+    "Enrolment, step 1: make (or reuse) this relay's tunnel key and print a certificate\n"
+    "signing request (PEM) on stdout.  Diagnostics go to stderr.  Then, on the controller:\n"
+    "  relay-controller sign-csr --dir CA_DIR --host RELAY_HOST < relay.csr > tunnel.crt",
+    g_csr_opts, CM_ARRAY_LEN(g_csr_opts)};
+
+static int cmd_gen_csr(int argc, char **argv) {
+  csr_cfg c;
+  memset(&c, 0, sizeof c);
+  char err[512];
+  int r = cm_config_load(&g_csr_spec, &c, argc, argv, NULL, err, sizeof err);
+  int rc = 0;
+  if (r == CM_CFG_HELP) {
+    cm_config_print_help(&g_csr_spec, stdout);
+    cm_config_free(&g_csr_spec, &c);
+    return 0;
+  }
+  if (r != CM_CFG_OK) {
+    fprintf(stderr, "relay gen-csr: %s\nUsage: %s (see --help)\n", err, g_csr_spec.usage);
+    cm_config_free(&g_csr_spec, &c);
+    return EXIT_USAGE;
+  }
+  char host[256];
+  size_t hl = sizeof host;
+  const char *node = c.node_id;
+  if (!node) node = uv_os_gethostname(host, &hl) == 0 ? host : "relay";
+  char *pem = NULL;
+  bool created = false;
+  if (rly_gen_csr(c.key, node, &pem, &created, err, sizeof err) != 0) {
+    fprintf(stderr, "relay gen-csr: %s\n", err);
+    rc = 1;
+  } else {
+    fprintf(stderr, "%s tunnel key %s; CSR for \"%s\" follows on stdout\n",
+            created ? "created" : "reusing", c.key, node);
+    fputs(pem, stdout);
+  }
+  free(pem);
+  cm_config_free(&g_csr_spec, &c);
+  return rc;
+}
+
 /* ---- dispatch ------------------------------------------------------------------- */
 
 typedef struct subcmd {
@@ -238,6 +294,7 @@ typedef struct subcmd {
 
 static const subcmd g_cmds[] = {
     {"serve", cmd_serve, "run the relay"},
+    {"gen-csr", cmd_gen_csr, "make the tunnel key and print a CSR for enrolment"},
     {"version", cmd_version, "print version and library versions"},
 };
 
