@@ -23,11 +23,22 @@
 #include <string.h>
 
 #define SCOPE_CREATE "swsrs:session:create"
-#define SCOPE_READ "swsrs:session:read"
+#define SCOPE_READ   "swsrs:session:read"
 #define SCOPE_DELETE "swsrs:session:delete"
-#define MAX_LIST 10000
+#define MAX_LIST     10000
+
+/* Live links per relay node: a relay that redials may be up on its new
+ * link before the old one's down event arrives. */
+typedef struct node_links {
+  char node[128];
+  int n;
+} node_links;
+
+#define MAX_NODES 1024
 
 struct ctl_server {
+  node_links nodes[MAX_NODES];
+  size_t nnodes;
   uv_loop_t *loop;
   ctl_config cfg;
   ctl_registry *reg;
@@ -115,8 +126,7 @@ static void admin_create(ctl_server *s, tun_ctl_call *call, const Relay__V1__Adm
   int rc = ctl_reg_create(s->reg, now_s(), req->ttl_seconds, req->peer_wait_seconds, node,
                           tun_ctl_link_public_url(link), &c);
   switch (rc) {
-  case 0:
-    break;
+  case 0: break;
   case CTL_REG_ETTL:
     admin_error(call, 400, "invalid_ttl", "ttl_seconds exceeds the maximum");
     return;
@@ -125,6 +135,9 @@ static void admin_create(ctl_server *s, tun_ctl_call *call, const Relay__V1__Adm
     return;
   case CTL_REG_EFULL:
     admin_error(call, 429, "too_many_sessions", "the session limit is reached");
+    return;
+  case CTL_REG_EARG:
+    admin_error(call, 400, "invalid_request", "the relay's node id or public URL is unusable");
     return;
   default:
     admin_error(call, 503, "controller_error", "the registry could not store the session");
@@ -276,17 +289,31 @@ static void on_session_event(ctl_server *s, const char *node, const Relay__V1__S
   case RELAY__V1__SESSION_EVENT__TYPE__DETACH:
     ctl_reg_on_detach(s->reg, now, e->session_id, role, node);
     break;
-  default:
+  case RELAY__V1__SESSION_EVENT__TYPE__CLOSE:
+    ctl_reg_on_detach(s->reg, now, e->session_id, CTL_REG_ROLE_INITIATOR, node);
+    ctl_reg_on_detach(s->reg, now, e->session_id, CTL_REG_ROLE_RESPONDER, node);
     break;
+  default: break;
   }
   if (e->bytes_in || e->bytes_out || e->last_activity_unix)
-    ctl_reg_on_stats(s->reg, now, e->session_id, e->bytes_in, e->bytes_out,
-                     e->last_activity_unix);
+    ctl_reg_on_stats(s->reg, now, e->session_id, e->bytes_in, e->bytes_out, e->last_activity_unix);
+}
+
+static node_links *node_slot(ctl_server *s, const char *node, bool create) {
+  for (size_t i = 0; i < s->nnodes; i++)
+    if (strcmp(s->nodes[i].node, node) == 0) return &s->nodes[i];
+  if (!create || s->nnodes == MAX_NODES) return NULL;
+  node_links *n = &s->nodes[s->nnodes++];
+  snprintf(n->node, sizeof n->node, "%s", node);
+  n->n = 0;
+  return n;
 }
 
 static void on_event(void *ud, tun_ctl_link *link, const Relay__V1__RelayEvent *ev) {
   ctl_server *s = ud;
   if (ev->kind_case == RELAY__V1__RELAY_EVENT__KIND_HELLO && ev->hello) {
+    node_links *nl = node_slot(s, ev->hello->node_id, true);
+    if (nl) nl->n++;
     ctl_reg_set_relay_url(s->reg, ev->hello->node_id, ev->hello->public_url);
     ctl_reg_set_relay_live(s->reg, ev->hello->node_id, true);
     cm_log(CM_LOG_INFO, "controller", "relay hello", CM_S("relay", ev->hello->node_id),
@@ -298,7 +325,8 @@ static void on_event(void *ud, tun_ctl_link *link, const Relay__V1__RelayEvent *
 
 static void on_link(void *ud, tun_ctl_link *link, bool up) {
   ctl_server *s = ud;
-  if (!up && tun_ctl_link_node(link)[0]) ctl_reg_set_relay_live(s->reg, tun_ctl_link_node(link), false);
+  if (!up && tun_ctl_link_node(link)[0])
+    ctl_reg_set_relay_live(s->reg, tun_ctl_link_node(link), false);
 }
 
 static const tun_ctl_handlers g_handlers = {on_validate, on_admin, on_event, on_link};
@@ -336,13 +364,13 @@ ctl_server *ctl_server_new(uv_loop_t *loop, const ctl_config *cfg, char *err, si
     free(s);
     return NULL;
   }
-  tun_ctl_config tc = {.link = {.ping_interval_ms = cfg->ping_interval_ms,
-                                .ping_timeout_ms = cfg->ping_timeout_ms},
-                       .backoff_base_ms = cfg->backoff_base_ms,
-                       .backoff_max_ms = cfg->backoff_max_ms,
-                       .cert_file = cfg->cert_file,
-                       .key_file = cfg->key_file,
-                       .ca_file = cfg->ca_file};
+  tun_ctl_config tc = {
+      .link = {.ping_interval_ms = cfg->ping_interval_ms, .ping_timeout_ms = cfg->ping_timeout_ms},
+      .backoff_base_ms = cfg->backoff_base_ms,
+      .backoff_max_ms = cfg->backoff_max_ms,
+      .cert_file = cfg->cert_file,
+      .key_file = cfg->key_file,
+      .ca_file = cfg->ca_file};
   s->tun = tun_ctl_new(loop, &tc, &g_handlers, s, err, errlen);
   if (!s->tun) {
     ctl_registry_close(s->reg);
@@ -351,7 +379,8 @@ ctl_server *ctl_server_new(uv_loop_t *loop, const ctl_config *cfg, char *err, si
   }
   uv_timer_init(loop, &s->reaper);
   s->reaper.data = s;
-  cm_log(CM_LOG_INFO, "controller", "registry open", CM_S("state_dir", cfg->state_dir ? cfg->state_dir : "(memory)"),
+  cm_log(CM_LOG_INFO, "controller", "registry open",
+         CM_S("state_dir", cfg->state_dir ? cfg->state_dir : "(memory)"),
          CM_I("sessions", ctl_reg_count(s->reg)));
   return s;
 }
