@@ -101,6 +101,9 @@ void cm_log_fields(cm_log_level level, const char *component, const char *msg,
     }                                                                              \
   } while (0)
 
+/* Formats an error message into a caller buffer (NULL or 0: ignored). */
+void cm_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Copies `url` into `out` with the value of every secret-bearing query
  * parameter (token, access_token, id_token, jwt, code, secret, password,
  * key) replaced by REDACTED.  Always NUL-terminates; truncates if needed. */

@@ -29,39 +29,78 @@ int cm_log_level_parse(const char *s, cm_log_level *out) {
   return -1;
 }
 
-/* A line writer that never overflows: past the end it truncates and the
- * line is closed properly by line_finish. */
+/* A line writer that never overflows and always yields valid JSON: a
+ * structural piece that does not fit is not written at all (put_field then
+ * drops the whole field), and a string value that does not fit is cut at
+ * a character boundary and still closed.  Bytes that are not UTF-8 (a
+ * client's request target need not be) become U+FFFD. */
 typedef struct line {
   char buf[4096];
   size_t len;
+  bool overflow;
 } line;
 
+#define LINE_RESERVE 8 /* room always kept for the closing "}\n" */
+
+static size_t line_room(const line *l) { return sizeof(l->buf) - LINE_RESERVE - l->len; }
+
 static void put(line *l, const char *s, size_t n) {
-  size_t room = sizeof(l->buf) - 8 - l->len; /* keep space for closing */
-  if (n > room) n = room;
+  if (n > line_room(l)) {
+    l->overflow = true;
+    return;
+  }
   memcpy(l->buf + l->len, s, n);
   l->len += n;
 }
 
 static void puts_(line *l, const char *s) { put(l, s, strlen(s)); }
 
+/* Length of the valid UTF-8 sequence at p, or 0 if it is not one. */
+static size_t utf8_seq(const unsigned char *p) {
+  if (p[0] < 0x80) return 1;
+  size_t n;
+  uint32_t cp, min;
+  if ((p[0] & 0xe0) == 0xc0) n = 2, cp = p[0] & 0x1f, min = 0x80;
+  else if ((p[0] & 0xf0) == 0xe0) n = 3, cp = p[0] & 0x0f, min = 0x800;
+  else if ((p[0] & 0xf8) == 0xf0) n = 4, cp = p[0] & 0x07, min = 0x10000;
+  else return 0;
+  for (size_t i = 1; i < n; i++) {
+    if ((p[i] & 0xc0) != 0x80) return 0; /* also stops at the NUL */
+    cp = cp << 6 | (p[i] & 0x3f);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+  return n;
+}
+
 static void put_json_str(line *l, const char *s) {
   static const char hex[] = "0123456789abcdef";
+  if (line_room(l) < 2) {
+    l->overflow = true;
+    return;
+  }
   put(l, "\"", 1);
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
     char esc[7];
-    if (*p == '"' || *p == '\\') {
+    const char *piece = esc;
+    size_t n = utf8_seq(p), adv = n ? n : 1;
+    if (n == 0) {
+      piece = "\\ufffd";
+      n = 6;
+    } else if (*p == '"' || *p == '\\') {
       esc[0] = '\\';
       esc[1] = (char)*p;
-      put(l, esc, 2);
+      n = 2;
     } else if (*p < 0x20 || *p == 0x7f) {
       memcpy(esc, "\\u00", 4);
       esc[4] = hex[*p >> 4];
       esc[5] = hex[*p & 15];
-      put(l, esc, 6);
+      n = 6;
     } else {
-      put(l, (const char *)p, 1);
+      piece = (const char *)p;
     }
+    if (n + 1 > line_room(l)) break; /* truncate; keep room for the quote */
+    put(l, piece, n);
+    p += adv;
   }
   put(l, "\"", 1);
 }
@@ -73,7 +112,19 @@ static void put_kv(line *l, const char *k, const char *v) {
   put_json_str(l, v);
 }
 
+static void put_field_(line *l, const cm_field *f);
+
+/* A field that does not fit whole is left out rather than cut mid-syntax. */
 static void put_field(line *l, const cm_field *f) {
+  size_t mark = l->len;
+  put_field_(l, f);
+  if (l->overflow) {
+    l->len = mark;
+    l->overflow = false;
+  }
+}
+
+static void put_field_(line *l, const cm_field *f) {
   char tmp[1024];
   if (!f->key) return;
   switch (f->type) {
@@ -115,7 +166,8 @@ void cm_log_fields(cm_log_level level, const char *component, const char *msg,
   puts_(&l, names[level < CM_LOG_OFF ? level : CM_LOG_ERROR]);
   puts_(&l, "\"");
   put_kv(&l, "component", component ? component : "-");
-  put_kv(&l, "msg", msg ? msg : "");
+  cm_field m = CM_S("msg", msg ? msg : "");
+  put_field(&l, &m);
   for (size_t i = 0; i < nfields; i++) put_field(&l, &fields[i]);
   memcpy(l.buf + l.len, "}\n", 2);
   l.len += 2;
@@ -173,4 +225,12 @@ void cm_redact_url(const char *url, char *out, size_t outlen) {
   }
 #undef EMIT
   out[o] = '\0';
+}
+
+void cm_seterr(char *err, size_t errlen, const char *fmt, ...) {
+  if (!err || errlen == 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
 }

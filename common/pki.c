@@ -37,16 +37,6 @@ enum {
   PKI_BACKDATE_S = 5 * 60, /* tolerate clocks a little behind ours */
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* `what` plus the root cause OpenSSL queued.  Its messages name algorithms
  * and ASN.1 structures, never key material.  Clears the queue. */
@@ -55,7 +45,7 @@ static void seterr_ssl(char *err, size_t errlen, const char *what) {
   unsigned long e = ERR_peek_error();
   if (e != 0) ERR_error_string_n(e, reason, sizeof reason);
   ERR_clear_error();
-  seterr(err, errlen, "%s: %s", what, reason);
+  cm_seterr(err, errlen, "%s: %s", what, reason);
 }
 
 /* ---- text checks ----------------------------------------------------------- */
@@ -126,23 +116,23 @@ static bool usage_ok(unsigned u) {
 
 static int issue_opts_check(const cm_pki_issue *opt, char *err, size_t errlen) {
   if (!opt) {
-    seterr(err, errlen, "no certificate options");
+    cm_seterr(err, errlen, "no certificate options");
     return -EINVAL;
   }
   if (!usage_ok(opt->usage)) {
-    seterr(err, errlen, "invalid certificate usage bits 0x%x", opt->usage);
+    cm_seterr(err, errlen, "invalid certificate usage bits 0x%x", opt->usage);
     return -EINVAL;
   }
   if (opt->days < 1 || opt->days > PKI_MAX_DAYS) {
-    seterr(err, errlen, "certificate validity must be 1..%d days", PKI_MAX_DAYS);
+    cm_seterr(err, errlen, "certificate validity must be 1..%d days", PKI_MAX_DAYS);
     return -EINVAL;
   }
   if (opt->sans && opt->sans->n > PKI_MAX_SANS) {
-    seterr(err, errlen, "too many subject alternative names (max %d)", PKI_MAX_SANS);
+    cm_seterr(err, errlen, "too many subject alternative names (max %d)", PKI_MAX_SANS);
     return -EINVAL;
   }
   if (opt->uri && !uri_ok(opt->uri)) {
-    seterr(err, errlen, "invalid URI identity");
+    cm_seterr(err, errlen, "invalid URI identity");
     return -EINVAL;
   }
   return 0;
@@ -156,16 +146,16 @@ static int key_policy_check(EVP_PKEY *k, const char *who, char *err, size_t errl
         (strcmp(group, "prime256v1") == 0 || strcmp(group, "P-256") == 0))
       return 0;
     ERR_clear_error();
-    seterr(err, errlen, "%s: EC key on curve '%s' refused (P-256 only)", who, group);
+    cm_seterr(err, errlen, "%s: EC key on curve '%s' refused (P-256 only)", who, group);
     return -EINVAL;
   }
   if (EVP_PKEY_is_a(k, "RSA")) {
     if (EVP_PKEY_get_bits(k) >= PKI_MIN_RSA_BITS) return 0;
-    seterr(err, errlen, "%s: RSA key of %d bits refused (minimum %d)", who, EVP_PKEY_get_bits(k),
+    cm_seterr(err, errlen, "%s: RSA key of %d bits refused (minimum %d)", who, EVP_PKEY_get_bits(k),
            PKI_MIN_RSA_BITS);
     return -EINVAL;
   }
-  seterr(err, errlen, "%s: key type %s refused (EC P-256 or RSA >= %d only)", who,
+  cm_seterr(err, errlen, "%s: key type %s refused (EC P-256 or RSA >= %d only)", who,
          EVP_PKEY_get0_type_name(k) ? EVP_PKEY_get0_type_name(k) : "?", PKI_MIN_RSA_BITS);
   return -EINVAL;
 }
@@ -195,7 +185,7 @@ static int cert_to_pem(X509 *x, char **pem, char *err, size_t errlen) {
 static X509 *cert_from_pem(const char *pem, const char *what, char *err, size_t errlen) {
   size_t n = strnlen(pem, PKI_MAX_PEM + 1);
   if (n > PKI_MAX_PEM) {
-    seterr(err, errlen, "%s: larger than %d bytes", what, PKI_MAX_PEM);
+    cm_seterr(err, errlen, "%s: larger than %d bytes", what, PKI_MAX_PEM);
     return NULL;
   }
   BIO *b = BIO_new_mem_buf(pem, (int)n);
@@ -255,7 +245,7 @@ int cm_pki_key_load(const char *path, void **pkey, char *err, size_t errlen) {
   size_t len = 0;
   int rc = read_secret_file(path, &text, &len);
   if (rc != 0) {
-    seterr(err, errlen, "%s: %s", path, rc == -EINVAL ? "not a regular file" : strerror(-rc));
+    cm_seterr(err, errlen, "%s: %s", path, rc == -EINVAL ? "not a regular file" : strerror(-rc));
     return rc;
   }
   BIO *b = BIO_new_mem_buf(text, (int)len);
@@ -265,7 +255,7 @@ int cm_pki_key_load(const char *path, void **pkey, char *err, size_t errlen) {
   free(text);
   if (!k) {
     ERR_clear_error();
-    seterr(err, errlen, "%s: not an unencrypted PEM private key", path);
+    cm_seterr(err, errlen, "%s: not an unencrypted PEM private key", path);
     return -EINVAL;
   }
   *pkey = k;
@@ -319,7 +309,7 @@ static int key_create_file(const char *path, EVP_PKEY **out, char *err, size_t e
     rc = cm_write_file_atomic(path, pem, len, 0600, true);
     OPENSSL_cleanse(pem, len);
     if (rc != 0 && rc != -EEXIST)
-      seterr(err, errlen, "%s: cannot write key: %s", path, strerror(-rc));
+      cm_seterr(err, errlen, "%s: cannot write key: %s", path, strerror(-rc));
   } else {
     seterr_ssl(err, errlen, "cannot encode private key");
   }
@@ -351,7 +341,7 @@ int cm_pki_key_load_or_create(const char *path, void **pkey, bool *created, char
     }
     if (rc != -EEXIST) return rc;
   }
-  seterr(err, errlen, "%s: appeared and vanished while being created", path);
+  cm_seterr(err, errlen, "%s: appeared and vanished while being created", path);
   return -EAGAIN;
 }
 
@@ -456,7 +446,7 @@ static int cert_add_sans(X509 *x, const cm_pki_issue *opt, char *err, size_t err
     } else if (s && dns_name_ok(s)) {
       rc = gens_push(gens, GEN_DNS, s, strlen(s)) == 0 ? 0 : -ENOMEM;
     } else {
-      seterr(err, errlen, "invalid host name or IP address '%.100s'", s ? s : "(null)");
+      cm_seterr(err, errlen, "invalid host name or IP address '%.100s'", s ? s : "(null)");
       rc = -EINVAL;
     }
   }
@@ -474,7 +464,7 @@ static int cert_add_sans(X509 *x, const cm_pki_issue *opt, char *err, size_t err
 static int cert_make(EVP_PKEY *subject_key, const char *cn, const cm_pki_issue *opt, X509 *ca,
                      EVP_PKEY *sign_key, char **pem, char *err, size_t errlen) {
   if (!cn_ok(cn)) {
-    seterr(err, errlen, "certificate CN must be 1..%d printable bytes", PKI_MAX_CN);
+    cm_seterr(err, errlen, "certificate CN must be 1..%d printable bytes", PKI_MAX_CN);
     return -EINVAL;
   }
   X509 *x = X509_new();
@@ -508,10 +498,10 @@ static X509 *ca_open(EVP_PKEY *ca_key, const char *ca_cert_pem, char *err, size_
   X509 *ca = cert_from_pem(ca_cert_pem, "CA certificate", err, errlen);
   if (!ca) return NULL;
   if (X509_check_ca(ca) != 1) {
-    seterr(err, errlen, "CA certificate is not a CA (basicConstraints CA:TRUE missing)");
+    cm_seterr(err, errlen, "CA certificate is not a CA (basicConstraints CA:TRUE missing)");
   } else if (X509_check_private_key(ca, ca_key) != 1) {
     ERR_clear_error();
-    seterr(err, errlen, "CA key does not match the CA certificate");
+    cm_seterr(err, errlen, "CA key does not match the CA certificate");
   } else {
     return ca;
   }
@@ -522,7 +512,7 @@ static X509 *ca_open(EVP_PKEY *ca_key, const char *ca_cert_pem, char *err, size_
 static int issue(EVP_PKEY *ca_key, const char *ca_cert_pem, EVP_PKEY *subject_key, const char *cn,
                  const cm_pki_issue *opt, char **cert_pem, char *err, size_t errlen) {
   if (opt->usage & CM_PKI_CA) {
-    seterr(err, errlen, "this CA issues leaf certificates only");
+    cm_seterr(err, errlen, "this CA issues leaf certificates only");
     return -EINVAL;
   }
   X509 *ca = ca_open(ca_key, ca_cert_pem, err, errlen);
@@ -548,7 +538,7 @@ int cm_pki_csr(void *pkey, const char *cn, char **pem, char *err, size_t errlen)
   if (!pkey || !pem) return -EINVAL;
   *pem = NULL;
   if (!cn_ok(cn)) {
-    seterr(err, errlen, "CSR CN must be 1..%d printable bytes", PKI_MAX_CN);
+    cm_seterr(err, errlen, "CSR CN must be 1..%d printable bytes", PKI_MAX_CN);
     return -EINVAL;
   }
   X509_REQ *req = X509_REQ_new();
@@ -569,7 +559,7 @@ int cm_pki_csr(void *pkey, const char *cn, char **pem, char *err, size_t errlen)
 static X509_REQ *csr_parse(const char *csr_pem, char *err, size_t errlen) {
   size_t n = strnlen(csr_pem, PKI_MAX_PEM + 1);
   if (n > PKI_MAX_PEM) {
-    seterr(err, errlen, "CSR larger than %d bytes", PKI_MAX_PEM);
+    cm_seterr(err, errlen, "CSR larger than %d bytes", PKI_MAX_PEM);
     return NULL;
   }
   BIO *b = BIO_new_mem_buf(csr_pem, (int)n);
@@ -584,7 +574,7 @@ static int csr_cn(X509_REQ *req, char **out, char *err, size_t errlen) {
   X509_NAME *nm = X509_REQ_get_subject_name(req);
   int idx = X509_NAME_get_index_by_NID(nm, NID_commonName, -1);
   if (idx < 0 || X509_NAME_get_index_by_NID(nm, NID_commonName, idx) >= 0) {
-    seterr(err, errlen, "CSR subject must hold exactly one CN");
+    cm_seterr(err, errlen, "CSR subject must hold exactly one CN");
     return -EINVAL;
   }
   unsigned char *utf8 = NULL;
@@ -592,7 +582,7 @@ static int csr_cn(X509_REQ *req, char **out, char *err, size_t errlen) {
   if (n < 0 || memchr(utf8, '\0', (size_t)n) || !cn_ok((const char *)utf8)) {
     ERR_clear_error();
     OPENSSL_free(utf8);
-    seterr(err, errlen, "CSR CN must be 1..%d printable bytes", PKI_MAX_CN);
+    cm_seterr(err, errlen, "CSR CN must be 1..%d printable bytes", PKI_MAX_CN);
     return -EINVAL;
   }
   *out = (char *)utf8;
@@ -608,7 +598,7 @@ static int csr_check(X509_REQ *req, char *err, size_t errlen) {
   }
   if (X509_REQ_verify(req, pub) != 1) {
     ERR_clear_error();
-    seterr(err, errlen, "CSR signature does not verify: refusing to sign");
+    cm_seterr(err, errlen, "CSR signature does not verify: refusing to sign");
     return -EBADMSG;
   }
   return key_policy_check(pub, "CSR key", err, errlen);

@@ -24,16 +24,6 @@ enum {
   CA_DIR_MAX = 4000, /* leaves room for "/controller.crt" in ctl_ca_paths */
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 void ctl_ca_paths_for(const char *dir, ctl_ca_paths *p) {
   snprintf(p->ca_key, sizeof p->ca_key, "%s/ca.key", dir);
@@ -50,7 +40,7 @@ static bool path_exists(const char *path) {
 
 static int dir_ok(const char *dir, char *err, size_t errlen) {
   if (!dir || !*dir || strnlen(dir, CA_DIR_MAX + 1) > CA_DIR_MAX) {
-    seterr(err, errlen, "CA directory missing or longer than %d bytes", CA_DIR_MAX);
+    cm_seterr(err, errlen, "CA directory missing or longer than %d bytes", CA_DIR_MAX);
     return -EINVAL;
   }
   return 0;
@@ -58,7 +48,7 @@ static int dir_ok(const char *dir, char *err, size_t errlen) {
 
 static int days_ok(int days, char *err, size_t errlen) {
   if (days >= 1 && days <= CA_MAX_DAYS) return 0;
-  seterr(err, errlen, "validity must be 1..%d days", CA_MAX_DAYS);
+  cm_seterr(err, errlen, "validity must be 1..%d days", CA_MAX_DAYS);
   return -EINVAL;
 }
 
@@ -66,7 +56,7 @@ static int read_cert(const char *path, char **pem, X509 **x, char *err, size_t e
   size_t len = 0;
   int rc = cm_read_file(path, CA_CERT_FILE_MAX, pem, &len);
   if (rc != 0) {
-    seterr(err, errlen, "%s: %s", path, strerror(-rc));
+    cm_seterr(err, errlen, "%s: %s", path, strerror(-rc));
     return rc;
   }
   BIO *b = BIO_new_mem_buf(*pem, (int)len);
@@ -76,7 +66,7 @@ static int read_cert(const char *path, char **pem, X509 **x, char *err, size_t e
   if (*x) return 0;
   free(*pem);
   *pem = NULL;
-  seterr(err, errlen, "%s: not a PEM certificate", path);
+  cm_seterr(err, errlen, "%s: not a PEM certificate", path);
   return -EINVAL;
 }
 
@@ -85,7 +75,7 @@ static int read_cert(const char *path, char **pem, X509 **x, char *err, size_t e
 static int key_for_cert(const char *key_path, const char *cert_path, void **key, char *err,
                         size_t errlen) {
   if (path_exists(cert_path) && !path_exists(key_path)) {
-    seterr(err, errlen, "%s exists but its key %s does not: restore the key or remove both",
+    cm_seterr(err, errlen, "%s exists but its key %s does not: restore the key or remove both",
            cert_path, key_path);
     return -ENOENT;
   }
@@ -95,7 +85,7 @@ static int key_for_cert(const char *key_path, const char *cert_path, void **key,
 static int write_cert(const char *path, const char *pem, char *err, size_t errlen) {
   int rc = cm_write_file_atomic(path, pem, strlen(pem), 0644, true);
   if (rc != 0 && rc != -EEXIST)
-    seterr(err, errlen, "%s: cannot write certificate: %s", path, strerror(-rc));
+    cm_seterr(err, errlen, "%s: cannot write certificate: %s", path, strerror(-rc));
   return rc;
 }
 
@@ -104,11 +94,11 @@ static int write_cert(const char *path, const char *pem, char *err, size_t errle
 static int ca_cert_check(X509 *x, void *key, const char *path, char *err, size_t errlen) {
   int rc = -EINVAL;
   if (X509_check_ca(x) != 1)
-    seterr(err, errlen, "%s: not a CA certificate", path);
+    cm_seterr(err, errlen, "%s: not a CA certificate", path);
   else if (X509_check_private_key(x, key) != 1)
-    seterr(err, errlen, "%s does not match its key", path);
+    cm_seterr(err, errlen, "%s does not match its key", path);
   else if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0)
-    seterr(err, errlen, "%s has expired", path);
+    cm_seterr(err, errlen, "%s has expired", path);
   else
     rc = 0;
   ERR_clear_error();
@@ -156,13 +146,13 @@ static int ctl_cert_check(X509 *x, void *key, const char *ca_pem, const char *pa
   BIO_free(b);
   int rc = -EINVAL;
   if (!ca)
-    seterr(err, errlen, "cannot parse the CA certificate");
+    cm_seterr(err, errlen, "cannot parse the CA certificate");
   else if (X509_check_private_key(x, key) != 1)
-    seterr(err, errlen, "%s does not match its key", path);
+    cm_seterr(err, errlen, "%s does not match its key", path);
   else if (X509_verify(x, X509_get0_pubkey(ca)) != 1)
-    seterr(err, errlen, "%s was not issued by this CA", path);
+    cm_seterr(err, errlen, "%s was not issued by this CA", path);
   else if (!cm_pki_cert_has_uri(x, CM_PKI_URI_CONTROLLER) || !cm_pki_cert_has_eku(x, CM_PKI_CLIENT))
-    seterr(err, errlen, "%s lacks the controller identity or clientAuth", path);
+    cm_seterr(err, errlen, "%s lacks the controller identity or clientAuth", path);
   else
     rc = 0;
   X509_free(ca);
@@ -201,12 +191,12 @@ int ctl_init_ca(const char *dir, const char *ca_cn, const char *controller_cn, i
   if (rc == 0) rc = days_ok(days, err, errlen);
   if (rc != 0) return rc;
   if (!ca_cn || !controller_cn) {
-    seterr(err, errlen, "CA and controller names are required");
+    cm_seterr(err, errlen, "CA and controller names are required");
     return -EINVAL;
   }
   rc = cm_mkdir_p(dir, 0700);
   if (rc != 0) {
-    seterr(err, errlen, "%s: cannot create directory: %s", dir, strerror(-rc));
+    cm_seterr(err, errlen, "%s: cannot create directory: %s", dir, strerror(-rc));
     return rc;
   }
   ctl_ca_paths p;
@@ -231,7 +221,7 @@ int ctl_sign_csr(const char *dir, const char *csr_pem, const cm_strlist *hosts, 
   if (rc == 0) rc = days_ok(days, err, errlen);
   if (rc != 0) return rc;
   if (!csr_pem || !hosts || hosts->n == 0) {
-    seterr(err, errlen, "a CSR and at least one host name or IP address are required");
+    cm_seterr(err, errlen, "a CSR and at least one host name or IP address are required");
     return -EINVAL;
   }
   ctl_ca_paths p;
@@ -243,7 +233,7 @@ int ctl_sign_csr(const char *dir, const char *csr_pem, const cm_strlist *hosts, 
   size_t len = 0;
   rc = cm_read_file(p.ca_cert, CA_CERT_FILE_MAX, &ca_pem, &len);
   if (rc != 0) {
-    seterr(err, errlen, "%s: %s", p.ca_cert, strerror(-rc));
+    cm_seterr(err, errlen, "%s: %s", p.ca_cert, strerror(-rc));
   } else {
     const cm_pki_issue opt = {
         .sans = hosts, .uri = CM_PKI_URI_RELAY, .usage = CM_PKI_SERVER, .days = days};

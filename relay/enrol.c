@@ -24,29 +24,19 @@ enum {
   CERT_FILE_MAX = 1024 * 1024, /* a certificate file is a few KiB */
 };
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* Creates the directory holding path (0700: it will hold a private key). */
 static int make_parent_dir(const char *path, char *err, size_t errlen) {
   char dir[PATH_MAX];
   if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir) {
-    seterr(err, errlen, "key path too long");
+    cm_seterr(err, errlen, "key path too long");
     return -ENAMETOOLONG;
   }
   char *slash = strrchr(dir, '/');
   if (!slash || slash == dir) return 0; /* the current directory, or "/" */
   *slash = '\0';
   int rc = cm_mkdir_p(dir, 0700);
-  if (rc != 0) seterr(err, errlen, "%s: cannot create directory: %s", dir, strerror(-rc));
+  if (rc != 0) cm_seterr(err, errlen, "%s: cannot create directory: %s", dir, strerror(-rc));
   return rc;
 }
 
@@ -62,13 +52,13 @@ static bool node_id_ok(const char *id) {
 int rly_gen_csr(const char *key_path, const char *node_id, char **csr_pem, bool *created, char *err,
                 size_t errlen) {
   if (!key_path || !*key_path || !csr_pem) {
-    seterr(err, errlen, "a key path is required");
+    cm_seterr(err, errlen, "a key path is required");
     return -EINVAL;
   }
   *csr_pem = NULL;
   if (created) *created = false;
   if (!node_id_ok(node_id)) {
-    seterr(err, errlen, "node id must be 1..%d printable bytes", NODE_ID_MAX);
+    cm_seterr(err, errlen, "node id must be 1..%d printable bytes", NODE_ID_MAX);
     return -EINVAL;
   }
   int rc = make_parent_dir(key_path, err, errlen);
@@ -120,7 +110,7 @@ static int dev_cert_write(const char *path, void *key, bool replace, char *err, 
   rc = cm_write_file_atomic(path, pem, strlen(pem), 0644, !replace);
   free(pem);
   if (rc != 0 && rc != -EEXIST)
-    seterr(err, errlen, "%s: cannot write certificate: %s", path, strerror(-rc));
+    cm_seterr(err, errlen, "%s: cannot write certificate: %s", path, strerror(-rc));
   return rc;
 }
 
@@ -132,7 +122,7 @@ static int dev_cert_refresh(const char *path, void *key, char *err, size_t errle
     int rc = dev_cert_check(path, key, &why);
     if (rc == 0) return 0;
     if (rc != -ENOENT && rc != -ESTALE) {
-      seterr(err, errlen, "%s: %s", path, strerror(-rc));
+      cm_seterr(err, errlen, "%s: %s", path, strerror(-rc));
       return rc;
     }
     if (rc == -ESTALE)
@@ -142,24 +132,24 @@ static int dev_cert_refresh(const char *path, void *key, char *err, size_t errle
     if (rc != -EEXIST) return rc;
     /* Another process wrote one between our check and our link(2). */
   }
-  seterr(err, errlen, "%s: keeps changing under us", path);
+  cm_seterr(err, errlen, "%s: keeps changing under us", path);
   return -EAGAIN;
 }
 
 int rly_dev_cert_ensure(const char *dir, char *cert_path, char *key_path, char *err,
                         size_t errlen) {
   if (!dir || !*dir || !cert_path || !key_path) {
-    seterr(err, errlen, "a development certificate directory is required");
+    cm_seterr(err, errlen, "a development certificate directory is required");
     return -EINVAL;
   }
   if (snprintf(cert_path, PATH_MAX, "%s/dev.crt", dir) >= PATH_MAX ||
       snprintf(key_path, PATH_MAX, "%s/dev.key", dir) >= PATH_MAX) {
-    seterr(err, errlen, "development certificate directory path too long");
+    cm_seterr(err, errlen, "development certificate directory path too long");
     return -ENAMETOOLONG;
   }
   int rc = cm_mkdir_p(dir, 0700);
   if (rc != 0) {
-    seterr(err, errlen, "%s: cannot create directory: %s", dir, strerror(-rc));
+    cm_seterr(err, errlen, "%s: cannot create directory: %s", dir, strerror(-rc));
     return rc;
   }
   void *key = NULL;
