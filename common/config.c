@@ -33,7 +33,8 @@ static int parse_scaled(const char *s, long long *out, const char *const *units,
   char *end;
   errno = 0;
   double v = strtod(s, &end);
-  if (end == s || errno || v < 0) return -EINVAL;
+  /* !(v >= 0) also refuses "nan", which no comparison below would catch. */
+  if (end == s || errno || !(v >= 0)) return -EINVAL;
   while (*end == ' ') end++;
   long long m = bare;
   if (*end) {

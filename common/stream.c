@@ -349,8 +349,13 @@ static int tls_write(cm_stream *s, const uint8_t *p, size_t n) {
 int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n) {
   if (s->state >= S_CLOSING) return CM_ECLOSED;
   if (s->state != S_OPEN) {
-    for (size_t i = 0; i < n; i++)
-      if (cm_buf_append(&s->pre, bufs[i].base, bufs[i].len) != 0) return CM_EQUEUE;
+    for (size_t i = 0; i < n; i++) {
+      if (cm_buf_append(&s->pre, bufs[i].base, bufs[i].len) != 0) {
+        /* Same contract as after open: past the cap the stream closes. */
+        begin_close(s, CM_EQUEUE, "write queue limit exceeded", true);
+        return CM_EQUEUE;
+      }
+    }
     return 0;
   }
   int rc = 0;
@@ -412,7 +417,7 @@ static void handshake_done(cm_stream *s) {
   unsigned alen;
   SSL_get0_alpn_selected(s->ssl, &a, &alen);
   if (alen >= sizeof s->alpn) alen = sizeof s->alpn - 1;
-  memcpy(s->alpn, a, alen);
+  if (alen) memcpy(s->alpn, a, alen); /* a is NULL when nothing was negotiated */
   s->alpn[alen] = '\0';
   s->state = S_OPEN;
   uv_timer_stop(&s->timer);
@@ -469,7 +474,7 @@ static void tls_pump(cm_stream *s) {
 static void stash_unread(cm_stream *s) {
   if (s->in_len == 0) return;
   /* in_ptr may point into `in` itself; move, don't append onto ourselves. */
-  if (s->in_ptr >= s->in.data && s->in_ptr < s->in.data + s->in.len) {
+  if (s->in.data && s->in_ptr >= s->in.data && s->in_ptr < s->in.data + s->in.len) {
     cm_buf_consume(&s->in, (size_t)(s->in_ptr - cm_buf_head(&s->in)));
   } else {
     cm_buf_append(&s->in, s->in_ptr, s->in_len);
@@ -493,12 +498,27 @@ static void process_input(cm_stream *s) {
   if (!s->paused && s->state == S_OPEN) start_reading(s);
 }
 
+/* libuv reports a reset that arrives with POLLHUP after a short read as
+ * EOF; the socket still holds the real error, so an abort is not mistaken
+ * for an orderly close. */
+static int pending_socket_error(cm_stream *s) {
+  uv_os_fd_t fd;
+  int soerr = 0;
+  socklen_t len = sizeof soerr;
+  if (!s->is_tcp || uv_fileno((uv_handle_t *)&s->h, &fd) != 0) return 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0) return 0;
+  return -soerr;
+}
+
 static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   cm_stream *s = h->data;
   if (nread == 0) return;
   if (nread < 0) {
+    int soerr = nread == UV_EOF && s->state != S_SHUTDOWN ? pending_socket_error(s) : 0;
     if (s->state == S_SHUTDOWN) {
       finish_close(s); /* linger ended: peer closed too */
+    } else if (soerr) {
+      begin_close(s, soerr, uv_strerror(soerr), true);
     } else if (nread == UV_EOF) {
       bool clean = !s->ssl || (SSL_get_shutdown(s->ssl) & SSL_RECEIVED_SHUTDOWN);
       s->eof = true;

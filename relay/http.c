@@ -88,6 +88,12 @@ const char *rly_http_status_text(int status) {
   }
 }
 
+/* The arena holds what max_header_bytes counts (target, names, values)
+ * plus what it does not: a NUL after each piece and the path copy. */
+static size_t arena_max(const rly_http_limits *l) {
+  return l->max_header_bytes + l->max_url + 2 * l->max_headers + 64;
+}
+
 rly_http_conn *rly_http_conn_new(const rly_http_limits *l, const rly_http_cbs *cbs, void *ud,
                                  const char *server_name) {
   rly_http_conn *c = calloc(1, sizeof *c);
@@ -106,7 +112,7 @@ rly_http_conn *rly_http_conn_new(const rly_http_limits *l, const rly_http_cbs *c
   http_parser_init(&c->parser, HTTP_REQUEST);
   c->parser.data = c;
   cm_buf_init(&c->in, 0);
-  cm_buf_init(&c->arena, c->lim.max_header_bytes + 64);
+  cm_buf_init(&c->arena, arena_max(&c->lim));
   cm_buf_init(&c->body, c->lim.max_body);
   return c;
 }
@@ -125,7 +131,7 @@ static void reset_request(rly_http_conn *c) {
   cm_buf_reset(&c->arena);
   cm_buf_reset(&c->body);
   /* Keep-alive connections sit idle most of the time: hold no memory. */
-  if (c->arena.cap > 4096) cm_buf_free(&c->arena), cm_buf_init(&c->arena, c->lim.max_header_bytes + 64);
+  if (c->arena.cap > 4096) cm_buf_free(&c->arena), cm_buf_init(&c->arena, arena_max(&c->lim));
   if (c->body.cap > 4096) cm_buf_free(&c->body), cm_buf_init(&c->body, c->lim.max_body);
   c->nheaders = 0;
   c->last = P_NONE;
@@ -149,6 +155,9 @@ static int terminate_piece(rly_http_conn *c) {
 static int piece(rly_http_conn *c, enum piece kind, const char *at, size_t len) {
   c->header_bytes += len;
   if (c->header_bytes > c->lim.max_header_bytes) return fail(c, kind == P_URL ? 414 : 431);
+  /* Chunked trailers: counted against the limit but not kept, since the
+   * header table already points into the arena (growing it would move it). */
+  if (c->headers_done) return 0;
   if (kind != c->last) {
     if (terminate_piece(c) != 0) return -1;
     if (kind == P_FIELD) {
@@ -203,13 +212,13 @@ static int on_headers_complete(http_parser *p) {
   if (terminate_piece(c) != 0) return -1;
   /* The path is a separate copy so the raw target stays intact. */
   size_t path_off = cm_buf_size(&c->arena);
-  const char *target = (const char *)cm_buf_head(&c->arena) + c->url_off;
-  size_t plen = strcspn(target, "?");
-  char tmp[8192 + 1];
-  if (plen >= sizeof tmp) return fail(c, 414);
-  memcpy(tmp, target, plen);
-  tmp[plen] = '\0';
-  if (cm_buf_append(&c->arena, tmp, plen + 1) != 0) return fail(c, 431);
+  size_t plen = strcspn((const char *)cm_buf_head(&c->arena) + c->url_off, "?");
+  /* Reserve first: growing the arena may move the target we copy from. */
+  uint8_t *dst = cm_buf_reserve(&c->arena, plen + 1);
+  if (!dst) return fail(c, 431);
+  memcpy(dst, cm_buf_head(&c->arena) + c->url_off, plen);
+  dst[plen] = '\0';
+  cm_buf_commit(&c->arena, plen + 1);
 
   char *base = (char *)cm_buf_head(&c->arena);
   for (size_t i = 0; i < c->nheaders; i++) {
@@ -352,8 +361,12 @@ int rly_http_respond(rly_http_conn *c, const rly_http_response *r) {
                    r->status, rly_http_status_text(r->status), cached_date(), c->server,
                    r->content_type ? "Content-Type: " : "",
                    r->content_type ? r->content_type : "", r->content_type ? "\r\n" : "");
+  /* Check before every append: a long content type must not push the
+   * next write past the end (size_t wrap). */
+  if (n < 0 || n >= (int)sizeof head) return -E2BIG;
   if (r->status != 204 && r->status != 304)
     n += snprintf(head + n, sizeof head - (size_t)n, "Content-Length: %zu\r\n", r->body_len);
+  if (n >= (int)sizeof head) return -E2BIG;
   n += snprintf(head + n, sizeof head - (size_t)n, "%s%s\r\n",
                 close ? "Connection: close\r\n" : "",
                 r->extra_headers ? r->extra_headers : "");
