@@ -223,10 +223,13 @@ static int setup_tls(cm_stream *s, const cm_stream_opts *o) {
   } else {
     SSL_set_connect_state(s->ssl);
     if (o->sni && *o->sni) {
-      SSL_set_tlsext_host_name(s->ssl, o->sni);
-      /* Verify the name we dialled, IP or DNS. */
+      /* Verify the name we dialled, IP or DNS; SNI carries host names
+       * only (RFC 6066 §3). */
       X509_VERIFY_PARAM *vp = SSL_get0_param(s->ssl);
-      if (X509_VERIFY_PARAM_set1_ip_asc(vp, o->sni) != 1) SSL_set1_host(s->ssl, o->sni);
+      if (X509_VERIFY_PARAM_set1_ip_asc(vp, o->sni) != 1) {
+        SSL_set_tlsext_host_name(s->ssl, o->sni);
+        SSL_set1_host(s->ssl, o->sni);
+      }
     }
   }
   return 0;

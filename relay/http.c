@@ -202,6 +202,17 @@ static char *trim(char *s) {
   return s;
 }
 
+/* RFC 9112 §3.2.2: a server must accept the absolute form
+ * ("GET http://host/x"); routing uses its path. */
+static size_t absolute_form_skip(const char *target) {
+  if (target[0] == '/') return 0;
+  const char *sch = strstr(target, "://");
+  if (!sch || strcspn(target, "/?") < (size_t)(sch - target)) return 0;
+  const char *path = strchr(sch + 3, '/');
+  if (path) return (size_t)(path - target);
+  return 0;
+}
+
 static int on_headers_complete(http_parser *p) {
   rly_http_conn *c = p->data;
   if (c->last == P_FIELD) { /* a name without a value */
@@ -212,11 +223,12 @@ static int on_headers_complete(http_parser *p) {
   if (terminate_piece(c) != 0) return -1;
   /* The path is a separate copy so the raw target stays intact. */
   size_t path_off = cm_buf_size(&c->arena);
-  size_t plen = strcspn((const char *)cm_buf_head(&c->arena) + c->url_off, "?");
+  size_t from = c->url_off + absolute_form_skip((const char *)cm_buf_head(&c->arena) + c->url_off);
+  size_t plen = strcspn((const char *)cm_buf_head(&c->arena) + from, "?");
   /* Reserve first: growing the arena may move the target we copy from. */
   uint8_t *dst = cm_buf_reserve(&c->arena, plen + 1);
   if (!dst) return fail(c, 431);
-  memcpy(dst, cm_buf_head(&c->arena) + c->url_off, plen);
+  memcpy(dst, cm_buf_head(&c->arena) + from, plen);
   dst[plen] = '\0';
   cm_buf_commit(&c->arena, plen + 1);
 
@@ -367,8 +379,11 @@ int rly_http_respond(rly_http_conn *c, const rly_http_response *r) {
   if (r->status != 204 && r->status != 304)
     n += snprintf(head + n, sizeof head - (size_t)n, "Content-Length: %zu\r\n", r->body_len);
   if (n >= (int)sizeof head) return -E2BIG;
-  n += snprintf(head + n, sizeof head - (size_t)n, "%s%s\r\n",
-                close ? "Connection: close\r\n" : "",
+  /* HTTP/1.0 closes by default: say so when we keep it open. */
+  const char *conn = close ? "Connection: close\r\n"
+                     : c->req.http_minor == 0 ? "Connection: keep-alive\r\n"
+                                              : "";
+  n += snprintf(head + n, sizeof head - (size_t)n, "%s%s\r\n", conn,
                 r->extra_headers ? r->extra_headers : "");
   if (n >= (int)sizeof head) return -E2BIG;
   int rc = c->cbs.send(c->ud, head, (size_t)n);
@@ -484,6 +499,7 @@ bool rly_http_query_get(const char *query, const char *name, char *out, size_t o
         if (ch == '%' && v + 2 < end && hexval(v[1]) >= 0 && hexval(v[2]) >= 0) {
           ch = hexval(v[1]) * 16 + hexval(v[2]);
           v += 2;
+          if (ch == 0) return false; /* a NUL would silently cut the value */
         } else if (ch == '+') {
           ch = ' ';
         }

@@ -49,7 +49,7 @@ static const cm_cfg_opt g_serve_opts[] = {
     OPT("max-header-bytes", CM_CFG_SIZE, max_header_bytes, "16KiB", 1024, 1048576,
         "request line and headers, bytes", "SIZE"),
     OPT("max-headers", CM_CFG_INT, max_headers, "64", 8, 1024, "request headers allowed", "N"),
-    OPT("max-body", CM_CFG_SIZE, max_body, "64KiB", 0, 16777216, "request body, bytes", "SIZE"),
+    OPT("max-body", CM_CFG_SIZE, max_body, "64KiB", 256, 16777216, "request body, bytes", "SIZE"),
     OPT("max-url", CM_CFG_SIZE, max_url, "8KiB", 256, 65536, "request target, bytes", "SIZE"),
     OPT("shutdown-grace", CM_CFG_DURATION, shutdown_grace_ms, "10s", 0, 3600000,
         "on SIGTERM, how long live connections may finish", "DURATION"),
