@@ -146,10 +146,8 @@ static void conn_set_wait(rly_conn *c, enum conn_wait w, long long timeout_ms) {
 }
 
 static void conn_update_wait(rly_conn *c) {
-  if (!c->http || cm_stream_closing(c->st)) {
-    conn_set_wait(c, W_NONE, 0);
-  } else if (rly_http_busy(c->http)) {
-    conn_set_wait(c, W_NONE, 0);
+  if (!c->http || cm_stream_closing(c->st) || rly_http_busy(c->http)) {
+    conn_set_wait(c, W_NONE, 0); /* gone, or awaiting our answer: no deadline */
   } else if (rly_http_in_request(c->http)) {
     conn_set_wait(c, W_HEADER, c->srv->cfg->header_timeout_ms);
   } else {
