@@ -29,6 +29,8 @@ typedef struct admin_op {
   tun_call *call;
   json_t *list;       /* LIST: merged sessions */
   int list_ok, list_failed;
+  int refused_status; /* LIST: a controller's refusal (403...), 0 if none */
+  char refused_code[64], refused_msg[128];
   bool waiting_calls; /* LIST: tun calls outstanding */
 } admin_op;
 
@@ -168,6 +170,17 @@ static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
   respond_json(a, 201, o, loc);
 }
 
+/* The controller said no (its status and error code). */
+static void respond_refusal(admin_op *a, int http, const char *code, const char *msg) {
+  /* RFC 6750 §3.1: a token without the scope gets a Bearer challenge
+   * naming insufficient_scope, so clients know to ask for more. */
+  bool scope = http == 403 && strcmp(code, "insufficient_scope") == 0;
+  respond_error(a, http, code, msg && msg[0] ? msg : NULL,
+                scope ? "WWW-Authenticate: Bearer realm=\"relay\", "
+                        "error=\"insufficient_scope\"\r\n"
+                      : NULL);
+}
+
 static void on_admin_answer(void *ud, int status, const char *message,
                             const ProtobufCMessage *resp, const char *controller) {
   CM_UNUSED(controller);
@@ -190,7 +203,7 @@ static void on_admin_answer(void *ud, int status, const char *message,
   const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
   int http = r->http_status >= 200 && r->http_status < 600 ? (int)r->http_status : 500;
   if (r->error && r->error[0]) {
-    respond_error(a, http, r->error, r->message && r->message[0] ? r->message : NULL, NULL);
+    respond_refusal(a, http, r->error, r->message);
   } else if (a->op == RLY_ADMIN_CREATE && r->created) {
     created_json(a, r->created);
   } else if (a->op == RLY_ADMIN_GET && r->n_sessions == 1) {
@@ -212,8 +225,20 @@ static void on_list_part(void *ud, int status, const char *message, const Protob
            CM_S("controller", controller), CM_S("message", message));
     return;
   }
-  a->list_ok++;
   const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
+  if ((r->error && r->error[0]) || (r->http_status && r->http_status != 200)) {
+    /* A refusal (e.g. 403 without the read scope) is an answer, not an
+     * empty list: it must reach the client as such. */
+    if (!a->refused_status) {
+      a->refused_status = r->http_status >= 400 && r->http_status < 600 ? (int)r->http_status
+                                                                        : 502;
+      snprintf(a->refused_code, sizeof a->refused_code, "%s",
+               r->error && r->error[0] ? r->error : "bad_controller_answer");
+      snprintf(a->refused_msg, sizeof a->refused_msg, "%s", r->message ? r->message : "");
+    }
+    return;
+  }
+  a->list_ok++;
   for (size_t i = 0; i < r->n_sessions; i++) json_array_append_new(a->list, status_json(r->sessions[i]));
 }
 
@@ -224,7 +249,9 @@ static void on_list_done(void *ud) {
     op_free(a);
     return;
   }
-  if (a->list_ok == 0) {
+  if (a->refused_status) {
+    respond_refusal(a, a->refused_status, a->refused_code, a->refused_msg);
+  } else if (a->list_ok == 0) {
     respond_error(a, 503, "controller_unavailable", "the controller could not be reached", NULL);
   } else {
     json_t *o = json_object();
@@ -380,10 +407,17 @@ void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const c
   }
   const char *authz = rly_http_header_get(req, "Authorization");
   if (!authz || strncasecmp(authz, "Bearer ", 7) != 0 || !authz[7]) {
-    on_authenticated(a, 401, NULL, "invalid_request", "a bearer token is required");
+    /* RFC 6750 §3.1: no credentials, so a bare challenge without an error
+     * code (invalid_request would claim the request was malformed). */
+    respond_error(a, 401, "missing_token", "a bearer token is required",
+                  "WWW-Authenticate: Bearer realm=\"relay\"\r\n");
+    op_done(a);
     return;
   }
-  a->auth = rly_auth_check(s->auth, authz + 7, on_authenticated, a);
+  /* NULL means cb already ran and may have freed a: only a pending check
+   * (cb not yet run, so a is alive) is stored. */
+  rly_auth_req *r = rly_auth_check(s->auth, authz + 7, on_authenticated, a);
+  if (r) a->auth = r;
 }
 
 /* ---- discovery ------------------------------------------------------------------------------ */

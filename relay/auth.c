@@ -153,8 +153,13 @@ static void drain_waiting(rly_auth *a) {
 
 /* ---- fetching ------------------------------------------------------------------------ */
 
+/* The timer hands over the uv_timer_t, not the rly_auth: unwrap it here
+ * (casting fetch_discovery to a uv_timer_cb made it read the timer as if
+ * it were the rly_auth). */
+static void on_refresh_timer(uv_timer_t *t) { fetch_discovery(t->data); }
+
 static void schedule(rly_auth *a, uint64_t ms) {
-  if (!a->stopping) uv_timer_start(&a->timer, (uv_timer_cb)fetch_discovery, ms, 0);
+  if (!a->stopping) uv_timer_start(&a->timer, on_refresh_timer, ms, 0);
 }
 
 static void on_jwks(void *ud, int status, const char *body, size_t len, const char *err) {

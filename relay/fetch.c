@@ -77,13 +77,24 @@ static int on_complete(http_parser *p) {
 static const http_parser_settings g_settings = {.on_body = on_body,
                                                 .on_message_complete = on_complete};
 
+/* Host is uri-host [":" port] (RFC 9110 §7.2): the port unless it is the
+ * scheme's default, and an IPv6 literal in brackets.  Name-based virtual
+ * hosts on another port route by it. */
+static void host_header(const rly_fetch *f, char *out, size_t outlen) {
+  bool v6 = strchr(f->host, ':') != NULL && f->host[0] != '[';
+  int n = snprintf(out, outlen, v6 ? "[%s]" : "%s", f->host);
+  if (n > 0 && (size_t)n < outlen && f->port != (f->https ? 443 : 80))
+    snprintf(out + n, outlen - (size_t)n, ":%d", f->port);
+}
+
 static void s_on_open(cm_stream *st) {
   rly_fetch *f = cm_stream_get_data(st);
-  char req[2600];
+  char req[2600], host[sizeof f->host + 16];
+  host_header(f, host, sizeof host);
   int n = snprintf(req, sizeof req,
                    "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: application/json\r\n"
                    "User-Agent: relay/%s\r\nConnection: close\r\n\r\n",
-                   f->path, f->host, rly_version());
+                   f->path, host, rly_version());
   cm_stream_write(st, req, (size_t)n);
 }
 
