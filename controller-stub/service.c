@@ -312,8 +312,6 @@ static node_links *node_slot(ctl_server *s, const char *node, bool create) {
 static void on_event(void *ud, tun_ctl_link *link, const Relay__V1__RelayEvent *ev) {
   ctl_server *s = ud;
   if (ev->kind_case == RELAY__V1__RELAY_EVENT__KIND_HELLO && ev->hello) {
-    node_links *nl = node_slot(s, ev->hello->node_id, true);
-    if (nl) nl->n++;
     ctl_reg_set_relay_url(s->reg, ev->hello->node_id, ev->hello->public_url);
     ctl_reg_set_relay_live(s->reg, ev->hello->node_id, true);
     cm_log(CM_LOG_INFO, "controller", "relay hello", CM_S("relay", ev->hello->node_id),
@@ -323,10 +321,21 @@ static void on_event(void *ud, tun_ctl_link *link, const Relay__V1__RelayEvent *
   }
 }
 
+/* Counted here, not per Hello: the tunnel reports each link up (after its
+ * Hello) and down exactly once. */
 static void on_link(void *ud, tun_ctl_link *link, bool up) {
   ctl_server *s = ud;
-  if (!up && tun_ctl_link_node(link)[0])
-    ctl_reg_set_relay_live(s->reg, tun_ctl_link_node(link), false);
+  const char *node = tun_ctl_link_node(link);
+  if (!node[0]) return;
+  node_links *nl = node_slot(s, node, up);
+  if (up) {
+    if (nl) nl->n++;
+    return;
+  }
+  /* Another link to the same relay is still up: it stays live, and so do
+   * its peers' slots. */
+  if (nl && --nl->n > 0) return;
+  ctl_reg_set_relay_live(s->reg, node, false);
 }
 
 static const tun_ctl_handlers g_handlers = {on_validate, on_admin, on_event, on_link};

@@ -25,6 +25,7 @@ typedef struct rlink {
   cm_list calls;
   char controller[96];
   bool up, tls;
+  bool goaway; /* the controller is leaving: no new calls */
   int32_t events_sid;
   tun_outq events_out;
   tun_grpc_decoder events_in;
@@ -254,11 +255,17 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
   CM_UNUSED(h2);
   rlink *l = user;
   /* The peer's first SETTINGS proves an HTTP/2 server is there. */
-  if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) && !l->up) {
+  if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) && !l->up &&
+      !l->goaway) {
     set_up(l, true);
   }
   if (frame->hd.type == NGHTTP2_GOAWAY) {
     cm_log(CM_LOG_INFO, "tunnel", "controller sent GOAWAY", CM_S("controller", l->controller));
+    /* nghttp2 would refuse new streams here: send new calls to other links
+     * (calls already accepted still complete). */
+    l->goaway = true;
+    snprintf(l->base.why, sizeof l->base.why, "controller sent GOAWAY");
+    set_up(l, false);
   }
   return 0;
 }
@@ -334,9 +341,15 @@ static int link_open(tun_link *tl) {
 }
 
 static void link_closed(tun_link *tl, int err, const char *msg) {
-  CM_UNUSED(err);
   rlink *l = (rlink *)tl;
   if (!tl->why[0]) snprintf(tl->why, sizeof tl->why, "%s", msg ? msg : "closed");
+  /* OpenSSL itself refuses most bad controllers (unknown CA, expired, a
+   * serverAuth-only relay cert): link_open never ran, so say it here. */
+  if (l->tls && !tl->h2 && (err == CM_EHANDSHAKE || err == CM_ETIMEOUT)) {
+    l->r->st.links_refused++;
+    cm_log(CM_LOG_WARN, "tunnel", "controller refused", CM_S("peer", tl->peer),
+           CM_S("reason", tl->why));
+  }
   if (l->up) set_up(l, false);
   cm_list_remove(&l->node);
   /* In-flight calls fail now: their controller is gone. */
@@ -390,6 +403,8 @@ static void on_controller_conn(uv_stream_t *server, int status) {
     tun_link_discard(&l->base);
     return;
   }
+  /* Known now, so a refusal during the handshake can name the peer. */
+  snprintf(l->base.peer, sizeof l->base.peer, "%s", cm_stream_peer_addr(l->base.st));
   r->st.links_accepted++;
 }
 

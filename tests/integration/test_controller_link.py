@@ -1,0 +1,541 @@
+"""The controller link (issue 3), end to end: `relay serve` and
+`relay-controller run` as separate processes over mutual TLS, with
+certificates from real enrolment (init-ca, gen-csr, sign-csr).
+
+* test_round_trip[embedded|remote] — Admin (create/get/list/delete),
+  Validate (pairing two WebSocket peers, bytes hashed end to end), Events
+  up (attach state and byte counters read back through GET) and Events
+  down (DELETE kicks both peers with 1001); the same test in both modes.
+* test_bad_controllers_refused — a relay certificate presented as a
+  controller (as issued, and re-made with clientAuth), a controller from an
+  unknown CA and an expired controller certificate are all refused: the
+  relay logs "controller refused" and /readyz stays 503; a valid
+  certificate made the same way is then accepted.
+* test_controller_killed_mid_calls — 1,000 admin calls in flight on a
+  SIGSTOPped controller all answer 503 within 1 s of its SIGKILL; an open
+  session keeps flowing; a restarted controller (same --state-dir) is back
+  at once and sessions made before the kill still pair.
+* test_two_controllers_one_relay — two controllers with their own state
+  share one relay: creates are spread round-robin and Validate/GET fail over
+  on NOT_FOUND, so every session pairs; LIST merges both.
+* test_one_controller_two_relays — one controller dials two relays; each
+  session's URL names the relay it was created on, and only that relay
+  admits its peers.
+"""
+
+import asyncio
+import datetime
+import hashlib
+import json
+import os
+import resource
+import signal
+import time
+
+import pytest
+import websockets
+import websockets.exceptions
+
+import grpcpeer as gp
+import relaytest
+
+T = relaytest.TIMEOUT
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return gp.Pki(tmp_path_factory.mktemp("pki"))
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+def create(relay, ttl=600, peer_wait=60):
+    r = gp.http(relay, "POST", "/admin/sessions",
+                json.dumps({"ttl_seconds": ttl, "peer_wait_seconds": peer_wait}).encode())
+    assert r.status == 201, r
+    return r.json()
+
+
+def get_status(relay, sid):
+    r = gp.http(relay, "GET", "/admin/sessions/" + sid)
+    return r.status, (r.json() if r.body else None)
+
+
+def wait_status(relay, sid, pred, timeout=15.0):
+    """Polls GET /admin/sessions/{id} until pred(status) holds (events are
+    asynchronous; byte counters are reported every 5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, st = get_status(relay, sid)
+        assert code == 200, (code, st)
+        if pred(st):
+            return st
+        if time.monotonic() > deadline:
+            raise relaytest.TestError("session status never matched: %r" % st)
+        time.sleep(0.1)
+
+
+async def in_thread(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def ws_open(relay, sid, token, how="header"):
+    """A WebSocket peer on /relay/{sid}; the token by header, query or
+    subprotocol."""
+    url = "ws://127.0.0.1:%d/relay/%s" % (relay.port, sid)
+    kw = dict(open_timeout=T, close_timeout=5, ping_interval=None, max_size=None)
+    if how == "header":
+        kw["extra_headers"] = [("Authorization", "Bearer " + token)]
+    elif how == "query":
+        url += "?token=" + token
+    else:
+        kw["subprotocols"] = ["swsrs.token." + token]
+    return await websockets.connect(url, **kw)
+
+
+async def ws_refused(relay, sid, token):
+    """The HTTP status a refused upgrade gets (fails if it is accepted)."""
+    try:
+        ws = await ws_open(relay, sid, token)
+    except websockets.exceptions.InvalidStatusCode as e:
+        return e.status_code
+    await ws.close()
+    raise AssertionError("upgrade on %s was accepted" % sid)
+
+
+async def pump_one_way(src, dst, sizes, text):
+    """src sends binary messages of `sizes` and one text message; dst must
+    get the same messages, types and bytes (SHA-256).  Returns bytes sent."""
+    sent, got = hashlib.sha256(), hashlib.sha256()
+    total = 0
+    for n in sizes:
+        data = os.urandom(n)
+        sent.update(data)
+        total += n
+        await src.send(data)
+    await src.send(text)
+    for n in sizes:
+        m = await asyncio.wait_for(dst.recv(), T)
+        assert isinstance(m, bytes) and len(m) == n, (type(m), len(m), n)
+        got.update(m)
+    m = await asyncio.wait_for(dst.recv(), T)
+    assert m == text, m
+    assert sent.hexdigest() == got.hexdigest()
+    return total + len(text.encode("utf-8"))
+
+
+async def exchange(a, b, sizes=(1, 1500, 70000)):
+    """Both directions; returns the payload bytes that crossed the relay."""
+    n = await pump_one_way(a, b, sizes, "héllo from the initiator ✓")
+    n += await pump_one_way(b, a, tuple(reversed(sizes)), "and back")
+    return n
+
+
+async def pair(relay, created, sizes=(1, 1500, 70000)):
+    """Opens both slots of a created session and exchanges data."""
+    a = await ws_open(relay, created["id"], created["initiator_token"], "header")
+    b = await ws_open(relay, created["id"], created["responder_token"], "query")
+    n = await exchange(a, b, sizes)
+    return a, b, n
+
+
+async def closed_with(ws, code):
+    await asyncio.wait_for(ws.wait_closed(), T)
+    assert ws.close_code == code, (ws.close_code, ws.close_reason)
+
+
+def run(coro, timeout=240):
+    """Runs a scenario on a fresh event loop, bounded."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def start_remote(start_relay, start_controller, pki, tmp_path, node="relay-1",
+                 relay_extra=(), ctl_state=True):
+    relay = gp.start_remote_relay(start_relay, pki, node, extra=relay_extra)
+    state = str(tmp_path / ("state-" + node)) if ctl_state else None
+    ctl = start_controller(gp.controller_args([relay], pki.ca_dir, state))
+    gp.wait_ready(relay)
+    return relay, ctl
+
+
+# --------------------------------------------------------------------------
+# Validate / Admin / Events round trips, embedded and remote
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["embedded", "remote"])
+def test_round_trip(mode, pki, tmp_path, start_relay, start_controller):
+    if mode == "embedded":
+        relay = start_relay(plain=True)
+        relay.wait_for_log(msg="embedded controller started")
+        gp.wait_ready(relay)
+    else:
+        relay, ctl = start_remote(start_relay, start_controller, pki, tmp_path)
+        ctl.wait_for_log(msg="relay link up", relay="relay-1")
+    public_url = relay.listening["public_url"]
+
+    # Admin: create.
+    r = gp.http(relay, "POST", "/admin/sessions", b'{"ttl_seconds": 600, "peer_wait_seconds": 30}')
+    assert r.status == 201, r
+    c = r.json()
+    sid = c["id"]
+    assert r.header("Location") == "/admin/sessions/" + sid
+    assert len(sid) == 22 and len(c["initiator_token"]) == 22 and len(c["responder_token"]) == 22
+    assert c["initiator_url"] == "%s/relay/%s" % (public_url, sid), (c, public_url)
+    created = datetime.datetime.strptime(c["created_at"], "%Y-%m-%dT%H:%M:%SZ")
+    expires = datetime.datetime.strptime(c["expires_at"], "%Y-%m-%dT%H:%M:%SZ")
+    assert (expires - created).total_seconds() == 600
+
+    code, st = get_status(relay, sid)
+    assert code == 200 and st["id"] == sid and st["state"] == "pending", st
+    assert not st["initiator_connected"] and not st["responder_connected"], st
+    assert st["bytes_in"] == 0 and st["bytes_out"] == 0, st
+
+    async def scenario():
+        # Validate: a wrong token and an unknown session are refused.
+        assert await ws_refused(relay, sid, gp.token22()) == 401
+        assert await ws_refused(relay, gp.token22(), c["initiator_token"]) == 404
+        a = await ws_open(relay, sid, c["initiator_token"], "header")
+        # Events up: the attach reaches the controller and shows in GET.
+        st = await in_thread(wait_status, relay, sid,
+                             lambda s: s["initiator_connected"] and s["state"] == "half_open")
+        assert not st["responder_connected"], st
+        b = await ws_open(relay, sid, c["responder_token"], "subprotocol")
+        n = await exchange(a, b)
+        # Each slot is taken now.
+        assert await ws_refused(relay, sid, c["initiator_token"]) == 409
+        st = await in_thread(wait_status, relay, sid,
+                             lambda s: s["state"] == "open" and s["bytes_in"] == n)
+        assert st["initiator_connected"] and st["responder_connected"], st
+        assert st["bytes_out"] == n, (st, n)
+        # Admin: list.
+        r = await in_thread(gp.http, relay, "GET", "/admin/sessions")
+        assert r.status == 200, r
+        assert sid in [x["id"] for x in r.json()["sessions"]]
+        # Admin delete, Events down: the controller kicks both peers (1001).
+        r = await in_thread(gp.http, relay, "DELETE", "/admin/sessions/" + sid)
+        assert r.status == 204, r
+        await closed_with(a, 1001)
+        await closed_with(b, 1001)
+        assert await ws_refused(relay, sid, c["responder_token"]) == 404
+
+    run(scenario())
+    assert get_status(relay, sid)[0] == 404
+    assert gp.http(relay, "DELETE", "/admin/sessions/" + sid).status == 404
+    relay.wait_for_log(msg="session kicked", session=sid)
+    for line in relay.lines:  # slot tokens are never logged
+        assert c["initiator_token"] not in line and c["responder_token"] not in line
+
+
+# --------------------------------------------------------------------------
+# Refusals
+# --------------------------------------------------------------------------
+
+def make_cert(pki, path, uri, eku, not_before, not_after, cn="impostor"):
+    """A certificate signed by the controller CA (CA/ca.key) with the
+    given URI SAN, extended key usage and validity; returns (crt, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    with open(pki.ca_key, "rb") as f:
+        ca_key = serialization.load_pem_private_key(f.read(), None)
+    with open(pki.ca_crt, "rb") as f:
+        ca_crt = x509.load_pem_x509_certificate(f.read())
+    key = ec.generate_private_key(ec.SECP256R1())
+    ekus = {"clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
+            "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH}
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca_crt.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ekus[eku]]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    crt_path, key_path = str(path) + ".crt", str(path) + ".key"
+    with open(crt_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return crt_path, key_path
+
+
+def test_bad_controllers_refused(pki, tmp_path, start_relay, start_controller):
+    relay = gp.start_remote_relay(start_relay, pki, "relay-guarded")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+    relay_crt, relay_key = pki.relay("relay-guarded")
+    stranger = tmp_path / "stranger-ca"
+    gp.run_tool([relaytest.CONTROLLER_BIN, "init-ca", "--dir", stranger])
+    cases = [
+        # A relay's own certificate as issued (serverAuth only).
+        ("relay-cert", relay_crt, relay_key, "unsuitable certificate purpose"),
+        # A relay identity even with clientAuth: the pinned URI decides.
+        ("relay-identity",) + make_cert(pki, tmp_path / "relayid", "urn:relay:role:relay",
+                                        "clientAuth", now - day, now + day)
+        + ("lacks the controller identity",),
+        # A real controller certificate from another CA.
+        ("unknown-ca", str(stranger / "controller.crt"), str(stranger / "controller.key"),
+         "unable to get local issuer certificate"),
+        # The right identity, expired yesterday.
+        ("expired",) + make_cert(pki, tmp_path / "expired", "urn:relay:role:controller",
+                                 "clientAuth", now - 10 * day, now - day)
+        + ("certificate has expired",),
+    ]
+    for name, crt, key, why in cases:
+        before = len(relay.find_logs(msg="controller refused"))
+        ctl = start_controller(["run", "--relay", "127.0.0.1:%d" % relay.tunnel_port,
+                                "--cert", crt, "--key", key, "--ca", pki.ca_crt,
+                                "--log-level", "debug"])
+        ctl.wait_for_log(msg="dial failed")
+        deadline = time.monotonic() + T
+        while len(relay.find_logs(msg="controller refused")) == before:
+            assert time.monotonic() < deadline, "%s: no refusal logged\n%s" % (
+                name, relay.describe())
+            time.sleep(0.05)
+        refusal = relay.find_logs(msg="controller refused")[before]
+        assert why in refusal["reason"], (name, refusal)
+        assert refusal["peer"].startswith("127.0.0.1:"), refusal
+        assert relay.get("/readyz").status == 503, name
+        assert gp.metrics(relay)["relay_controller_links"] == 0, name
+        ctl.stop()
+        assert not ctl.find_logs(msg="relay link up"), name
+    m = gp.metrics(relay)
+    assert m["relay_controller_links_refused_total"] >= len(cases), m
+    assert not relay.find_logs(msg="controller link up")
+
+    # Control: a certificate made the same way, but valid, is accepted.
+    crt, key = make_cert(pki, tmp_path / "good", "urn:relay:role:controller", "clientAuth",
+                         now - day, now + day, cn="good-controller")
+    ctl = start_controller(["run", "--relay", "127.0.0.1:%d" % relay.tunnel_port, "--cert", crt,
+                            "--key", key, "--ca", pki.ca_crt, "--accept-unauthenticated"])
+    gp.wait_ready(relay)
+    line = relay.wait_for_log(msg="controller link up")
+    assert line["controller"].startswith("good-controller#"), line
+    assert create(relay)["id"]
+
+
+# --------------------------------------------------------------------------
+# Controller death under load, restart, durability
+# --------------------------------------------------------------------------
+
+CALLS = 1000
+
+
+async def _open_keepalive(relay, sid, n):
+    """n keep-alive connections, each proven by one answered GET."""
+    sem = asyncio.Semaphore(100)
+    req = relaytest.http_request("GET", "/admin/sessions/" + sid)
+
+    async def one():
+        async with sem:
+            rd, wr = await asyncio.open_connection("127.0.0.1", relay.port)
+            wr.write(req)
+            status, _ = await _read_http(rd)
+            assert status == 200, status
+            return rd, wr
+    return await asyncio.gather(*[one() for _ in range(n)])
+
+
+async def _read_http(rd):
+    head = await rd.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v)
+    body = await rd.readexactly(length) if length else b""
+    return status, body
+
+
+def _raise_fd_limit(need):
+    """1,000 client sockets here and as many in the relay (which inherits
+    the limit): raise the soft limit, or skip where the hard one is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(hard, need)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < need:
+        pytest.skip("RLIMIT_NOFILE hard limit %d < %d" % (hard, need))
+
+
+def test_controller_killed_mid_calls(pki, tmp_path, start_relay, start_controller):
+    _raise_fd_limit(2 * CALLS + 512)
+    # A long call deadline: the 503s below must come from the link dropping.
+    relay = gp.start_remote_relay(start_relay, pki, "relay-load", log_level="info",
+                                  extra=["--call-timeout", "60s"])
+    state = tmp_path / "state"
+    args = gp.controller_args([relay], pki.ca_dir, state, log_level="info")
+    ctl = start_controller(args)
+    gp.wait_ready(relay)
+    old = create(relay)      # paired only after the restart: durability
+    live = create(relay)     # open across the outage
+    numbers = {}
+
+    async def scenario():
+        a, b, _ = await pair(relay, live)
+        conns = await _open_keepalive(relay, old["id"], CALLS)
+        base = (await in_thread(gp.metrics, relay))
+        os.kill(ctl.proc.pid, signal.SIGSTOP)
+        req = relaytest.http_request("GET", "/admin/sessions/" + old["id"])
+        done = {}
+
+        async def call(i, rd, wr):
+            wr.write(req)
+            status, body = await _read_http(rd)
+            done[i] = time.monotonic()
+            return status, body
+        tasks = [asyncio.ensure_future(call(i, rd, wr)) for i, (rd, wr) in enumerate(conns)]
+        # Wait until the relay has every call out on the (frozen) link.
+        deadline = time.monotonic() + 30
+        while True:
+            m = await in_thread(gp.metrics, relay)
+            inflight = m["relay_controller_calls_total"] - base["relay_controller_calls_total"]
+            if inflight >= CALLS:
+                break
+            assert time.monotonic() < deadline, "only %d calls in flight" % inflight
+            await asyncio.sleep(0.05)
+        assert inflight == CALLS and not done, (inflight, len(done))
+        t_kill = time.monotonic()
+        os.kill(ctl.proc.pid, signal.SIGKILL)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        lat = sorted(done[i] - t_kill for i in range(CALLS))
+        numbers.update(max_s=lat[-1], p50_s=lat[CALLS // 2], p99_s=lat[int(CALLS * 0.99)])
+        for status, body in results:
+            assert status == 503, (status, body)
+            assert json.loads(body)["error"] == "controller_unavailable", body
+        assert lat[-1] < 1.0, numbers
+        m = await in_thread(gp.metrics, relay)
+        assert (m["relay_controller_calls_unavailable_total"]
+                - base["relay_controller_calls_unavailable_total"]) >= CALLS, m
+        assert m["relay_controller_links"] == 0
+        for _, wr in conns:
+            wr.close()
+
+        # No link: an open session keeps flowing; new pairings fail fast.
+        await exchange(a, b, sizes=(10, 20000))
+        t0 = time.monotonic()
+        assert await ws_refused(relay, old["id"], old["initiator_token"]) == 503
+        assert time.monotonic() - t0 < 1.0
+        r = await in_thread(gp.http, relay, "POST", "/admin/sessions", b"{}")
+        assert r.status == 503 and r.json()["error"] == "controller_unavailable", r
+        assert (await in_thread(relay.get, "/readyz")).status == 503
+
+        # Restart with the same state: back at once, and the old sessions live.
+        t0 = time.monotonic()
+        ctl2 = await in_thread(start_controller, args)
+        await in_thread(gp.wait_ready, relay)
+        numbers["relink_s"] = time.monotonic() - t0
+        assert numbers["relink_s"] < 5.0, numbers
+        ctl2.wait_for_log(msg="registry open", pred=lambda l: l.get("sessions", 0) >= 2)
+        code, st = await in_thread(get_status, relay, old["id"])
+        assert code == 200 and st["state"] == "pending", (code, st)
+        c, d, _ = await pair(relay, old)
+        # The session that stayed open is still known and still flows.
+        await exchange(a, b, sizes=(5,))
+        code, _ = await in_thread(get_status, relay, live["id"])
+        assert code == 200
+        for ws in (a, b, c, d):
+            await ws.close()
+
+    run(scenario())
+    print("\ncontroller kill with %d calls in flight: all 503, max %.3f s, p99 %.3f s, "
+          "p50 %.3f s after SIGKILL; link back %.2f s after restart" % (
+              CALLS, numbers["max_s"], numbers["p99_s"], numbers["p50_s"], numbers["relink_s"]))
+
+
+# --------------------------------------------------------------------------
+# Several controllers, several relays
+# --------------------------------------------------------------------------
+
+def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller):
+    relay = gp.start_remote_relay(start_relay, pki, "relay-shared")
+    ctl_a = start_controller(gp.controller_args([relay], pki.ca_dir, tmp_path / "state-a"))
+    ctl_b = start_controller(gp.controller_args(
+        [relay], pki.extra_controller("relay-controller-b"), tmp_path / "state-b"))
+    gp.wait_links(relay, 2)
+    names = {l["controller"] for l in relay.find_logs(msg="controller link up")}
+    assert len(names) == 2, names  # two distinct controller identities
+
+    sessions = [create(relay) for _ in range(10)]
+    owned_a = {l["session"] for l in ctl_a.find_logs(msg="session created")}
+    owned_b = {l["session"] for l in ctl_b.find_logs(msg="session created")}
+    ids = {s["id"] for s in sessions}
+    assert owned_a | owned_b == ids and not owned_a & owned_b, (owned_a, owned_b)
+    assert abs(len(owned_a) - len(owned_b)) <= 1, (len(owned_a), len(owned_b))  # round-robin
+
+    # GET fails over on NOT_FOUND; LIST merges both controllers.
+    for s in sessions:
+        code, st = get_status(relay, s["id"])
+        assert code == 200 and st["id"] == s["id"], (code, st)
+    r = gp.http(relay, "GET", "/admin/sessions")
+    assert r.status == 200 and ids <= {x["id"] for x in r.json()["sessions"]}, r
+
+    async def scenario():
+        # Consecutive Validates go to alternate controllers, so one of each
+        # session's two lands on the controller that does not know it.
+        for s in sessions:
+            a, b, n = await pair(relay, s, sizes=(100, 3000))
+            r = await in_thread(gp.http, relay, "DELETE", "/admin/sessions/" + s["id"])
+            assert r.status == 204, r
+            await closed_with(a, 1001)
+            await closed_with(b, 1001)
+
+    run(scenario())
+    assert gp.metrics(relay)["relay_ws_upgrades_total"] == 20
+
+
+def test_one_controller_two_relays(pki, tmp_path, start_relay, start_controller):
+    east = gp.start_remote_relay(start_relay, pki, "relay-east",
+                                 extra=["--public-url", "ws://east.example:7001"])
+    west = gp.start_remote_relay(start_relay, pki, "relay-west",
+                                 extra=["--public-url", "wss://west.example"])
+    ctl = start_controller(gp.controller_args([east, west], pki.ca_dir, tmp_path / "state"))
+    gp.wait_ready(east)
+    gp.wait_ready(west)
+    ctl.wait_for_log(msg="relay link up", relay="relay-east")
+    ctl.wait_for_log(msg="relay link up", relay="relay-west")
+
+    ce, cw = create(east), create(west)
+    assert ce["initiator_url"] == "ws://east.example:7001/relay/" + ce["id"], ce
+    assert ce["responder_url"] == "ws://east.example:7001/relay/" + ce["id"], ce
+    assert cw["initiator_url"] == "wss://west.example/relay/" + cw["id"], cw
+
+    async def scenario():
+        # A session is served by the relay it names, not by the other one.
+        assert await ws_refused(west, ce["id"], ce["initiator_token"]) == 421
+        assert await ws_refused(east, cw["id"], cw["initiator_token"]) == 421
+        a, b, _ = await pair(east, ce)
+        c, d, _ = await pair(west, cw)
+        # Kicks go to the relay serving each session.
+        r = await in_thread(gp.http, west, "DELETE", "/admin/sessions/" + ce["id"])
+        assert r.status == 204, r
+        await closed_with(a, 1001)
+        await closed_with(b, 1001)
+        await exchange(c, d, sizes=(7,))  # the other relay's session is untouched
+        r = await in_thread(gp.http, east, "DELETE", "/admin/sessions/" + cw["id"])
+        assert r.status == 204, r
+        await closed_with(c, 1001)
+        await closed_with(d, 1001)
+
+    run(scenario())
+    east.wait_for_log(msg="session kicked", session=ce["id"])
+    west.wait_for_log(msg="session kicked", session=cw["id"])
