@@ -27,6 +27,7 @@ typedef struct admin_op {
   char cors[512];
   rly_auth_req *auth;
   tun_call *call;
+  const rly_http_request *req; /* valid until we answer */
   json_t *list;       /* LIST: merged sessions */
   int list_ok, list_failed;
   int refused_status; /* LIST: a controller's refusal (403...), 0 if none */
@@ -303,6 +304,23 @@ static void call_controller(admin_op *a, const rly_principal *p) {
   }
 }
 
+/* After authentication (so an anonymous caller learns nothing of the
+ * body's fate or the controller's health): validate, then ask. */
+static bool parse_create_body(admin_op *a, const rly_http_request *req);
+
+static void proceed(admin_op *a, const rly_principal *p) {
+  if (a->op == RLY_ADMIN_CREATE && !parse_create_body(a, a->req)) {
+    op_done(a);
+    return;
+  }
+  if (a->srv->links == 0) {
+    respond_error(a, 503, "controller_unavailable", "no controller link is up", NULL);
+    op_done(a);
+    return;
+  }
+  call_controller(a, p);
+}
+
 static void on_authenticated(void *ud, int status, const rly_principal *p, const char *error,
                              const char *description) {
   admin_op *a = ud;
@@ -324,7 +342,7 @@ static void on_authenticated(void *ud, int status, const rly_principal *p, const
     return;
   }
   cm_log(CM_LOG_DEBUG, "admin", "authenticated", CM_S("sub", p->subject));
-  call_controller(a, p);
+  proceed(a, p);
 }
 
 /* ---- request parsing -------------------------------------------------------------------- */
@@ -390,19 +408,11 @@ void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const c
     return;
   }
   snprintf(a->id, sizeof a->id, "%s", id ? id : "");
-  if (op == RLY_ADMIN_CREATE && !parse_create_body(a, req)) {
-    op_free(a);
-    return;
-  }
-  if (s->links == 0) {
-    respond_error(a, 503, "controller_unavailable", "no controller link is up", NULL);
-    op_free(a);
-    return;
-  }
+  a->req = req;
   c->pending = a;
   c->pending_cancel = op_cancel;
   if (!s->auth) { /* --no-auth: the controller sees auth_disabled */
-    call_controller(a, NULL);
+    proceed(a, NULL);
     return;
   }
   const char *authz = rly_http_header_get(req, "Authorization");

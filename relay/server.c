@@ -114,12 +114,9 @@ rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, si
   }
   if (cfg->public_url && *cfg->public_url) {
     snprintf(s->public_url, sizeof s->public_url, "%s", cfg->public_url);
-  } else {
-    snprintf(s->public_url, sizeof s->public_url, "%s://%s", cfg->plain ? "ws" : "wss",
-             cfg->listen);
+    size_t ul = strlen(s->public_url);
+    while (ul > 0 && s->public_url[ul - 1] == '/') s->public_url[--ul] = '\0';
   }
-  size_t ul = strlen(s->public_url);
-  while (ul > 0 && s->public_url[ul - 1] == '/') s->public_url[--ul] = '\0';
   return s;
 }
 
@@ -337,11 +334,28 @@ static void on_sweep(uv_timer_t *t) {
 
 /* ---- start and shutdown ---------------------------------------------------------- */
 
+/* Without --public-url, session URLs name the address we bound (with the
+ * real port when the listener asked for port 0).  A wildcard address is no
+ * URL anyone can dial: say so. */
+static void default_public_url(rly_server *s) {
+  if (s->public_url[0]) return;
+  char host[256];
+  int port;
+  if (cm_parse_hostport(s->cfg->listen, "0.0.0.0", host, sizeof host, &port) != 0) return;
+  bool v6 = strchr(host, ':') != NULL;
+  snprintf(s->public_url, sizeof s->public_url, "%s://%s%s%s:%d", s->tls ? "wss" : "ws",
+           v6 ? "[" : "", host, v6 ? "]" : "", rly_server_public_port(s));
+  if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
+    cm_log(CM_LOG_WARN, "relay", "no --public-url: session URLs will name a wildcard address",
+           CM_S("public_url", s->public_url));
+}
+
 int rly_server_start(rly_server *s, char *err, size_t errlen) {
   int rc = cm_tcp_listen(s->loop, &s->listener, s->cfg->listen, 1024, on_connection, err, errlen);
   if (rc != 0) return rc;
   s->listener.data = s;
   s->listening = true;
+  default_public_url(s);
   s->handles_open = 3; /* listener, sweep, grace; dp_tick below */
   uv_timer_init(s->loop, &s->sweep);
   s->sweep.data = s;

@@ -102,7 +102,7 @@ static const cm_cfg_opt g_serve_opts[] = {
         "clock skew allowed on exp and nbf", "DURATION"),
     OPT("jwks-refresh", CM_CFG_DURATION, jwks_refresh_ms, "1h", 1000, 604800000,
         "how often the discovery document and JWKS are refetched", "DURATION"),
-    OPT("jwks-min-refetch", CM_CFG_DURATION, jwks_min_refetch_ms, "30s", 0, 3600000,
+    OPT("jwks-min-refetch", CM_CFG_DURATION, jwks_min_refetch_ms, "30s", 1000, 3600000,
         "least time between JWKS refetches caused by unknown key ids", "DURATION"),
     OPT("cors-origin", CM_CFG_LIST, cors_origins, NULL, 0, 0,
         "allowed browser origin (repeatable): exact, https://*.example.com, http://localhost:*",
