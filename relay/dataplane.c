@@ -153,6 +153,8 @@ static void sess_free(rly_session *x) {
 
 /* Forgets a session once no peer is on it (the relay keeps no state). */
 static void sess_maybe_free(rly_session *x);
+/* The peer has left its slot (see below). */
+static void peer_leave(rly_peer *p, uint16_t code);
 
 /* ---- events to the controller ---------------------------------------------- */
 
@@ -285,6 +287,7 @@ static int on_control(void *ud, uint8_t opcode, const uint8_t *payload, size_t l
       ws_send_frame(p, RLY_WS_CLOSE, payload, len >= 2 ? 2 : 0);
       cm_stream_close(p->st);
     }
+    peer_leave(p, p->close_code);
     return 1; /* stop parsing: nothing valid follows a close */
   }
   p->ping_sent = false;
@@ -360,6 +363,7 @@ static void peer_protocol_error(rly_peer *p) {
          CM_S("slot", slot_name(p->slot)), CM_I("code", code), CM_S("reason", why ? why : ""),
          CM_S("remote", p->remote));
   peer_close(p, code, why);
+  peer_leave(p, 0);
 }
 
 static void peer_input(rly_peer *p, uint8_t *data, size_t len) {
@@ -407,22 +411,31 @@ static void sess_maybe_free(rly_session *x) {
   sess_free(x);
 }
 
+/* The peer is gone from its session: it sent a close frame, broke the
+ * protocol, or its connection ended.  The slot is let go now rather than
+ * when the close handshake and TCP teardown finish (which may linger for
+ * seconds), so the counterpart hears at once and a rejoin is not refused
+ * with 409 meanwhile — as for closes the relay starts (RLY_ACT_CLOSE). */
+static void peer_leave(rly_peer *p, uint16_t code) {
+  rly_session *x = p->sess;
+  if (!x) return;
+  p->sess = NULL;
+  x->peer[p->slot] = NULL;
+  if (!p->released) {
+    p->released = true;
+    rly_pair_detach(&x->pair, p->slot, code, cm_now_mono_ms(), on_pair_action, x);
+  }
+  sess_maybe_free(x);
+}
+
 static void p_on_close(cm_stream *st, int err, const char *msg) {
   rly_peer *p = cm_stream_get_data(st);
   rly_server *s = p->srv;
-  rly_session *x = p->sess;
   s->npeers--;
   s->dm.peers_closed++;
-  cm_log(CM_LOG_DEBUG, "ws", "peer closed", CM_S("session", x ? x->id : ""),
+  cm_log(CM_LOG_DEBUG, "ws", "peer closed", CM_S("session", p->sess ? p->sess->id : ""),
          CM_S("slot", slot_name(p->slot)), CM_I("err", err), CM_S("why", msg));
-  if (x) {
-    x->peer[p->slot] = NULL;
-    if (!p->released) {
-      p->released = true;
-      rly_pair_detach(&x->pair, p->slot, p->close_code, cm_now_mono_ms(), on_pair_action, x);
-    }
-    sess_maybe_free(x);
-  }
+  peer_leave(p, p->close_code);
   free(p);
   rly_server_maybe_finish(s);
 }
