@@ -364,6 +364,9 @@ const char *cm_stream_peer_addr(const cm_stream *s);
 /* Binds a TCP listener on "host:port" with SO_REUSEADDR.  The handle is
  * initialised on loop; close it with uv_close.  Port 0 picks a free port;
  * cm_tcp_bound_port reports it. */
+/* Bind only (listen later with uv_listen): the port is known before the
+ * socket accepts anything. */
+int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err, size_t errlen);
 int cm_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, int backlog,
                   uv_connection_cb cb, char *err, size_t errlen);
 int cm_tcp_bound_port(const uv_tcp_t *tcp);

@@ -70,8 +70,7 @@ bool cm_host_is_loopback(const char *host) {
   return IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr);
 }
 
-int cm_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, int backlog,
-                  uv_connection_cb cb, char *err, size_t errlen) {
+int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err, size_t errlen) {
   char host[256];
   int port, rc;
   struct sockaddr_storage ss;
@@ -84,8 +83,21 @@ int cm_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, int back
     snprintf(err, errlen, "tcp init: %s", uv_strerror(rc));
     return rc;
   }
+  /* uv_tcp_bind defers EADDRINUSE to listen(); report it here. */
   if ((rc = uv_tcp_bind(tcp, (const struct sockaddr *)&ss, 0)) != 0 ||
-      (rc = uv_listen((uv_stream_t *)tcp, backlog > 0 ? backlog : 511, cb)) != 0) {
+      (cm_tcp_bound_port(tcp) < 0 && (rc = -EADDRNOTAVAIL))) {
+    snprintf(err, errlen, "bind %s: %s", hostport, uv_strerror(rc));
+    uv_close((uv_handle_t *)tcp, NULL);
+    return rc;
+  }
+  return 0;
+}
+
+int cm_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, int backlog,
+                  uv_connection_cb cb, char *err, size_t errlen) {
+  int rc = cm_tcp_bind(loop, tcp, hostport, err, errlen);
+  if (rc != 0) return rc;
+  if ((rc = uv_listen((uv_stream_t *)tcp, backlog > 0 ? backlog : 511, cb)) != 0) {
     snprintf(err, errlen, "listen on %s: %s", hostport, uv_strerror(rc));
     uv_close((uv_handle_t *)tcp, NULL);
     return rc;

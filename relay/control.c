@@ -106,3 +106,23 @@ void rly_control_free(rly_server *s) {
   tun_relay_free(s->tun);
   s->tun = NULL;
 }
+
+static void on_wake(uv_timer_t *t) { CM_UNUSED(t); }
+
+/* Runs the loop (before the caller's uv_run) until the in-process link is
+ * up: the controller thread is already running, so this takes a few ms. */
+int rly_control_wait_embedded(rly_server *s, char *err, size_t errlen) {
+  if (!s->embedded) return 0;
+  uv_timer_t t;
+  uv_timer_init(s->loop, &t);
+  uv_timer_start(&t, on_wake, 10, 10);
+  uint64_t deadline = cm_now_mono_ms() + 10000;
+  while (s->links == 0 && cm_now_mono_ms() < deadline) uv_run(s->loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(s->loop, UV_RUN_NOWAIT);
+  if (s->links == 0) {
+    snprintf(err, errlen, "the embedded controller did not link within 10 s");
+    return -ETIMEDOUT;
+  }
+  return 0;
+}

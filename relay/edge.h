@@ -98,6 +98,8 @@ struct rly_conn {
 /* control.c */
 int rly_control_start(rly_server *s, char *err, size_t errlen);
 void rly_control_stop(rly_server *s, void (*done)(void *ud));
+/* Embedded mode: waits (running the loop) until the in-process link is up. */
+int rly_control_wait_embedded(rly_server *s, char *err, size_t errlen);
 void rly_control_free(rly_server *s);
 
 /* dataplane.c */

@@ -85,7 +85,9 @@ typedef struct rly_server rly_server;
 /* Validates cfg and builds the server (no sockets yet).  The config is
  * borrowed and must outlive the server. */
 rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, size_t errlen);
-/* Binds the listeners and starts the embedded controller if configured. */
+/* Binds the listeners and starts the embedded controller if configured.
+ * In embedded mode it runs the loop briefly, before accepting, until the
+ * in-process link is up; call it before the caller's own uv_run. */
 int rly_server_start(rly_server *s, char *err, size_t errlen);
 /* Stops accepting and drains (see above); `done` runs on the loop. */
 void rly_server_shutdown(rly_server *s, void (*done)(void *ud), void *ud);

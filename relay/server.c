@@ -282,7 +282,11 @@ static void on_connection(uv_stream_t *server, int status) {
   if (!c) return;
   c->srv = s;
   cm_list_init(&c->wait);
-  cm_stream_opts o = {.tls = s->tls, .handshake_timeout_ms = (uint32_t)s->cfg->header_timeout_ms};
+  /* Any connection may become a WebSocket peer: its write queue's high
+   * watermark is the one that pauses the other peer. */
+  cm_stream_opts o = {.tls = s->tls,
+                      .handshake_timeout_ms = (uint32_t)s->cfg->header_timeout_ms,
+                      .high_watermark = (size_t)s->cfg->ws_high_watermark};
   int err;
   c->st = cm_stream_accept(server, &o, &g_conn_cbs, c, &err);
   if (!c->st) {
@@ -351,7 +355,7 @@ static void default_public_url(rly_server *s) {
 }
 
 int rly_server_start(rly_server *s, char *err, size_t errlen) {
-  int rc = cm_tcp_listen(s->loop, &s->listener, s->cfg->listen, 1024, on_connection, err, errlen);
+  int rc = cm_tcp_bind(s->loop, &s->listener, s->cfg->listen, err, errlen);
   if (rc != 0) return rc;
   s->listener.data = s;
   s->listening = true;
@@ -368,6 +372,13 @@ int rly_server_start(rly_server *s, char *err, size_t errlen) {
   s->started = true;
   if ((rc = rly_control_start(s, err, errlen)) != 0) return rc;
   if (s->auth && (rc = rly_auth_start(s->auth, err, errlen)) != 0) return rc;
+  /* Accept only once an embedded controller is linked, so no client ever
+   * sees a 503 that is merely start-up. */
+  if ((rc = rly_control_wait_embedded(s, err, errlen)) != 0) return rc;
+  if ((rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
+    snprintf(err, errlen, "listen on %s: %s", s->cfg->listen, uv_strerror(rc));
+    return rc;
+  }
   cm_log(CM_LOG_INFO, "relay", "listening", CM_S("addr", s->cfg->listen),
          CM_I("port", rly_server_public_port(s)), CM_B("tls", s->tls != NULL),
          CM_S("public_url", s->public_url), CM_S("node_id", s->node_id));
