@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int cm_parse_hostport(const char *s, const char *def_host, char *host, size_t hostlen,
                       int *port) {
@@ -79,14 +80,31 @@ int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err,
     snprintf(err, errlen, "invalid listen address %s (want IP:PORT or [IPv6]:PORT)", hostport);
     return -EINVAL;
   }
-  if ((rc = uv_tcp_init(loop, tcp)) != 0) {
-    snprintf(err, errlen, "tcp init: %s", uv_strerror(rc));
+  /* Bind the socket ourselves: uv_tcp_bind defers EADDRINUSE to listen(),
+   * and we want the precise error now, before anything else starts. */
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    rc = -errno;
+    snprintf(err, errlen, "socket: %s", strerror(errno));
     return rc;
   }
-  /* uv_tcp_bind defers EADDRINUSE to listen(); report it here. */
-  if ((rc = uv_tcp_bind(tcp, (const struct sockaddr *)&ss, 0)) != 0 ||
-      (cm_tcp_bound_port(tcp) < 0 && (rc = -EADDRNOTAVAIL))) {
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  if (bind(fd, (const struct sockaddr *)&ss, sl) != 0) {
+    rc = -errno;
     snprintf(err, errlen, "bind %s: %s", hostport, uv_strerror(rc));
+    close(fd);
+    return rc;
+  }
+  if ((rc = uv_tcp_init(loop, tcp)) != 0) {
+    snprintf(err, errlen, "tcp init: %s", uv_strerror(rc));
+    close(fd);
+    return rc;
+  }
+  if ((rc = uv_tcp_open(tcp, fd)) != 0) {
+    snprintf(err, errlen, "tcp open: %s", uv_strerror(rc));
+    close(fd);
     uv_close((uv_handle_t *)tcp, NULL);
     return rc;
   }
