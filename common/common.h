@@ -157,6 +157,21 @@ int cm_config_load(const cm_cfg_spec *spec, void *cfg, int argc, char **argv,
 void cm_config_free(const cm_cfg_spec *spec, void *cfg);
 void cm_config_print_help(const cm_cfg_spec *spec, FILE *out);
 
+/* For a subcommand's main: loads its settings, and on --help prints help
+ * (returns 0) or on a bad setting prints the error and usage (returns 2).
+ * Returns -1 when the command should go on.  cmd names it in messages,
+ * e.g. "relay serve". */
+int cm_config_cli(const cm_cfg_spec *spec, void *cfg, int argc, char **argv, const char *cmd);
+
+/* Multi-call programs: `prog <command> [options]`.  Unknown commands and a
+ * missing one exit 2 with the command list; `help`, --help, -h print it. */
+typedef struct cm_subcmd {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} cm_subcmd;
+int cm_subcmd_main(const char *prog, const cm_subcmd *cmds, size_t n, int argc, char **argv);
+
 void cm_strlist_free(cm_strlist *l);
 int cm_strlist_push(cm_strlist *l, const char *s);
 

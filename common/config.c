@@ -336,3 +336,39 @@ void cm_config_print_help(const cm_cfg_spec *spec, FILE *out) {
   fprintf(out, "  %-34s %s\n\nPrecedence: flags > environment > config file > defaults.\n",
           "-h, --help", "show this help");
 }
+
+int cm_config_cli(const cm_cfg_spec *spec, void *cfg, int argc, char **argv, const char *cmd) {
+  char err[512];
+  int rc = cm_config_load(spec, cfg, argc, argv, NULL, err, sizeof err);
+  if (rc == CM_CFG_OK) return -1;
+  if (rc == CM_CFG_HELP) {
+    cm_config_print_help(spec, stdout);
+  } else {
+    fprintf(stderr, "%s: %s\nUsage: %s (see --help)\n", cmd, err, spec->usage);
+  }
+  cm_config_free(spec, cfg);
+  return rc == CM_CFG_HELP ? 0 : 2;
+}
+
+static void subcmd_usage(const char *prog, const cm_subcmd *cmds, size_t n, FILE *out) {
+  fprintf(out, "Usage: %s <command> [options]\n\nCommands:\n", prog);
+  for (size_t i = 0; i < n; i++) fprintf(out, "  %-10s %s\n", cmds[i].name, cmds[i].summary);
+  fprintf(out, "\nRun '%s <command> --help' for the options of a command.\n", prog);
+}
+
+int cm_subcmd_main(const char *prog, const cm_subcmd *cmds, size_t n, int argc, char **argv) {
+  if (argc < 2) {
+    subcmd_usage(prog, cmds, n, stderr);
+    return 2;
+  }
+  const char *name = argv[1];
+  if (!strcmp(name, "--help") || !strcmp(name, "-h") || !strcmp(name, "help")) {
+    subcmd_usage(prog, cmds, n, stdout);
+    return 0;
+  }
+  for (size_t i = 0; i < n; i++)
+    if (!strcmp(name, cmds[i].name)) return cmds[i].run(argc - 2, argv + 2);
+  fprintf(stderr, "%s: unknown command \"%s\"\n", prog, name);
+  subcmd_usage(prog, cmds, n, stderr);
+  return 2;
+}

@@ -795,14 +795,8 @@ void rly_dp_stop(rly_server *s) {
 
 void rly_dp_metrics_text(rly_server *s, cm_buf *b) {
   const rly_dp_metrics *m = &s->dm;
-#define C(name, help, v)                                                                     \
-  cm_buf_printf(b, "# HELP relay_" name " " help "\n# TYPE relay_" name " counter\nrelay_" name \
-                   " %llu\n",                                                                \
-                (unsigned long long)(v))
-#define G(name, help, v)                                                                     \
-  cm_buf_printf(b, "# HELP relay_" name " " help "\n# TYPE relay_" name " gauge\nrelay_" name \
-                   " %llu\n",                                                                \
-                (unsigned long long)(v))
+#define C(name, help, v) rly_metric(b, name, help, true, (uint64_t)(v))
+#define G(name, help, v) rly_metric(b, name, help, false, (uint64_t)(v))
   G("sessions", "Sessions with at least one peer on this relay.", s->nsessions);
   G("peers", "Connected WebSocket peers.", s->npeers);
   G("controller_links", "Live controller links.", s->links);

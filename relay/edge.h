@@ -157,6 +157,8 @@ cm_stream *rly_conn_detach(rly_conn *c, cm_buf *leftover);
 void rly_server_maybe_finish(rly_server *s);
 
 /* routes.c */
+/* Appends one Prometheus metric (relay_<name>) with its HELP and TYPE. */
+void rly_metric(cm_buf *b, const char *name, const char *help, bool counter, uint64_t v);
 void rly_route_request(rly_conn *c, const rly_http_request *req);
 
 /* server.c: answer the current request of c (any time, sync or async). */

@@ -69,6 +69,12 @@ static bool metrics_allowed(rly_conn *c) {
          cm_host_is_loopback(host);
 }
 
+void rly_metric(cm_buf *b, const char *name, const char *help, bool counter, uint64_t v) {
+  const char *type = counter ? "counter" : "gauge";
+  cm_buf_printf(b, "# HELP relay_%s %s\n# TYPE relay_%s %s\nrelay_%s %llu\n", name, help, name, type,
+                name, (unsigned long long)v);
+}
+
 static void metrics(rly_conn *c) {
   if (!metrics_allowed(c)) {
     rly_conn_respond_error(c, 404, "not_found", "no such resource", NULL);
@@ -77,14 +83,8 @@ static void metrics(rly_conn *c) {
   rly_server *s = c->srv;
   cm_buf b;
   cm_buf_init(&b, 1 << 20);
-#define COUNTER(name, help, v)                                                              \
-  cm_buf_printf(&b, "# HELP relay_" name " " help "\n# TYPE relay_" name " counter\nrelay_" name \
-                    " %llu\n",                                                              \
-                (unsigned long long)(v))
-#define GAUGE(name, help, v)                                                                \
-  cm_buf_printf(&b, "# HELP relay_" name " " help "\n# TYPE relay_" name " gauge\nrelay_" name \
-                    " %llu\n",                                                              \
-                (unsigned long long)(v))
+#define COUNTER(name, help, v) rly_metric(&b, name, help, true, (uint64_t)(v))
+#define GAUGE(name, help, v) rly_metric(&b, name, help, false, (uint64_t)(v))
   COUNTER("connections_accepted_total", "Public connections accepted.", s->m.conns_accepted);
   COUNTER("connections_refused_total", "Connections refused over a limit.", s->m.conns_refused);
   COUNTER("tls_handshake_failures_total", "Failed or timed-out TLS handshakes.",

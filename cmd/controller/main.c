@@ -105,16 +105,8 @@ static int cmd_run(int argc, char **argv) {
   run_cfg rc;
   memset(&rc, 0, sizeof rc);
   char err[512];
-  int r = cm_config_load(&g_run_spec, &rc, argc, argv, NULL, err, sizeof err);
-  if (r == CM_CFG_HELP) {
-    cm_config_print_help(&g_run_spec, stdout);
-    cm_config_free(&g_run_spec, &rc);
-    return 0;
-  }
-  if (r != CM_CFG_OK) {
-    cm_config_free(&g_run_spec, &rc);
-    return usage_error(&g_run_spec, "run", err);
-  }
+  int r = cm_config_cli(&g_run_spec, &rc, argc, argv, "relay-controller run");
+  if (r >= 0) return r;
   cm_log_level lvl;
   if (cm_log_level_parse(rc.log_level, &lvl) != 0) {
     cm_config_free(&g_run_spec, &rc);
@@ -204,13 +196,10 @@ static int cmd_init_ca(int argc, char **argv) {
   ca_cfg c;
   memset(&c, 0, sizeof c);
   char err[512];
-  int r = cm_config_load(&g_init_spec, &c, argc, argv, NULL, err, sizeof err);
-  int rc = 0;
-  if (r == CM_CFG_HELP) {
-    cm_config_print_help(&g_init_spec, stdout);
-  } else if (r != CM_CFG_OK) {
-    rc = usage_error(&g_init_spec, "init-ca", err);
-  } else if (!c.dir) {
+  int rc = cm_config_cli(&g_init_spec, &c, argc, argv, "relay-controller init-ca");
+  if (rc >= 0) return rc;
+  rc = 0;
+  if (!c.dir) {
     rc = usage_error(&g_init_spec, "init-ca", "--dir is required");
   } else if (ctl_init_ca(c.dir, c.ca_name, c.controller_name, (int)c.days, err, sizeof err) != 0) {
     fprintf(stderr, "relay-controller init-ca: %s\n", err);
@@ -269,14 +258,11 @@ static int cmd_sign_csr(int argc, char **argv) {
   ca_cfg c;
   memset(&c, 0, sizeof c);
   char err[512];
-  int r = cm_config_load(&g_sign_spec, &c, argc, argv, NULL, err, sizeof err);
-  int rc = 0;
+  int rc = cm_config_cli(&g_sign_spec, &c, argc, argv, "relay-controller sign-csr");
+  if (rc >= 0) return rc;
+  rc = 0;
   char *csr = NULL, *cert = NULL;
-  if (r == CM_CFG_HELP) {
-    cm_config_print_help(&g_sign_spec, stdout);
-  } else if (r != CM_CFG_OK) {
-    rc = usage_error(&g_sign_spec, "sign-csr", err);
-  } else if (!c.dir || c.hosts.n == 0) {
+  if (!c.dir || c.hosts.n == 0) {
     rc = usage_error(&g_sign_spec, "sign-csr", "--dir and at least one --host are required");
   } else if (read_csr(c.csr, &csr, err, sizeof err) != 0 ||
              ctl_sign_csr(c.dir, csr, &c.hosts, (int)c.days, &cert, err, sizeof err) != 0) {
@@ -293,37 +279,12 @@ static int cmd_sign_csr(int argc, char **argv) {
 
 /* ---- dispatch ------------------------------------------------------------------------------ */
 
-typedef struct subcmd {
-  const char *name;
-  int (*run)(int argc, char **argv);
-  const char *summary;
-} subcmd;
-
-static const subcmd g_cmds[] = {
+static const cm_subcmd g_cmds[] = {
     {"run", cmd_run, "dial relays and serve them"},
     {"init-ca", cmd_init_ca, "make the controller CA and the controller certificate"},
     {"sign-csr", cmd_sign_csr, "issue a relay certificate from its CSR"},
 };
 
-static void usage(FILE *out) {
-  fprintf(out, "Usage: relay-controller <command> [options]\n\nCommands:\n");
-  for (size_t i = 0; i < CM_ARRAY_LEN(g_cmds); i++)
-    fprintf(out, "  %-10s %s\n", g_cmds[i].name, g_cmds[i].summary);
-  fprintf(out, "\nRun 'relay-controller <command> --help' for the options of a command.\n");
-}
-
 int main(int argc, char **argv) {
-  if (argc < 2) {
-    usage(stderr);
-    return EXIT_USAGE;
-  }
-  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-    usage(stdout);
-    return 0;
-  }
-  for (size_t i = 0; i < CM_ARRAY_LEN(g_cmds); i++)
-    if (!strcmp(argv[1], g_cmds[i].name)) return g_cmds[i].run(argc - 2, argv + 2);
-  fprintf(stderr, "relay-controller: unknown command \"%s\"\n", argv[1]);
-  usage(stderr);
-  return EXIT_USAGE;
+  return cm_subcmd_main("relay-controller", g_cmds, CM_ARRAY_LEN(g_cmds), argc, argv);
 }

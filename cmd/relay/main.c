@@ -149,17 +149,8 @@ static int cmd_serve(int argc, char **argv) {
   rly_config cfg;
   memset(&cfg, 0, sizeof cfg);
   char err[512];
-  int rc = cm_config_load(&g_serve_spec, &cfg, argc, argv, NULL, err, sizeof err);
-  if (rc == CM_CFG_HELP) {
-    cm_config_print_help(&g_serve_spec, stdout);
-    cm_config_free(&g_serve_spec, &cfg);
-    return 0;
-  }
-  if (rc != CM_CFG_OK) {
-    fprintf(stderr, "relay serve: %s\nUsage: %s (see --help)\n", err, g_serve_spec.usage);
-    cm_config_free(&g_serve_spec, &cfg);
-    return EXIT_USAGE;
-  }
+  int rc = cm_config_cli(&g_serve_spec, &cfg, argc, argv, "relay serve");
+  if (rc >= 0) return rc;
   cm_log_level lvl;
   if (cm_log_level_parse(cfg.log_level, &lvl) != 0) {
     fprintf(stderr, "relay serve: log-level must be debug, info, warn or error\n");
@@ -253,18 +244,9 @@ static int cmd_gen_csr(int argc, char **argv) {
   csr_cfg c;
   memset(&c, 0, sizeof c);
   char err[512];
-  int r = cm_config_load(&g_csr_spec, &c, argc, argv, NULL, err, sizeof err);
-  int rc = 0;
-  if (r == CM_CFG_HELP) {
-    cm_config_print_help(&g_csr_spec, stdout);
-    cm_config_free(&g_csr_spec, &c);
-    return 0;
-  }
-  if (r != CM_CFG_OK) {
-    fprintf(stderr, "relay gen-csr: %s\nUsage: %s (see --help)\n", err, g_csr_spec.usage);
-    cm_config_free(&g_csr_spec, &c);
-    return EXIT_USAGE;
-  }
+  int rc = cm_config_cli(&g_csr_spec, &c, argc, argv, "relay gen-csr");
+  if (rc >= 0) return rc;
+  rc = 0;
   char host[256];
   size_t hl = sizeof host;
   const char *node = c.node_id;
@@ -286,38 +268,13 @@ static int cmd_gen_csr(int argc, char **argv) {
 
 /* ---- dispatch ------------------------------------------------------------------- */
 
-typedef struct subcmd {
-  const char *name;
-  int (*run)(int argc, char **argv);
-  const char *summary;
-} subcmd;
-
-static const subcmd g_cmds[] = {
+static const cm_subcmd g_cmds[] = {
     {"serve", cmd_serve, "run the relay"},
     {"gen-csr", cmd_gen_csr, "make the tunnel key and print a CSR for enrolment"},
     {"version", cmd_version, "print version and library versions"},
 };
 
-static void usage(FILE *out) {
-  fprintf(out, "Usage: relay <command> [options]\n\nCommands:\n");
-  for (size_t i = 0; i < CM_ARRAY_LEN(g_cmds); i++)
-    fprintf(out, "  %-10s %s\n", g_cmds[i].name, g_cmds[i].summary);
-  fprintf(out, "\nRun 'relay <command> --help' for the options of a command.\n");
-}
-
 int main(int argc, char **argv) {
-  if (argc < 2) {
-    usage(stderr);
-    return EXIT_USAGE;
-  }
-  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-    usage(stdout);
-    return 0;
-  }
-  if (!strcmp(argv[1], "--version")) return cmd_version(0, NULL);
-  for (size_t i = 0; i < CM_ARRAY_LEN(g_cmds); i++)
-    if (!strcmp(argv[1], g_cmds[i].name)) return g_cmds[i].run(argc - 2, argv + 2);
-  fprintf(stderr, "relay: unknown command \"%s\"\n", argv[1]);
-  usage(stderr);
-  return EXIT_USAGE;
+  if (argc == 2 && !strcmp(argv[1], "--version")) return cmd_version(0, NULL);
+  return cm_subcmd_main("relay", g_cmds, CM_ARRAY_LEN(g_cmds), argc, argv);
 }
