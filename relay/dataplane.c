@@ -70,6 +70,7 @@ struct rly_peer {
   uint16_t close_code;  /* close code the peer sent */
   uint64_t last_rx_ms;
   bool ping_sent;
+  bool ip_held; /* inherited from the HTTP connection (iplimit.c) */
   char remote[64];
 };
 
@@ -433,6 +434,7 @@ static void p_on_close(cm_stream *st, int err, const char *msg) {
   rly_server *s = p->srv;
   s->npeers--;
   s->dm.peers_closed++;
+  if (p->ip_held) rly_ip_release(s, p->remote);
   cm_log(CM_LOG_DEBUG, "ws", "peer closed", CM_S("session", p->sess ? p->sess->id : ""),
          CM_S("slot", slot_name(p->slot)), CM_I("err", err), CM_S("why", msg));
   peer_leave(p, p->close_code);
@@ -655,6 +657,8 @@ static void accept_peer(rly_conn *c, rly_upgrade *u, const Relay__V1__SlotDecisi
   p->slot = slot;
   p->last_rx_ms = cm_now_mono_ms();
   snprintf(p->remote, sizeof p->remote, "%s", c->remote);
+  p->ip_held = c->ip_held;
+  c->ip_held = false; /* the peer holds the count now */
   rly_ws_parser_config pc = {.server = true, .max_message = x->max_message, .validate_utf8 = true};
   rly_ws_parser_init(&p->parser, &pc);
   cm_buf leftover;

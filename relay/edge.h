@@ -54,6 +54,7 @@ struct rly_server {
 
   rly_metrics m;
   uint64_t started_ms;
+  void *ip_tab; /* iplimit.c */
 
   rly_auth *auth; /* OIDC verifier; NULL with --no-auth */
 
@@ -93,6 +94,8 @@ struct rly_conn {
   void *pending;
   void (*pending_cancel)(void *pending);
   char remote[64];
+  bool ip_held;    /* counted against --max-conns-per-ip */
+  bool over_limit; /* answer 429 and close */
 };
 
 /* control.c */
@@ -155,6 +158,11 @@ cm_stream *rly_conn_detach(rly_conn *c, cm_buf *leftover);
 
 /* server.c: called when a connection or peer goes during shutdown. */
 void rly_server_maybe_finish(rly_server *s);
+
+/* iplimit.c: connections per client address (--max-conns-per-ip). */
+bool rly_ip_acquire(rly_server *s, const char *addr); /* false: over the limit */
+void rly_ip_release(rly_server *s, const char *addr);
+void rly_ip_free(rly_server *s);
 
 /* routes.c */
 /* Appends one Prometheus metric (relay_<name>) with its HELP and TYPE. */

@@ -122,6 +122,7 @@ rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, si
 
 void rly_server_free(rly_server *s) {
   if (!s) return;
+  rly_ip_free(s);
   rly_auth_free(s->auth);
   rly_control_free(s);
   cm_tls_ctx_free(s->tls);
@@ -183,6 +184,17 @@ static void http_on_request(void *ud, const rly_http_request *req) {
   c->req_start_ms = cm_now_mono_ms();
   conn_set_wait(c, W_NONE, 0);
   c->req = req;
+  if (c->over_limit) {
+    rly_http_response r = {.status = 429, .close = true};
+    char body[200];
+    r.body_len = rly_http_format_error(body, sizeof body, 429, "too_many_connections",
+                                       "too many connections from this address");
+    r.body = (const uint8_t *)body;
+    r.content_type = "application/json";
+    r.extra_headers = "Retry-After: 1\r\n";
+    rly_conn_respond(c, &r);
+    return;
+  }
   rly_route_request(c, req);
 }
 
@@ -247,6 +259,7 @@ static void on_close(cm_stream *st, int err, const char *msg) {
            CM_S("error", msg));
   }
   if (c->pending_cancel) c->pending_cancel(c->pending); /* e.g. a Validate in flight */
+  if (c->ip_held) rly_ip_release(s, c->remote);
   cm_list_remove(&c->wait);
   cm_list_remove(&c->all);
   s->nconns--;
@@ -300,6 +313,12 @@ static void on_connection(uv_stream_t *server, int status) {
   s->nconns++;
   s->m.conns_accepted++;
   snprintf(c->remote, sizeof c->remote, "%s", cm_stream_peer_addr(c->st));
+  if (rly_ip_acquire(s, c->remote)) {
+    c->ip_held = true;
+  } else {
+    c->over_limit = true; /* told so, with a 429, at its first request */
+    s->m.conns_refused++;
+  }
   if (!c->http ||
       (s->cfg->max_connections && (long long)(s->nconns + s->npeers) > s->cfg->max_connections)) {
     s->m.conns_refused++;
