@@ -33,9 +33,9 @@ extern "C" {
 #endif
 
 #define CM_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define CM_UNUSED(x) ((void)(x))
-#define CM_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define CM_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define CM_UNUSED(x)    ((void)(x))
+#define CM_MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define CM_MAX(a, b)    ((a) > (b) ? (a) : (b))
 
 /* ------------------------------------------------------------------------
  * Intrusive doubly-linked list (circular, with a sentinel head).
@@ -79,10 +79,10 @@ typedef struct cm_field {
   long long i;
 } cm_field;
 
-#define CM_S(k, v) ((cm_field){(k), CM_F_STR, (v), 0})
-#define CM_I(k, v) ((cm_field){(k), CM_F_INT, NULL, (long long)(v)})
+#define CM_S(k, v)   ((cm_field){(k), CM_F_STR, (v), 0})
+#define CM_I(k, v)   ((cm_field){(k), CM_F_INT, NULL, (long long)(v)})
 #define CM_URL(k, v) ((cm_field){(k), CM_F_URL, (v), 0})
-#define CM_B(k, v) ((cm_field){(k), CM_F_BOOL, NULL, (v) ? 1 : 0})
+#define CM_B(k, v)   ((cm_field){(k), CM_F_BOOL, NULL, (v) ? 1 : 0})
 
 void cm_log_set_level(cm_log_level level);
 cm_log_level cm_log_get_level(void);
@@ -93,16 +93,17 @@ void cm_log_set_fd(int fd);
 void cm_log_fields(cm_log_level level, const char *component, const char *msg,
                    const cm_field *fields, size_t nfields);
 
-#define cm_log(level, component, msg, ...)                                         \
-  do {                                                                             \
-    if ((level) >= cm_log_get_level()) {                                           \
-      const cm_field cm_f_[] = {CM_S(NULL, NULL), ##__VA_ARGS__};                  \
-      cm_log_fields((level), (component), (msg), cm_f_ + 1, CM_ARRAY_LEN(cm_f_) - 1); \
-    }                                                                              \
+#define cm_log(level, component, msg, ...)                                                         \
+  do {                                                                                             \
+    if ((level) >= cm_log_get_level()) {                                                           \
+      const cm_field cm_f_[] = {CM_S(NULL, NULL), ##__VA_ARGS__};                                  \
+      cm_log_fields((level), (component), (msg), cm_f_ + 1, CM_ARRAY_LEN(cm_f_) - 1);              \
+    }                                                                                              \
   } while (0)
 
 /* Formats an error message into a caller buffer (NULL or 0: ignored). */
-void cm_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void cm_seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Copies `url` into `out` with the value of every secret-bearing query
  * parameter (token, access_token, id_token, jwt, code, secret, password,
@@ -132,8 +133,8 @@ typedef struct cm_strlist {
 typedef struct cm_cfg_opt {
   const char *name; /* flag name: "listen" -> --listen, RELAY_LISTEN, "listen" */
   cm_cfg_type type;
-  size_t offset;    /* offsetof(config struct, field) */
-  const char *def;  /* default as text, NULL for none */
+  size_t offset;      /* offsetof(config struct, field) */
+  const char *def;    /* default as text, NULL for none */
   long long min, max; /* for INT/DURATION/SIZE; both 0 means unbounded */
   const char *help;
   const char *metavar; /* shown in --help, e.g. "ADDR:PORT" */
@@ -211,8 +212,8 @@ void cm_hex(const uint8_t *in, size_t n, char *out);
 /* ------------------------------------------------------------------------
  * Time.
  * ---------------------------------------------------------------------- */
-uint64_t cm_now_mono_ms(void);  /* monotonic, for deadlines */
-int64_t cm_now_wall_ms(void);   /* Unix epoch, for timestamps */
+uint64_t cm_now_mono_ms(void); /* monotonic, for deadlines */
+int64_t cm_now_wall_ms(void);  /* Unix epoch, for timestamps */
 /* "2026-11-21T10:00:00Z" (sec precision, UTC) into out (>= 21 bytes). */
 void cm_rfc3339(int64_t unix_seconds, char *out, size_t outlen);
 /* RFC 7231 IMF-fixdate for the HTTP Date header (>= 30 bytes). */
@@ -297,21 +298,23 @@ typedef struct cm_stream cm_stream;
 
 typedef struct cm_stream_cbs {
   void (*on_open)(cm_stream *s);
-  void (*on_read)(cm_stream *s, uint8_t *data, size_t len); /* bytes are the callee's to modify (e.g. unmask in place) until it returns */
+  void (*on_read)(
+      cm_stream *s, uint8_t *data,
+      size_t len); /* bytes are the callee's to modify (e.g. unmask in place) until it returns */
   void (*on_drain)(cm_stream *s);
   /* err: 0 on orderly close, else a negative code; msg says why. */
   void (*on_close)(cm_stream *s, int err, const char *msg);
 } cm_stream_cbs;
 
 typedef struct cm_stream_opts {
-  cm_tls_ctx *tls;              /* NULL: plain */
-  const char *sni;              /* client: server name to send and verify */
-  uint32_t handshake_timeout_ms;/* 0: 10 s */
-  size_t high_watermark;        /* 0: 256 KiB */
-  size_t low_watermark;         /* 0: high / 4 */
-  size_t max_write_queue;       /* hard cap; 0: 16 * high.  Writes past it fail */
-  bool keepalive;               /* TCP keepalive + TCP_USER_TIMEOUT */
-  uint32_t keepalive_s;         /* idle seconds before probes; 0: 30 */
+  cm_tls_ctx *tls;               /* NULL: plain */
+  const char *sni;               /* client: server name to send and verify */
+  uint32_t handshake_timeout_ms; /* 0: 10 s */
+  size_t high_watermark;         /* 0: 256 KiB */
+  size_t low_watermark;          /* 0: high / 4 */
+  size_t max_write_queue;        /* hard cap; 0: 16 * high.  Writes past it fail */
+  bool keepalive;                /* TCP keepalive + TCP_USER_TIMEOUT */
+  uint32_t keepalive_s;          /* idle seconds before probes; 0: 30 */
 } cm_stream_opts;
 
 enum {
@@ -323,17 +326,15 @@ enum {
 };
 
 /* Accepts a pending connection from a listening server handle. */
-cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o,
-                            const cm_stream_cbs *cbs, void *ud, int *err);
+cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o, const cm_stream_cbs *cbs,
+                            void *ud, int *err);
 /* Connects to a numeric address; on_open after connect (+ handshake). */
-cm_stream *cm_stream_connect(uv_loop_t *loop, const struct sockaddr *addr,
-                             const cm_stream_opts *o, const cm_stream_cbs *cbs, void *ud,
-                             int *err);
+cm_stream *cm_stream_connect(uv_loop_t *loop, const struct sockaddr *addr, const cm_stream_opts *o,
+                             const cm_stream_cbs *cbs, void *ud, int *err);
 /* Wraps a connected socket fd (socketpair for the in-process transport).
  * is_server selects the TLS role when o->tls is set. */
-cm_stream *cm_stream_open_fd(uv_loop_t *loop, int fd, bool is_server,
-                             const cm_stream_opts *o, const cm_stream_cbs *cbs, void *ud,
-                             int *err);
+cm_stream *cm_stream_open_fd(uv_loop_t *loop, int fd, bool is_server, const cm_stream_opts *o,
+                             const cm_stream_cbs *cbs, void *ud, int *err);
 
 void *cm_stream_get_data(const cm_stream *s);
 void cm_stream_set_data(cm_stream *s, void *ud);
@@ -398,17 +399,17 @@ int cm_tcp_bound_port(const uv_tcp_t *tcp);
  * controller only with the controller identity, so another relay's
  * certificate is never accepted as a controller.
  * ---------------------------------------------------------------------- */
-#define CM_PKI_URI_RELAY "urn:relay:role:relay"
+#define CM_PKI_URI_RELAY      "urn:relay:role:relay"
 #define CM_PKI_URI_CONTROLLER "urn:relay:role:controller"
 
 enum { CM_PKI_SERVER = 1, CM_PKI_CLIENT = 2, CM_PKI_CA = 4 };
 
 typedef struct cm_pki_issue {
-  const char *cn;          /* subject CN */
-  const cm_strlist *sans;  /* DNS names and IP literals (IPs become iPAddress) */
-  const char *uri;         /* URI SAN identity, or NULL */
-  unsigned usage;          /* CM_PKI_* bits: EKUs serverAuth/clientAuth, or a CA */
-  int days;                /* validity from now (notBefore = now - 5 min) */
+  const char *cn;         /* subject CN */
+  const cm_strlist *sans; /* DNS names and IP literals (IPs become iPAddress) */
+  const char *uri;        /* URI SAN identity, or NULL */
+  unsigned usage;         /* CM_PKI_* bits: EKUs serverAuth/clientAuth, or a CA */
+  int days;               /* validity from now (notBefore = now - 5 min) */
 } cm_pki_issue;
 
 /* Loads the PEM key at path; when the file does not exist, makes a P-256

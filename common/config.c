@@ -13,7 +13,8 @@
 #include <string.h>
 
 void cm_strlist_free(cm_strlist *l) {
-  for (size_t i = 0; i < l->n; i++) free(l->v[i]);
+  for (size_t i = 0; i < l->n; i++)
+    free(l->v[i]);
   free(l->v);
   l->v = NULL;
   l->n = 0;
@@ -35,7 +36,8 @@ static int parse_scaled(const char *s, long long *out, const char *const *units,
   double v = strtod(s, &end);
   /* !(v >= 0) also refuses "nan", which no comparison below would catch. */
   if (end == s || errno || !(v >= 0)) return -EINVAL;
-  while (*end == ' ') end++;
+  while (*end == ' ')
+    end++;
   long long m = bare;
   if (*end) {
     size_t i;
@@ -58,8 +60,8 @@ int cm_parse_duration_ms(const char *s, long long *out) {
 
 int cm_parse_size(const char *s, long long *out) {
   static const char *const u[] = {"b", "k", "kb", "kib", "m", "mb", "mib", "g", "gb", "gib"};
-  static const long long m[] = {1, 1024, 1000, 1024, 1 << 20, 1000000, 1 << 20,
-                                1 << 30, 1000000000, 1 << 30};
+  static const long long m[] = {1,       1024,    1000,    1024,       1 << 20,
+                                1000000, 1 << 20, 1 << 30, 1000000000, 1 << 30};
   return parse_scaled(s, out, u, m, CM_ARRAY_LEN(u), 1);
 }
 
@@ -94,7 +96,8 @@ static int set_value(const cm_cfg_opt *o, void *cfg, const char *val, const char
     char *dup = strdup(val), *save = NULL;
     if (!dup) return -ENOMEM;
     for (char *tok = strtok_r(dup, ",", &save); tok && rc == 0; tok = strtok_r(NULL, ",", &save)) {
-      while (isspace((unsigned char)*tok)) tok++;
+      while (isspace((unsigned char)*tok))
+        tok++;
       if (*tok) rc = cm_strlist_push(l, tok);
     }
     free(dup);
@@ -107,22 +110,18 @@ static int set_value(const cm_cfg_opt *o, void *cfg, const char *val, const char
     if (errno || end == val || *end) rc = -EINVAL;
     break;
   }
-  case CM_CFG_DURATION:
-    rc = cm_parse_duration_ms(val, &n);
-    break;
-  case CM_CFG_SIZE:
-    rc = cm_parse_size(val, &n);
-    break;
+  case CM_CFG_DURATION: rc = cm_parse_duration_ms(val, &n); break;
+  case CM_CFG_SIZE: rc = cm_parse_size(val, &n); break;
   }
-  static const char *what[] = {"", "", "an integer", "", "a duration (e.g. 30s, 250ms, 2m)",
-                               "a size (e.g. 64KiB, 1MiB)"};
+  static const char *what[] = {
+      "", "", "an integer", "", "a duration (e.g. 30s, 250ms, 2m)", "a size (e.g. 64KiB, 1MiB)"};
   if (rc != 0) {
     snprintf(err, errlen, "%s: %s must be %s, got \"%s\"", src, o->name, what[o->type], val);
     return -EINVAL;
   }
   if ((o->min || o->max) && (n < o->min || n > o->max)) {
-    snprintf(err, errlen, "%s: %s = %s is out of range [%lld, %lld]%s", src, o->name, val,
-             o->min, o->max, o->type == CM_CFG_DURATION ? " ms" : "");
+    snprintf(err, errlen, "%s: %s = %s is out of range [%lld, %lld]%s", src, o->name, val, o->min,
+             o->max, o->type == CM_CFG_DURATION ? " ms" : "");
     return -ERANGE;
   }
   *(long long *)field(cfg, o) = n;
@@ -194,11 +193,13 @@ static int load_json(const cm_cfg_spec *spec, void *cfg, const char *path, char 
     }
     char tmp[64];
     const char *text = NULL;
-    if (json_is_string(v)) text = json_string_value(v);
+    if (json_is_string(v))
+      text = json_string_value(v);
     else if (json_is_integer(v)) {
       snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v));
       text = tmp;
-    } else if (json_is_boolean(v)) text = json_is_true(v) ? "true" : "false";
+    } else if (json_is_boolean(v))
+      text = json_is_true(v) ? "true" : "false";
     if (!text) {
       snprintf(err, errlen, "%s: %s has the wrong type", src, o->name);
       rc = -EINVAL;
@@ -236,8 +237,10 @@ static int load_env(const cm_cfg_spec *spec, void *cfg, char *err, size_t errlen
 static const char *config_path(int argc, char **argv) {
   const char *path = getenv("RELAY_CONFIG");
   for (int i = 0; i < argc; i++) {
-    if (!strcmp(argv[i], "--config") && i + 1 < argc) path = argv[i + 1];
-    else if (!strncmp(argv[i], "--config=", 9)) path = argv[i] + 9;
+    if (!strcmp(argv[i], "--config") && i + 1 < argc)
+      path = argv[i + 1];
+    else if (!strncmp(argv[i], "--config=", 9))
+      path = argv[i] + 9;
   }
   return path;
 }
@@ -315,7 +318,8 @@ int cm_config_load(const cm_cfg_spec *spec, void *cfg, int argc, char **argv,
 }
 
 void cm_config_free(const cm_cfg_spec *spec, void *cfg) {
-  for (size_t i = 0; i < spec->nopts; i++) clear_value(&spec->opts[i], cfg);
+  for (size_t i = 0; i < spec->nopts; i++)
+    clear_value(&spec->opts[i], cfg);
 }
 
 void cm_config_print_help(const cm_cfg_spec *spec, FILE *out) {
@@ -325,8 +329,10 @@ void cm_config_print_help(const cm_cfg_spec *spec, FILE *out) {
     const cm_cfg_opt *o = &spec->opts[i];
     char flag[128], env[128];
     env_name(o->name, env, sizeof env);
-    if (o->type == CM_CFG_BOOL) snprintf(flag, sizeof flag, "--%s", o->name);
-    else snprintf(flag, sizeof flag, "--%s %s", o->name, o->metavar ? o->metavar : "VALUE");
+    if (o->type == CM_CFG_BOOL)
+      snprintf(flag, sizeof flag, "--%s", o->name);
+    else
+      snprintf(flag, sizeof flag, "--%s %s", o->name, o->metavar ? o->metavar : "VALUE");
     fprintf(out, "  %-34s %s\n  %-34s %s", flag, o->help, "", env);
     if (o->def && *o->def) fprintf(out, "; default %s", o->def);
     fputc('\n', out);
@@ -352,7 +358,8 @@ int cm_config_cli(const cm_cfg_spec *spec, void *cfg, int argc, char **argv, con
 
 static void subcmd_usage(const char *prog, const cm_subcmd *cmds, size_t n, FILE *out) {
   fprintf(out, "Usage: %s <command> [options]\n\nCommands:\n", prog);
-  for (size_t i = 0; i < n; i++) fprintf(out, "  %-10s %s\n", cmds[i].name, cmds[i].summary);
+  for (size_t i = 0; i < n; i++)
+    fprintf(out, "  %-10s %s\n", cmds[i].name, cmds[i].summary);
   fprintf(out, "\nRun '%s <command> --help' for the options of a command.\n", prog);
 }
 

@@ -44,8 +44,7 @@ int cm_write_file_atomic(const char *path, const void *data, size_t n, unsigned 
   /* A random suffix: concurrent writers and stale temp files of a crashed
    * process (whose pid may be reused) never collide with us. */
   if (cm_random_token(rnd) != 0) return -EIO;
-  if (snprintf(tmp, sizeof tmp, "%s.tmp.%s", path, rnd) >= (int)sizeof tmp)
-    return -ENAMETOOLONG;
+  if (snprintf(tmp, sizeof tmp, "%s.tmp.%s", path, rnd) >= (int)sizeof tmp) return -ENAMETOOLONG;
   if (exclusive && access(path, F_OK) == 0) return -EEXIST;
   int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
   if (fd < 0) return -errno;

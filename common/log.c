@@ -60,10 +60,14 @@ static size_t utf8_seq(const unsigned char *p) {
   if (p[0] < 0x80) return 1;
   size_t n;
   uint32_t cp, min;
-  if ((p[0] & 0xe0) == 0xc0) n = 2, cp = p[0] & 0x1f, min = 0x80;
-  else if ((p[0] & 0xf0) == 0xe0) n = 3, cp = p[0] & 0x0f, min = 0x800;
-  else if ((p[0] & 0xf8) == 0xf0) n = 4, cp = p[0] & 0x07, min = 0x10000;
-  else return 0;
+  if ((p[0] & 0xe0) == 0xc0)
+    n = 2, cp = p[0] & 0x1f, min = 0x80;
+  else if ((p[0] & 0xf0) == 0xe0)
+    n = 3, cp = p[0] & 0x0f, min = 0x800;
+  else if ((p[0] & 0xf8) == 0xf0)
+    n = 4, cp = p[0] & 0x07, min = 0x10000;
+  else
+    return 0;
   for (size_t i = 1; i < n; i++) {
     if ((p[i] & 0xc0) != 0x80) return 0; /* also stops at the NUL */
     cp = cp << 6 | (p[i] & 0x3f);
@@ -128,9 +132,7 @@ static void put_field_(line *l, const cm_field *f) {
   char tmp[1024];
   if (!f->key) return;
   switch (f->type) {
-  case CM_F_STR:
-    put_kv(l, f->key, f->s ? f->s : "");
-    break;
+  case CM_F_STR: put_kv(l, f->key, f->s ? f->s : ""); break;
   case CM_F_URL:
     cm_redact_url(f->s ? f->s : "", tmp, sizeof tmp);
     put_kv(l, f->key, tmp);
@@ -168,7 +170,8 @@ void cm_log_fields(cm_log_level level, const char *component, const char *msg,
   put_kv(&l, "component", component ? component : "-");
   cm_field m = CM_S("msg", msg ? msg : "");
   put_field(&l, &m);
-  for (size_t i = 0; i < nfields; i++) put_field(&l, &fields[i]);
+  for (size_t i = 0; i < nfields; i++)
+    put_field(&l, &fields[i]);
   memcpy(l.buf + l.len, "}\n", 2);
   l.len += 2;
   int fd = atomic_load(&g_fd);
@@ -187,8 +190,8 @@ void cm_log_fields(cm_log_level level, const char *component, const char *msg,
 }
 
 static bool secret_param(const char *k, size_t n) {
-  static const char *secret[] = {"token", "access_token", "id_token", "jwt", "code",
-                                 "secret", "password", "key", "refresh_token"};
+  static const char *secret[] = {"token",  "access_token", "id_token", "jwt",          "code",
+                                 "secret", "password",     "key",      "refresh_token"};
   for (size_t i = 0; i < CM_ARRAY_LEN(secret); i++) {
     if (strlen(secret[i]) == n && strncasecmp(secret[i], k, n) == 0) return true;
   }
@@ -198,25 +201,29 @@ static bool secret_param(const char *k, size_t n) {
 void cm_redact_url(const char *url, char *out, size_t outlen) {
   if (outlen == 0) return;
   size_t o = 0;
-#define EMIT(c)                      \
-  do {                               \
-    if (o + 1 < outlen) out[o++] = (c); \
+#define EMIT(c)                                                                                    \
+  do {                                                                                             \
+    if (o + 1 < outlen) out[o++] = (c);                                                            \
   } while (0)
   const char *q = strchr(url, '?');
   const char *p = url;
-  for (; *p && (!q || p <= q); p++) EMIT(*p);
+  for (; *p && (!q || p <= q); p++)
+    EMIT(*p);
   while (q && *p) {
     const char *amp = strchr(p, '&');
     const char *end = amp ? amp : p + strlen(p);
     const char *eq = memchr(p, '=', (size_t)(end - p));
     size_t klen = eq ? (size_t)(eq - p) : (size_t)(end - p);
-    for (size_t i = 0; i < klen; i++) EMIT(p[i]);
+    for (size_t i = 0; i < klen; i++)
+      EMIT(p[i]);
     if (eq) {
       EMIT('=');
       if (secret_param(p, klen)) {
-        for (const char *r = "REDACTED"; *r; r++) EMIT(*r);
+        for (const char *r = "REDACTED"; *r; r++)
+          EMIT(*r);
       } else {
-        for (const char *v = eq + 1; v < end; v++) EMIT(*v);
+        for (const char *v = eq + 1; v < end; v++)
+          EMIT(*v);
       }
     }
     if (!amp) break;

@@ -10,8 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-int cm_parse_hostport(const char *s, const char *def_host, char *host, size_t hostlen,
-                      int *port) {
+int cm_parse_hostport(const char *s, const char *def_host, char *host, size_t hostlen, int *port) {
   const char *colon;
   const char *h = s;
   size_t hlen;

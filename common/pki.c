@@ -37,7 +37,6 @@ enum {
   PKI_BACKDATE_S = 5 * 60, /* tolerate clocks a little behind ours */
 };
 
-
 /* `what` plus the root cause OpenSSL queued.  Its messages name algorithms
  * and ASN.1 structures, never key material.  Clears the queue. */
 static void seterr_ssl(char *err, size_t errlen, const char *what) {
@@ -152,11 +151,11 @@ static int key_policy_check(EVP_PKEY *k, const char *who, char *err, size_t errl
   if (EVP_PKEY_is_a(k, "RSA")) {
     if (EVP_PKEY_get_bits(k) >= PKI_MIN_RSA_BITS) return 0;
     cm_seterr(err, errlen, "%s: RSA key of %d bits refused (minimum %d)", who, EVP_PKEY_get_bits(k),
-           PKI_MIN_RSA_BITS);
+              PKI_MIN_RSA_BITS);
     return -EINVAL;
   }
   cm_seterr(err, errlen, "%s: key type %s refused (EC P-256 or RSA >= %d only)", who,
-         EVP_PKEY_get0_type_name(k) ? EVP_PKEY_get0_type_name(k) : "?", PKI_MIN_RSA_BITS);
+            EVP_PKEY_get0_type_name(k) ? EVP_PKEY_get0_type_name(k) : "?", PKI_MIN_RSA_BITS);
   return -EINVAL;
 }
 

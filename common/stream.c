@@ -28,8 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define READ_CHUNK 65536
-#define LINGER_MS 1000
+#define READ_CHUNK       65536
+#define LINGER_MS        1000
 #define CLOSE_TIMEOUT_MS 5000
 
 enum state { S_CONNECTING, S_HANDSHAKE, S_OPEN, S_CLOSING, S_SHUTDOWN, S_CLOSED };
@@ -114,13 +114,10 @@ static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
   CM_UNUSED(num);
   CM_UNUSED(ptr);
   switch (cmd) {
-  case BIO_CTRL_FLUSH:
-    return 1;
+  case BIO_CTRL_FLUSH: return 1;
   case BIO_CTRL_PUSH:
-  case BIO_CTRL_POP:
-    return 0;
-  default:
-    return 0;
+  case BIO_CTRL_POP: return 0;
+  default: return 0;
   }
 }
 
@@ -145,9 +142,10 @@ static void tls_error_msg(cm_stream *s, const char *what, char *out, size_t outl
   unsigned long e = ERR_peek_last_error();
   char buf[200] = "";
   long vr = s->ssl ? SSL_get_verify_result(s->ssl) : X509_V_OK;
-  if (vr != X509_V_OK) snprintf(buf, sizeof buf, "certificate verify failed: %s",
-                                X509_verify_cert_error_string(vr));
-  else if (e) ERR_error_string_n(e, buf, sizeof buf);
+  if (vr != X509_V_OK)
+    snprintf(buf, sizeof buf, "certificate verify failed: %s", X509_verify_cert_error_string(vr));
+  else if (e)
+    ERR_error_string_n(e, buf, sizeof buf);
   snprintf(out, outlen, "%s%s%s", what, *buf ? ": " : "", buf);
   ERR_clear_error();
 }
@@ -241,9 +239,7 @@ static void on_timer(uv_timer_t *t) {
   cm_stream *s = t->data;
   switch (s->state) {
   case S_CONNECTING:
-  case S_HANDSHAKE:
-    begin_close(s, CM_ETIMEOUT, "TLS handshake timed out", true);
-    break;
+  case S_HANDSHAKE: begin_close(s, CM_ETIMEOUT, "TLS handshake timed out", true); break;
   case S_OPEN:
     if (s->open_pending) {
       s->open_pending = false;
@@ -258,8 +254,7 @@ static void on_timer(uv_timer_t *t) {
   case S_SHUTDOWN:
     finish_close(s); /* linger or drain deadline passed */
     break;
-  case S_CLOSED:
-    break;
+  case S_CLOSED: break;
   }
 }
 
@@ -288,12 +283,15 @@ static void after_write(uv_write_t *req, int status) {
  * common case copies nothing. */
 static int raw_write(cm_stream *s, const uv_buf_t *bufs, unsigned n) {
   size_t total = 0, done = 0;
-  for (unsigned i = 0; i < n; i++) total += bufs[i].len;
+  for (unsigned i = 0; i < n; i++)
+    total += bufs[i].len;
   if (total == 0) return 0;
   if (s->queued == 0) {
     int r = uv_try_write(uvs(s), bufs, n);
-    if (r > 0) done = (size_t)r;
-    else if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS) return r;
+    if (r > 0)
+      done = (size_t)r;
+    else if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS)
+      return r;
   }
   if (done == total) return 0;
   size_t left = total - done;
@@ -525,8 +523,8 @@ static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
     } else if (nread == UV_EOF) {
       bool clean = !s->ssl || (SSL_get_shutdown(s->ssl) & SSL_RECEIVED_SHUTDOWN);
       s->eof = true;
-      begin_close(s, clean ? 0 : UV_EOF,
-                  clean ? "peer closed" : "peer closed without close_notify", !clean);
+      begin_close(s, clean ? 0 : UV_EOF, clean ? "peer closed" : "peer closed without close_notify",
+                  !clean);
     } else {
       begin_close(s, (int)nread, uv_strerror((int)nread), true);
     }
@@ -594,16 +592,18 @@ static void start_session(cm_stream *s) {
   uv_timer_start(&s->timer, on_timer, 0, 0);
 }
 
-cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o,
-                            const cm_stream_cbs *cbs, void *ud, int *err) {
+cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o, const cm_stream_cbs *cbs,
+                            void *ud, int *err) {
   cm_stream *s = stream_alloc(o, cbs, ud, true);
   if (!s) {
     *err = -ENOMEM;
     return NULL;
   }
   s->is_tcp = server->type == UV_TCP;
-  if (s->is_tcp) uv_tcp_init(server->loop, &s->h.tcp);
-  else uv_pipe_init(server->loop, &s->h.pipe, 0);
+  if (s->is_tcp)
+    uv_tcp_init(server->loop, &s->h.tcp);
+  else
+    uv_pipe_init(server->loop, &s->h.pipe, 0);
   handles_init_common(s, server->loop);
   int rc = uv_accept(server, uvs(s));
   if (rc == 0) rc = setup_tls(s, o);
@@ -629,9 +629,8 @@ static void on_connect(uv_connect_t *req, int status) {
   start_session(s);
 }
 
-cm_stream *cm_stream_connect(uv_loop_t *loop, const struct sockaddr *addr,
-                             const cm_stream_opts *o, const cm_stream_cbs *cbs, void *ud,
-                             int *err) {
+cm_stream *cm_stream_connect(uv_loop_t *loop, const struct sockaddr *addr, const cm_stream_opts *o,
+                             const cm_stream_cbs *cbs, void *ud, int *err) {
   cm_stream *s = stream_alloc(o, cbs, ud, false);
   if (!s) {
     *err = -ENOMEM;

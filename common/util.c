@@ -53,7 +53,8 @@ static int b64u_val(unsigned char c) {
 }
 
 long cm_b64url_decode(const char *in, size_t n, uint8_t *out, size_t outlen) {
-  while (n > 0 && in[n - 1] == '=') n--;
+  while (n > 0 && in[n - 1] == '=')
+    n--;
   if (n % 4 == 1) return -1;
   size_t need = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
   if (need > outlen) return -1;
@@ -77,9 +78,7 @@ long cm_b64url_decode(const char *in, size_t n, uint8_t *out, size_t outlen) {
 
 /* ---- randomness and hashing --------------------------------------------- */
 
-int cm_random_bytes(uint8_t *out, size_t n) {
-  return RAND_bytes(out, (int)n) == 1 ? 0 : -EIO;
-}
+int cm_random_bytes(uint8_t *out, size_t n) { return RAND_bytes(out, (int)n) == 1 ? 0 : -EIO; }
 
 int cm_random_token(char out[CM_TOKEN_LEN + 1]) {
   uint8_t raw[16];
@@ -170,7 +169,8 @@ uint8_t *cm_buf_reserve(cm_buf *b, size_t n) {
   }
   if (b->len + n > b->cap) {
     size_t ncap = b->cap ? b->cap : 256;
-    while (ncap < b->len + n) ncap *= 2;
+    while (ncap < b->len + n)
+      ncap *= 2;
     uint8_t *d = realloc(b->data, ncap);
     if (!d) return NULL;
     b->data = d;

@@ -24,7 +24,6 @@ enum {
   CA_DIR_MAX = 4000, /* leaves room for "/controller.crt" in ctl_ca_paths */
 };
 
-
 void ctl_ca_paths_for(const char *dir, ctl_ca_paths *p) {
   snprintf(p->ca_key, sizeof p->ca_key, "%s/ca.key", dir);
   snprintf(p->ca_cert, sizeof p->ca_cert, "%s/ca.crt", dir);
@@ -76,7 +75,7 @@ static int key_for_cert(const char *key_path, const char *cert_path, void **key,
                         size_t errlen) {
   if (path_exists(cert_path) && !path_exists(key_path)) {
     cm_seterr(err, errlen, "%s exists but its key %s does not: restore the key or remove both",
-           cert_path, key_path);
+              cert_path, key_path);
     return -ENOENT;
   }
   return cm_pki_key_load_or_create(key_path, key, NULL, err, errlen);

@@ -23,21 +23,21 @@
 /* ---- the controller service (service.c) ------------------------------------ */
 
 typedef struct ctl_config {
-  const char *state_dir;        /* registry files; NULL: memory only */
-  uint32_t default_ttl_s;       /* 0: 3600 */
-  uint32_t default_peer_wait_s; /* 0: 120 */
-  uint32_t max_ttl_s;           /* 0: 86400 */
-  uint32_t max_peer_wait_s;     /* 0: 3600 */
-  uint32_t max_sessions;        /* 0: 100000 */
-  uint64_t max_message_bytes;   /* handed to relays in decisions; 0: relay default */
-  const cm_strlist *relays;     /* "host:port" of relays to dial (remote mode) */
-  const char *relay_server_name;/* name to verify in relay certs; NULL: host */
+  const char *state_dir;                      /* registry files; NULL: memory only */
+  uint32_t default_ttl_s;                     /* 0: 3600 */
+  uint32_t default_peer_wait_s;               /* 0: 120 */
+  uint32_t max_ttl_s;                         /* 0: 86400 */
+  uint32_t max_peer_wait_s;                   /* 0: 3600 */
+  uint32_t max_sessions;                      /* 0: 100000 */
+  uint64_t max_message_bytes;                 /* handed to relays in decisions; 0: relay default */
+  const cm_strlist *relays;                   /* "host:port" of relays to dial (remote mode) */
+  const char *relay_server_name;              /* name to verify in relay certs; NULL: host */
   const char *cert_file, *key_file, *ca_file; /* mTLS for dialing relays */
   uint32_t ping_interval_ms, ping_timeout_ms; /* 0: 10 s, 30 s */
   uint32_t backoff_base_ms, backoff_max_ms;   /* 0: 1 s, 60 s */
-  uint32_t reap_interval_ms;    /* 0: 1 s */
-  bool accept_unauthenticated;  /* honour AdminRequest.auth_disabled (embedded,
-                                   or a relay run with --no-auth) */
+  uint32_t reap_interval_ms;                  /* 0: 1 s */
+  bool accept_unauthenticated;                /* honour AdminRequest.auth_disabled (embedded,
+                                                 or a relay run with --no-auth) */
 } ctl_config;
 
 typedef struct ctl_server ctl_server;
@@ -71,8 +71,8 @@ void ctl_ca_paths_for(const char *dir, ctl_ca_paths *p);
 /* Creates dir (0700), the CA key and certificate, and the controller's
  * client key and certificate carrying CM_PKI_URI_CONTROLLER.  Existing
  * files are reused, never overwritten. */
-int ctl_init_ca(const char *dir, const char *ca_cn, const char *controller_cn, int days,
-                char *err, size_t errlen);
+int ctl_init_ca(const char *dir, const char *ca_cn, const char *controller_cn, int days, char *err,
+                size_t errlen);
 /* Signs a relay CSR with the CA in dir: SANs from hosts (DNS or IP), URI
  * identity CM_PKI_URI_RELAY, serverAuth.  Returns the PEM certificate. */
 int ctl_sign_csr(const char *dir, const char *csr_pem, const cm_strlist *hosts, int days,

@@ -28,7 +28,7 @@ typedef struct admin_op {
   rly_auth_req *auth;
   tun_call *call;
   const rly_http_request *req; /* valid until we answer */
-  json_t *list;       /* LIST: merged sessions */
+  json_t *list;                /* LIST: merged sessions */
   int list_ok, list_failed;
   int refused_status; /* LIST: a controller's refusal (403...), 0 if none */
   char refused_code[64], refused_msg[128];
@@ -182,8 +182,8 @@ static void respond_refusal(admin_op *a, int http, const char *code, const char 
                       : NULL);
 }
 
-static void on_admin_answer(void *ud, int status, const char *message,
-                            const ProtobufCMessage *resp, const char *controller) {
+static void on_admin_answer(void *ud, int status, const char *message, const ProtobufCMessage *resp,
+                            const char *controller) {
   CM_UNUSED(controller);
   admin_op *a = ud;
   a->call = NULL;
@@ -231,8 +231,7 @@ static void on_list_part(void *ud, int status, const char *message, const Protob
     /* A refusal (e.g. 403 without the read scope) is an answer, not an
      * empty list: it must reach the client as such. */
     if (!a->refused_status) {
-      a->refused_status = r->http_status >= 400 && r->http_status < 600 ? (int)r->http_status
-                                                                        : 502;
+      a->refused_status = r->http_status >= 400 && r->http_status < 600 ? (int)r->http_status : 502;
       snprintf(a->refused_code, sizeof a->refused_code, "%s",
                r->error && r->error[0] ? r->error : "bad_controller_answer");
       snprintf(a->refused_msg, sizeof a->refused_msg, "%s", r->message ? r->message : "");
@@ -240,7 +239,8 @@ static void on_list_part(void *ud, int status, const char *message, const Protob
     return;
   }
   a->list_ok++;
-  for (size_t i = 0; i < r->n_sessions; i++) json_array_append_new(a->list, status_json(r->sessions[i]));
+  for (size_t i = 0; i < r->n_sessions; i++)
+    json_array_append_new(a->list, status_json(r->sessions[i]));
 }
 
 static void on_list_done(void *ud) {
@@ -289,9 +289,9 @@ static void call_controller(admin_op *a, const rly_principal *p) {
   if (a->op == RLY_ADMIN_LIST) {
     a->list = json_array();
     a->waiting_calls = true;
-    size_t n = tun_relay_call_all(s->tun, TUN_PATH_ADMIN, &q.base,
-                                  &relay__v1__admin_response__descriptor, 0, on_list_part,
-                                  on_list_done, a);
+    size_t n =
+        tun_relay_call_all(s->tun, TUN_PATH_ADMIN, &q.base, &relay__v1__admin_response__descriptor,
+                           0, on_list_part, on_list_done, a);
     CM_UNUSED(n); /* with none started, on_list_done already answered 503 */
     return;
   }
@@ -328,12 +328,14 @@ static void on_authenticated(void *ud, int status, const rly_principal *p, const
   if (status != 200) {
     char hdr[512];
     if (status == 401) {
-      snprintf(hdr, sizeof hdr, "WWW-Authenticate: Bearer realm=\"relay\", error=\"%s\", "
-                                "error_description=\"%s\"\r\n",
+      snprintf(hdr, sizeof hdr,
+               "WWW-Authenticate: Bearer realm=\"relay\", error=\"%s\", "
+               "error_description=\"%s\"\r\n",
                error, description);
     } else if (status == 403) {
-      snprintf(hdr, sizeof hdr, "WWW-Authenticate: Bearer realm=\"relay\", "
-                                "error=\"insufficient_scope\"\r\n");
+      snprintf(hdr, sizeof hdr,
+               "WWW-Authenticate: Bearer realm=\"relay\", "
+               "error=\"insufficient_scope\"\r\n");
     } else {
       hdr[0] = '\0';
     }

@@ -21,8 +21,8 @@
 #include <string.h>
 
 #define MAX_WAITING 1024
-#define MAX_DOC (1u << 20)
-#define RETRY_MS 5000
+#define MAX_DOC     (1u << 20)
+#define RETRY_MS    5000
 
 struct rly_auth_req {
   rly_auth *a;
@@ -46,8 +46,8 @@ struct rly_auth {
   rly_fetch *fetching;
   bool fetching_jwks;
   uint64_t last_jwks_fetch_ms;
-  uv_timer_t timer;   /* refresh and retries */
-  uv_timer_t expiry;  /* waiting requests' deadlines */
+  uv_timer_t timer;  /* refresh and retries */
+  uv_timer_t expiry; /* waiting requests' deadlines */
   cm_list waiting;
   size_t nwaiting;
   bool stopping;
@@ -177,8 +177,8 @@ static void on_jwks(void *ud, int status, const char *body, size_t len, const ch
     schedule(a, a->refresh_ms);
   } else {
     cm_log(CM_LOG_WARN, "auth", "JWKS fetch failed; keeping the last good key set",
-           CM_URL("url", a->disc.jwks_uri), CM_I("status", status),
-           CM_S("error", err ? err : perr), CM_B("have_keys", a->jwks != NULL));
+           CM_URL("url", a->disc.jwks_uri), CM_I("status", status), CM_S("error", err ? err : perr),
+           CM_B("have_keys", a->jwks != NULL));
     schedule(a, a->jwks ? a->refresh_ms : RETRY_MS);
   }
   drain_waiting(a);
@@ -216,8 +216,10 @@ static void on_discovery(void *ud, int status, const char *body, size_t len, con
            CM_I("status", status), CM_S("error", err ? err : perr));
   }
   /* Without a fresh document, the last one (if any) still names the JWKS. */
-  if (a->have_disc) fetch_jwks(a);
-  else schedule(a, RETRY_MS);
+  if (a->have_disc)
+    fetch_jwks(a);
+  else
+    schedule(a, RETRY_MS);
   if (!a->have_disc) drain_waiting(a);
 }
 
@@ -236,8 +238,9 @@ static void fetch_discovery(rly_auth *a) {
 rly_auth *rly_auth_new(rly_server *s, char *err, size_t errlen) {
   const rly_config *cfg = s->cfg;
   if (!cfg->oidc_issuer || !cfg->oidc_audience) {
-    snprintf(err, errlen, "oidc-issuer/oidc-audience: the admin API needs an OIDC issuer and "
-                          "audience (or --no-auth for local development)");
+    snprintf(err, errlen,
+             "oidc-issuer/oidc-audience: the admin API needs an OIDC issuer and "
+             "audience (or --no-auth for local development)");
     return NULL;
   }
   rly_auth *a = calloc(1, sizeof *a);

@@ -73,8 +73,9 @@ int rly_control_start(rly_server *s, char *err, size_t errlen) {
     tc.ca_file = cfg->controller_ca;
     tc.controller_uri = cfg->controller_name;
     if (!tc.cert_file || !tc.key_file) {
-      snprintf(err, errlen, "tunnel-cert/tunnel-key: a remote controller needs the relay's "
-                            "enrolled certificate (see `relay gen-csr`)");
+      snprintf(err, errlen,
+               "tunnel-cert/tunnel-key: a remote controller needs the relay's "
+               "enrolled certificate (see `relay gen-csr`)");
       return -EINVAL;
     }
   }
@@ -117,7 +118,8 @@ int rly_control_wait_embedded(rly_server *s, char *err, size_t errlen) {
   uv_timer_init(s->loop, &t);
   uv_timer_start(&t, on_wake, 10, 10);
   uint64_t deadline = cm_now_mono_ms() + 10000;
-  while (s->links == 0 && cm_now_mono_ms() < deadline) uv_run(s->loop, UV_RUN_ONCE);
+  while (s->links == 0 && cm_now_mono_ms() < deadline)
+    uv_run(s->loop, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&t, NULL);
   uv_run(s->loop, UV_RUN_NOWAIT);
   if (s->links == 0) {

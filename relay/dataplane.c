@@ -33,9 +33,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TICK_MS 250
+#define TICK_MS        250
 #define STATS_EVERY_MS 5000
-#define MAX_TOKEN 256
+#define MAX_TOKEN      256
 
 typedef struct rly_peer rly_peer;
 
@@ -64,10 +64,10 @@ struct rly_peer {
   uint64_t frame_len, frame_left; /* current frame: length, bytes still to come */
   uint8_t msg_opcode;
   bool frame_fin, msg_started;
-  bool closing;         /* close frame sent or stream closing */
-  bool released;        /* the pairing machine already let this slot go */
-  bool paused;          /* reading paused for backpressure */
-  uint16_t close_code;  /* close code the peer sent */
+  bool closing;        /* close frame sent or stream closing */
+  bool released;       /* the pairing machine already let this slot go */
+  bool paused;         /* reading paused for backpressure */
+  uint16_t close_code; /* close code the peer sent */
   uint64_t last_rx_ms;
   bool ping_sent;
   bool ip_held; /* inherited from the HTTP connection (iplimit.c) */
@@ -82,13 +82,16 @@ typedef struct rly_upgrade {
   char accept[32];
 } rly_upgrade;
 
-static const char *slot_name(int slot) { return slot == RLY_SLOT_INITIATOR ? "initiator" : "responder"; }
+static const char *slot_name(int slot) {
+  return slot == RLY_SLOT_INITIATOR ? "initiator" : "responder";
+}
 
 /* ---- session table ---------------------------------------------------------- */
 
 static uint64_t hash_id(const char *id) {
   uint64_t h = 1469598103934665603ULL;
-  for (const unsigned char *p = (const unsigned char *)id; *p; p++) h = (h ^ *p) * 1099511628211ULL;
+  for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+    h = (h ^ *p) * 1099511628211ULL;
   return h;
 }
 
@@ -143,7 +146,8 @@ static rly_session *sess_new(rly_server *s, const char *id, const char *controll
 static void sess_free(rly_session *x) {
   rly_server *s = x->srv;
   rly_session **pp = &s->sess_tab[hash_id(x->id) & (s->sess_cap - 1)];
-  while (*pp && *pp != x) pp = &(*pp)->next;
+  while (*pp && *pp != x)
+    pp = &(*pp)->next;
   if (*pp) *pp = x->next;
   cm_list_remove(&x->node);
   cm_buf_free(&x->held[0]);
@@ -187,7 +191,8 @@ static void ws_send_frame(rly_peer *p, uint8_t opcode, const uint8_t *payload, s
   if (!p->st || cm_stream_closing(p->st)) return;
   uint8_t hdr[RLY_WS_MAX_HEADER];
   size_t hl = rly_ws_frame_header(hdr, true, opcode, len, NULL);
-  uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl), uv_buf_init((char *)payload, (unsigned)len)};
+  uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
+                   uv_buf_init((char *)payload, (unsigned)len)};
   cm_stream_writev(p->st, b, len ? 2 : 1);
 }
 
@@ -215,7 +220,8 @@ static bool forward(rly_peer *from, bool fin, uint8_t opcode, const uint8_t *dat
   rly_peer *dst = x->peer[to];
   if (dst && x->pair.state == RLY_PAIR_OPEN) {
     if (dst->closing) return false;
-    uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl), uv_buf_init((char *)data, (unsigned)len)};
+    uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
+                     uv_buf_init((char *)data, (unsigned)len)};
     cm_stream_writev(dst->st, b, len ? 2 : 1);
     x->bytes_out += len;
     from->srv->dm.bytes_out += len;
@@ -326,13 +332,15 @@ static void on_pair_action(void *ud, const rly_pair_action *a) {
     x->peer[a->slot] = NULL;
     p->sess = NULL;
     if (a->reason && strcmp(a->reason, "peer_wait expired") == 0) x->srv->dm.peer_wait_expired++;
-    cm_log(CM_LOG_INFO, "ws", "closing peer", CM_S("session", x->id), CM_S("slot", slot_name(a->slot)),
-           CM_I("code", a->code), CM_S("reason", a->reason ? a->reason : ""));
+    cm_log(CM_LOG_INFO, "ws", "closing peer", CM_S("session", x->id),
+           CM_S("slot", slot_name(a->slot)), CM_I("code", a->code),
+           CM_S("reason", a->reason ? a->reason : ""));
     peer_close(p, a->code, a->reason);
     break;
   }
   case RLY_ACT_OPEN:
-    for (int s = 0; s < 2; s++) flush_held(x, s);
+    for (int s = 0; s < 2; s++)
+      flush_held(x, s);
     for (int s = 0; s < 2; s++)
       if (x->peer[s] && x->peer[s]->paused) peer_resume(x->peer[s]);
     break;
@@ -358,8 +366,10 @@ static void peer_protocol_error(rly_peer *p) {
   uint16_t code = 1002;
   const char *why = rly_ws_parser_error(&p->parser, &code);
   rly_server *s = p->srv;
-  if (code == 1009) s->dm.too_big++;
-  else s->dm.protocol_errors++;
+  if (code == 1009)
+    s->dm.too_big++;
+  else
+    s->dm.protocol_errors++;
   cm_log(CM_LOG_INFO, "ws", "peer protocol error", CM_S("session", p->sess ? p->sess->id : ""),
          CM_S("slot", slot_name(p->slot)), CM_I("code", code), CM_S("reason", why ? why : ""),
          CM_S("remote", p->remote));
@@ -442,16 +452,18 @@ static void p_on_close(cm_stream *st, int err, const char *msg) {
   rly_server_maybe_finish(s);
 }
 
-static const cm_stream_cbs g_peer_cbs = {.on_read = p_on_read, .on_drain = p_on_drain,
-                                         .on_close = p_on_close};
+static const cm_stream_cbs g_peer_cbs = {
+    .on_read = p_on_read, .on_drain = p_on_drain, .on_close = p_on_close};
 
 /* ---- upgrade ------------------------------------------------------------------------------- */
 
 static void refuse(rly_conn *c, int status, const char *code, const char *msg) {
   rly_server *s = c->srv;
-  if (status == 503) s->dm.refused_503++;
-  else s->dm.refused_4xx++;
-  const char *extra = status == 401 ? "WWW-Authenticate: Bearer realm=\"relay\"\r\n"
+  if (status == 503)
+    s->dm.refused_503++;
+  else
+    s->dm.refused_4xx++;
+  const char *extra = status == 401   ? "WWW-Authenticate: Bearer realm=\"relay\"\r\n"
                       : status == 426 ? "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
                                       : NULL;
   rly_conn_respond_error(c, status, code, msg, extra);
@@ -479,7 +491,8 @@ static bool find_token(const rly_http_request *req, char *tok, size_t toklen, ch
   if (rly_http_query_get(req->query, "token", tok, toklen)) return true;
   const char *sp = rly_http_header_get(req, "Sec-WebSocket-Protocol");
   for (const char *p = sp; p && *p;) {
-    while (*p == ' ' || *p == ',') p++;
+    while (*p == ' ' || *p == ',')
+      p++;
     size_t n = strcspn(p, ", ");
     if (n > 12 && strncmp(p, "swsrs.token.", 12) == 0 && n - 12 < toklen && n < protolen) {
       memcpy(tok, p + 12, n - 12);
@@ -604,8 +617,8 @@ void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const char *sessio
     q.client_cert_sha256.len = sizeof fp;
   }
   int status;
-  u->call = tun_relay_call(s->tun, TUN_PATH_VALIDATE, &q.base, &relay__v1__slot_decision__descriptor,
-                           0, on_validate, u, &status);
+  u->call = tun_relay_call(s->tun, TUN_PATH_VALIDATE, &q.base,
+                           &relay__v1__slot_decision__descriptor, 0, on_validate, u, &status);
   OPENSSL_cleanse(token, sizeof token);
   if (!u->call) {
     refuse(c, 503, "controller_unavailable", "no controller link is up");
@@ -722,8 +735,7 @@ void rly_dp_on_command(rly_server *s, const char *controller,
     cm_log(CM_LOG_INFO, "relay", "limits updated by controller",
            CM_I("max_message", s->max_message), CM_I("max_sessions", s->max_sessions));
     break;
-  default:
-    break;
+  default: break;
   }
 }
 
@@ -766,7 +778,8 @@ static void on_tick(uv_timer_t *t) {
     rly_session *x = cm_container_of(n, rly_session, node);
     n = n->next;
     rly_pair_tick(&x->pair, now, wall, on_pair_action, x);
-    for (int slot = 0; slot < 2; slot++) idle_ping(s, x->peer[slot], now);
+    for (int slot = 0; slot < 2; slot++)
+      idle_ping(s, x->peer[slot], now);
     if (stats && x->dirty) send_event(x, RELAY__V1__SESSION_EVENT__TYPE__STATS, -1, 0, NULL);
     sess_maybe_free(x);
   }

@@ -20,8 +20,8 @@ typedef struct rly_principal rly_principal;
 typedef struct ctl_embedded ctl_embedded;
 
 typedef struct rly_dp_metrics {
-  uint64_t upgrades, refused_4xx, refused_503, peers_closed, protocol_errors, too_big,
-      bytes_in, bytes_out, messages, kicks, peer_wait_expired;
+  uint64_t upgrades, refused_4xx, refused_503, peers_closed, protocol_errors, too_big, bytes_in,
+      bytes_out, messages, kicks, peer_wait_expired;
 } rly_dp_metrics;
 
 typedef struct rly_metrics {

@@ -24,7 +24,6 @@ enum {
   CERT_FILE_MAX = 1024 * 1024, /* a certificate file is a few KiB */
 };
 
-
 /* Creates the directory holding path (0700: it will hold a private key). */
 static int make_parent_dir(const char *path, char *err, size_t errlen) {
   char dir[PATH_MAX];

@@ -116,14 +116,16 @@ static void s_on_close(cm_stream *st, int err, const char *msg) {
   if (!f->done) {
     /* A body delimited by the end of the connection ends here. */
     http_parser_execute(&f->parser, &g_settings, NULL, 0);
-    if (f->complete) finish(f, f->status, NULL);
-    else finish(f, err ? err : -ECONNRESET, msg ? msg : "connection closed early");
+    if (f->complete)
+      finish(f, f->status, NULL);
+    else
+      finish(f, err ? err : -ECONNRESET, msg ? msg : "connection closed early");
   }
   fetch_release(f);
 }
 
-static const cm_stream_cbs g_cbs = {.on_open = s_on_open, .on_read = s_on_read,
-                                    .on_close = s_on_close};
+static const cm_stream_cbs g_cbs = {
+    .on_open = s_on_open, .on_read = s_on_read, .on_close = s_on_close};
 
 static void connect_to(rly_fetch *f, const struct sockaddr *addr) {
   cm_stream_opts o = {.tls = f->https ? f->tls : NULL, .sni = f->host};
@@ -140,15 +142,19 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     fetch_release(f);
     return;
   }
-  if (status != 0 || !res) finish(f, status ? status : -ENOENT, "cannot resolve host");
-  else connect_to(f, res->ai_addr);
+  if (status != 0 || !res)
+    finish(f, status ? status : -ENOENT, "cannot resolve host");
+  else
+    connect_to(f, res->ai_addr);
   uv_freeaddrinfo(res);
 }
 
 static void on_timeout(uv_timer_t *t) {
   rly_fetch *f = t->data;
-  if (f->early_err) finish(f, f->early_err, "cannot connect");
-  else finish(f, -ETIMEDOUT, "timed out");
+  if (f->early_err)
+    finish(f, f->early_err, "cannot connect");
+  else
+    finish(f, -ETIMEDOUT, "timed out");
 }
 
 /* Callbacks never run inside rly_fetch_get: defer an early failure. */
@@ -164,8 +170,10 @@ static int parse_url(rly_fetch *f, const char *url) {
     return -EINVAL;
   size_t sl = u.field_data[UF_SCHEMA].len;
   const char *sch = url + u.field_data[UF_SCHEMA].off;
-  if (sl == 5 && strncasecmp(sch, "https", 5) == 0) f->https = true;
-  else if (!(sl == 4 && strncasecmp(sch, "http", 4) == 0)) return -EINVAL;
+  if (sl == 5 && strncasecmp(sch, "https", 5) == 0)
+    f->https = true;
+  else if (!(sl == 4 && strncasecmp(sch, "http", 4) == 0))
+    return -EINVAL;
   if (u.field_data[UF_HOST].len >= sizeof f->host) return -EINVAL;
   memcpy(f->host, url + u.field_data[UF_HOST].off, u.field_data[UF_HOST].len);
   f->host[u.field_data[UF_HOST].len] = '\0';
@@ -205,8 +213,10 @@ rly_fetch *rly_fetch_get(uv_loop_t *loop, cm_tls_ctx *tls, const char *url, size
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   f->gai.data = f;
   int rc = uv_getaddrinfo(loop, &f->gai, on_resolved, f->host, port, &hints);
-  if (rc != 0) fail_soon(f, rc);
-  else f->resolving = true;
+  if (rc != 0)
+    fail_soon(f, rc);
+  else
+    f->resolving = true;
   return f;
 }
 

@@ -98,8 +98,10 @@ rly_http_conn *rly_http_conn_new(const rly_http_limits *l, const rly_http_cbs *c
                                  const char *server_name) {
   rly_http_conn *c = calloc(1, sizeof *c);
   if (!c) return NULL;
-  if (l) c->lim = *l;
-  else rly_http_limits_default(&c->lim);
+  if (l)
+    c->lim = *l;
+  else
+    rly_http_limits_default(&c->lim);
   c->hoff = calloc(c->lim.max_headers, sizeof *c->hoff);
   c->headers = calloc(c->lim.max_headers, sizeof *c->headers);
   if (!c->hoff || !c->headers) {
@@ -196,9 +198,11 @@ static int on_header_value(http_parser *p, const char *at, size_t len) {
 }
 
 static char *trim(char *s) {
-  while (*s == ' ' || *s == '\t') s++;
+  while (*s == ' ' || *s == '\t')
+    s++;
   size_t n = strlen(s);
-  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = '\0';
+  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+    s[--n] = '\0';
   return s;
 }
 
@@ -302,7 +306,7 @@ static const char *error_code(int status) {
 
 static void protocol_error(rly_http_conn *c, int status, const char *detail) {
   c->error_status = status; /* forces Connection: close */
-  c->busy = true; /* the error answers the request being parsed */
+  c->busy = true;           /* the error answers the request being parsed */
   rly_http_respond_error(c, status, error_code(status), detail, NULL);
 }
 
@@ -316,8 +320,8 @@ static void dispatch(rly_http_conn *c) {
 static void run(rly_http_conn *c) {
   while (!c->busy && !c->closed && !c->upgraded && cm_buf_size(&c->in) > 0) {
     size_t avail = cm_buf_size(&c->in);
-    size_t n = http_parser_execute(&c->parser, &g_settings, (const char *)cm_buf_head(&c->in),
-                                   avail);
+    size_t n =
+        http_parser_execute(&c->parser, &g_settings, (const char *)cm_buf_head(&c->in), avail);
     enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
     if (c->complete) {
       cm_buf_consume(&c->in, n);
@@ -368,11 +372,10 @@ int rly_http_respond(rly_http_conn *c, const rly_http_response *r) {
   bool close = r->close || !c->req.keep_alive || c->req.upgrade || c->error_status != 0;
   bool no_body = c->req.head || r->status == 204 || r->status == 304 || r->status < 200;
   char head[2048];
-  int n = snprintf(head, sizeof head,
-                   "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s%s",
+  int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s%s",
                    r->status, rly_http_status_text(r->status), cached_date(), c->server,
-                   r->content_type ? "Content-Type: " : "",
-                   r->content_type ? r->content_type : "", r->content_type ? "\r\n" : "");
+                   r->content_type ? "Content-Type: " : "", r->content_type ? r->content_type : "",
+                   r->content_type ? "\r\n" : "");
   /* Check before every append: a long content type must not push the
    * next write past the end (size_t wrap). */
   if (n < 0 || n >= (int)sizeof head) return -E2BIG;
@@ -380,7 +383,7 @@ int rly_http_respond(rly_http_conn *c, const rly_http_response *r) {
     n += snprintf(head + n, sizeof head - (size_t)n, "Content-Length: %zu\r\n", r->body_len);
   if (n >= (int)sizeof head) return -E2BIG;
   /* HTTP/1.0 closes by default: say so when we keep it open. */
-  const char *conn = close ? "Connection: close\r\n"
+  const char *conn = close                    ? "Connection: close\r\n"
                      : c->req.http_minor == 0 ? "Connection: keep-alive\r\n"
                                               : "";
   n += snprintf(head + n, sizeof head - (size_t)n, "%s%s\r\n", conn,
@@ -470,10 +473,12 @@ bool rly_http_header_has_token(const char *value, const char *token) {
   size_t tl = strlen(token);
   const char *p = value;
   while (p && *p) {
-    while (*p == ' ' || *p == '\t' || *p == ',') p++;
+    while (*p == ' ' || *p == '\t' || *p == ',')
+      p++;
     size_t n = strcspn(p, ",");
     size_t m = n;
-    while (m > 0 && (p[m - 1] == ' ' || p[m - 1] == '\t')) m--;
+    while (m > 0 && (p[m - 1] == ' ' || p[m - 1] == '\t'))
+      m--;
     if (m == tl && strncasecmp(p, token, tl) == 0) return true;
     p += n;
   }

@@ -36,18 +36,18 @@ typedef struct rly_http_header {
 } rly_http_header;
 
 typedef struct rly_http_request {
-  const char *method;  /* "GET" */
-  const char *target;  /* raw request-target, "/relay/x?token=..." */
-  const char *path;    /* target up to '?' */
-  const char *query;   /* after '?', "" when none */
+  const char *method; /* "GET" */
+  const char *target; /* raw request-target, "/relay/x?token=..." */
+  const char *path;   /* target up to '?' */
+  const char *query;  /* after '?', "" when none */
   const rly_http_header *headers;
   size_t nheaders;
   const uint8_t *body;
   size_t body_len;
-  int http_minor;      /* 0 or 1 */
+  int http_minor; /* 0 or 1 */
   bool keep_alive;
-  bool upgrade;        /* Connection: upgrade + Upgrade: present */
-  bool head;           /* method HEAD: responses carry no body */
+  bool upgrade; /* Connection: upgrade + Upgrade: present */
+  bool head;    /* method HEAD: responses carry no body */
 } rly_http_request;
 
 typedef struct rly_http_response {

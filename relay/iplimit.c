@@ -36,7 +36,8 @@ static void addr_ip(const char *addr, char *ip, size_t iplen) {
 
 static ip_entry **bucket(rly_server *s, const char *ip) {
   uint64_t h = 1469598103934665603ULL;
-  for (const unsigned char *p = (const unsigned char *)ip; *p; p++) h = (h ^ *p) * 1099511628211ULL;
+  for (const unsigned char *p = (const unsigned char *)ip; *p; p++)
+    h = (h ^ *p) * 1099511628211ULL;
   return &((ip_entry **)s->ip_tab)[h % BUCKETS];
 }
 
@@ -47,7 +48,8 @@ bool rly_ip_acquire(rly_server *s, const char *addr) {
   addr_ip(addr, ip, sizeof ip);
   ip_entry **b = bucket(s, ip);
   ip_entry *e = *b;
-  while (e && strcmp(e->ip, ip) != 0) e = e->next;
+  while (e && strcmp(e->ip, ip) != 0)
+    e = e->next;
   if (e && e->n >= (uint32_t)s->cfg->max_conns_per_ip) return false;
   if (!e) {
     if (!(e = calloc(1, sizeof *e))) return true; /* fail open, not closed, on OOM */

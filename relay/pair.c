@@ -77,7 +77,8 @@ void rly_pair_detach(rly_pair *p, int slot, uint16_t code, uint64_t now_ms, rly_
 void rly_pair_kick(rly_pair *p, uint16_t code, const char *reason, rly_pair_emit emit, void *ud) {
   if (p->state == RLY_PAIR_CLOSED) return;
   p->state = RLY_PAIR_CLOSED;
-  for (int s = 0; s < 2; s++) release(p, s, code, reason, true, emit, ud);
+  for (int s = 0; s < 2; s++)
+    release(p, s, code, reason, true, emit, ud);
   emit1(emit, ud, RLY_ACT_EV_CLOSE, -1, code, reason);
 }
 

@@ -34,12 +34,12 @@ typedef enum {
 } rly_pair_state;
 
 typedef enum {
-  RLY_ACT_CLOSE,        /* close the peer in `slot` with code/reason */
-  RLY_ACT_OPEN,         /* both slots held: start forwarding (flush held data) */
-  RLY_ACT_EV_ATTACH,    /* report: a peer took `slot` */
-  RLY_ACT_EV_DETACH,    /* report: the peer in `slot` left (code) */
-  RLY_ACT_EV_OPEN,      /* report: bytes flow */
-  RLY_ACT_EV_CLOSE,     /* report: the relay closed the session (code/reason) */
+  RLY_ACT_CLOSE,     /* close the peer in `slot` with code/reason */
+  RLY_ACT_OPEN,      /* both slots held: start forwarding (flush held data) */
+  RLY_ACT_EV_ATTACH, /* report: a peer took `slot` */
+  RLY_ACT_EV_DETACH, /* report: the peer in `slot` left (code) */
+  RLY_ACT_EV_OPEN,   /* report: bytes flow */
+  RLY_ACT_EV_CLOSE,  /* report: the relay closed the session (code/reason) */
 } rly_pair_act;
 
 typedef struct rly_pair_action {
@@ -56,7 +56,7 @@ typedef struct rly_pair {
   bool held[2];
   uint64_t lone_since_ms; /* monotonic; valid in half_open */
   uint64_t peer_wait_ms;
-  int64_t expires_at_ms;  /* wall clock; 0: no expiry known */
+  int64_t expires_at_ms; /* wall clock; 0: no expiry known */
 } rly_pair;
 
 const char *rly_pair_state_name(rly_pair_state s);

@@ -28,15 +28,15 @@
 
 typedef struct rly_config {
   /* public listener */
-  char *listen;              /* "127.0.0.1:8443" */
-  char *tls_cert, *tls_key;  /* PEM; with neither, see dev_cert_dir / plain */
-  char *dev_cert_dir;        /* make (once) and use a self-signed P-256 cert here */
-  bool plain;                /* no TLS on the public listener */
-  bool allow_public_plain;   /* plain on a non-loopback address (behind a proxy) */
-  char *client_ca;           /* request client certificates verified by this CA */
-  char *alpn;                /* offered ALPN list, default "http/1.1" */
-  char *public_url;          /* base URL peers use; default from listen */
-  char *node_id;             /* default: hostname */
+  char *listen;             /* "127.0.0.1:8443" */
+  char *tls_cert, *tls_key; /* PEM; with neither, see dev_cert_dir / plain */
+  char *dev_cert_dir;       /* make (once) and use a self-signed P-256 cert here */
+  bool plain;               /* no TLS on the public listener */
+  bool allow_public_plain;  /* plain on a non-loopback address (behind a proxy) */
+  char *client_ca;          /* request client certificates verified by this CA */
+  char *alpn;               /* offered ALPN list, default "http/1.1" */
+  char *public_url;         /* base URL peers use; default from listen */
+  char *node_id;            /* default: hostname */
 
   /* HTTP */
   long long header_timeout_ms;
@@ -46,21 +46,21 @@ typedef struct rly_config {
   long long shutdown_grace_ms;
 
   /* controller link */
-  char *tunnel_listen;       /* "0.0.0.0:8444" */
+  char *tunnel_listen;            /* "0.0.0.0:8444" */
   char *tunnel_cert, *tunnel_key; /* the relay's enrolled certificate */
-  char *controller_ca;       /* pinned controller CA; unset: embedded controller */
-  char *controller_name;     /* identity the controller cert must carry */
+  char *controller_ca;            /* pinned controller CA; unset: embedded controller */
+  char *controller_name;          /* identity the controller cert must carry */
   long long call_timeout_ms;
   long long ping_interval_ms;
   long long ping_timeout_ms;
-  char *state_dir;           /* embedded controller's registry */
+  char *state_dir; /* embedded controller's registry */
 
   /* admin API and OIDC */
   bool no_auth;
   bool allow_public_no_auth;
   char *oidc_issuer;
   char *oidc_audience;
-  char *oidc_ca;             /* CA bundle for the IdP; default system store */
+  char *oidc_ca; /* CA bundle for the IdP; default system store */
   char *client_id_hint;
   long long jwt_leeway_ms;
   long long jwks_refresh_ms;
@@ -69,14 +69,14 @@ typedef struct rly_config {
   long long max_ttl_s, max_peer_wait_s;
 
   /* data plane */
-  long long max_message;     /* per message, bytes */
-  long long hold_bytes;      /* data a lone peer may send early */
+  long long max_message; /* per message, bytes */
+  long long hold_bytes;  /* data a lone peer may send early */
   long long ws_high_watermark;
-  long long ping_idle_ms;    /* 0: no server pings */
+  long long ping_idle_ms; /* 0: no server pings */
   long long max_sessions;
   long long max_conns_per_ip;
 
-  char *metrics;             /* "public" | "loopback" | "off" */
+  char *metrics; /* "public" | "loopback" | "off" */
   char *log_level;
 } rly_config;
 
@@ -105,13 +105,12 @@ const char *rly_build_date(void);
 /* Enrolment helpers for `relay gen-csr`: make or reuse the tunnel key in
  * key_path (0600, never overwritten; a corrupt key is an error) and write a
  * PEM CSR for node_id into *csr_pem (heap). */
-int rly_gen_csr(const char *key_path, const char *node_id, char **csr_pem, bool *created,
-                char *err, size_t errlen);
+int rly_gen_csr(const char *key_path, const char *node_id, char **csr_pem, bool *created, char *err,
+                size_t errlen);
 
 /* Makes (once) a self-signed ECDSA P-256 development certificate for
  * localhost/127.0.0.1/::1 in dir (key 0600) and returns the file paths
  * (cert_path/key_path must hold PATH_MAX bytes).  Reuses existing files. */
-int rly_dev_cert_ensure(const char *dir, char *cert_path, char *key_path, char *err,
-                        size_t errlen);
+int rly_dev_cert_ensure(const char *dir, char *cert_path, char *key_path, char *err, size_t errlen);
 
 #endif

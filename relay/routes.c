@@ -71,8 +71,8 @@ static bool metrics_allowed(rly_conn *c) {
 
 void rly_metric(cm_buf *b, const char *name, const char *help, bool counter, uint64_t v) {
   const char *type = counter ? "counter" : "gauge";
-  cm_buf_printf(b, "# HELP relay_%s %s\n# TYPE relay_%s %s\nrelay_%s %llu\n", name, help, name, type,
-                name, (unsigned long long)v);
+  cm_buf_printf(b, "# HELP relay_%s %s\n# TYPE relay_%s %s\nrelay_%s %llu\n", name, help, name,
+                type, name, (unsigned long long)v);
 }
 
 static void metrics(rly_conn *c) {
@@ -84,7 +84,7 @@ static void metrics(rly_conn *c) {
   cm_buf b;
   cm_buf_init(&b, 1 << 20);
 #define COUNTER(name, help, v) rly_metric(&b, name, help, true, (uint64_t)(v))
-#define GAUGE(name, help, v) rly_metric(&b, name, help, false, (uint64_t)(v))
+#define GAUGE(name, help, v)   rly_metric(&b, name, help, false, (uint64_t)(v))
   COUNTER("connections_accepted_total", "Public connections accepted.", s->m.conns_accepted);
   COUNTER("connections_refused_total", "Connections refused over a limit.", s->m.conns_refused);
   COUNTER("tls_handshake_failures_total", "Failed or timed-out TLS handshakes.",
@@ -103,8 +103,7 @@ static void metrics(rly_conn *c) {
     COUNTER("controller_calls_failed_total", "Calls that did not return OK.", ts.calls_failed);
     COUNTER("controller_calls_unavailable_total", "Calls failed for lack of a link.",
             ts.calls_unavailable);
-    COUNTER("controller_links_refused_total", "Controller connections refused.",
-            ts.links_refused);
+    COUNTER("controller_links_refused_total", "Controller connections refused.", ts.links_refused);
     COUNTER("controller_events_dropped_total", "Events dropped at a full queue.",
             ts.events_dropped);
   }
@@ -132,40 +131,17 @@ void rly_route_request(rly_conn *c, const rly_http_request *req) {
     snprintf(hdr, sizeof hdr, "Allow: %s\r\n", allow);
     rly_conn_respond_error(c, 405, "method_not_allowed", "method not allowed here", hdr);
     return;
-  case R_HEALTHZ:
-    healthz(c);
-    return;
-  case R_READYZ:
-    readyz(c);
-    return;
-  case R_METRICS:
-    metrics(c);
-    return;
-  case R_RELAY:
-    rly_dp_upgrade(c, req, m.caps[0]);
-    return;
-  case R_SESSIONS_POST:
-    rly_admin_request(c, req, RLY_ADMIN_CREATE, NULL);
-    return;
-  case R_SESSIONS_GET:
-    rly_admin_request(c, req, RLY_ADMIN_LIST, NULL);
-    return;
-  case R_SESSION_GET:
-    rly_admin_request(c, req, RLY_ADMIN_GET, m.caps[0]);
-    return;
-  case R_SESSION_DELETE:
-    rly_admin_request(c, req, RLY_ADMIN_DELETE, m.caps[0]);
-    return;
-  case R_SESSIONS_OPTIONS:
-    rly_admin_preflight(c, req, "GET, POST, OPTIONS");
-    return;
-  case R_SESSION_OPTIONS:
-    rly_admin_preflight(c, req, "GET, DELETE, OPTIONS");
-    return;
-  case R_DISCOVERY:
-    rly_admin_discovery(c, req);
-    return;
-  default:
-    rly_conn_respond_error(c, 500, "internal", "unrouted request", NULL);
+  case R_HEALTHZ: healthz(c); return;
+  case R_READYZ: readyz(c); return;
+  case R_METRICS: metrics(c); return;
+  case R_RELAY: rly_dp_upgrade(c, req, m.caps[0]); return;
+  case R_SESSIONS_POST: rly_admin_request(c, req, RLY_ADMIN_CREATE, NULL); return;
+  case R_SESSIONS_GET: rly_admin_request(c, req, RLY_ADMIN_LIST, NULL); return;
+  case R_SESSION_GET: rly_admin_request(c, req, RLY_ADMIN_GET, m.caps[0]); return;
+  case R_SESSION_DELETE: rly_admin_request(c, req, RLY_ADMIN_DELETE, m.caps[0]); return;
+  case R_SESSIONS_OPTIONS: rly_admin_preflight(c, req, "GET, POST, OPTIONS"); return;
+  case R_SESSION_OPTIONS: rly_admin_preflight(c, req, "GET, DELETE, OPTIONS"); return;
+  case R_DISCOVERY: rly_admin_discovery(c, req); return;
+  default: rly_conn_respond_error(c, 500, "internal", "unrouted request", NULL);
   }
 }

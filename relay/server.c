@@ -40,8 +40,9 @@ static int setup_tls(rly_server *s, char *err, size_t errlen) {
     return 0;
   }
   if (!cfg->tls_cert || !cfg->tls_key) {
-    snprintf(err, errlen, "tls-cert/tls-key: a certificate and key are required "
-                          "(or --dev-cert-dir for a development certificate, or --plain)");
+    snprintf(err, errlen,
+             "tls-cert/tls-key: a certificate and key are required "
+             "(or --dev-cert-dir for a development certificate, or --plain)");
     return -EINVAL;
   }
   cm_tls_config tc;
@@ -72,8 +73,9 @@ static int setup_auth(rly_server *s, char *err, size_t errlen) {
   int port;
   if (cm_parse_hostport(cfg->listen, "0.0.0.0", host, sizeof host, &port) != 0 ||
       (!cm_host_is_loopback(host) && !cfg->allow_public_no_auth)) {
-    snprintf(err, errlen, "no-auth: refusing an unauthenticated admin API on non-loopback %s "
-                          "(pass --allow-public-no-auth if you really mean it)",
+    snprintf(err, errlen,
+             "no-auth: refusing an unauthenticated admin API on non-loopback %s "
+             "(pass --allow-public-no-auth if you really mean it)",
              cfg->listen);
     return -EINVAL;
   }
@@ -115,7 +117,8 @@ rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, si
   if (cfg->public_url && *cfg->public_url) {
     snprintf(s->public_url, sizeof s->public_url, "%s", cfg->public_url);
     size_t ul = strlen(s->public_url);
-    while (ul > 0 && s->public_url[ul - 1] == '/') s->public_url[--ul] = '\0';
+    while (ul > 0 && s->public_url[ul - 1] == '/')
+      s->public_url[--ul] = '\0';
   }
   return s;
 }
@@ -199,8 +202,10 @@ static void http_on_request(void *ud, const rly_http_request *req) {
 }
 
 int rly_conn_respond(rly_conn *c, const rly_http_response *r) {
-  if (r->status >= 500) c->srv->m.http_errors_5xx++;
-  else if (r->status >= 400) c->srv->m.http_errors_4xx++;
+  if (r->status >= 500)
+    c->srv->m.http_errors_5xx++;
+  else if (r->status >= 400)
+    c->srv->m.http_errors_4xx++;
   if (c->req) log_request(c, c->req, r->status);
   c->req = NULL;
   rly_http_response rr = *r;
@@ -248,7 +253,6 @@ static void on_open(cm_stream *st) {
   rly_conn *c = cm_stream_get_data(st);
   snprintf(c->remote, sizeof c->remote, "%s", cm_stream_peer_addr(st));
 }
-
 
 static void on_close(cm_stream *st, int err, const char *msg) {
   rly_conn *c = cm_stream_get_data(st);
@@ -340,8 +344,10 @@ static void expire(cm_list *head, uint64_t now, bool header) {
     if (header) {
       c->srv->m.http_timeouts++;
       cm_log(CM_LOG_INFO, "http", "request timeout", CM_S("remote", c->remote));
-      if (rly_http_in_request(c->http)) rly_http_timeout(c->http);
-      else cm_stream_close(c->st); /* never sent a byte */
+      if (rly_http_in_request(c->http))
+        rly_http_timeout(c->http);
+      else
+        cm_stream_close(c->st); /* never sent a byte */
     } else {
       rly_http_timeout(c->http); /* idle keep-alive: close quietly */
     }

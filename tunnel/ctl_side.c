@@ -143,8 +143,10 @@ static void set_up(clink *l, bool up) {
   if (l->up == up) return;
   l->up = up;
   tun_ctl *c = l->c;
-  if (up) c->nup++;
-  else c->nup--;
+  if (up)
+    c->nup++;
+  else
+    c->nup--;
   cm_log(up ? CM_LOG_INFO : CM_LOG_WARN, "tunnel", up ? "relay link up" : "relay link down",
          CM_S("relay", l->node_id), CM_S("peer", l->base.peer), CM_I("links", c->nup),
          CM_S("reason", up ? "" : l->base.why));
@@ -241,8 +243,8 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
   return 0;
 }
 
-static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_t *data,
-                   size_t len, void *user) {
+static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
+                   void *user) {
   CM_UNUSED(flags);
   clink *l = user;
   tun_ctl_call *call = nghttp2_session_get_stream_user_data(h2, sid);
@@ -250,8 +252,8 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_
   int rc = call->is_events ? tun_grpc_decode(&l->events_in, data, len, on_event_message, l)
                            : tun_grpc_decode(&call->dec, data, len, on_call_message, call);
   if (rc != 0) {
-    reply_trailers_only(call, rc == -EMSGSIZE ? TUN_GRPC_RESOURCE_EXHAUSTED
-                                              : TUN_GRPC_INVALID_ARGUMENT,
+    reply_trailers_only(call,
+                        rc == -EMSGSIZE ? TUN_GRPC_RESOURCE_EXHAUSTED : TUN_GRPC_INVALID_ARGUMENT,
                         "malformed request stream");
     call->replied = true;
   }

@@ -29,8 +29,8 @@ int tun_grpc_decode(tun_grpc_decoder *d, const uint8_t *data, size_t len,
       len -= take;
       if (d->hdr_have < TUN_GRPC_PREFIX) return 0;
       if (d->hdr[0] != 0) return -EPROTO; /* compression never negotiated */
-      d->need = (uint32_t)d->hdr[1] << 24 | (uint32_t)d->hdr[2] << 16 |
-                (uint32_t)d->hdr[3] << 8 | d->hdr[4];
+      d->need = (uint32_t)d->hdr[1] << 24 | (uint32_t)d->hdr[2] << 16 | (uint32_t)d->hdr[3] << 8 |
+                d->hdr[4];
       if (d->need > d->max_message) return -EMSGSIZE;
       d->in_payload = true;
       d->hdr_have = 0;
@@ -67,9 +67,12 @@ int tun_grpc_encode(cm_buf *out, const ProtobufCMessage *msg) {
 
 void tun_grpc_timeout_format(uint64_t ms, char out[16]) {
   /* At most 8 digits: fall back to coarser units for long deadlines. */
-  if (ms <= 99999999ULL) snprintf(out, 16, "%llum", (unsigned long long)ms);
-  else if (ms / 1000 <= 99999999ULL) snprintf(out, 16, "%lluS", (unsigned long long)(ms / 1000));
-  else snprintf(out, 16, "%lluM", (unsigned long long)CM_MIN(ms / 60000, 99999999ULL));
+  if (ms <= 99999999ULL)
+    snprintf(out, 16, "%llum", (unsigned long long)ms);
+  else if (ms / 1000 <= 99999999ULL)
+    snprintf(out, 16, "%lluS", (unsigned long long)(ms / 1000));
+  else
+    snprintf(out, 16, "%lluM", (unsigned long long)CM_MIN(ms / 60000, 99999999ULL));
 }
 
 int tun_grpc_timeout_parse(const char *v, uint64_t *ms) {
@@ -93,11 +96,22 @@ int tun_grpc_timeout_parse(const char *v, uint64_t *ms) {
 }
 
 const char *tun_grpc_status_name(int s) {
-  static const char *names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-                                "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+  static const char *names[] = {"OK",
+                                "CANCELLED",
+                                "UNKNOWN",
+                                "INVALID_ARGUMENT",
+                                "DEADLINE_EXCEEDED",
+                                "NOT_FOUND",
+                                "ALREADY_EXISTS",
+                                "PERMISSION_DENIED",
+                                "RESOURCE_EXHAUSTED",
+                                "FAILED_PRECONDITION",
+                                "ABORTED",
+                                "OUT_OF_RANGE",
+                                "UNIMPLEMENTED",
+                                "INTERNAL",
+                                "UNAVAILABLE",
+                                "DATA_LOSS",
                                 "UNAUTHENTICATED"};
   return s >= 0 && s < (int)CM_ARRAY_LEN(names) ? names[s] : "UNKNOWN";
 }

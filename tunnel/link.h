@@ -55,10 +55,10 @@ void tun_link_abort(tun_link *l, const char *why);
 /* A bounded output queue behind an nghttp2 data provider. */
 typedef struct tun_outq {
   cm_buf buf;
-  bool eof;       /* no more data after buf */
-  bool deferred;  /* the provider returned DEFERRED: resume on push */
-  bool trailers;  /* server side: send grpc-status trailers at eof */
-  int status;     /* trailers: grpc-status */
+  bool eof;      /* no more data after buf */
+  bool deferred; /* the provider returned DEFERRED: resume on push */
+  bool trailers; /* server side: send grpc-status trailers at eof */
+  int status;    /* trailers: grpc-status */
   char message[256];
 } tun_outq;
 
@@ -69,10 +69,8 @@ int tun_outq_push(tun_link *l, int32_t sid, tun_outq *q, const ProtobufCMessage 
 nghttp2_data_provider tun_outq_provider(tun_outq *q);
 
 /* nghttp2 header helpers. */
-#define TUN_NV(n, v)                                                                   \
-  {                                                                                    \
-    (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE     \
-  }
+#define TUN_NV(n, v)                                                                               \
+  { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE }
 bool tun_hdr_is(const uint8_t *name, size_t len, const char *lit);
 
 #endif

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_TRIED 8
+#define MAX_TRIED        8
 #define DEADLINE_TICK_MS 50
 
 typedef struct rlink {
@@ -89,7 +89,8 @@ static void maybe_closed(tun_relay *r);
 
 static rlink *pick_link(tun_relay *r, tun_call *c) {
   size_t n = 0;
-  for (cm_list *p = r->links.next; p != &r->links; p = p->next) n++;
+  for (cm_list *p = r->links.next; p != &r->links; p = p->next)
+    n++;
   if (n == 0) return NULL;
   size_t start = r->rr++ % n, i = 0;
   /* Round-robin over live links whose controller has not been tried. */
@@ -113,11 +114,13 @@ static void set_up(rlink *l, bool up) {
   tun_relay *r = l->r;
   if (l->up == up) return;
   l->up = up;
-  if (up) r->nup++;
-  else r->nup--;
-  cm_log(up ? CM_LOG_INFO : CM_LOG_WARN, "tunnel", up ? "controller link up" : "controller link down",
-         CM_S("controller", l->controller), CM_S("peer", l->base.peer), CM_I("links", r->nup),
-         CM_S("reason", up ? "" : l->base.why));
+  if (up)
+    r->nup++;
+  else
+    r->nup--;
+  cm_log(up ? CM_LOG_INFO : CM_LOG_WARN, "tunnel",
+         up ? "controller link up" : "controller link down", CM_S("controller", l->controller),
+         CM_S("peer", l->base.peer), CM_I("links", r->nup), CM_S("reason", up ? "" : l->base.why));
   if (r->cbs.on_links) r->cbs.on_links(r->ud, r->nup);
   if (up && r->cbs.on_link_up) r->cbs.on_link_up(r->ud, l->controller);
 }
@@ -136,9 +139,12 @@ static void send_hello(rlink *l) {
 
 static void open_events(rlink *l) {
   nghttp2_nv nv[] = {
-      TUN_NV(":method", "POST"),        TUN_NV(":scheme", l->tls ? "https" : "http"),
-      TUN_NV(":path", TUN_PATH_EVENTS), TUN_NV(":authority", "controller"),
-      TUN_NV("content-type", "application/grpc"), TUN_NV("te", "trailers"),
+      TUN_NV(":method", "POST"),
+      TUN_NV(":scheme", l->tls ? "https" : "http"),
+      TUN_NV(":path", TUN_PATH_EVENTS),
+      TUN_NV(":authority", "controller"),
+      TUN_NV("content-type", "application/grpc"),
+      TUN_NV("te", "trailers"),
   };
   nghttp2_data_provider p = tun_outq_provider(&l->events_out);
   l->events_sid = nghttp2_submit_request(l->base.h2, NULL, nv, CM_ARRAY_LEN(nv), &p, NULL);
@@ -163,8 +169,10 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
   size_t n = CM_MIN(valuelen, sizeof v - 1);
   memcpy(v, value, n);
   v[n] = '\0';
-  if (tun_hdr_is(name, namelen, ":status")) c->http_status = atoi(v);
-  else if (tun_hdr_is(name, namelen, "grpc-status")) c->grpc_status = atoi(v);
+  if (tun_hdr_is(name, namelen, ":status"))
+    c->http_status = atoi(v);
+  else if (tun_hdr_is(name, namelen, "grpc-status"))
+    c->grpc_status = atoi(v);
   else if (tun_hdr_is(name, namelen, "grpc-message"))
     tun_grpc_message_decode(v, c->grpc_msg, sizeof c->grpc_msg);
   return 0;
@@ -187,8 +195,8 @@ static int on_command_message(void *ud, const uint8_t *msg, size_t len) {
   return 0;
 }
 
-static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_t *data,
-                   size_t len, void *user) {
+static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
+                   void *user) {
   CM_UNUSED(flags);
   rlink *l = user;
   if (sid == l->events_sid) {
@@ -461,9 +469,12 @@ static int submit_call(tun_call *c, rlink *l) {
   uint64_t now = cm_now_mono_ms();
   tun_grpc_timeout_format(c->deadline > now ? c->deadline - now : 1, tmo);
   nghttp2_nv nv[] = {
-      TUN_NV(":method", "POST"),  TUN_NV(":scheme", l->tls ? "https" : "http"),
-      TUN_NV(":path", c->path),   TUN_NV(":authority", "controller"),
-      TUN_NV("content-type", "application/grpc"), TUN_NV("te", "trailers"),
+      TUN_NV(":method", "POST"),
+      TUN_NV(":scheme", l->tls ? "https" : "http"),
+      TUN_NV(":path", c->path),
+      TUN_NV(":authority", "controller"),
+      TUN_NV("content-type", "application/grpc"),
+      TUN_NV("te", "trailers"),
       TUN_NV("grpc-timeout", tmo),
   };
   /* Fresh response state for this attempt. */
@@ -483,7 +494,8 @@ static int submit_call(tun_call *c, rlink *l) {
   if (sid < 0) return -EIO;
   c->sid = sid;
   c->link = l;
-  if (c->ntried < MAX_TRIED) snprintf(c->tried[c->ntried++], sizeof c->tried[0], "%s", l->controller);
+  if (c->ntried < MAX_TRIED)
+    snprintf(c->tried[c->ntried++], sizeof c->tried[0], "%s", l->controller);
   cm_list_push_back(&l->calls, &c->lnode);
   tun_link_pump(&l->base);
   return 0;
@@ -567,7 +579,8 @@ size_t tun_relay_call_all(tun_relay *r, const char *path, const ProtobufCMessage
     rlink *l = cm_container_of(p, rlink, node);
     if (!l->up || l->base.closing) continue;
     bool dup = false;
-    for (size_t k = 0; k < nseen && !dup; k++) dup = strcmp(seen[k], l->controller) == 0;
+    for (size_t k = 0; k < nseen && !dup; k++)
+      dup = strcmp(seen[k], l->controller) == 0;
     if (dup || nseen == CM_ARRAY_LEN(seen)) continue;
     snprintf(seen[nseen++], sizeof seen[0], "%s", l->controller);
     tun_call *c = call_new(r, path, req, desc, timeout_ms, cb, ud);

@@ -56,10 +56,10 @@ enum {
   TUN_GRPC_UNAUTHENTICATED = 16,
 };
 
-#define TUN_GRPC_PREFIX 5
+#define TUN_GRPC_PREFIX   5
 #define TUN_PATH_VALIDATE "/relay.v1.Controller/Validate"
-#define TUN_PATH_ADMIN "/relay.v1.Controller/Admin"
-#define TUN_PATH_EVENTS "/relay.v1.Controller/Events"
+#define TUN_PATH_ADMIN    "/relay.v1.Controller/Admin"
+#define TUN_PATH_EVENTS   "/relay.v1.Controller/Events"
 
 /* Incremental decoder of length-prefixed messages. */
 typedef struct tun_grpc_decoder {
@@ -67,7 +67,7 @@ typedef struct tun_grpc_decoder {
   size_t max_message; /* larger messages are an error */
   uint8_t hdr[TUN_GRPC_PREFIX];
   size_t hdr_have;
-  uint32_t need;      /* payload length of the current message */
+  uint32_t need; /* payload length of the current message */
   bool in_payload;
 } tun_grpc_decoder;
 
@@ -91,11 +91,11 @@ void tun_grpc_message_decode(const char *in, char *out, size_t outlen);
 /* ---- shared link settings ---------------------------------------------------- */
 
 typedef struct tun_link_config {
-  uint32_t ping_interval_ms;   /* 0: 10 s */
-  uint32_t ping_timeout_ms;    /* 0: 30 s */
+  uint32_t ping_interval_ms;     /* 0: 10 s */
+  uint32_t ping_timeout_ms;      /* 0: 30 s */
   uint32_t handshake_timeout_ms; /* 0: 10 s */
-  size_t max_message;          /* 0: 4 MiB */
-  size_t max_event_queue;      /* bytes queued on an Events stream; 0: 1 MiB */
+  size_t max_message;            /* 0: 4 MiB */
+  size_t max_event_queue;        /* bytes queued on an Events stream; 0: 1 MiB */
 } tun_link_config;
 
 /* An AF_UNIX socketpair for the in-process transport (non-blocking,
@@ -130,8 +130,8 @@ typedef struct tun_relay_cbs {
 
 /* resp is valid during the callback only (NULL unless status is OK).
  * controller names the controller that answered ("" when none did). */
-typedef void (*tun_call_cb)(void *ud, int status, const char *message,
-                            const ProtobufCMessage *resp, const char *controller);
+typedef void (*tun_call_cb)(void *ud, int status, const char *message, const ProtobufCMessage *resp,
+                            const char *controller);
 
 tun_relay *tun_relay_new(uv_loop_t *loop, const tun_relay_config *cfg, const tun_relay_cbs *cbs,
                          void *ud, char *err, size_t errlen);
@@ -164,8 +164,8 @@ void tun_relay_close(tun_relay *r, void (*done)(void *ud), void *ud);
 void tun_relay_free(tun_relay *r);
 
 typedef struct tun_relay_stats {
-  uint64_t calls, calls_failed, calls_unavailable, calls_deadline, links_accepted,
-      links_refused, events_sent, events_dropped, commands;
+  uint64_t calls, calls_failed, calls_unavailable, calls_deadline, links_accepted, links_refused,
+      events_sent, events_dropped, commands;
 } tun_relay_stats;
 void tun_relay_get_stats(const tun_relay *r, tun_relay_stats *out);
 

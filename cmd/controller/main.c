@@ -28,7 +28,8 @@ typedef struct run_cfg {
   char *log_level;
 } run_cfg;
 
-#define OPT(n, t, f, d, lo, hi, h, mv) {n, t, offsetof(run_cfg, f), d, lo, hi, h, mv}
+#define OPT(n, t, f, d, lo, hi, h, mv)                                                             \
+  { n, t, offsetof(run_cfg, f), d, lo, hi, h, mv }
 
 static const cm_cfg_opt g_run_opts[] = {
     OPT("relay", CM_CFG_LIST, relays, NULL, 0, 0, "relay tunnel address to dial (repeatable)",
@@ -55,18 +56,17 @@ static const cm_cfg_opt g_run_opts[] = {
         "N"),
     OPT("max-message", CM_CFG_SIZE, max_message, "0", 0, 1LL << 40,
         "message size limit handed to relays (0: each relay's own)", "SIZE"),
-    OPT("ping-interval", CM_CFG_DURATION, ping_interval, "10s", 100, 600000,
-        "HTTP/2 PING interval", "DURATION"),
+    OPT("ping-interval", CM_CFG_DURATION, ping_interval, "10s", 100, 600000, "HTTP/2 PING interval",
+        "DURATION"),
     OPT("ping-timeout", CM_CFG_DURATION, ping_timeout, "30s", 100, 3600000,
         "drop a link silent this long", "DURATION"),
     OPT("backoff-base", CM_CFG_DURATION, backoff_base, "1s", 10, 600000,
         "first redial delay bound (doubles per failure, full jitter)", "DURATION"),
-    OPT("backoff-max", CM_CFG_DURATION, backoff_max, "60s", 10, 3600000,
-        "largest redial delay", "DURATION"),
+    OPT("backoff-max", CM_CFG_DURATION, backoff_max, "60s", 10, 3600000, "largest redial delay",
+        "DURATION"),
     OPT("accept-unauthenticated", CM_CFG_BOOL, accept_unauthenticated, "false", 0, 0,
         "honour admin requests from relays running --no-auth", NULL),
-    OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error",
-        "LEVEL"),
+    OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error", "LEVEL"),
 };
 
 static const cm_cfg_spec g_run_spec = {
@@ -128,9 +128,15 @@ static int cmd_run(int argc, char **argv) {
                    .max_message_bytes = (uint64_t)rc.max_message,
                    .relays = &rc.relays,
                    .relay_server_name = rc.relay_server_name,
-                   .cert_file = rc.cert ? rc.cert : rc.ca_dir ? paths.ctl_cert : NULL,
-                   .key_file = rc.key ? rc.key : rc.ca_dir ? paths.ctl_key : NULL,
-                   .ca_file = rc.ca ? rc.ca : rc.ca_dir ? paths.ca_cert : NULL,
+                   .cert_file = rc.cert     ? rc.cert
+                                : rc.ca_dir ? paths.ctl_cert
+                                            : NULL,
+                   .key_file = rc.key      ? rc.key
+                               : rc.ca_dir ? paths.ctl_key
+                                           : NULL,
+                   .ca_file = rc.ca       ? rc.ca
+                              : rc.ca_dir ? paths.ca_cert
+                                          : NULL,
                    .ping_interval_ms = (uint32_t)rc.ping_interval,
                    .ping_timeout_ms = (uint32_t)rc.ping_timeout,
                    .backoff_base_ms = (uint32_t)rc.backoff_base,
@@ -175,7 +181,8 @@ typedef struct ca_cfg {
   char *csr;
 } ca_cfg;
 
-#define COPT(n, t, f, d, lo, hi, h, mv) {n, t, offsetof(ca_cfg, f), d, lo, hi, h, mv}
+#define COPT(n, t, f, d, lo, hi, h, mv)                                                            \
+  { n, t, offsetof(ca_cfg, f), d, lo, hi, h, mv }
 
 static const cm_cfg_opt g_init_opts[] = {
     COPT("dir", CM_CFG_STRING, dir, NULL, 0, 0, "where the CA lives (created 0700)", "DIR"),

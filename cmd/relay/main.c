@@ -17,12 +17,12 @@
 
 #define EXIT_USAGE 2
 
-#define OPT(n, t, f, d, lo, hi, h, mv) \
-  {n, t, offsetof(rly_config, f), d, lo, hi, h, mv}
+#define OPT(n, t, f, d, lo, hi, h, mv)                                                             \
+  { n, t, offsetof(rly_config, f), d, lo, hi, h, mv }
 
 static const cm_cfg_opt g_serve_opts[] = {
-    OPT("listen", CM_CFG_STRING, listen, "127.0.0.1:8443", 0, 0,
-        "public listener address", "ADDR:PORT"),
+    OPT("listen", CM_CFG_STRING, listen, "127.0.0.1:8443", 0, 0, "public listener address",
+        "ADDR:PORT"),
     OPT("tls-cert", CM_CFG_STRING, tls_cert, NULL, 0, 0, "public TLS certificate chain (PEM)",
         "FILE"),
     OPT("tls-key", CM_CFG_STRING, tls_key, NULL, 0, 0, "public TLS private key (PEM)", "FILE"),
@@ -87,8 +87,7 @@ static const cm_cfg_opt g_serve_opts[] = {
     OPT("max-sessions", CM_CFG_INT, max_sessions, "100000", 1, 100000000,
         "sessions live on this relay at once (else 429)", "N"),
     OPT("max-conns-per-ip", CM_CFG_INT, max_conns_per_ip, "0", 0, 10000000,
-        "connections one client address may hold (else 429); 0: no limit (behind a proxy)",
-        "N"),
+        "connections one client address may hold (else 429); 0: no limit (behind a proxy)", "N"),
     OPT("no-auth", CM_CFG_BOOL, no_auth, "false", 0, 0,
         "admin API without authentication (loopback only unless --allow-public-no-auth)", NULL),
     OPT("allow-public-no-auth", CM_CFG_BOOL, allow_public_no_auth, "false", 0, 0,
@@ -112,8 +111,7 @@ static const cm_cfg_opt g_serve_opts[] = {
         "ORIGIN"),
     OPT("metrics", CM_CFG_STRING, metrics, "loopback", 0, 0,
         "who may read /metrics: public, loopback or off", "MODE"),
-    OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error",
-        "LEVEL"),
+    OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error", "LEVEL"),
 };
 
 static const cm_cfg_spec g_serve_spec = {

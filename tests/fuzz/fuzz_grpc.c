@@ -13,13 +13,20 @@
 #include "tunnel/tunnel.h"
 
 static const ProtobufCMessageDescriptor *const g_types[] = {
-    &relay__v1__slot_request__descriptor,     &relay__v1__slot_decision__descriptor,
-    &relay__v1__principal__descriptor,        &relay__v1__admin_request__descriptor,
-    &relay__v1__session_status__descriptor,   &relay__v1__created_session__descriptor,
-    &relay__v1__admin_response__descriptor,   &relay__v1__relay_event__descriptor,
-    &relay__v1__hello__descriptor,            &relay__v1__session_event__descriptor,
-    &relay__v1__controller_command__descriptor, &relay__v1__kick__descriptor,
-    &relay__v1__drain__descriptor,            &relay__v1__limits__descriptor,
+    &relay__v1__slot_request__descriptor,
+    &relay__v1__slot_decision__descriptor,
+    &relay__v1__principal__descriptor,
+    &relay__v1__admin_request__descriptor,
+    &relay__v1__session_status__descriptor,
+    &relay__v1__created_session__descriptor,
+    &relay__v1__admin_response__descriptor,
+    &relay__v1__relay_event__descriptor,
+    &relay__v1__hello__descriptor,
+    &relay__v1__session_event__descriptor,
+    &relay__v1__controller_command__descriptor,
+    &relay__v1__kick__descriptor,
+    &relay__v1__drain__descriptor,
+    &relay__v1__limits__descriptor,
 };
 
 static void roundtrip(const uint8_t *msg, size_t len) {

@@ -31,7 +31,8 @@ static bool run_until(const bool *flag, uint64_t ms) {
   uv_timer_t t;
   uv_timer_init(loop, &t);
   uv_timer_start(&t, on_wake, 10, 10);
-  while (!*flag && cm_now_mono_ms() < end) uv_run(loop, UV_RUN_ONCE);
+  while (!*flag && cm_now_mono_ms() < end)
+    uv_run(loop, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&t, NULL);
   uv_run(loop, UV_RUN_NOWAIT);
   return *flag;
@@ -189,7 +190,8 @@ static void link_pair(tun_relay *r, tun_ctl *c, const char *name) {
 
 static bool links_at_least(relay_state *rs, size_t n, uint64_t ms) {
   uint64_t end = cm_now_mono_ms() + ms;
-  while (rs->links < n && cm_now_mono_ms() < end) run_ms(10);
+  while (rs->links < n && cm_now_mono_ms() < end)
+    run_ms(10);
   return rs->links >= n;
 }
 
@@ -295,9 +297,8 @@ static void test_embedded_roundtrip(void **st) {
   a.op = RELAY__V1__ADMIN_OP__ADMIN_OP_CREATE;
   a.principal = &p;
   call_result ar = {0};
-  assert_non_null(tun_relay_call(r, TUN_PATH_ADMIN, &a.base,
-                                 &relay__v1__admin_response__descriptor, 1000, on_result, &ar,
-                                 &status));
+  assert_non_null(tun_relay_call(r, TUN_PATH_ADMIN, &a.base, &relay__v1__admin_response__descriptor,
+                                 1000, on_result, &ar, &status));
   assert_true(run_until(&ar.done, 2000));
   assert_int_equal(ar.status, TUN_GRPC_OK);
   assert_int_equal(cs.admins, 1);
@@ -305,7 +306,8 @@ static void test_embedded_roundtrip(void **st) {
   /* Events: Hello reached the controller; a Kick reaches the relay */
   bool hello = false;
   uint64_t end = cm_now_mono_ms() + 2000;
-  while (!(hello = cs.hellos == 1) && cm_now_mono_ms() < end) run_ms(10);
+  while (!(hello = cs.hellos == 1) && cm_now_mono_ms() < end)
+    run_ms(10);
   assert_true(hello);
   assert_string_equal(cs.last_node, "relay-1");
   assert_int_equal(cs.links_up, 1);
@@ -317,7 +319,8 @@ static void test_embedded_roundtrip(void **st) {
   cmd.kick = &k;
   assert_true(tun_ctl_send_to_node(c, "relay-1", &cmd));
   end = cm_now_mono_ms() + 2000;
-  while (rs.commands == 0 && cm_now_mono_ms() < end) run_ms(10);
+  while (rs.commands == 0 && cm_now_mono_ms() < end)
+    run_ms(10);
   assert_int_equal(rs.commands, 1);
   assert_string_equal(rs.last_cmd_session, "sess-9");
 
@@ -331,7 +334,8 @@ static void test_embedded_roundtrip(void **st) {
   int before = cs.events;
   assert_int_equal(tun_relay_send_event(r, "embedded", &ev), 0);
   end = cm_now_mono_ms() + 2000;
-  while (cs.events == before && cm_now_mono_ms() < end) run_ms(10);
+  while (cs.events == before && cm_now_mono_ms() < end)
+    run_ms(10);
   assert_int_equal(cs.events, before + 1);
 
   close_ctl(c);
@@ -400,7 +404,8 @@ static void test_link_loss_fails_inflight_calls(void **st) {
   }
   run_ms(100);
   drain_fd(fds[1]);
-  for (int i = 0; i < N; i++) assert_false(res[i].done);
+  for (int i = 0; i < N; i++)
+    assert_false(res[i].done);
   uint64_t t0 = cm_now_mono_ms();
   close(fds[1]); /* the controller dies */
   bool all = false;
@@ -408,7 +413,8 @@ static void test_link_loss_fails_inflight_calls(void **st) {
   while (!all && cm_now_mono_ms() < end) {
     run_ms(5);
     all = true;
-    for (int i = 0; i < N && all; i++) all = res[i].done;
+    for (int i = 0; i < N && all; i++)
+      all = res[i].done;
   }
   assert_true(all);
   uint64_t worst = 0;
@@ -481,10 +487,10 @@ static void pki_make(pki *p) {
   p->dir = tc_tmpdir();
   p->ca = tc_make(p->dir, "ca", NULL, NULL, NULL, -60, 86400);
   p->other_ca = tc_make(p->dir, "other-ca", NULL, NULL, NULL, -60, 86400);
-  p->relay = tc_make(p->dir, "relay", &p->ca, "IP:127.0.0.1,URI:" CM_PKI_URI_RELAY,
-                     "serverAuth", -60, 86400);
-  p->ctl = tc_make(p->dir, "controller", &p->ca, "URI:" CM_PKI_URI_CONTROLLER, "clientAuth", -60,
-                   86400);
+  p->relay = tc_make(p->dir, "relay", &p->ca, "IP:127.0.0.1,URI:" CM_PKI_URI_RELAY, "serverAuth",
+                     -60, 86400);
+  p->ctl =
+      tc_make(p->dir, "controller", &p->ca, "URI:" CM_PKI_URI_CONTROLLER, "clientAuth", -60, 86400);
   p->ctl_other = tc_make(p->dir, "controller-other", &p->other_ca, "URI:" CM_PKI_URI_CONTROLLER,
                          "clientAuth", -60, 86400);
   p->ctl_expired = tc_make(p->dir, "controller-expired", &p->ca, "URI:" CM_PKI_URI_CONTROLLER,
