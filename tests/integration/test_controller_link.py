@@ -472,13 +472,24 @@ def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller)
     ctl_b = start_controller(gp.controller_args(
         [relay], pki.extra_controller("relay-controller-b"), tmp_path / "state-b"))
     gp.wait_links(relay, 2)
-    names = {l["controller"] for l in relay.find_logs(msg="controller link up")}
+    # Log lines arrive through reader threads: poll, bounded, for them.
+    def settle(fn, ok):
+        deadline = time.monotonic() + relaytest.TIMEOUT
+        while True:
+            v = fn()
+            if ok(v) or time.monotonic() > deadline:
+                return v
+            time.sleep(0.05)
+
+    names = settle(lambda: {l["controller"] for l in relay.find_logs(msg="controller link up")},
+                   lambda v: len(v) >= 2)
     assert len(names) == 2, names  # two distinct controller identities
 
     sessions = [create(relay) for _ in range(10)]
-    owned_a = {l["session"] for l in ctl_a.find_logs(msg="session created")}
-    owned_b = {l["session"] for l in ctl_b.find_logs(msg="session created")}
     ids = {s["id"] for s in sessions}
+    created = lambda c: {l["session"] for l in c.find_logs(msg="session created")}
+    settle(lambda: created(ctl_a) | created(ctl_b), lambda v: v >= ids)
+    owned_a, owned_b = created(ctl_a), created(ctl_b)
     assert owned_a | owned_b == ids and not owned_a & owned_b, (owned_a, owned_b)
     assert abs(len(owned_a) - len(owned_b)) <= 1, (len(owned_a), len(owned_b))  # round-robin
 

@@ -157,7 +157,7 @@ def test_slow_header_sender_gets_408(start_relay):
     assert b"Connection: close" in head
     assert b'"error":"request_timeout"' in body
     s.close()
-    assert r.find_logs(msg="request timeout")
+    r.wait_for_log(msg="request timeout", timeout=5)  # the log reader is a thread
 
 
 def test_silent_connection_closed_quietly(start_relay):

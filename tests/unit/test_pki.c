@@ -38,6 +38,16 @@ typedef struct fixture {
 
 /* ---- fixture and file helpers ---------------------------------------------- */
 
+/* Not strndup: a memory BIO's data is not NUL-terminated, and ASan's
+ * strndup interceptor reads one byte past n. */
+static char *mem_strdup(const char *p, size_t n) {
+  char *s = malloc(n + 1);
+  assert_non_null(s);
+  memcpy(s, p, n);
+  s[n] = '\0';
+  return s;
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
   (void)st;
   (void)flag;
@@ -171,7 +181,7 @@ static char *csr_pem_of(X509_REQ *req) {
   assert_int_equal(PEM_write_bio_X509_REQ(b, req), 1);
   char *p = NULL;
   long n = BIO_get_mem_data(b, &p);
-  char *s = strndup(p, (size_t)n);
+  char *s = mem_strdup(p, (size_t)n);
   BIO_free(b);
   return s;
 }
@@ -294,11 +304,7 @@ static void test_key_garbage_refused_untouched(void **state) {
       1);
   char *p = NULL;
   long n = BIO_get_mem_data(b, &p);
-  /* Not strndup: the BIO's data is not NUL-terminated, and ASan's strndup
-   * interceptor reads one byte past n. */
-  char *enc = malloc((size_t)n + 1);
-  memcpy(enc, p, (size_t)n);
-  enc[n] = '\0';
+  char *enc = mem_strdup(p, (size_t)n);
   BIO_free(b);
   write_raw(path, enc, 0600);
   expect_key_refused(path, enc);
@@ -316,7 +322,7 @@ static void test_key_never_overwritten(void **state) {
   assert_int_equal(PEM_write_bio_PrivateKey(b, foreign, NULL, NULL, 0, NULL, NULL), 1);
   char *p = NULL;
   long n = BIO_get_mem_data(b, &p);
-  char *pem = strndup(p, (size_t)n);
+  char *pem = mem_strdup(p, (size_t)n);
   BIO_free(b);
   write_raw(path, pem, 0640);
 
@@ -772,7 +778,7 @@ static char *expired_cert(EVP_PKEY *key) {
   PEM_write_bio_X509(b, x);
   char *p = NULL;
   long n = BIO_get_mem_data(b, &p);
-  char *pem = strndup(p, (size_t)n);
+  char *pem = mem_strdup(p, (size_t)n);
   BIO_free(b);
   X509_free(x);
   return pem;
