@@ -348,6 +348,11 @@ int cm_stream_write(cm_stream *s, const void *data, size_t len);
 int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n);
 /* Bytes accepted by cm_stream_write not yet handed to the kernel. */
 size_t cm_stream_write_queued(const cm_stream *s);
+/* Cork: writes gather (up to one TLS record) until the matching uncork,
+ * so a burst of small frames costs one record and one syscall.  Nests.
+ * A graceful close sends what is corked. */
+void cm_stream_cork(cm_stream *s);
+void cm_stream_uncork(cm_stream *s);
 bool cm_stream_above_high(const cm_stream *s);
 
 void cm_stream_pause(cm_stream *s);

@@ -31,6 +31,7 @@
 #define READ_CHUNK       65536
 #define LINGER_MS        1000
 #define CLOSE_TIMEOUT_MS 5000
+#define CORK_FLUSH       16384 /* one full TLS record */
 
 enum state { S_CONNECTING, S_HANDSHAKE, S_OPEN, S_CLOSING, S_SHUTDOWN, S_CLOSED };
 
@@ -51,9 +52,11 @@ struct cm_stream {
   SSL *ssl;
   const uint8_t *in_ptr; /* ciphertext the BIO is reading from */
   size_t in_len;
-  cm_buf in;  /* ciphertext kept while paused */
-  cm_buf out; /* records written by OpenSSL, not yet handed to uv_write */
-  cm_buf pre; /* plaintext written before the handshake finished */
+  cm_buf in;   /* ciphertext kept while paused */
+  cm_buf out;  /* records written by OpenSSL, not yet handed to uv_write */
+  cm_buf pre;  /* plaintext written before the handshake finished */
+  cm_buf cork; /* plaintext gathered while corked */
+  int cork_depth;
 
   size_t queued, high, low, maxq;
   bool above_high;
@@ -80,6 +83,8 @@ static void finish_close(cm_stream *s);
 static void begin_close(cm_stream *s, int err, const char *msg, bool abrupt);
 static void process_input(cm_stream *s);
 static int flush_out(cm_stream *s);
+static int emit_cork(cm_stream *s);
+static void abort_now(cm_stream *s);
 static void became_open(cm_stream *s);
 static void start_reading(cm_stream *s);
 
@@ -204,6 +209,7 @@ static cm_stream *stream_alloc(const cm_stream_opts *o, const cm_stream_cbs *cbs
   cm_buf_init(&s->in, 0);
   cm_buf_init(&s->out, 0);
   cm_buf_init(&s->pre, s->maxq);
+  cm_buf_init(&s->cork, 0);
   return s;
 }
 
@@ -347,6 +353,56 @@ static int tls_write(cm_stream *s, const uint8_t *p, size_t n) {
   return 0;
 }
 
+/* Hands plaintext to the kernel (or TLS) now. */
+static int emit(cm_stream *s, const uv_buf_t *bufs, size_t n) {
+  if (!s->ssl) return raw_write(s, bufs, (unsigned)n);
+  /* Coalesce small pieces so one record carries them, not one each. */
+  uint8_t small[16384];
+  size_t fill = 0;
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    const uint8_t *p = (const uint8_t *)bufs[i].base;
+    size_t len = bufs[i].len;
+    if (fill + len <= sizeof small) {
+      memcpy(small + fill, p, len);
+      fill += len;
+      continue;
+    }
+    if (fill) rc = tls_write(s, small, fill);
+    fill = 0;
+    if (rc == 0) rc = tls_write(s, p, len);
+  }
+  if (rc == 0 && fill) rc = tls_write(s, small, fill);
+  if (rc == 0) rc = flush_out(s);
+  return rc;
+}
+
+static int emit_cork(cm_stream *s) {
+  if (cm_buf_size(&s->cork) == 0) return 0;
+  uv_buf_t b = uv_buf_init((char *)cm_buf_head(&s->cork), (unsigned)cm_buf_size(&s->cork));
+  int rc = emit(s, &b, 1);
+  /* Idle streams hold no cork memory. */
+  cm_buf_free(&s->cork);
+  cm_buf_init(&s->cork, 0);
+  return rc;
+}
+
+/* While corked, small writes gather and leave together (one record, one
+ * syscall) at uncork or every CORK_FLUSH bytes; big pieces go at once. */
+static int corked_write(cm_stream *s, const uv_buf_t *bufs, size_t n) {
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    size_t len = bufs[i].len;
+    if (cm_buf_size(&s->cork) + len > CORK_FLUSH) rc = emit_cork(s);
+    if (rc != 0) break;
+    if (len >= CORK_FLUSH)
+      rc = emit(s, &bufs[i], 1);
+    else if (cm_buf_append(&s->cork, bufs[i].base, len) != 0)
+      rc = -ENOMEM;
+  }
+  return rc;
+}
+
 int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n) {
   if (s->state >= S_CLOSING) return CM_ECLOSED;
   if (s->state != S_OPEN) {
@@ -359,28 +415,7 @@ int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n) {
     }
     return 0;
   }
-  int rc = 0;
-  if (!s->ssl) {
-    rc = raw_write(s, bufs, (unsigned)n);
-  } else {
-    /* Coalesce small pieces so one record carries them, not one each. */
-    uint8_t small[16384];
-    size_t fill = 0;
-    for (size_t i = 0; i < n && rc == 0; i++) {
-      const uint8_t *p = (const uint8_t *)bufs[i].base;
-      size_t len = bufs[i].len;
-      if (fill + len <= sizeof small) {
-        memcpy(small + fill, p, len);
-        fill += len;
-        continue;
-      }
-      if (fill) rc = tls_write(s, small, fill);
-      fill = 0;
-      if (rc == 0) rc = tls_write(s, p, len);
-    }
-    if (rc == 0 && fill) rc = tls_write(s, small, fill);
-    if (rc == 0) rc = flush_out(s);
-  }
+  int rc = s->cork_depth > 0 ? corked_write(s, bufs, n) : emit(s, bufs, n);
   if (rc != 0) {
     begin_close(s, rc, rc == CM_EQUEUE ? "write queue limit exceeded" : "write failed", true);
     return rc;
@@ -388,13 +423,31 @@ int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n) {
   return 0;
 }
 
+void cm_stream_cork(cm_stream *s) { s->cork_depth++; }
+
+void cm_stream_uncork(cm_stream *s) {
+  if (s->cork_depth == 0 || --s->cork_depth > 0) return;
+  if (s->state != S_OPEN) {
+    cm_buf_free(&s->cork);
+    cm_buf_init(&s->cork, 0);
+    return;
+  }
+  int rc = emit_cork(s);
+  if (rc != 0)
+    begin_close(s, rc, rc == CM_EQUEUE ? "write queue limit exceeded" : "write failed", true);
+}
+
 int cm_stream_write(cm_stream *s, const void *data, size_t len) {
   uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
   return cm_stream_writev(s, &b, 1);
 }
 
-size_t cm_stream_write_queued(const cm_stream *s) { return s->queued + cm_buf_size(&s->pre); }
-bool cm_stream_above_high(const cm_stream *s) { return s->queued >= s->high || s->above_high; }
+size_t cm_stream_write_queued(const cm_stream *s) {
+  return s->queued + cm_buf_size(&s->pre) + cm_buf_size(&s->cork);
+}
+bool cm_stream_above_high(const cm_stream *s) {
+  return s->queued + cm_buf_size(&s->cork) >= s->high || s->above_high;
+}
 
 /* ---- reads ---------------------------------------------------------------- */
 
@@ -688,6 +741,7 @@ static void on_handle_closed(uv_handle_t *h) {
   cm_buf_free(&s->in);
   cm_buf_free(&s->out);
   cm_buf_free(&s->pre);
+  cm_buf_free(&s->cork);
   free(s);
 }
 
@@ -737,6 +791,11 @@ static void begin_close(cm_stream *s, int err, const char *msg, bool abrupt) {
   }
   if (s->state == S_SHUTDOWN) return;
   bool was_open = s->state == S_OPEN;
+  /* A graceful close sends what a cork still holds (e.g. a close frame). */
+  if (was_open && cm_buf_size(&s->cork) > 0 && emit_cork(s) != 0) {
+    abort_now(s);
+    return;
+  }
   if (s->state < S_CLOSING) {
     s->state = S_CLOSING;
     stop_reading(s);

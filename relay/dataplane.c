@@ -382,11 +382,20 @@ static void peer_input(rly_peer *p, uint8_t *data, size_t len) {
   p->ping_sent = false;
   if (p->closing) return;
   g_stop_reading = false;
+  /* Everything this read produces for either side leaves together: one
+   * record and one syscall per direction instead of one per frame.  The
+   * streams outlive this call even if their peers close during it. */
+  rly_session *x = p->sess;
+  cm_stream *dst =
+      x && x->pair.state == RLY_PAIR_OPEN && x->peer[1 - p->slot] ? x->peer[1 - p->slot]->st : NULL;
+  cm_stream *self = p->st;
+  cm_stream_cork(self);
+  if (dst) cm_stream_cork(dst);
   int rc = rly_ws_parse(&p->parser, data, len, &g_parser_cbs, p, NULL);
-  if (rc == RLY_WS_EPROTO) {
-    peer_protocol_error(p);
-    return;
-  }
+  if (rc == RLY_WS_EPROTO) peer_protocol_error(p);
+  if (dst) cm_stream_uncork(dst);
+  cm_stream_uncork(self);
+  if (rc == RLY_WS_EPROTO) return;
   if (p->sess) {
     p->sess->last_activity = cm_now_wall_ms() / 1000;
   }
