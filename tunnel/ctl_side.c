@@ -147,9 +147,9 @@ static void set_up(clink *l, bool up) {
     c->nup++;
   else
     c->nup--;
-  cm_log(up ? CM_LOG_INFO : CM_LOG_WARN, "tunnel", up ? "relay link up" : "relay link down",
-         CM_S("relay", l->node_id), CM_S("peer", l->base.peer), CM_I("links", c->nup),
-         CM_S("reason", up ? "" : l->base.why));
+  cm_log(up || c->closing ? CM_LOG_INFO : CM_LOG_WARN, /* ours to close: no alarm */
+         "tunnel", up ? "relay link up" : "relay link down", CM_S("relay", l->node_id),
+         CM_S("peer", l->base.peer), CM_I("links", c->nup), CM_S("reason", up ? "" : l->base.why));
   if (c->h.on_link) c->h.on_link(c->ud, (tun_ctl_link *)l, up);
 }
 

@@ -118,9 +118,10 @@ static void set_up(rlink *l, bool up) {
     r->nup++;
   else
     r->nup--;
-  cm_log(up ? CM_LOG_INFO : CM_LOG_WARN, "tunnel",
-         up ? "controller link up" : "controller link down", CM_S("controller", l->controller),
-         CM_S("peer", l->base.peer), CM_I("links", r->nup), CM_S("reason", up ? "" : l->base.why));
+  cm_log(up || r->closing ? CM_LOG_INFO : CM_LOG_WARN, /* ours to close: no alarm */
+         "tunnel", up ? "controller link up" : "controller link down",
+         CM_S("controller", l->controller), CM_S("peer", l->base.peer), CM_I("links", r->nup),
+         CM_S("reason", up ? "" : l->base.why));
   if (r->cbs.on_links) r->cbs.on_links(r->ud, r->nup);
   if (up && r->cbs.on_link_up) r->cbs.on_link_up(r->ud, l->controller);
 }
