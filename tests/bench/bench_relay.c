@@ -57,9 +57,8 @@
 #include <unistd.h>
 
 #include "relay/relay.h"
+#include "benchproc.h"
 #include "wsload.h"
-
-extern char **environ;
 
 #define MAX_EPS 32768
 #define W(lit)  ((char[]){lit}) /* a writable copy, for argv */
@@ -118,22 +117,6 @@ static bool run_until(bool (*done)(void), double timeout) {
 static void run_for(double secs) { run_until(never, secs); }
 
 /* ---- child processes ------------------------------------------------------------- */
-
-static pid_t spawn(char *const argv[], const char *log_path) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t pid;
-  int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) {
-    fprintf(stderr, "spawn %s: %s\n", argv[0], strerror(rc));
-    return -1;
-  }
-  return pid;
-}
 
 /* Non-blocking check: false (and a report) when the child has exited. */
 static bool child_alive(pid_t pid, const char *name) {
@@ -275,7 +258,7 @@ static void start_relay(void) {
                   noauth,
                   NULL};
   if (opt.plain) argv[5] = plain, argv[6] = noauth, argv[7] = NULL;
-  g_relay_pid = spawn(argv, log);
+  g_relay_pid = bench_spawn(argv, log, true);
   if (g_relay_pid < 0) die("cannot start the relay");
   /* The bound port comes from the JSON "listening" log line. */
   for (int i = 0; i < 300; i++) {
@@ -327,7 +310,7 @@ static void start_haproxy(void) {
           suite, suite, g_haproxy_port, pem, g_listen_port);
   fclose(f);
   char *argv[] = {(char *)opt.haproxy, W("-db"), W("-f"), cfg, NULL};
-  g_haproxy_pid = spawn(argv, log);
+  g_haproxy_pid = bench_spawn(argv, log, true);
   for (int i = 0; i < 200; i++) {
     usleep(25 * 1000);
     if (!child_alive(g_haproxy_pid, "haproxy")) {

@@ -41,9 +41,8 @@
 
 #include "controller-stub/controller.h"
 #include "relay/relay.h"
+#include "benchproc.h"
 #include "tunnel/tunnel.h"
-
-extern char **environ;
 
 #define W(lit)       ((char[]){lit}) /* a writable copy, for argv */
 #define MAX_INFLIGHT 1024
@@ -84,18 +83,6 @@ static int cmp_double(const void *a, const void *b) {
 
 static double pct(const double *v, size_t n, double p) {
   return n ? v[(size_t)(p * (double)(n - 1) + 0.5)] : 0;
-}
-
-static pid_t spawn(char *const argv[], const char *log_path) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t pid;
-  int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  return rc == 0 ? pid : -1;
 }
 
 /* ---- the relay side: our calls -------------------------------------------------------- */
@@ -299,7 +286,7 @@ static double ours_tls(double lat[2]) {
                   W("--backoff-base"),
                   W("100ms"),
                   NULL};
-  pid_t pid = spawn(argv, log);
+  pid_t pid = bench_spawn(argv, log, false);
   if (pid < 0) die("cannot start relay-controller");
   double rate = 0;
   if (!run_until(&g_link_up, 15)) {
@@ -511,7 +498,7 @@ static double h2load_run(bool tls, double *mean_us) {
                   W("te: trailers"),
                   url,
                   NULL};
-  pid_t pid = spawn(argv, log);
+  pid_t pid = bench_spawn(argv, log, false);
   if (pid < 0) die("cannot start h2load");
   int st;
   waitpid(pid, &st, 0);
