@@ -295,8 +295,9 @@ static void on_session_event(ctl_server *s, const char *node, const Relay__V1__S
     break;
   default: break;
   }
-  if (e->bytes_in || e->bytes_out || e->last_activity_unix)
-    ctl_reg_on_stats(s->reg, now, e->session_id, e->bytes_in, e->bytes_out, e->last_activity_unix);
+  if (e->counter_epoch || e->last_activity_unix)
+    ctl_reg_on_stats(s->reg, now, e->session_id, e->counter_epoch, e->bytes_in, e->bytes_out,
+                     e->last_activity_unix);
 }
 
 static node_links *node_slot(ctl_server *s, const char *node, bool create) {

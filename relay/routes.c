@@ -118,6 +118,19 @@ static void metrics(rly_conn *c) {
   cm_buf_free(&b);
 }
 
+int rly_grpc_to_http(int grpc_status, const char **code) {
+  switch (grpc_status) {
+  case TUN_GRPC_NOT_FOUND: *code = "not_found"; return 404;
+  case TUN_GRPC_UNAUTHENTICATED: *code = "unauthenticated"; return 401;
+  case TUN_GRPC_PERMISSION_DENIED: *code = "permission_denied"; return 403;
+  case TUN_GRPC_INVALID_ARGUMENT: *code = "invalid_request"; return 400;
+  case TUN_GRPC_RESOURCE_EXHAUSTED: *code = "too_many_requests"; return 429;
+  case TUN_GRPC_UNAVAILABLE:
+  case TUN_GRPC_DEADLINE_EXCEEDED: *code = "controller_unavailable"; return 503;
+  default: *code = "bad_controller_answer"; return 502;
+  }
+}
+
 void rly_route_request(rly_conn *c, const rly_http_request *req) {
   rly_route_match m;
   char allow[128], hdr[160];

@@ -215,7 +215,8 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_
   if (rc != 0) {
     nghttp2_session_set_stream_user_data(h2, sid, NULL);
     nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, sid, NGHTTP2_CANCEL);
-    call_finish(c, rc == -EMSGSIZE ? TUN_GRPC_RESOURCE_EXHAUSTED : TUN_GRPC_INTERNAL,
+    /* A bad answer is the controller's fault, not a quota: INTERNAL. */
+    call_finish(c, TUN_GRPC_INTERNAL,
                 rc == -EMSGSIZE ? "response too large" : "malformed response");
   }
   return 0;
@@ -559,7 +560,7 @@ tun_call *tun_relay_call(tun_relay *r, const char *path, const ProtobufCMessage 
   tun_call *c = call_new(r, path, req, desc, timeout_ms, cb, ud);
   if (!c || !call_start(r, c, l)) {
     if (c) call_free(c);
-    *status = c ? TUN_GRPC_UNAVAILABLE : TUN_GRPC_RESOURCE_EXHAUSTED;
+    *status = TUN_GRPC_UNAVAILABLE;
     return NULL;
   }
   *status = TUN_GRPC_OK;

@@ -129,7 +129,10 @@ typedef struct tun_relay_cbs {
 } tun_relay_cbs;
 
 /* resp is valid during the callback only (NULL unless status is OK).
- * controller names the controller that answered ("" when none did). */
+ * controller names the controller that answered ("" when none did).
+ * status is the controller's gRPC status, or one of ours: UNAVAILABLE (no
+ * link, or the link was lost), DEADLINE_EXCEEDED (the call's deadline
+ * passed), INTERNAL (the answer was malformed or too large). */
 typedef void (*tun_call_cb)(void *ud, int status, const char *message, const ProtobufCMessage *resp,
                             const char *controller);
 
