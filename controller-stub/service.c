@@ -378,6 +378,7 @@ ctl_server *ctl_server_new(uv_loop_t *loop, const ctl_config *cfg, char *err, si
       .link = {.ping_interval_ms = cfg->ping_interval_ms, .ping_timeout_ms = cfg->ping_timeout_ms},
       .backoff_base_ms = cfg->backoff_base_ms,
       .backoff_max_ms = cfg->backoff_max_ms,
+      .max_link_age_ms = cfg->max_link_age_ms,
       .cert_file = cfg->cert_file,
       .key_file = cfg->key_file,
       .ca_file = cfg->ca_file};

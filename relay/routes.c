@@ -106,6 +106,17 @@ static void metrics(rly_conn *c) {
     COUNTER("controller_links_refused_total", "Controller connections refused.", ts.links_refused);
     COUNTER("controller_events_dropped_total", "Events dropped at a full queue.",
             ts.events_dropped);
+    COUNTER("controller_calls_replayed_total",
+            "Calls replayed on another link (NOT_FOUND, or refused by a GOAWAY).",
+            ts.calls_replayed);
+    COUNTER("controller_events_reopened_total", "Events streams the controller ended, reopened.",
+            ts.events_reopened);
+    COUNTER("controller_probes_ping_total", "Keepalive probes sent as HTTP/2 PINGs.",
+            ts.probes_ping);
+    COUNTER("controller_probes_health_total", "Keepalive probes sent as gRPC health checks.",
+            ts.probes_health);
+    COUNTER("controller_ping_backoffs_total", "GOAWAY too_many_pings answered by backing off.",
+            ts.ping_backoffs);
   }
   rly_dp_metrics_text(s, &b);
 #undef COUNTER

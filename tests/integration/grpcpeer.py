@@ -79,7 +79,7 @@ SCHEMAS = {
     "SessionEvent": {"type": (1, "enum"), "session_id": (2, "string"), "role": (3, "enum"),
                      "bytes_in": (4, "uint"), "bytes_out": (5, "uint"),
                      "last_activity_unix": (6, "int64"), "close_code": (7, "uint"),
-                     "reason": (8, "string")},
+                     "reason": (8, "string"), "counter_epoch": (9, "uint")},
     "ControllerCommand": {"kick": (1, "Kick"), "drain": (2, "Drain"), "limits": (3, "Limits")},
     "Kick": {"session_id": (1, "string"), "close_code": (2, "uint"), "reason": (3, "string")},
     "Drain": {"grace_seconds": (1, "uint")},
