@@ -315,6 +315,7 @@ typedef struct cm_stream_opts {
   size_t max_write_queue;        /* hard cap; 0: 16 * high.  Writes past it fail */
   bool keepalive;                /* TCP keepalive + TCP_USER_TIMEOUT */
   uint32_t keepalive_s;          /* idle seconds before probes; 0: 30 */
+  uint32_t user_timeout_ms;      /* TCP_USER_TIMEOUT; 0: keepalive_s + 10 s */
 } cm_stream_opts;
 
 enum {

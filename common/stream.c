@@ -187,7 +187,7 @@ static void tune_tcp(cm_stream *s, const cm_stream_opts *o) {
   if (uv_fileno((uv_handle_t *)&s->h.tcp, &fd) == 0) {
     /* Unacknowledged data for this long means the peer is gone, even
      * while keepalive probes would still be pending. */
-    unsigned tmo = idle * 1000 + 10000;
+    unsigned tmo = o->user_timeout_ms ? o->user_timeout_ms : idle * 1000 + 10000;
     setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &tmo, sizeof tmo);
     int intvl = 5, cnt = 3;
     setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);

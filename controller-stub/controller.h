@@ -35,6 +35,8 @@ typedef struct ctl_config {
   const char *cert_file, *key_file, *ca_file; /* mTLS for dialing relays */
   uint32_t ping_interval_ms, ping_timeout_ms; /* 0: 10 s, 30 s */
   uint32_t backoff_base_ms, backoff_max_ms;   /* 0: 1 s, 60 s */
+  uint32_t max_link_age_ms;                   /* replace links this old (new one first);
+                                                 0: never */
   uint32_t reap_interval_ms;                  /* 0: 1 s */
   bool accept_unauthenticated;                /* honour AdminRequest.auth_disabled (embedded,
                                                  or a relay run with --no-auth) */

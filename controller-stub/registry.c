@@ -26,7 +26,7 @@ typedef struct session {
   uint8_t hash[2][32]; /* SHA-256 of the initiator [0] and responder [1] tokens */
   int64_t created_at, expires_at, last_activity;
   uint32_t peer_wait;
-  uint64_t bytes_in, bytes_out;
+  ctl_reg_counters ctr;
   char *node, *url;     /* assignment: the relay serving the session */
   char *slot_node[2];   /* relay holding each attached slot; NULL when free */
   struct session *next; /* hash chain */
@@ -93,8 +93,7 @@ static void status_of(const session *s, ctl_reg_status *st) {
   st->expires_at = s->expires_at;
   st->last_activity = s->last_activity;
   st->peer_wait_s = s->peer_wait;
-  st->bytes_in = s->bytes_in;
-  st->bytes_out = s->bytes_out;
+  ctl_reg_counters_total(&s->ctr, &st->bytes_in, &st->bytes_out);
   st->initiator_connected = s->slot_node[0] != NULL;
   st->responder_connected = s->slot_node[1] != NULL;
   snprintf(st->relay_node, sizeof st->relay_node, "%s", s->node);
@@ -782,12 +781,45 @@ int ctl_reg_on_detach(ctl_registry *reg, int64_t now, const char *id, int role,
   return 0;
 }
 
-int ctl_reg_on_stats(ctl_registry *reg, int64_t now, const char *id, uint64_t bytes_in,
-                     uint64_t bytes_out, int64_t last_activity) {
+/* Counters arrive as absolute totals per relay epoch (see registry.h).  The
+ * epochs a session has seen lately are kept with their largest totals; the
+ * oldest is folded into `retired` when a new one needs its place, so a late
+ * report of a retired epoch is the only thing that could count twice, and
+ * it would need CTL_REG_EPOCHS newer epochs to overtake it first. */
+void ctl_reg_counters_add(ctl_reg_counters *c, uint64_t epoch, uint64_t in, uint64_t out) {
+  if (epoch == 0) return;
+  size_t i = 0;
+  while (i < c->n && c->ep[i].epoch != epoch)
+    i++;
+  if (i == c->n) {
+    if (c->n == CTL_REG_EPOCHS) {
+      c->retired_in += c->ep[0].in;
+      c->retired_out += c->ep[0].out;
+      memmove(&c->ep[0], &c->ep[1], sizeof c->ep[0] * (CTL_REG_EPOCHS - 1));
+      c->n--;
+    }
+    i = c->n++;
+    c->ep[i].epoch = epoch;
+    c->ep[i].in = c->ep[i].out = 0;
+  }
+  c->ep[i].in = CM_MAX(c->ep[i].in, in);
+  c->ep[i].out = CM_MAX(c->ep[i].out, out);
+}
+
+void ctl_reg_counters_total(const ctl_reg_counters *c, uint64_t *in, uint64_t *out) {
+  *in = c->retired_in;
+  *out = c->retired_out;
+  for (size_t i = 0; i < c->n; i++) {
+    *in += c->ep[i].in;
+    *out += c->ep[i].out;
+  }
+}
+
+int ctl_reg_on_stats(ctl_registry *reg, int64_t now, const char *id, uint64_t epoch,
+                     uint64_t bytes_in, uint64_t bytes_out, int64_t last_activity) {
   session *s = find_live(reg, now, id);
   if (!s) return -ENOENT;
-  s->bytes_in = CM_MAX(s->bytes_in, bytes_in);
-  s->bytes_out = CM_MAX(s->bytes_out, bytes_out);
+  ctl_reg_counters_add(&s->ctr, epoch, bytes_in, bytes_out);
   s->last_activity = CM_MAX(s->last_activity, last_activity);
   return 0;
 }

@@ -153,15 +153,32 @@ int ctl_reg_delete_status(ctl_registry *reg, int64_t now, const char *id, ctl_re
 
 /* Relay events.  role: CTL_REG_ROLE_INITIATOR / _RESPONDER.  0, -ENOENT
  * (unknown or expired session) or -EINVAL.  Attach records which relay holds
- * the slot; a detach from a relay other than that one is ignored (stale).
- * Stats are absolute counters: each value only ever rises (max), so a
- * repeated or reordered report changes nothing. */
+ * the slot; a detach from a relay other than that one is ignored (stale). */
 int ctl_reg_on_attach(ctl_registry *reg, int64_t now, const char *id, int role,
                       const char *relay_node);
 int ctl_reg_on_detach(ctl_registry *reg, int64_t now, const char *id, int role,
                       const char *relay_node);
-int ctl_reg_on_stats(ctl_registry *reg, int64_t now, const char *id, uint64_t bytes_in,
-                     uint64_t bytes_out, int64_t last_activity);
+
+/* Byte counters.  A relay reports absolute totals within an epoch it picks
+ * at random each time it starts holding a session (after its restart, or
+ * when it joins a session it had forgotten).  The registry keeps, per
+ * session, the largest totals of each of the last CTL_REG_EPOCHS epochs and
+ * the sum of older ones, and adds them: a repeated, lost or reordered
+ * report changes nothing, and a new epoch adds instead of resetting.
+ * bytes_in is payload initiator -> responder, bytes_out the reverse.
+ * Epoch 0 carries no counters (only last_activity counts). */
+#define CTL_REG_EPOCHS 4
+typedef struct ctl_reg_counters {
+  uint64_t retired_in, retired_out; /* epochs folded away */
+  struct {
+    uint64_t epoch, in, out;
+  } ep[CTL_REG_EPOCHS]; /* oldest first */
+  size_t n;
+} ctl_reg_counters;
+void ctl_reg_counters_add(ctl_reg_counters *c, uint64_t epoch, uint64_t in, uint64_t out);
+void ctl_reg_counters_total(const ctl_reg_counters *c, uint64_t *in, uint64_t *out);
+int ctl_reg_on_stats(ctl_registry *reg, int64_t now, const char *id, uint64_t epoch,
+                     uint64_t bytes_in, uint64_t bytes_out, int64_t last_activity);
 
 /* Relay links.  A relay is live between set_relay_live(true) and
  * set_relay_live(false); going down clears every slot attached through it.

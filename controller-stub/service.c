@@ -295,8 +295,9 @@ static void on_session_event(ctl_server *s, const char *node, const Relay__V1__S
     break;
   default: break;
   }
-  if (e->bytes_in || e->bytes_out || e->last_activity_unix)
-    ctl_reg_on_stats(s->reg, now, e->session_id, e->bytes_in, e->bytes_out, e->last_activity_unix);
+  if (e->counter_epoch || e->last_activity_unix)
+    ctl_reg_on_stats(s->reg, now, e->session_id, e->counter_epoch, e->bytes_in, e->bytes_out,
+                     e->last_activity_unix);
 }
 
 static node_links *node_slot(ctl_server *s, const char *node, bool create) {
@@ -377,6 +378,7 @@ ctl_server *ctl_server_new(uv_loop_t *loop, const ctl_config *cfg, char *err, si
       .link = {.ping_interval_ms = cfg->ping_interval_ms, .ping_timeout_ms = cfg->ping_timeout_ms},
       .backoff_base_ms = cfg->backoff_base_ms,
       .backoff_max_ms = cfg->backoff_max_ms,
+      .max_link_age_ms = cfg->max_link_age_ms,
       .cert_file = cfg->cert_file,
       .key_file = cfg->key_file,
       .ca_file = cfg->ca_file};

@@ -35,6 +35,16 @@ typedef struct admin_op {
   bool waiting_calls; /* LIST: tun calls outstanding */
 } admin_op;
 
+static bool valid_id(const char *id) {
+  size_t n = strlen(id);
+  if (n == 0 || n >= MAX_ID) return false;
+  for (const char *p = id; *p; p++)
+    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+          *p == '-' || *p == '_'))
+      return false;
+  return true;
+}
+
 /* ---- CORS ---------------------------------------------------------------------- */
 
 static void cors_headers(rly_server *s, const rly_http_request *req, char *out, size_t outlen) {
@@ -145,32 +155,6 @@ static void op_done(admin_op *a) {
 
 /* ---- controller answers ------------------------------------------------------------ */
 
-static int grpc_to_http(int status, const char **code, const char **msg) {
-  if (status == TUN_GRPC_NOT_FOUND) {
-    *code = "not_found";
-    *msg = "no such session";
-    return 404;
-  }
-  *code = "controller_unavailable";
-  *msg = "the controller could not be reached";
-  return 503;
-}
-
-static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
-  json_t *o = json_object();
-  const Relay__V1__SessionStatus *st = cs->status;
-  json_object_set_new(o, "id", json_string(st ? st->id : ""));
-  json_object_set_new(o, "initiator_token", json_string(cs->initiator_token));
-  json_object_set_new(o, "responder_token", json_string(cs->responder_token));
-  json_object_set_new(o, "initiator_url", json_string(cs->initiator_url));
-  json_object_set_new(o, "responder_url", json_string(cs->responder_url));
-  json_object_set_new(o, "created_at", time_or_null(st ? st->created_at_unix : 0));
-  json_object_set_new(o, "expires_at", time_or_null(st ? st->expires_at_unix : 0));
-  char loc[160];
-  snprintf(loc, sizeof loc, "Location: /admin/sessions/%s\r\n", st ? st->id : "");
-  respond_json(a, 201, o, loc);
-}
-
 /* The controller said no (its status and error code). */
 static void respond_refusal(admin_op *a, int http, const char *code, const char *msg) {
   /* RFC 6750 §3.1: a token without the scope gets a Bearer challenge
@@ -182,6 +166,63 @@ static void respond_refusal(admin_op *a, int http, const char *code, const char 
                       : NULL);
 }
 
+/* A call that did not return OK: the status decides, on its meaning. */
+static void respond_call_failure(admin_op *a, int status, const char *message) {
+  const char *code;
+  int http = rly_grpc_to_http(status, &code);
+  if (http >= 500)
+    cm_log(CM_LOG_WARN, "admin", "controller call failed",
+           CM_S("grpc_status", tun_grpc_status_name(status)), CM_S("message", message));
+  const char *msg = http == 503             ? "the controller could not be reached"
+                    : http == 502           ? "the controller's answer was unusable"
+                    : message && message[0] ? message
+                                            : NULL;
+  respond_refusal(a, http, code, msg);
+}
+
+static void respond_bad_answer(admin_op *a, const char *what) {
+  cm_log(CM_LOG_WARN, "admin", "bad answer from the controller", CM_S("problem", what));
+  respond_error(a, 502, "bad_controller_answer", what, NULL);
+}
+
+static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
+  json_t *o = json_object();
+  const Relay__V1__SessionStatus *st = cs->status;
+  json_object_set_new(o, "id", json_string(st->id));
+  json_object_set_new(o, "initiator_token", json_string(cs->initiator_token));
+  json_object_set_new(o, "responder_token", json_string(cs->responder_token));
+  /* A controller that leaves the URLs out gets ours: the relay it asked. */
+  char url[sizeof a->srv->public_url + MAX_ID + 8];
+  snprintf(url, sizeof url, "%s/relay/%s", a->srv->public_url, st->id);
+  json_object_set_new(o, "initiator_url",
+                      json_string(cs->initiator_url[0] ? cs->initiator_url : url));
+  json_object_set_new(o, "responder_url",
+                      json_string(cs->responder_url[0] ? cs->responder_url : url));
+  json_object_set_new(o, "created_at", time_or_null(st->created_at_unix));
+  json_object_set_new(o, "expires_at", time_or_null(st->expires_at_unix));
+  char loc[160];
+  snprintf(loc, sizeof loc, "Location: /admin/sessions/%s\r\n", st->id);
+  respond_json(a, 201, o, loc);
+}
+
+/* The required parts of a successful answer are there; else says what is
+ * missing.  A controller is trusted with decisions, not with our framing. */
+static const char *answer_problem(const admin_op *a, const Relay__V1__AdminResponse *r) {
+  const Relay__V1__CreatedSession *cs = r->created;
+  switch (a->op) {
+  case RLY_ADMIN_CREATE:
+    if (!cs || !cs->status || !valid_id(cs->status->id) || !cs->initiator_token[0] ||
+        !cs->responder_token[0])
+      return "a create answer without the session or its tokens";
+    return NULL;
+  case RLY_ADMIN_GET:
+    if (r->n_sessions != 1 || !valid_id(r->sessions[0]->id))
+      return "a get answer without one session";
+    return NULL;
+  default: return NULL;
+  }
+}
+
 static void on_admin_answer(void *ud, int status, const char *message, const ProtobufCMessage *resp,
                             const char *controller) {
   CM_UNUSED(controller);
@@ -191,28 +232,25 @@ static void on_admin_answer(void *ud, int status, const char *message, const Pro
     op_free(a);
     return;
   }
-  if (status != TUN_GRPC_OK) {
-    const char *code, *msg;
-    int http = grpc_to_http(status, &code, &msg);
-    if (http == 503)
-      cm_log(CM_LOG_WARN, "admin", "controller call failed",
-             CM_S("grpc_status", tun_grpc_status_name(status)), CM_S("message", message));
-    respond_error(a, http, code, msg, NULL);
-    op_done(a);
-    return;
-  }
   const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
-  int http = r->http_status >= 200 && r->http_status < 600 ? (int)r->http_status : 500;
-  if (r->error && r->error[0]) {
-    respond_refusal(a, http, r->error, r->message);
-  } else if (a->op == RLY_ADMIN_CREATE && r->created) {
+  const char *problem = NULL;
+  if (status != TUN_GRPC_OK) {
+    respond_call_failure(a, status, message);
+  } else if (r->http_status < 200 || r->http_status > 599) {
+    respond_bad_answer(a, "an answer without a valid http_status");
+  } else if (r->error[0] || r->http_status >= 300) {
+    if (r->http_status < 400)
+      respond_bad_answer(a, "a refusal with a success status");
+    else
+      respond_refusal(a, (int)r->http_status, r->error[0] ? r->error : "refused", r->message);
+  } else if ((problem = answer_problem(a, r)) != NULL) {
+    respond_bad_answer(a, problem);
+  } else if (a->op == RLY_ADMIN_CREATE) {
     created_json(a, r->created);
-  } else if (a->op == RLY_ADMIN_GET && r->n_sessions == 1) {
+  } else if (a->op == RLY_ADMIN_GET) {
     respond_json(a, 200, status_json(r->sessions[0]), NULL);
-  } else if (a->op == RLY_ADMIN_DELETE) {
-    respond_json(a, http == 200 ? 204 : http, NULL, NULL);
   } else {
-    respond_error(a, 502, "bad_controller_answer", "the controller's answer was incomplete", NULL);
+    respond_json(a, 204, NULL, NULL);
   }
   op_done(a);
 }
@@ -380,16 +418,6 @@ static bool parse_create_body(admin_op *a, const rly_http_request *req) {
     *dst[i] = (uint32_t)json_integer_value(v);
   }
   json_decref(o);
-  return true;
-}
-
-static bool valid_id(const char *id) {
-  size_t n = strlen(id);
-  if (n == 0 || n >= MAX_ID) return false;
-  for (const char *p = id; *p; p++)
-    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-          *p == '-' || *p == '_'))
-      return false;
   return true;
 }
 

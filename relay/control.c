@@ -39,6 +39,7 @@ static int start_embedded(rly_server *s, char *err, size_t errlen) {
   ctl_config cc = {.state_dir = cfg->state_dir,
                    .max_ttl_s = (uint32_t)cfg->max_ttl_s,
                    .max_peer_wait_s = (uint32_t)cfg->max_peer_wait_s,
+                   .default_peer_wait_s = (uint32_t)(cfg->peer_wait_ms / 1000),
                    .accept_unauthenticated = cfg->no_auth,
                    .ping_interval_ms = (uint32_t)cfg->ping_interval_ms,
                    .ping_timeout_ms = (uint32_t)cfg->ping_timeout_ms};

@@ -21,8 +21,9 @@
  * and the hold buffer, whatever the peers do.
  *
  * Timers: one sweep (250 ms) applies peer_wait and TTL through the pairing
- * machine, sends idle pings, and every 5 s reports changed counters to the
- * controller as absolute values.
+ * machine, sends idle pings, and reports each session's changed counters to
+ * the controller at most once a second, as absolute totals within the
+ * session's counter epoch.
  */
 #include "relay/edge.h"
 #include "relay/pair.h"
@@ -33,8 +34,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TICK_MS        250
-#define STATS_EVERY_MS 5000
+#define TICK_MS 250
+/* Changed counters reach the controller at most this often per session, so
+ * an admin GET is about a second stale; at 10,000 busy sessions that is
+ * 10,000 small events a second (see docs/BENCHMARKS.md). */
+#define STATS_EVERY_MS 1000
 #define MAX_TOKEN      256
 
 typedef struct rly_peer rly_peer;
@@ -47,8 +51,13 @@ struct rly_session {
   char controller[96];
   cm_buf held[2];           /* frames for slot s sent while s was empty */
   uint64_t held_payload[2]; /* payload bytes inside held[s] */
-  uint64_t bytes_in, bytes_out;
+  /* Payload delivered from slot s to the other one, absolute within
+   * `epoch` (random, new each time this relay starts holding the session;
+   * the controller adds epochs up, so a restart loses nothing). */
+  uint64_t bytes[2];
+  uint64_t epoch;
   int64_t last_activity;
+  uint64_t reported_ms; /* monotonic time of the last report */
   bool dirty;
   uint64_t max_message;
   rly_session *next; /* hash chain */
@@ -132,6 +141,8 @@ static rly_session *sess_new(rly_server *s, const char *id, const char *controll
   x->srv = s;
   rly_pair_init(&x->pair, peer_wait_ms, expires_at_ms);
   x->max_message = max_message;
+  if (cm_random_bytes((uint8_t *)&x->epoch, sizeof x->epoch) != 0 || x->epoch == 0)
+    x->epoch = (uint64_t)cm_now_wall_ms() | 1; /* unique enough; never 0 */
   long long hold = s->cfg->hold_bytes ? s->cfg->hold_bytes : 256 * 1024;
   cm_buf_init(&x->held[0], (size_t)hold + 65536 + 64);
   cm_buf_init(&x->held[1], (size_t)hold + 65536 + 64);
@@ -173,8 +184,9 @@ static void send_event(rly_session *x, Relay__V1__SessionEvent__Type type, int s
   se.role = slot == RLY_SLOT_INITIATOR   ? RELAY__V1__ROLE__ROLE_INITIATOR
             : slot == RLY_SLOT_RESPONDER ? RELAY__V1__ROLE__ROLE_RESPONDER
                                          : RELAY__V1__ROLE__ROLE_UNSPECIFIED;
-  se.bytes_in = x->bytes_in;
-  se.bytes_out = x->bytes_out;
+  se.counter_epoch = x->epoch;
+  se.bytes_in = x->bytes[RLY_SLOT_INITIATOR];
+  se.bytes_out = x->bytes[RLY_SLOT_RESPONDER];
   se.last_activity_unix = x->last_activity;
   se.close_code = code;
   se.reason = (char *)(reason ? reason : "");
@@ -183,6 +195,7 @@ static void send_event(rly_session *x, Relay__V1__SessionEvent__Type type, int s
   ev.session = &se;
   tun_relay_send_event(s->tun, x->controller, &ev);
   x->dirty = false;
+  x->reported_ms = cm_now_mono_ms();
 }
 
 /* ---- writing ----------------------------------------------------------------------- */
@@ -215,15 +228,14 @@ static bool forward(rly_peer *from, bool fin, uint8_t opcode, const uint8_t *dat
   int to = 1 - from->slot;
   uint8_t hdr[RLY_WS_MAX_HEADER];
   size_t hl = rly_ws_frame_header(hdr, fin, opcode, len, NULL);
-  x->bytes_in += len;
-  x->dirty = true;
   rly_peer *dst = x->peer[to];
   if (dst && x->pair.state == RLY_PAIR_OPEN) {
     if (dst->closing) return false;
     uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
                      uv_buf_init((char *)data, (unsigned)len)};
     cm_stream_writev(dst->st, b, len ? 2 : 1);
-    x->bytes_out += len;
+    x->bytes[from->slot] += len;
+    x->dirty = true;
     from->srv->dm.bytes_out += len;
     return cm_stream_above_high(dst->st);
   }
@@ -310,7 +322,8 @@ static void flush_held(rly_session *x, int to) {
   rly_peer *dst = x->peer[to];
   if (!dst || cm_buf_size(&x->held[to]) == 0) return;
   cm_stream_write(dst->st, cm_buf_head(&x->held[to]), cm_buf_size(&x->held[to]));
-  x->bytes_out += x->held_payload[to];
+  x->bytes[1 - to] += x->held_payload[to];
+  x->dirty = x->dirty || x->held_payload[to] > 0;
   x->srv->dm.bytes_out += x->held_payload[to];
   x->held_payload[to] = 0;
   cm_buf_free(&x->held[to]);
@@ -468,7 +481,7 @@ static const cm_stream_cbs g_peer_cbs = {
 
 static void refuse(rly_conn *c, int status, const char *code, const char *msg) {
   rly_server *s = c->srv;
-  if (status == 503)
+  if (status >= 500)
     s->dm.refused_503++;
   else
     s->dm.refused_4xx++;
@@ -530,6 +543,22 @@ static void upgrade_cancel(void *pending) {
 static void accept_peer(rly_conn *c, rly_upgrade *u, const Relay__V1__SlotDecision *d,
                         const char *controller);
 
+/* The controller said no with a gRPC status: refuse on its meaning. */
+static void refuse_status(rly_conn *c, const rly_upgrade *u, int status, const char *message) {
+  const char *code;
+  int http = rly_grpc_to_http(status, &code);
+  if (http >= 500)
+    cm_log(CM_LOG_WARN, "ws", "validate failed", CM_S("session", u->id),
+           CM_S("grpc_status", tun_grpc_status_name(status)), CM_S("message", message));
+  if (status == TUN_GRPC_NOT_FOUND) code = "unknown_session";
+  const char *msg = status == TUN_GRPC_NOT_FOUND ? "no such session"
+                    : http == 503                ? "the controller could not be reached"
+                    : http == 502                ? "the controller's answer was unusable"
+                    : message && message[0]      ? message
+                                                 : NULL;
+  refuse(c, http, code, msg);
+}
+
 static void on_validate(void *ud, int status, const char *message, const ProtobufCMessage *resp,
                         const char *controller) {
   rly_upgrade *u = ud;
@@ -537,20 +566,23 @@ static void on_validate(void *ud, int status, const char *message, const Protobu
   c->pending = NULL;
   c->pending_cancel = NULL;
   u->call = NULL;
-  if (status == TUN_GRPC_NOT_FOUND) {
-    refuse(c, 404, "unknown_session", "no such session");
-  } else if (status != TUN_GRPC_OK) {
-    cm_log(CM_LOG_WARN, "ws", "validate failed", CM_S("session", u->id),
-           CM_S("grpc_status", tun_grpc_status_name(status)), CM_S("message", message));
-    refuse(c, 503, "controller_unavailable", "the controller could not be reached");
+  const Relay__V1__SlotDecision *d = (const Relay__V1__SlotDecision *)resp;
+  if (status != TUN_GRPC_OK) {
+    refuse_status(c, u, status, message);
+  } else if (!d->allow && (d->http_status < 400 || d->http_status > 599)) {
+    cm_log(CM_LOG_WARN, "ws", "bad answer from the controller", CM_S("session", u->id),
+           CM_S("problem", "a refusal without a 4xx/5xx http_status"));
+    refuse(c, 502, "bad_controller_answer", "the controller's answer was unusable");
+  } else if (!d->allow) {
+    refuse(c, (int)d->http_status, d->reason[0] ? d->reason : "refused",
+           d->message[0] ? d->message : NULL);
+  } else if (d->slot != RELAY__V1__ROLE__ROLE_INITIATOR &&
+             d->slot != RELAY__V1__ROLE__ROLE_RESPONDER) {
+    cm_log(CM_LOG_WARN, "ws", "bad answer from the controller", CM_S("session", u->id),
+           CM_S("problem", "an allowed slot without a role"));
+    refuse(c, 502, "bad_controller_answer", "the controller's answer was unusable");
   } else {
-    const Relay__V1__SlotDecision *d = (const Relay__V1__SlotDecision *)resp;
-    if (!d->allow) {
-      int st = d->http_status >= 400 && d->http_status < 600 ? (int)d->http_status : 403;
-      refuse(c, st, d->reason[0] ? d->reason : "refused", d->message[0] ? d->message : NULL);
-    } else {
-      accept_peer(c, u, d, controller);
-    }
+    accept_peer(c, u, d, controller);
   }
   upgrade_free(u);
 }
@@ -661,7 +693,8 @@ static void accept_peer(rly_conn *c, rly_upgrade *u, const Relay__V1__SlotDecisi
   }
   uint64_t max_msg = d->max_message_bytes ? d->max_message_bytes : s->max_message;
   if (!x) {
-    uint64_t wait_ms = d->peer_wait_seconds ? (uint64_t)d->peer_wait_seconds * 1000 : 120000;
+    uint64_t wait_ms =
+        d->peer_wait_seconds ? (uint64_t)d->peer_wait_seconds * 1000 : s->peer_wait_ms;
     x = sess_new(s, u->id, controller, wait_ms, d->expires_at_unix * 1000, max_msg);
     if (!x) {
       refuse(c, 503, "overloaded", "out of memory");
@@ -741,8 +774,11 @@ void rly_dp_on_command(rly_server *s, const char *controller,
   case RELAY__V1__CONTROLLER_COMMAND__KIND_LIMITS:
     if (cmd->limits->max_message_bytes) s->max_message = cmd->limits->max_message_bytes;
     if (cmd->limits->max_sessions) s->max_sessions = cmd->limits->max_sessions;
+    if (cmd->limits->peer_wait_seconds)
+      s->peer_wait_ms = (uint64_t)cmd->limits->peer_wait_seconds * 1000;
     cm_log(CM_LOG_INFO, "relay", "limits updated by controller",
-           CM_I("max_message", s->max_message), CM_I("max_sessions", s->max_sessions));
+           CM_I("max_message", s->max_message), CM_I("max_sessions", s->max_sessions),
+           CM_I("peer_wait_ms", s->peer_wait_ms));
     break;
   default: break;
   }
@@ -777,8 +813,6 @@ static void on_tick(uv_timer_t *t) {
   rly_server *s = t->data;
   uint64_t now = cm_now_mono_ms();
   int64_t wall = cm_now_wall_ms();
-  bool stats = now - s->last_stats_ms >= STATS_EVERY_MS;
-  if (stats) s->last_stats_ms = now;
   if (s->draining && s->drain_deadline_ms && now >= s->drain_deadline_ms) {
     s->drain_deadline_ms = 0;
     rly_dp_close_all(s, 1001, "relay draining");
@@ -789,7 +823,8 @@ static void on_tick(uv_timer_t *t) {
     rly_pair_tick(&x->pair, now, wall, on_pair_action, x);
     for (int slot = 0; slot < 2; slot++)
       idle_ping(s, x->peer[slot], now);
-    if (stats && x->dirty) send_event(x, RELAY__V1__SESSION_EVENT__TYPE__STATS, -1, 0, NULL);
+    if (x->dirty && now - x->reported_ms >= STATS_EVERY_MS)
+      send_event(x, RELAY__V1__SESSION_EVENT__TYPE__STATS, -1, 0, NULL);
     sess_maybe_free(x);
   }
 }
@@ -798,6 +833,7 @@ void rly_dp_init(rly_server *s) {
   cm_list_init(&s->sessions);
   s->max_message = s->cfg->max_message ? (uint64_t)s->cfg->max_message : 64u << 20;
   s->max_sessions = (uint64_t)s->cfg->max_sessions;
+  s->peer_wait_ms = s->cfg->peer_wait_ms > 0 ? (uint64_t)s->cfg->peer_wait_ms : 120000;
   uv_timer_init(s->loop, &s->dp_tick);
   s->dp_tick.data = s;
   uv_timer_start(&s->dp_tick, on_tick, TICK_MS, TICK_MS);
@@ -828,7 +864,8 @@ void rly_dp_metrics_text(rly_server *s, cm_buf *b) {
   G("controller_links", "Live controller links.", s->links);
   C("ws_upgrades_total", "WebSocket upgrades accepted.", m->upgrades);
   C("ws_refused_total", "Upgrades refused with a 4xx status.", m->refused_4xx);
-  C("ws_unavailable_total", "Upgrades refused with 503.", m->refused_503);
+  C("ws_unavailable_total", "Upgrades refused with a 5xx status (no usable controller).",
+    m->refused_503);
   C("ws_protocol_errors_total", "Peers closed for protocol errors.", m->protocol_errors);
   C("ws_too_big_total", "Peers closed for an oversized message (1009).", m->too_big);
   C("ws_peer_wait_expired_total", "Lone peers closed after peer_wait.", m->peer_wait_expired);

@@ -69,11 +69,11 @@ struct rly_server {
   size_t sess_cap, nsessions, npeers;
   cm_list sessions;
   uv_timer_t dp_tick;
-  uint64_t last_stats_ms;
   bool draining;
   uint64_t drain_deadline_ms;
   uint64_t max_message; /* runtime limit (controller may lower it) */
   uint64_t max_sessions;
+  uint64_t peer_wait_ms; /* default for decisions that leave it 0 */
   rly_dp_metrics dm;
 };
 
@@ -168,6 +168,10 @@ void rly_ip_free(rly_server *s);
 /* Appends one Prometheus metric (relay_<name>) with its HELP and TYPE. */
 void rly_metric(cm_buf *b, const char *name, const char *help, bool counter, uint64_t v);
 void rly_route_request(rly_conn *c, const rly_http_request *req);
+/* A controller's gRPC status (or our own call failure, see tun_call_cb) as
+ * the HTTP status to send, on its meaning; *code is the JSON error code.
+ * Statuses that say nothing a client could act on are 502. */
+int rly_grpc_to_http(int grpc_status, const char **code);
 
 /* server.c: answer the current request of c (any time, sync or async). */
 int rly_conn_respond(rly_conn *c, const rly_http_response *r);

@@ -106,6 +106,17 @@ static void metrics(rly_conn *c) {
     COUNTER("controller_links_refused_total", "Controller connections refused.", ts.links_refused);
     COUNTER("controller_events_dropped_total", "Events dropped at a full queue.",
             ts.events_dropped);
+    COUNTER("controller_calls_replayed_total",
+            "Calls replayed on another link (NOT_FOUND, or refused by a GOAWAY).",
+            ts.calls_replayed);
+    COUNTER("controller_events_reopened_total", "Events streams the controller ended, reopened.",
+            ts.events_reopened);
+    COUNTER("controller_probes_ping_total", "Keepalive probes sent as HTTP/2 PINGs.",
+            ts.probes_ping);
+    COUNTER("controller_probes_health_total", "Keepalive probes sent as gRPC health checks.",
+            ts.probes_health);
+    COUNTER("controller_ping_backoffs_total", "GOAWAY too_many_pings answered by backing off.",
+            ts.ping_backoffs);
   }
   rly_dp_metrics_text(s, &b);
 #undef COUNTER
@@ -116,6 +127,19 @@ static void metrics(rly_conn *c) {
                          .body_len = cm_buf_size(&b)};
   rly_conn_respond(c, &r);
   cm_buf_free(&b);
+}
+
+int rly_grpc_to_http(int grpc_status, const char **code) {
+  switch (grpc_status) {
+  case TUN_GRPC_NOT_FOUND: *code = "not_found"; return 404;
+  case TUN_GRPC_UNAUTHENTICATED: *code = "unauthenticated"; return 401;
+  case TUN_GRPC_PERMISSION_DENIED: *code = "permission_denied"; return 403;
+  case TUN_GRPC_INVALID_ARGUMENT: *code = "invalid_request"; return 400;
+  case TUN_GRPC_RESOURCE_EXHAUSTED: *code = "too_many_requests"; return 429;
+  case TUN_GRPC_UNAVAILABLE:
+  case TUN_GRPC_DEADLINE_EXCEEDED: *code = "controller_unavailable"; return 503;
+  default: *code = "bad_controller_answer"; return 502;
+  }
 }
 
 void rly_route_request(rly_conn *c, const rly_http_request *req) {

@@ -11,6 +11,8 @@
  */
 #include "tunnel/link.h"
 
+#include "proto/health.pb-c.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@ typedef struct clink {
   dialer *d; /* NULL for adopted fds */
   cm_list node;
   bool tls, up;
+  bool retiring; /* replaced by a newer link: closes after the overlap */
   uint64_t opened_ms;
   char node_id[128];
   char public_url[256];
@@ -55,7 +58,8 @@ struct dialer {
   uv_getaddrinfo_t gai;
   bool resolving, timer_closed;
   uint32_t attempt;
-  clink *link;
+  clink *link; /* the current link (or the one being dialled) */
+  clink *old;  /* the link it replaces, while a rotation is under way */
   cm_list node;
 };
 
@@ -132,11 +136,60 @@ static void dispatch_unary(tun_ctl_call *call) {
     }
     c->h.admin(c->ud, call, req);
     relay__v1__admin_request__free_unpacked(req, NULL);
+  } else if (strcmp(call->path, TUN_PATH_HEALTH_CHECK) == 0) {
+    /* The relay's keepalive probe: we are here, so we serve. */
+    Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    r.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    tun_ctl_reply(call, TUN_GRPC_OK, NULL, &r.base);
   } else {
     reply_trailers_only(call, TUN_GRPC_UNIMPLEMENTED, "unknown method");
     return;
   }
   if (!call->replied) reply_trailers_only(call, TUN_GRPC_INTERNAL, "handler did not answer");
+}
+
+/* ---- link rotation (max_link_age_ms) ------------------------------------------- *
+ * Like a gRPC server's max_connection_age, but the replacement comes first:
+ * the dialer opens a new link, and only once it is up and has been for
+ * ROTATE_OVERLAP_MS (so the relay has seen it up too) is the old one
+ * retired: it stops taking commands, sends GOAWAY and closes.  The relay
+ * thus always has a link up and /readyz never blinks. */
+#define ROTATE_OVERLAP_MS 1000
+
+static void dial_now(dialer *d);
+static void set_up(clink *l, bool up);
+
+static uint64_t jittered_age(const tun_ctl *c) {
+  uint64_t age = c->cfg.max_link_age_ms;
+  return age - age / 10 + cm_random_below(age / 5 + 1); /* +-10 %: no herds */
+}
+
+static void rotation_link_up(clink *l) {
+  dialer *d = l->d;
+  if (!d || d->link != l) return;
+  if (l->c->cfg.max_link_age_ms) tun_link_wake_at(&l->base, cm_now_mono_ms() + jittered_age(l->c));
+  clink *old = d->old;
+  if (!old) return;
+  d->old = NULL;
+  old->d = NULL; /* its end is ours: no redial */
+  old->retiring = true;
+  tun_link_wake_at(&old->base, cm_now_mono_ms() + ROTATE_OVERLAP_MS);
+}
+
+static void link_wake(tun_link *tl) {
+  clink *l = (clink *)tl;
+  if (l->retiring) {
+    set_up(l, false); /* commands go to the new link from now on */
+    tun_link_close(tl, "replaced by a newer link (max link age)");
+    return;
+  }
+  dialer *d = l->d;
+  if (!d || d->link != l || d->old || !l->up || l->c->closing) return;
+  cm_log(CM_LOG_INFO, "tunnel", "link reached its max age; dialing its replacement",
+         CM_S("relay", d->hostport));
+  d->old = l;
+  d->link = NULL;
+  dial_now(d);
 }
 
 static void set_up(clink *l, bool up) {
@@ -147,10 +200,11 @@ static void set_up(clink *l, bool up) {
     c->nup++;
   else
     c->nup--;
-  cm_log(up || c->closing ? CM_LOG_INFO : CM_LOG_WARN, /* ours to close: no alarm */
+  cm_log(up || c->closing || l->retiring ? CM_LOG_INFO : CM_LOG_WARN, /* ours: no alarm */
          "tunnel", up ? "relay link up" : "relay link down", CM_S("relay", l->node_id),
          CM_S("peer", l->base.peer), CM_I("links", c->nup), CM_S("reason", up ? "" : l->base.why));
   if (c->h.on_link) c->h.on_link(c->ud, (tun_ctl_link *)l, up);
+  if (up) rotation_link_up(l);
 }
 
 static int on_event_message(void *ud, const uint8_t *msg, size_t len) {
@@ -339,13 +393,20 @@ static void link_closed(tun_link *tl, int err, const char *msg) {
   /* nghttp2_session_del frees streams without stream-close callbacks. */
   while (!cm_list_empty(&l->calls))
     call_free(cm_container_of(l->calls.next, tun_ctl_call, node));
-  if (l->d) {
+  dialer *d = l->d;
+  if (d && d->old == l) {
+    /* The link being replaced died first: the replacement is on its way
+     * (being dialled, or its redial timer runs). */
+    d->old = NULL;
+    if (d->link || d->resolving || uv_is_active((uv_handle_t *)&d->timer)) return;
+  }
+  if (d) {
     bool stable = l->opened_ms && cm_now_mono_ms() - l->opened_ms >= l->c->cfg.stable_ms;
     if (!l->opened_ms || !l->up)
-      cm_log(CM_LOG_INFO, "tunnel", "dial failed", CM_S("relay", l->d->hostport),
+      cm_log(CM_LOG_INFO, "tunnel", "dial failed", CM_S("relay", d->hostport),
              CM_S("reason", tl->why));
-    l->d->link = NULL;
-    dial_later(l->d, !stable);
+    if (d->link == l) d->link = NULL;
+    dial_later(d, !stable);
   }
 }
 
@@ -359,7 +420,8 @@ static void link_free(tun_link *tl) {
   maybe_closed(c);
 }
 
-static const tun_link_hooks g_hooks = {link_open, link_closed, link_free};
+static const tun_link_hooks g_hooks = {
+    .on_open = link_open, .on_closed = link_closed, .on_free = link_free, .on_wake = link_wake};
 
 static clink *link_new(tun_ctl *c, dialer *d, bool tls) {
   clink *l = calloc(1, sizeof *l);
@@ -403,6 +465,10 @@ static void connect_to(dialer *d, const struct sockaddr *addr) {
                       .sni = d->server_name,
                       .handshake_timeout_ms = c->cfg.link.handshake_timeout_ms,
                       .keepalive = true,
+                      /* TCP backs up the keepalive probes: a peer whose host
+                       * or network died is given up within the ping timeout. */
+                      .keepalive_s = CM_MAX(1u, c->cfg.link.ping_interval_ms / 1000),
+                      .user_timeout_ms = c->cfg.link.ping_timeout_ms,
                       .high_watermark = 1 << 20};
   int err;
   l->base.st = cm_stream_connect(c->loop, addr, &o, tun_link_stream_cbs(), &l->base, &err);
@@ -474,6 +540,8 @@ static void dial_later(dialer *d, bool failed) {
   uint64_t delay = d->attempt ? cm_random_below(cap + 1) : 0;
   uv_timer_start(&d->timer, on_dial_timer, delay, 0);
 }
+
+static void dial_now(dialer *d) { uv_timer_start(&d->timer, on_dial_timer, 0, 0); }
 
 int tun_ctl_dial(tun_ctl *c, const char *hostport, const char *server_name, char *err,
                  size_t errlen) {

@@ -2,8 +2,10 @@
  * link.c — transport glue shared by both ends of the controller link (see
  * link.h).  Output: nghttp2_session_mem_send is drained into the stream
  * until its write queue passes the high watermark; on_drain resumes.  Input
- * goes straight into nghttp2_session_mem_recv.  Keepalive: a PING every
- * ping_interval; a peer silent (not one byte) for ping_timeout is dropped.
+ * goes straight into nghttp2_session_mem_recv.  Keepalive (see link.h): a
+ * link silent for the ping interval is probed (a PING, or the owner's own
+ * probe); one silent, not one byte, for the ping timeout is dropped at that
+ * moment, to the timer's precision rather than at the next tick.
  */
 #include "tunnel/link.h"
 
@@ -25,23 +27,55 @@ bool tun_hdr_is(const uint8_t *name, size_t len, const char *lit) {
   return strlen(lit) == len && memcmp(name, lit, len) == 0;
 }
 
-static void on_ping_closed(uv_handle_t *h) {
+static void on_timer_closed(uv_handle_t *h) {
   tun_link *l = h->data;
   l->hooks->on_free(l);
 }
 
-static void on_ping(uv_timer_t *t) {
+static uint64_t next_due(const tun_link *l) {
+  uint64_t due = l->last_rx_ms + l->timeout_ms; /* silence: drop */
+  if (l->probe_ms <= l->last_rx_ms)             /* no probe outstanding */
+    due = CM_MIN(due, l->last_rx_ms + l->interval_ms);
+  if (l->wake_ms) due = CM_MIN(due, l->wake_ms);
+  return due;
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void arm(tun_link *l) {
+  if (l->closed || !l->started) return;
+  uint64_t now = cm_now_mono_ms(), due = next_due(l);
+  uv_timer_start(&l->timer, on_timer, due > now ? due - now : 0, 0);
+}
+
+static void send_probe(tun_link *l) {
+  l->probe_ms = cm_now_mono_ms();
+  if (l->hooks->probe)
+    l->hooks->probe(l);
+  else
+    nghttp2_submit_ping(l->h2, NGHTTP2_FLAG_NONE, NULL);
+  tun_link_pump(l);
+}
+
+static void on_timer(uv_timer_t *t) {
   tun_link *l = t->data;
   if (l->closing || !l->h2) return;
-  uint64_t silent = cm_now_mono_ms() - l->last_rx_ms;
-  if (silent >= l->cfg.ping_timeout_ms) {
+  uint64_t now = cm_now_mono_ms();
+  if (l->wake_ms && now >= l->wake_ms) {
+    l->wake_ms = 0;
+    if (l->hooks->on_wake) l->hooks->on_wake(l);
+    if (l->closing || !l->h2) return;
+  }
+  uint64_t silent = now - l->last_rx_ms;
+  if (silent >= l->timeout_ms) {
     cm_log(CM_LOG_WARN, "tunnel", "link silent; dropping it", CM_S("peer", l->peer),
            CM_I("silent_ms", silent));
     tun_link_abort(l, "keepalive timeout");
     return;
   }
-  nghttp2_submit_ping(l->h2, NGHTTP2_FLAG_NONE, NULL);
-  tun_link_pump(l);
+  bool answered = l->probe_ms <= l->last_rx_ms;
+  if (answered && silent >= l->interval_ms) send_probe(l);
+  if (!l->closing) arm(l);
 }
 
 void tun_link_init(tun_link *l, uv_loop_t *loop, const tun_link_config *cfg,
@@ -49,20 +83,41 @@ void tun_link_init(tun_link *l, uv_loop_t *loop, const tun_link_config *cfg,
   l->cfg = *cfg;
   tun_link_config_fill(&l->cfg);
   l->hooks = hooks;
-  uv_timer_init(loop, &l->ping);
-  l->ping.data = l;
+  l->interval_ms = l->cfg.ping_interval_ms;
+  l->timeout_ms = l->cfg.ping_timeout_ms;
+  uv_timer_init(loop, &l->timer);
+  l->timer.data = l;
   l->last_rx_ms = cm_now_mono_ms();
   snprintf(l->peer, sizeof l->peer, "?");
 }
 
 void tun_link_start(tun_link *l) {
   l->last_rx_ms = cm_now_mono_ms();
-  uv_timer_start(&l->ping, on_ping, l->cfg.ping_interval_ms, l->cfg.ping_interval_ms);
+  l->started = true;
+  arm(l);
+}
+
+void tun_link_set_interval(tun_link *l, uint32_t interval_ms) {
+  l->interval_ms = interval_ms;
+  uint32_t slack = l->cfg.ping_timeout_ms > l->cfg.ping_interval_ms
+                       ? l->cfg.ping_timeout_ms - l->cfg.ping_interval_ms
+                       : l->cfg.ping_timeout_ms;
+  l->timeout_ms = CM_MAX(l->cfg.ping_timeout_ms, interval_ms + slack);
+  arm(l);
+}
+
+bool tun_link_overdue(const tun_link *l) {
+  return l->probe_ms > l->last_rx_ms && cm_now_mono_ms() - l->probe_ms >= TUN_PROBE_OVERDUE_MS;
+}
+
+void tun_link_wake_at(tun_link *l, uint64_t at_ms) {
+  l->wake_ms = at_ms ? at_ms : 1;
+  arm(l);
 }
 
 void tun_link_discard(tun_link *l) {
   l->closed = true;
-  uv_close((uv_handle_t *)&l->ping, on_ping_closed);
+  uv_close((uv_handle_t *)&l->timer, on_timer_closed);
 }
 
 void tun_link_pump(tun_link *l) {
@@ -119,12 +174,12 @@ static void s_on_close(cm_stream *s, int err, const char *msg) {
   tun_link *l = cm_stream_get_data(s);
   l->closed = true;
   l->st = NULL;
-  uv_timer_stop(&l->ping);
+  uv_timer_stop(&l->timer);
   const char *why = l->why[0] ? l->why : msg;
   l->hooks->on_closed(l, err, why);
   if (l->h2) nghttp2_session_del(l->h2);
   l->h2 = NULL;
-  uv_close((uv_handle_t *)&l->ping, on_ping_closed);
+  uv_close((uv_handle_t *)&l->timer, on_timer_closed);
 }
 
 static const cm_stream_cbs g_link_cbs = {

@@ -21,15 +21,33 @@ typedef struct tun_link_hooks {
   void (*on_closed)(tun_link *l, int err, const char *msg);
   /* Last call: free the object embedding the link. */
   void (*on_free)(tun_link *l);
+  /* Keepalive: prove the peer alive (the link has been silent for the ping
+   * interval).  NULL: an HTTP/2 PING. */
+  void (*probe)(tun_link *l);
+  /* The time set with tun_link_wake_at has come (may be NULL). */
+  void (*on_wake)(tun_link *l);
 } tun_link_hooks;
+
+/* Keepalive.  Silence is measured from the last byte received.  A link
+ * silent for ping_interval is probed; a probe unanswered for
+ * TUN_PROBE_OVERDUE_MS makes the link "overdue" (callers route new work
+ * elsewhere while they can); a link silent for ping_timeout is dropped.
+ * One timer per link serves probing, silence and the owner's wake-ups,
+ * armed for the nearest and re-armed lazily, so a read costs no timer
+ * update; "overdue" is computed when asked. */
+#define TUN_PROBE_OVERDUE_MS 2000
 
 struct tun_link {
   cm_stream *st;
   nghttp2_session *h2;
   tun_link_config cfg;
   const tun_link_hooks *hooks;
-  uv_timer_t ping;
+  uv_timer_t timer;
   uint64_t last_rx_ms;
+  uint64_t probe_ms;                /* when the outstanding probe was sent; 0: none */
+  uint64_t wake_ms;                 /* owner's wake-up time; 0: none */
+  uint32_t interval_ms, timeout_ms; /* effective (the owner may back off) */
+  bool started;
   bool closing, closed;
   bool in_h2; /* inside nghttp2 (mem_recv/mem_send): pump later */
   char peer[64];
@@ -44,6 +62,13 @@ void tun_link_init(tun_link *l, uv_loop_t *loop, const tun_link_config *cfg,
 const cm_stream_cbs *tun_link_stream_cbs(void);
 /* Starts keepalive; call once the nghttp2 session exists. */
 void tun_link_start(tun_link *l);
+/* Sets the probe interval (the timeout keeps the configured slack above
+ * it), e.g. when a peer asks for fewer pings. */
+void tun_link_set_interval(tun_link *l, uint32_t interval_ms);
+/* True when a probe has gone unanswered for TUN_PROBE_OVERDUE_MS. */
+bool tun_link_overdue(const tun_link *l);
+/* Calls hooks->on_wake at (or soon after) the monotonic time at_ms. */
+void tun_link_wake_at(tun_link *l, uint64_t at_ms);
 /* Writes what nghttp2 has to send, as long as the transport keeps up. */
 void tun_link_pump(tun_link *l);
 /* Releases a link whose stream never opened (on_free runs later). */

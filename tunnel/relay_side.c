@@ -6,7 +6,15 @@
  * Calls live in two lists: the relay's (for deadlines, swept by a 50 ms
  * timer while any call is in flight) and their link's (so a link that
  * drops fails its calls at once).  A call keeps its framed request so it
- * can be replayed on another controller after NOT_FOUND.
+ * can be replayed on another controller after NOT_FOUND, or on another
+ * link when a GOAWAY refused it unprocessed.
+ *
+ * A link is up (controller.proto says why each condition) once the
+ * controller's SETTINGS arrived and our Events stream is open — answered,
+ * or still standing after EVENTS_SETTLE_MS, since a stock gRPC server may
+ * send no headers until it has a command — and until it sends GOAWAY.  An
+ * Events stream the controller ends is reopened at once, then with
+ * exponential backoff while it keeps ending early.
  */
 #include "tunnel/link.h"
 
@@ -15,8 +23,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_TRIED        8
-#define DEADLINE_TICK_MS 50
+#include "proto/health.pb-c.h"
+
+#define MAX_TRIED             8
+#define DEADLINE_TICK_MS      50
+#define EVENTS_SETTLE_MS      250  /* an unanswered Events stream counts as open */
+#define EVENTS_STABLE_MS      5000 /* open this long: the next end reopens at once */
+#define EVENTS_BACKOFF_MS     100  /* first delay after a quick end; doubles */
+#define EVENTS_BACKOFF_MAX_MS 5000
+#define PING_BACKOFF_MAX_MS   3600000 /* too_many_pings doubling stops here */
+#define MAX_BACKOFFS          16
 
 typedef struct rlink {
   tun_link base; /* first: a tun_link * is an rlink * */
@@ -25,8 +41,15 @@ typedef struct rlink {
   cm_list calls;
   char controller[96];
   bool up, tls;
-  bool goaway; /* the controller is leaving: no new calls */
+  bool settings; /* the controller's SETTINGS arrived */
+  bool goaway;   /* the controller is leaving: no new calls */
+  /* A gRPC server forgives a PING only if it wrote HEADERS or DATA since
+   * the previous one (its "too_many_pings" enforcement); true at first. */
+  bool ping_forgiven;
   int32_t events_sid;
+  bool events_open;         /* answered, or standing for EVENTS_SETTLE_MS */
+  uint64_t events_since_ms; /* when the current Events stream was opened */
+  uint32_t events_attempt;  /* quick ends in a row */
   tun_outq events_out;
   tun_grpc_decoder events_in;
 } rlink;
@@ -58,7 +81,15 @@ struct tun_call {
   char tried[MAX_TRIED][96];
   size_t ntried;
   bool pinned; /* tun_relay_call_all: never replayed elsewhere */
+  bool probe;  /* a keepalive health check: not counted as a call */
 };
+
+/* A controller that asked for fewer pings keeps its longer interval on its
+ * next links (as gRPC clients keep theirs per channel). */
+typedef struct ping_backoff {
+  char controller[96];
+  uint32_t interval_ms;
+} ping_backoff;
 
 struct tun_relay {
   uv_loop_t *loop;
@@ -75,6 +106,8 @@ struct tun_relay {
   uv_timer_t tick;
   size_t rr;
   tun_relay_stats st;
+  ping_backoff backoffs[MAX_BACKOFFS];
+  size_t nbackoffs;
   bool closing;
   int handles;
   void (*done)(void *);
@@ -84,30 +117,41 @@ struct tun_relay {
 static void call_finish(tun_call *c, int status, const char *msg);
 static int submit_call(tun_call *c, rlink *l);
 static void maybe_closed(tun_relay *r);
+static tun_call *call_new(tun_relay *r, const char *path, const ProtobufCMessage *req,
+                          const ProtobufCMessageDescriptor *desc, uint32_t timeout_ms,
+                          tun_call_cb cb, void *ud);
+static void call_free(tun_call *c);
+static void deadline_tick_start(tun_relay *r);
 
 /* ---- links ------------------------------------------------------------------ */
 
-static rlink *pick_link(tun_relay *r, tun_call *c) {
+static bool was_tried(const tun_call *c, const rlink *l) {
+  for (size_t k = 0; c && k < c->ntried; k++)
+    if (strcmp(c->tried[k], l->controller) == 0) return true;
+  return false;
+}
+
+/* Round-robin over up links, skipping `exclude` and (for a NOT_FOUND
+ * replay) controllers already tried.  A link whose keepalive probe is
+ * overdue (a hung controller, perhaps) is taken only when no other is up. */
+static rlink *pick_link(tun_relay *r, const tun_call *c, const rlink *exclude) {
   size_t n = 0;
   for (cm_list *p = r->links.next; p != &r->links; p = p->next)
     n++;
   if (n == 0) return NULL;
-  size_t start = r->rr++ % n, i = 0;
-  /* Round-robin over live links whose controller has not been tried. */
-  for (size_t pass = 0; pass < 2; pass++) {
-    i = 0;
-    for (cm_list *p = r->links.next; p != &r->links; p = p->next, i++) {
-      if (pass == 0 && i < start) continue;
-      if (pass == 1 && i >= start) break;
-      rlink *l = cm_container_of(p, rlink, node);
-      if (!l->up || l->base.closing) continue;
-      bool tried = false;
-      for (size_t k = 0; c && k < c->ntried && !tried; k++)
-        tried = strcmp(c->tried[k], l->controller) == 0;
-      if (!tried) return l;
-    }
+  size_t start = r->rr++ % n;
+  rlink *fallback = NULL;
+  for (size_t k = 0; k < n; k++) {
+    size_t want = (start + k) % n, i = 0;
+    cm_list *p = r->links.next;
+    while (i++ < want)
+      p = p->next;
+    rlink *l = cm_container_of(p, rlink, node);
+    if (!l->up || l->base.closing || l == exclude || was_tried(c, l)) continue;
+    if (!tun_link_overdue(&l->base)) return l;
+    if (!fallback) fallback = l;
   }
-  return NULL;
+  return fallback;
 }
 
 static void set_up(rlink *l, bool up) {
@@ -124,6 +168,12 @@ static void set_up(rlink *l, bool up) {
          CM_S("reason", up ? "" : l->base.why));
   if (r->cbs.on_links) r->cbs.on_links(r->ud, r->nup);
   if (up && r->cbs.on_link_up) r->cbs.on_link_up(r->ud, l->controller);
+}
+
+/* The conditions of controller.proto's "a link counts as UP". */
+static void update_up(rlink *l) {
+  set_up(l, l->settings && l->events_sid > 0 && l->events_open && !l->goaway && !l->base.closing &&
+                !l->base.closed);
 }
 
 static void send_hello(rlink *l) {
@@ -147,13 +197,127 @@ static void open_events(rlink *l) {
       TUN_NV("content-type", "application/grpc"),
       TUN_NV("te", "trailers"),
   };
+  /* A fresh stream starts with a fresh queue: what the old one had not
+   * sent went with it (counters are absolute; slots are re-announced). */
+  tun_outq_free(&l->events_out);
+  tun_outq_init(&l->events_out, l->r->cfg.link.max_event_queue);
+  tun_grpc_decoder_free(&l->events_in);
+  tun_grpc_decoder_init(&l->events_in, l->r->cfg.link.max_message);
+  l->events_open = false;
   nghttp2_data_provider p = tun_outq_provider(&l->events_out);
   l->events_sid = nghttp2_submit_request(l->base.h2, NULL, nv, CM_ARRAY_LEN(nv), &p, NULL);
   if (l->events_sid < 0) {
     l->events_sid = 0;
+    tun_link_abort(&l->base, "cannot open the Events stream");
     return;
   }
+  l->events_since_ms = cm_now_mono_ms();
   send_hello(l);
+  tun_link_wake_at(&l->base, l->events_since_ms + EVENTS_SETTLE_MS);
+}
+
+/* The controller ended our Events stream: without it no kick can reach us,
+ * so the link is not up until a new one stands.  Reopen at once after a
+ * stream that lived, with backoff after one that died young. */
+static void events_ended(rlink *l, uint32_t h2_error) {
+  uint64_t now = cm_now_mono_ms();
+  bool lived = now - l->events_since_ms >= EVENTS_STABLE_MS;
+  l->events_sid = 0;
+  l->events_open = false;
+  snprintf(l->base.why, sizeof l->base.why, "controller ended the Events stream");
+  update_up(l);
+  l->base.why[0] = '\0';
+  if (l->goaway || l->base.closing || l->r->closing) return;
+  if (lived) l->events_attempt = 0;
+  uint64_t delay = 0;
+  if (l->events_attempt > 0) {
+    uint64_t cap = CM_MIN((uint64_t)EVENTS_BACKOFF_MS << CM_MIN(l->events_attempt - 1, 16u),
+                          (uint64_t)EVENTS_BACKOFF_MAX_MS);
+    delay = cap / 2 + cm_random_below(cap / 2 + 1); /* jitter, never a burst */
+  }
+  l->events_attempt++;
+  l->r->st.events_reopened++;
+  cm_log(CM_LOG_WARN, "tunnel", "controller ended the Events stream; reopening",
+         CM_S("controller", l->controller), CM_I("h2_error", h2_error), CM_I("delay_ms", delay));
+  tun_link_wake_at(&l->base, now + delay);
+}
+
+static void link_wake(tun_link *tl) {
+  rlink *l = (rlink *)tl;
+  if (l->goaway || !tl->h2) return;
+  if (l->events_sid == 0) {
+    open_events(l);
+    tun_link_pump(tl);
+  } else if (!l->events_open && cm_now_mono_ms() - l->events_since_ms >= EVENTS_SETTLE_MS) {
+    l->events_open = true;
+    update_up(l);
+  }
+}
+
+/* Keepalive probe (see controller.proto): a PING when the controller has
+ * written since our last one, else a health check, whose answer — any
+ * answer — is itself a write that forgives our next PING. */
+static void health_done(void *ud, int status, const char *message, const ProtobufCMessage *resp,
+                        const char *controller) {
+  CM_UNUSED(ud);
+  CM_UNUSED(status);
+  CM_UNUSED(message);
+  CM_UNUSED(resp);
+  CM_UNUSED(controller);
+}
+
+static void link_probe(tun_link *tl) {
+  rlink *l = (rlink *)tl;
+  tun_relay *r = l->r;
+  if (l->ping_forgiven || l->goaway) {
+    l->ping_forgiven = false;
+    r->st.probes_ping++;
+    nghttp2_submit_ping(tl->h2, NGHTTP2_FLAG_NONE, NULL);
+    return;
+  }
+  Grpc__Health__V1__HealthCheckRequest q = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  tun_call *c = call_new(r, TUN_PATH_HEALTH_CHECK, &q.base,
+                         &grpc__health__v1__health_check_response__descriptor, tl->timeout_ms,
+                         health_done, NULL);
+  if (!c) return;
+  c->pinned = c->probe = true;
+  if (submit_call(c, l) != 0) {
+    call_free(c);
+    return;
+  }
+  cm_list_push_back(&r->calls, &c->rnode);
+  deadline_tick_start(r);
+  r->st.probes_health++;
+}
+
+static uint32_t backoff_for(const tun_relay *r, const char *controller) {
+  for (size_t i = 0; i < r->nbackoffs; i++)
+    if (strcmp(r->backoffs[i].controller, controller) == 0) return r->backoffs[i].interval_ms;
+  return 0;
+}
+
+/* GOAWAY ENHANCE_YOUR_CALM "too_many_pings": double the interval for this
+ * controller, as gRPC clients double their keepalive time. */
+static void ping_back_off(rlink *l) {
+  tun_relay *r = l->r;
+  uint32_t cur = backoff_for(r, l->controller);
+  if (!cur) cur = l->base.interval_ms;
+  uint32_t next = (uint32_t)CM_MIN((uint64_t)cur * 2, (uint64_t)PING_BACKOFF_MAX_MS);
+  size_t i = 0;
+  while (i < r->nbackoffs && strcmp(r->backoffs[i].controller, l->controller) != 0)
+    i++;
+  if (i == r->nbackoffs) {
+    if (r->nbackoffs == MAX_BACKOFFS)
+      i = 0; /* forget the oldest */
+    else
+      r->nbackoffs++;
+  }
+  snprintf(r->backoffs[i].controller, sizeof r->backoffs[i].controller, "%s", l->controller);
+  r->backoffs[i].interval_ms = next;
+  r->st.ping_backoffs++;
+  tun_link_set_interval(&l->base, next);
+  cm_log(CM_LOG_WARN, "tunnel", "controller asked for fewer pings; backing off",
+         CM_S("controller", l->controller), CM_I("ping_interval_ms", next));
 }
 
 /* ---- nghttp2 callbacks ------------------------------------------------------- */
@@ -203,7 +367,7 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_
   if (sid == l->events_sid) {
     int rc = tun_grpc_decode(&l->events_in, data, len, on_command_message, l);
     if (rc != 0) {
-      cm_log(CM_LOG_WARN, "tunnel", "bad command message; dropping link",
+      cm_log(CM_LOG_WARN, "tunnel", "bad command message; resetting the Events stream",
              CM_S("controller", l->controller), CM_I("error", rc));
       nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, sid, NGHTTP2_PROTOCOL_ERROR);
     }
@@ -215,26 +379,28 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_
   if (rc != 0) {
     nghttp2_session_set_stream_user_data(h2, sid, NULL);
     nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, sid, NGHTTP2_CANCEL);
-    call_finish(c, rc == -EMSGSIZE ? TUN_GRPC_RESOURCE_EXHAUSTED : TUN_GRPC_INTERNAL,
+    /* A bad answer is the controller's fault, not a quota: INTERNAL. */
+    call_finish(c, TUN_GRPC_INTERNAL,
                 rc == -EMSGSIZE ? "response too large" : "malformed response");
   }
   return 0;
 }
 
-static bool try_elsewhere(tun_call *c) {
+/* Replays c on another link: after NOT_FOUND on another controller (the
+ * session may be its), after a GOAWAY refused it unprocessed on any. */
+static bool replay_elsewhere(tun_call *c, bool other_controller) {
   if (c->pinned || c->ntried >= MAX_TRIED) return false;
-  rlink *next = pick_link(c->r, c);
+  rlink *next = pick_link(c->r, other_controller ? c : NULL, c->link);
   if (!next) return false;
   cm_list_remove(&c->lnode);
+  c->r->st.calls_replayed++;
   return submit_call(c, next) == 0;
 }
 
 static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void *user) {
   rlink *l = user;
   if (sid == l->events_sid) {
-    cm_log(CM_LOG_WARN, "tunnel", "controller closed the Events stream",
-           CM_S("controller", l->controller), CM_I("h2_error", err));
-    l->events_sid = 0;
+    events_ended(l, err);
     return 0;
   }
   tun_call *c = nghttp2_session_get_stream_user_data(h2, sid);
@@ -242,7 +408,12 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void 
   c->sid = 0;
   int status = c->grpc_status;
   const char *msg = c->grpc_msg;
-  if (err != NGHTTP2_NO_ERROR) {
+  if (err == NGHTTP2_REFUSED_STREAM) {
+    /* Beyond a GOAWAY's last stream: the controller never saw it. */
+    if (replay_elsewhere(c, false)) return 0;
+    status = TUN_GRPC_UNAVAILABLE;
+    msg = "refused by a departing controller";
+  } else if (err != NGHTTP2_NO_ERROR) {
     status = TUN_GRPC_UNAVAILABLE;
     msg = "stream reset by controller";
   } else if (c->http_status != 200) {
@@ -255,26 +426,48 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void 
     status = TUN_GRPC_INTERNAL;
     msg = "OK without a response message";
   }
-  if (status == TUN_GRPC_NOT_FOUND && try_elsewhere(c)) return 0;
+  if (status == TUN_GRPC_NOT_FOUND && replay_elsewhere(c, true)) return 0;
   call_finish(c, status, msg);
   return 0;
+}
+
+static bool goaway_is_too_many_pings(const nghttp2_goaway *g) {
+  static const char why[] = "too_many_pings";
+  return g->error_code == NGHTTP2_ENHANCE_YOUR_CALM && g->opaque_data_len == sizeof why - 1 &&
+         memcmp(g->opaque_data, why, sizeof why - 1) == 0;
 }
 
 static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
   CM_UNUSED(h2);
   rlink *l = user;
-  /* The peer's first SETTINGS proves an HTTP/2 server is there. */
-  if (frame->hd.type == NGHTTP2_SETTINGS && !(frame->hd.flags & NGHTTP2_FLAG_ACK) && !l->up &&
-      !l->goaway) {
-    set_up(l, true);
-  }
-  if (frame->hd.type == NGHTTP2_GOAWAY) {
-    cm_log(CM_LOG_INFO, "tunnel", "controller sent GOAWAY", CM_S("controller", l->controller));
-    /* nghttp2 would refuse new streams here: send new calls to other links
-     * (calls already accepted still complete). */
+  switch (frame->hd.type) {
+  case NGHTTP2_SETTINGS:
+    /* The peer's first SETTINGS proves an HTTP/2 server is there. */
+    if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && !l->settings) {
+      l->settings = true;
+      update_up(l);
+    }
+    break;
+  case NGHTTP2_HEADERS:
+    l->ping_forgiven = true;
+    if (frame->hd.stream_id == l->events_sid && !l->events_open) {
+      l->events_open = true;
+      update_up(l);
+    }
+    break;
+  case NGHTTP2_DATA: l->ping_forgiven = true; break;
+  case NGHTTP2_GOAWAY:
+    cm_log(CM_LOG_INFO, "tunnel", "controller sent GOAWAY", CM_S("controller", l->controller),
+           CM_I("h2_error", frame->goaway.error_code),
+           CM_I("last_stream", frame->goaway.last_stream_id));
+    if (goaway_is_too_many_pings(&frame->goaway)) ping_back_off(l);
+    /* Streams up to last_stream_id still complete; nghttp2 refuses the
+     * rest (they are replayed elsewhere) and new ones go elsewhere. */
     l->goaway = true;
     snprintf(l->base.why, sizeof l->base.why, "controller sent GOAWAY");
-    set_up(l, false);
+    update_up(l);
+    break;
+  default: break;
   }
   return 0;
 }
@@ -345,6 +538,8 @@ static int link_open(tun_link *tl) {
   nghttp2_submit_settings(tl->h2, NGHTTP2_FLAG_NONE, iv, CM_ARRAY_LEN(iv));
   nghttp2_session_set_local_window_size(tl->h2, NGHTTP2_FLAG_NONE, 0, 16 << 20);
   tun_link_start(tl);
+  uint32_t backed_off = backoff_for(r, l->controller);
+  if (backed_off) tun_link_set_interval(tl, backed_off);
   open_events(l);
   return 0;
 }
@@ -380,13 +575,14 @@ static void link_free(tun_link *tl) {
   maybe_closed(r);
 }
 
-static const tun_link_hooks g_hooks = {link_open, link_closed, link_free};
+static const tun_link_hooks g_hooks = {link_open, link_closed, link_free, link_probe, link_wake};
 
 static rlink *link_new(tun_relay *r, bool tls) {
   rlink *l = calloc(1, sizeof *l);
   if (!l) return NULL;
   l->r = r;
   l->tls = tls;
+  l->ping_forgiven = true; /* a connection's first PING is always allowed */
   cm_list_init(&l->calls);
   tun_outq_init(&l->events_out, r->cfg.link.max_event_queue);
   tun_grpc_decoder_init(&l->events_in, r->cfg.link.max_message);
@@ -404,6 +600,10 @@ static void on_controller_conn(uv_stream_t *server, int status) {
   cm_stream_opts o = {.tls = r->tls,
                       .handshake_timeout_ms = r->cfg.link.handshake_timeout_ms,
                       .keepalive = true,
+                      /* TCP backs up the keepalive probes: a peer whose host
+                       * or network died is given up within the ping timeout. */
+                      .keepalive_s = CM_MAX(1u, r->cfg.link.ping_interval_ms / 1000),
+                      .user_timeout_ms = r->cfg.link.ping_timeout_ms,
                       .high_watermark = 1 << 20};
   int err;
   l->base.st = cm_stream_accept(server, &o, tun_link_stream_cbs(), &l->base, &err);
@@ -451,9 +651,11 @@ static void call_finish(tun_call *c, int status, const char *msg) {
     nghttp2_submit_rst_stream(c->link->base.h2, NGHTTP2_FLAG_NONE, c->sid, NGHTTP2_CANCEL);
     tun_link_pump(&c->link->base);
   }
-  if (status != TUN_GRPC_OK) r->st.calls_failed++;
-  if (status == TUN_GRPC_UNAVAILABLE) r->st.calls_unavailable++;
-  if (status == TUN_GRPC_DEADLINE_EXCEEDED) r->st.calls_deadline++;
+  if (!c->probe) {
+    if (status != TUN_GRPC_OK) r->st.calls_failed++;
+    if (status == TUN_GRPC_UNAVAILABLE) r->st.calls_unavailable++;
+    if (status == TUN_GRPC_DEADLINE_EXCEEDED) r->st.calls_deadline++;
+  }
   const char *ctl = c->link ? c->link->controller : "";
   if (c->cb) c->cb(c->ud, status, msg ? msg : "", status == TUN_GRPC_OK ? c->resp : NULL, ctl);
   call_group *g = c->group;
@@ -536,19 +738,23 @@ static tun_call *call_new(tun_relay *r, const char *path, const ProtobufCMessage
   return c;
 }
 
+static void deadline_tick_start(tun_relay *r) {
+  if (!uv_is_active((uv_handle_t *)&r->tick))
+    uv_timer_start(&r->tick, on_tick, DEADLINE_TICK_MS, DEADLINE_TICK_MS);
+}
+
 static bool call_start(tun_relay *r, tun_call *c, rlink *l) {
   if (submit_call(c, l) != 0) return false;
   cm_list_push_back(&r->calls, &c->rnode);
   r->st.calls++;
-  if (!uv_is_active((uv_handle_t *)&r->tick))
-    uv_timer_start(&r->tick, on_tick, DEADLINE_TICK_MS, DEADLINE_TICK_MS);
+  deadline_tick_start(r);
   return true;
 }
 
 tun_call *tun_relay_call(tun_relay *r, const char *path, const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *desc, uint32_t timeout_ms,
                          tun_call_cb cb, void *ud, int *status) {
-  rlink *l = r->closing ? NULL : pick_link(r, NULL);
+  rlink *l = r->closing ? NULL : pick_link(r, NULL, NULL);
   if (!l) {
     r->st.calls++;
     r->st.calls_failed++;
@@ -559,7 +765,7 @@ tun_call *tun_relay_call(tun_relay *r, const char *path, const ProtobufCMessage 
   tun_call *c = call_new(r, path, req, desc, timeout_ms, cb, ud);
   if (!c || !call_start(r, c, l)) {
     if (c) call_free(c);
-    *status = c ? TUN_GRPC_UNAVAILABLE : TUN_GRPC_RESOURCE_EXHAUSTED;
+    *status = TUN_GRPC_UNAVAILABLE;
     return NULL;
   }
   *status = TUN_GRPC_OK;

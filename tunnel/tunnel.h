@@ -60,6 +60,9 @@ enum {
 #define TUN_PATH_VALIDATE "/relay.v1.Controller/Validate"
 #define TUN_PATH_ADMIN    "/relay.v1.Controller/Admin"
 #define TUN_PATH_EVENTS   "/relay.v1.Controller/Events"
+/* The standard gRPC health check (proto/health.proto): the relay's
+ * keepalive probe where a bare PING could count against the controller. */
+#define TUN_PATH_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 
 /* Incremental decoder of length-prefixed messages. */
 typedef struct tun_grpc_decoder {
@@ -129,7 +132,10 @@ typedef struct tun_relay_cbs {
 } tun_relay_cbs;
 
 /* resp is valid during the callback only (NULL unless status is OK).
- * controller names the controller that answered ("" when none did). */
+ * controller names the controller that answered ("" when none did).
+ * status is the controller's gRPC status, or one of ours: UNAVAILABLE (no
+ * link, or the link was lost), DEADLINE_EXCEEDED (the call's deadline
+ * passed), INTERNAL (the answer was malformed or too large). */
 typedef void (*tun_call_cb)(void *ud, int status, const char *message, const ProtobufCMessage *resp,
                             const char *controller);
 
@@ -164,8 +170,9 @@ void tun_relay_close(tun_relay *r, void (*done)(void *ud), void *ud);
 void tun_relay_free(tun_relay *r);
 
 typedef struct tun_relay_stats {
-  uint64_t calls, calls_failed, calls_unavailable, calls_deadline, links_accepted, links_refused,
-      events_sent, events_dropped, commands;
+  uint64_t calls, calls_failed, calls_unavailable, calls_deadline, calls_replayed, links_accepted,
+      links_refused, events_sent, events_dropped, events_reopened, commands, probes_ping,
+      probes_health, ping_backoffs;
 } tun_relay_stats;
 void tun_relay_get_stats(const tun_relay *r, tun_relay_stats *out);
 
@@ -190,6 +197,9 @@ typedef struct tun_ctl_config {
   uint32_t backoff_base_ms; /* 0: 1000 */
   uint32_t backoff_max_ms;  /* 0: 60000 */
   uint32_t stable_ms;       /* 0: 5000 */
+  /* Replace each dialled link after about this long (+-10 %): the new
+   * link comes up before the old one goes.  0: links live until they die. */
+  uint32_t max_link_age_ms;
   /* Client TLS: our certificate (with the controller identity) and the CA
    * relays' certificates chain to. */
   const char *cert_file, *key_file, *ca_file;

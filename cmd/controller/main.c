@@ -23,7 +23,7 @@ typedef struct run_cfg {
   char *state_dir;
   long long default_ttl, default_peer_wait, max_ttl, max_peer_wait;
   long long max_sessions, max_message;
-  long long ping_interval, ping_timeout, backoff_base, backoff_max;
+  long long ping_interval, ping_timeout, backoff_base, backoff_max, max_link_age;
   bool accept_unauthenticated;
   char *log_level;
 } run_cfg;
@@ -64,6 +64,8 @@ static const cm_cfg_opt g_run_opts[] = {
         "first redial delay bound (doubles per failure, full jitter)", "DURATION"),
     OPT("backoff-max", CM_CFG_DURATION, backoff_max, "60s", 10, 3600000, "largest redial delay",
         "DURATION"),
+    OPT("max-link-age", CM_CFG_DURATION, max_link_age, "0", 0, 86400000,
+        "replace each relay link after about this long, the new link first (0: never)", "DURATION"),
     OPT("accept-unauthenticated", CM_CFG_BOOL, accept_unauthenticated, "false", 0, 0,
         "honour admin requests from relays running --no-auth", NULL),
     OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error", "LEVEL"),
@@ -141,6 +143,7 @@ static int cmd_run(int argc, char **argv) {
                    .ping_timeout_ms = (uint32_t)rc.ping_timeout,
                    .backoff_base_ms = (uint32_t)rc.backoff_base,
                    .backoff_max_ms = (uint32_t)rc.backoff_max,
+                   .max_link_age_ms = (uint32_t)rc.max_link_age,
                    .accept_unauthenticated = rc.accept_unauthenticated};
   if (!cc.cert_file || !cc.key_file || !cc.ca_file) {
     cm_config_free(&g_run_spec, &rc);

@@ -143,9 +143,10 @@ def test_tls_roundtrip_8mib_and_empty_both_ways(relay, admin, certs):
 
     arun(go())
     # Counters reach the controller when the peers leave.
-    total = 2 * (len(blob) + len(text.encode())) + len("héllo ✓".encode()) + 3 + 200
-    st = admin.wait_status(s["id"], lambda st: st["bytes_in"] >= total)
-    assert st["bytes_in"] == total and st["bytes_out"] == total, st
+    each_way = len(blob) + len(text.encode())
+    total_in = each_way + len("héllo ✓".encode()) + 3 + 200  # the small ones go a -> b
+    st = admin.wait_status(s["id"], lambda st: st["bytes_in"] >= total_in)
+    assert st["bytes_in"] == total_in and st["bytes_out"] == each_way, st
 
 
 def test_tls_subprotocol_token_is_echoed(relay, admin, certs):
@@ -696,6 +697,9 @@ def test_early_data_beyond_the_hold_buffer_waits_not_lost(relay, admin):
 # ---- counters ---------------------------------------------------------------------------
 
 def test_stats_reach_the_session_status(relay, admin):
+    """bytes_in is what the initiator sent the responder, bytes_out the
+    reverse (as swsrs counts them), and GET shows them, with last_activity,
+    within about a second while the session is open."""
     s, a, b = pair(relay, admin)
     st = admin.status(s["id"])
     assert st["bytes_in"] == 0 and st["bytes_out"] == 0, st
@@ -704,9 +708,10 @@ def test_stats_reach_the_session_status(relay, admin):
     b.recv_message()
     b.send_message("é" * 150)  # 300 bytes
     a.recv_message()
-    # While both are connected the relay reports every ~5 s.
-    st = admin.wait_status(s["id"], lambda st: st["bytes_in"] == 1300, timeout=15)
-    assert st["bytes_out"] == 1300, st
+    sent = time.monotonic()
+    st = admin.wait_status(s["id"], lambda st: st["bytes_in"] == 1000 and st["bytes_out"] == 300,
+                           timeout=5)
+    assert time.monotonic() - sent < 2.0, "counters lagged %.1fs" % (time.monotonic() - sent)
     assert st["state"] == "open"
     la = st["last_activity"]
     assert la and calendar.timegm(time.strptime(la, "%Y-%m-%dT%H:%M:%SZ")) >= t0 - 1, st
@@ -715,8 +720,8 @@ def test_stats_reach_the_session_status(relay, admin):
     b.recv_message()
     a.close(1000)
     b.expect_close()
-    st = admin.wait_status(s["id"], lambda st: st["bytes_in"] == 2000, timeout=4)
-    assert st["bytes_out"] == 2000 and st["state"] == "pending", st
+    st = admin.wait_status(s["id"], lambda st: st["bytes_in"] == 1700, timeout=4)
+    assert st["bytes_out"] == 300 and st["state"] == "pending", st
 
 
 def test_bad_peer_leaves_other_sessions_intact(relay, admin):

@@ -142,7 +142,7 @@ def test_controller_serves_python_relay(tmp_path, start_controller):
         peer.send_message(ev_sid, gp.pb_encode("RelayEvent", {"session": {
             "type": gp.EV_ATTACH, "session_id": sid, "role": gp.ROLE_INITIATOR}}))
         peer.send_message(ev_sid, gp.pb_encode("RelayEvent", {"session": {
-            "type": gp.EV_STATS, "session_id": sid, "bytes_in": 1234, "bytes_out": 1000,
+            "type": gp.EV_STATS, "session_id": sid, "counter_epoch": 77, "bytes_in": 1234, "bytes_out": 1000,
             "last_activity_unix": int(time.time())}}))
         got = _admin(peer, {"op": gp.OP_GET, "session_id": sid, "auth_disabled": True})
         got = got.decode("AdminResponse")
@@ -320,7 +320,7 @@ def test_relay_calls_python_controller(tmp_path, start_relay):
             p.flush()
         resp, _, s = _upgrade(relay, peer, sid, tok, compressed)
         s.close()
-        assert resp.status == 503, resp
+        assert resp.status == 502 and resp.json()["error"] == "bad_controller_answer", resp
         relay.wait_for_log(msg="validate failed", message="malformed response")
 
         # ... and a message with no grpc-status trailer.
@@ -330,7 +330,7 @@ def test_relay_calls_python_controller(tmp_path, start_relay):
             p.flush()
         resp, _, s = _upgrade(relay, peer, sid, tok, no_status)
         s.close()
-        assert resp.status == 503, resp
+        assert resp.status == 502 and resp.json()["error"] == "bad_controller_answer", resp
         relay.wait_for_log(msg="validate failed", message="response without grpc-status")
 
         # Admin: the relay forwards POST /admin/sessions and renders our answer.

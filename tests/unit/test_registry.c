@@ -298,24 +298,66 @@ static void test_stats_idempotent(void **st) {
   const char *id = a.status.id;
   ctl_reg_status s;
   for (int i = 0; i < 3; i++)
-    assert_int_equal(ctl_reg_on_stats(r, T0, id, 100, 200, T0 + 5), 0);
+    assert_int_equal(ctl_reg_on_stats(r, T0, id, 7, 100, 200, T0 + 5), 0);
   assert_int_equal(ctl_reg_get(r, T0, id, &s), 0);
   assert_int_equal(s.bytes_in, 100);
   assert_int_equal(s.bytes_out, 200);
   assert_int_equal(s.last_activity, T0 + 5);
   /* An older (reordered) report changes nothing. */
-  assert_int_equal(ctl_reg_on_stats(r, T0, id, 50, 60, T0 + 1), 0);
+  assert_int_equal(ctl_reg_on_stats(r, T0, id, 7, 50, 60, T0 + 1), 0);
   assert_int_equal(ctl_reg_get(r, T0, id, &s), 0);
   assert_int_equal(s.bytes_in, 100);
   assert_int_equal(s.bytes_out, 200);
   assert_int_equal(s.last_activity, T0 + 5);
-  assert_int_equal(ctl_reg_on_stats(r, T0, id, 1000, 2000, T0 + 9), 0);
+  assert_int_equal(ctl_reg_on_stats(r, T0, id, 7, 1000, 2000, T0 + 9), 0);
   assert_int_equal(ctl_reg_get(r, T0, id, &s), 0);
   assert_int_equal(s.bytes_in, 1000);
   assert_int_equal(s.bytes_out, 2000);
   assert_int_equal(s.last_activity, T0 + 9);
-  assert_int_equal(ctl_reg_on_stats(r, T0, "missing", 1, 1, T0), -ENOENT);
+  assert_int_equal(ctl_reg_on_stats(r, T0, "missing", 7, 1, 1, T0), -ENOENT);
   ctl_registry_close(r);
+}
+
+/* A relay restart (or a forgotten session joined again) starts a new epoch:
+ * its totals add to the old ones instead of being lost under a maximum. */
+static void test_stats_epochs_add(void **st) {
+  (void)st;
+  ctl_registry *r = open_reg(NULL, NULL);
+  ctl_reg_created a;
+  create_ok(r, T0, "r1", &a);
+  const char *id = a.status.id;
+  ctl_reg_status s;
+  assert_int_equal(ctl_reg_on_stats(r, T0, id, 11, 1000, 10, T0), 0);
+  assert_int_equal(ctl_reg_on_stats(r, T0, id, 22, 300, 30, T0), 0);  /* restart */
+  assert_int_equal(ctl_reg_on_stats(r, T0, id, 11, 1000, 10, T0), 0); /* late repeat */
+  assert_int_equal(ctl_reg_on_stats(r, T0, id, 22, 400, 40, T0), 0);
+  assert_int_equal(ctl_reg_on_stats(r, T0, id, 33, 5, 6, T0), 0); /* second restart */
+  assert_int_equal(ctl_reg_get(r, T0, id, &s), 0);
+  assert_int_equal(s.bytes_in, 1000 + 400 + 5);
+  assert_int_equal(s.bytes_out, 10 + 40 + 6);
+  /* Epoch 0 carries no counters; last_activity still counts. */
+  assert_int_equal(ctl_reg_on_stats(r, T0, id, 0, 99999, 99999, T0 + 3), 0);
+  assert_int_equal(ctl_reg_get(r, T0, id, &s), 0);
+  assert_int_equal(s.bytes_in, 1405);
+  assert_int_equal(s.last_activity, T0 + 3);
+  ctl_registry_close(r);
+}
+
+/* More epochs than are kept: the oldest are folded into the sum, none lost. */
+static void test_stats_epochs_fold(void **st) {
+  (void)st;
+  ctl_reg_counters c;
+  memset(&c, 0, sizeof c);
+  uint64_t in, out;
+  for (uint64_t e = 1; e <= 3 * CTL_REG_EPOCHS; e++) {
+    ctl_reg_counters_add(&c, e, e * 10, e);
+    ctl_reg_counters_add(&c, e, e * 5, 0); /* lower: ignored */
+  }
+  ctl_reg_counters_total(&c, &in, &out);
+  uint64_t n = 3 * CTL_REG_EPOCHS, want = n * (n + 1) / 2;
+  assert_int_equal(in, want * 10);
+  assert_int_equal(out, want);
+  assert_int_equal(c.n, CTL_REG_EPOCHS);
 }
 
 /* ---- expiry --------------------------------------------------------------- */
@@ -948,6 +990,8 @@ int main(void) {
       T(test_states),
       T(test_relay_down_clears_its_slots),
       T(test_stats_idempotent),
+      T(test_stats_epochs_add),
+      T(test_stats_epochs_fold),
       T(test_ttl_expiry_and_reap),
       T(test_limits),
       T(test_delete),
