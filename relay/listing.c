@@ -274,14 +274,14 @@ static void on_next_page(list_op *o, ctl_walk *w, int status, const char *messag
 
 /* ---- the first pages, before the status line ------------------------------------------------ */
 
-static void start_stream(list_op *o) {
+/* The status line and the body's opening; pump() does the rest. */
+static void start_body(list_op *o) {
   char hdr[768];
   snprintf(hdr, sizeof hdr, "%sCache-Control: no-store\r\n", o->cors);
   rly_http_response r = {
       .status = 200, .content_type = "application/json", .extra_headers = hdr, .chunked = true};
   rly_conn_respond(o->c, &r);
   cm_buf_append(&o->out, "{\"sessions\":[", 13);
-  pump(o);
 }
 
 static void on_first_page(list_op *o, ctl_walk *w, int status, const char *message,
@@ -312,8 +312,10 @@ static void on_first_page(list_op *o, ctl_walk *w, int status, const char *messa
     respond_error(o, o->refused, o->refused_code, o->refused_msg[0] ? o->refused_msg : NULL);
   else if (ok == 0)
     respond_error(o, 503, "controller_unavailable", "the controller could not be reached");
-  else
-    start_stream(o);
+  else {
+    start_body(o);
+    pump(o);
+  }
 }
 
 /* ---- one page ----------------------------------------------------------------------------------
@@ -337,12 +339,7 @@ static void on_one_page(list_op *o, ctl_walk *w, int status, const char *message
     for (size_t i = 0; i < n && !next[0]; i++)
       if (strcmp(names[i], w->name) > 0) page_token_make(names[i], "", next, sizeof next);
   }
-  char hdr[768];
-  snprintf(hdr, sizeof hdr, "%sCache-Control: no-store\r\n", o->cors);
-  rly_http_response h = {
-      .status = 200, .content_type = "application/json", .extra_headers = hdr, .chunked = true};
-  rly_conn_respond(o->c, &h);
-  cm_buf_append(&o->out, "{\"sessions\":[", 13);
+  start_body(o);
   page_items(&o->out, &o->items, r);
   if (next[0]) snprintf(o->tail, sizeof o->tail, "],\"next_page_token\":\"%s\"}", next);
   o->cur = o->nw; /* pump only flushes and ends */
