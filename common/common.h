@@ -349,6 +349,8 @@ int cm_stream_write(cm_stream *s, const void *data, size_t len);
 int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n);
 /* Bytes accepted by cm_stream_write not yet handed to the kernel. */
 size_t cm_stream_write_queued(const cm_stream *s);
+/* Bytes a write may still add before the hard cap (which closes). */
+size_t cm_stream_write_room(const cm_stream *s);
 /* Cork: writes gather (up to one TLS record) until the matching uncork,
  * so a burst of small frames costs one record and one syscall.  Nests.
  * A graceful close sends what is corked. */

@@ -445,6 +445,10 @@ int cm_stream_write(cm_stream *s, const void *data, size_t len) {
 size_t cm_stream_write_queued(const cm_stream *s) {
   return s->queued + cm_buf_size(&s->pre) + cm_buf_size(&s->cork);
 }
+size_t cm_stream_write_room(const cm_stream *s) {
+  size_t q = cm_stream_write_queued(s);
+  return q < s->maxq ? s->maxq - q : 0;
+}
 bool cm_stream_above_high(const cm_stream *s) {
   return s->queued + cm_buf_size(&s->cork) >= s->high || s->above_high;
 }

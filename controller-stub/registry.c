@@ -26,6 +26,7 @@ typedef struct session {
   uint8_t hash[2][32]; /* SHA-256 of the initiator [0] and responder [1] tokens */
   int64_t created_at, expires_at, last_activity;
   uint32_t peer_wait;
+  uint64_t seq; /* creation order, for page tokens */
   ctl_reg_counters ctr;
   char *node, *url;     /* assignment: the relay serving the session */
   char *slot_node[2];   /* relay holding each attached slot; NULL when free */
@@ -49,6 +50,7 @@ struct ctl_registry {
   relay_ent relays[CTL_REG_MAX_RELAYS];
   size_t nrelays;
   bool durable;
+  uint64_t next_seq;
   ctl_journal j;
   uint64_t compact_after; /* after a failed compaction, wait for more growth */
 };
@@ -251,6 +253,7 @@ static void insert(ctl_registry *reg, session *s) {
   heap_set(reg, reg->heap_len++, s);
   heap_up(reg, s->heap_idx);
   cm_list_push_back(&reg->all, &s->link);
+  s->seq = ++reg->next_seq;
   reg->count++;
 }
 
@@ -718,6 +721,52 @@ size_t ctl_reg_list(ctl_registry *reg, int64_t now, size_t max, ctl_reg_list_cb 
     n++;
   }
   return n;
+}
+
+/* Where a page that follows `token` starts: the session after the one the
+ * token names, found by id in O(1) while it lives, else by its sequence
+ * number in one pass (it was deleted or expired meanwhile). */
+static cm_list *page_start(ctl_registry *reg, const char *token, int *rc) {
+  *rc = 0;
+  if (!token || !token[0]) return reg->all.next;
+  char *dot;
+  errno = 0;
+  unsigned long long seq = strtoull(token, &dot, 10);
+  if (errno || dot == token || *dot != '.' || !id_ok(dot + 1)) {
+    *rc = -EINVAL;
+    return NULL;
+  }
+  session *s = table_find(reg, dot + 1);
+  if (s && s->seq == seq) return s->link.next;
+  cm_list *l = reg->all.next;
+  while (l != &reg->all && cm_container_of(l, session, link)->seq <= seq)
+    l = l->next;
+  return l;
+}
+
+int ctl_reg_list_page(ctl_registry *reg, int64_t now, const char *token, size_t max,
+                      ctl_reg_list_cb cb, void *ud, char next[CTL_REG_PAGE_TOKEN_MAX]) {
+  next[0] = '\0';
+  if (max == 0) max = 1;
+  int rc;
+  cm_list *l = page_start(reg, token, &rc);
+  if (rc != 0) return rc;
+  size_t n = 0;
+  const session *last = NULL;
+  ctl_reg_status st;
+  for (; l != &reg->all; l = l->next) {
+    const session *s = cm_container_of(l, session, link);
+    if (now >= s->expires_at) continue;
+    if (n == max) { /* one more lives: there is a next page */
+      snprintf(next, CTL_REG_PAGE_TOKEN_MAX, "%llu.%s", (unsigned long long)last->seq, last->id);
+      break;
+    }
+    status_of(s, &st);
+    cb(ud, &st);
+    last = s;
+    n++;
+  }
+  return (int)n;
 }
 
 int ctl_reg_delete_status(ctl_registry *reg, int64_t now, const char *id, ctl_reg_status *closed) {

@@ -143,6 +143,14 @@ typedef void (*ctl_reg_list_cb)(void *ud, const ctl_reg_status *st);
 /* Calls cb for at most max unexpired sessions, oldest first; returns how
  * many.  cb must not change the registry. */
 size_t ctl_reg_list(ctl_registry *reg, int64_t now, size_t max, ctl_reg_list_cb cb, void *ud);
+/* Pages through unexpired sessions, oldest first: token "" starts at the
+ * beginning, and `next` receives the token of the page after this one (""
+ * after the last).  A session created meanwhile shows on a later page; one
+ * deleted meanwhile does not break the walk.  Returns how many sessions cb
+ * saw (at most max), or -EINVAL for a token the registry did not make. */
+#define CTL_REG_PAGE_TOKEN_MAX (21 + 1 + CM_TOKEN_LEN + 1)
+int ctl_reg_list_page(ctl_registry *reg, int64_t now, const char *token, size_t max,
+                      ctl_reg_list_cb cb, void *ud, char next[CTL_REG_PAGE_TOKEN_MAX]);
 /* Durably removes the session and wipes its token hashes: it is gone from
  * get/list/validate at once.  0, -ENOENT (unknown or expired) or
  * CTL_REG_EIO (nothing changed).  ctl_reg_delete_status also hands back

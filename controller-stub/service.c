@@ -25,7 +25,9 @@
 #define SCOPE_CREATE "swsrs:session:create"
 #define SCOPE_READ   "swsrs:session:read"
 #define SCOPE_DELETE "swsrs:session:delete"
-#define MAX_LIST     10000
+/* Sessions per LIST answer: about 150 KiB of protobuf, far below the
+ * link's message limit, however many sessions there are. */
+#define MAX_PAGE 1000
 
 /* Live links per relay node: a relay that redials may be up on its new
  * link before the old one's down event arrives. */
@@ -176,20 +178,23 @@ static void list_one(void *ud, const ctl_reg_status *st) {
   a->n++;
 }
 
-static void admin_list(ctl_server *s, tun_ctl_call *call) {
-  size_t cap = CM_MIN(ctl_reg_count(s->reg), (size_t)MAX_LIST);
+static void admin_list(ctl_server *s, tun_ctl_call *call, const Relay__V1__AdminRequest *req) {
+  size_t cap = req->page_size ? CM_MIN((size_t)req->page_size, (size_t)MAX_PAGE) : MAX_PAGE;
   list_acc a = {.cap = cap};
-  a.items = calloc(cap + 1, sizeof *a.items);
-  a.ptrs = calloc(cap + 1, sizeof *a.ptrs);
-  a.sts = calloc(cap + 1, sizeof *a.sts);
+  a.items = calloc(cap, sizeof *a.items);
+  a.ptrs = calloc(cap, sizeof *a.ptrs);
+  a.sts = calloc(cap, sizeof *a.sts);
+  char next[CTL_REG_PAGE_TOKEN_MAX];
   if (!a.items || !a.ptrs || !a.sts) {
     admin_error(call, 503, "controller_error", "out of memory");
+  } else if (ctl_reg_list_page(s->reg, now_s(), req->page_token, cap, list_one, &a, next) < 0) {
+    admin_error(call, 400, "invalid_page_token", "page_token is not one this controller made");
   } else {
-    ctl_reg_list(s->reg, now_s(), cap, list_one, &a);
     Relay__V1__AdminResponse r = RELAY__V1__ADMIN_RESPONSE__INIT;
     r.http_status = 200;
     r.n_sessions = a.n;
     r.sessions = a.ptrs;
+    r.next_page_token = next;
     tun_ctl_reply(call, TUN_GRPC_OK, NULL, &r.base);
   }
   free(a.items);
@@ -271,7 +276,7 @@ static void on_admin(void *ud, tun_ctl_call *call, const Relay__V1__AdminRequest
   }
   switch (req->op) {
   case RELAY__V1__ADMIN_OP__ADMIN_OP_CREATE: admin_create(s, call, req); break;
-  case RELAY__V1__ADMIN_OP__ADMIN_OP_LIST: admin_list(s, call); break;
+  case RELAY__V1__ADMIN_OP__ADMIN_OP_LIST: admin_list(s, call, req); break;
   case RELAY__V1__ADMIN_OP__ADMIN_OP_GET: admin_get(s, call, req->session_id); break;
   default: admin_delete(s, call, req); break;
   }

@@ -19,7 +19,7 @@
 #define MAX_ID 64
 
 typedef struct admin_op {
-  rly_conn *c; /* NULL once the client went away */
+  rly_conn *c; /* if it goes first, op_cancel frees the op */
   rly_server *srv;
   int op;
   char id[MAX_ID];
@@ -28,11 +28,6 @@ typedef struct admin_op {
   rly_auth_req *auth;
   tun_call *call;
   const rly_http_request *req; /* valid until we answer */
-  json_t *list;                /* LIST: merged sessions */
-  int list_ok, list_failed;
-  int refused_status; /* LIST: a controller's refusal (403...), 0 if none */
-  char refused_code[64], refused_msg[128];
-  bool waiting_calls; /* LIST: tun calls outstanding */
 } admin_op;
 
 static bool valid_id(const char *id) {
@@ -103,6 +98,13 @@ static json_t *status_json(const Relay__V1__SessionStatus *st) {
   return o;
 }
 
+char *rly_admin_status_text(const Relay__V1__SessionStatus *st) {
+  json_t *o = status_json(st);
+  char *text = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  return text;
+}
+
 static void respond_json(admin_op *a, int status, json_t *body, const char *more_headers) {
   char hdr[1024];
   snprintf(hdr, sizeof hdr, "%sCache-Control: no-store\r\n%s", a->cors,
@@ -127,29 +129,20 @@ static void respond_error(admin_op *a, int status, const char *code, const char 
 
 /* ---- op lifetime ---------------------------------------------------------------- */
 
-static void op_free(admin_op *a) {
-  json_decref(a->list);
-  free(a);
-}
+static void op_free(admin_op *a) { free(a); }
 
-/* The client left: stop what can be stopped, let the rest find c NULL. */
+/* The client left: stop the token check or the call (neither calls back
+ * once cancelled). */
 static void op_cancel(void *pending) {
   admin_op *a = pending;
-  a->c = NULL;
   if (a->auth) rly_auth_cancel(a->auth);
-  a->auth = NULL;
-  if (a->call) {
-    tun_call_cancel(a->call);
-    a->call = NULL;
-  }
-  if (!a->waiting_calls) op_free(a);
+  if (a->call) tun_call_cancel(a->call);
+  op_free(a);
 }
 
 static void op_done(admin_op *a) {
-  if (a->c) {
-    a->c->pending = NULL;
-    a->c->pending_cancel = NULL;
-  }
+  a->c->pending = NULL;
+  a->c->pending_cancel = NULL;
   op_free(a);
 }
 
@@ -228,10 +221,6 @@ static void on_admin_answer(void *ud, int status, const char *message, const Pro
   CM_UNUSED(controller);
   admin_op *a = ud;
   a->call = NULL;
-  if (!a->c) {
-    op_free(a);
-    return;
-  }
   const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
   const char *problem = NULL;
   if (status != TUN_GRPC_OK) {
@@ -251,51 +240,6 @@ static void on_admin_answer(void *ud, int status, const char *message, const Pro
     respond_json(a, 200, status_json(r->sessions[0]), NULL);
   } else {
     respond_json(a, 204, NULL, NULL);
-  }
-  op_done(a);
-}
-
-static void on_list_part(void *ud, int status, const char *message, const ProtobufCMessage *resp,
-                         const char *controller) {
-  admin_op *a = ud;
-  if (status != TUN_GRPC_OK) {
-    a->list_failed++;
-    cm_log(CM_LOG_WARN, "admin", "list: a controller did not answer",
-           CM_S("controller", controller), CM_S("message", message));
-    return;
-  }
-  const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
-  if ((r->error && r->error[0]) || (r->http_status && r->http_status != 200)) {
-    /* A refusal (e.g. 403 without the read scope) is an answer, not an
-     * empty list: it must reach the client as such. */
-    if (!a->refused_status) {
-      a->refused_status = r->http_status >= 400 && r->http_status < 600 ? (int)r->http_status : 502;
-      snprintf(a->refused_code, sizeof a->refused_code, "%s",
-               r->error && r->error[0] ? r->error : "bad_controller_answer");
-      snprintf(a->refused_msg, sizeof a->refused_msg, "%s", r->message ? r->message : "");
-    }
-    return;
-  }
-  a->list_ok++;
-  for (size_t i = 0; i < r->n_sessions; i++)
-    json_array_append_new(a->list, status_json(r->sessions[i]));
-}
-
-static void on_list_done(void *ud) {
-  admin_op *a = ud;
-  a->waiting_calls = false;
-  if (!a->c) {
-    op_free(a);
-    return;
-  }
-  if (a->refused_status) {
-    respond_refusal(a, a->refused_status, a->refused_code, a->refused_msg);
-  } else if (a->list_ok == 0) {
-    respond_error(a, 503, "controller_unavailable", "the controller could not be reached", NULL);
-  } else {
-    json_t *o = json_object();
-    json_object_set(o, "sessions", a->list);
-    respond_json(a, 200, o, NULL);
   }
   op_done(a);
 }
@@ -324,13 +268,12 @@ static void call_controller(admin_op *a, const rly_principal *p) {
     pr.scopes = p->scopes.v;
     q.principal = &pr;
   }
-  if (a->op == RLY_ADMIN_LIST) {
-    a->list = json_array();
-    a->waiting_calls = true;
-    size_t n =
-        tun_relay_call_all(s->tun, TUN_PATH_ADMIN, &q.base, &relay__v1__admin_response__descriptor,
-                           0, on_list_part, on_list_done, a);
-    CM_UNUSED(n); /* with none started, on_list_done already answered 503 */
+  if (a->op == RLY_ADMIN_LIST) { /* listing.c takes it from here */
+    rly_conn *c = a->c;
+    c->pending = NULL;
+    c->pending_cancel = NULL;
+    rly_list_sessions(c, a->req, p, a->cors);
+    op_free(a);
     return;
   }
   int status;

@@ -93,6 +93,9 @@ struct rly_conn {
    * a token check): cancelled if the connection goes first. */
   void *pending;
   void (*pending_cancel)(void *pending);
+  /* A streamed response waits for the write queue to drain. */
+  void (*on_drain)(void *ud);
+  void *drain_ud;
   char remote[64];
   bool ip_held;    /* counted against --max-conns-per-ip */
   bool over_limit; /* answer 429 and close */
@@ -122,6 +125,13 @@ void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const c
 void rly_admin_preflight(rly_conn *c, const rly_http_request *req, const char *methods);
 void rly_admin_discovery(rly_conn *c, const rly_http_request *req);
 enum { RLY_ADMIN_CREATE = 1, RLY_ADMIN_LIST, RLY_ADMIN_GET, RLY_ADMIN_DELETE };
+/* A session status as the API's JSON object (heap text, or NULL). */
+char *rly_admin_status_text(const Relay__V1__SessionStatus *st);
+
+/* listing.c: GET /admin/sessions once authenticated (p NULL: --no-auth);
+ * cors: the response's CORS header lines.  Takes over c->pending. */
+void rly_list_sessions(rly_conn *c, const rly_http_request *req, const rly_principal *p,
+                       const char *cors);
 
 /* auth.c: OIDC bearer tokens.  The IdP's discovery document and JWKS are
  * fetched at start and refreshed; verification is local except for a rate-
@@ -178,4 +188,13 @@ int rly_conn_respond(rly_conn *c, const rly_http_response *r);
 int rly_conn_respond_json(rly_conn *c, int status, const char *json, const char *extra_headers);
 int rly_conn_respond_error(rly_conn *c, int status, const char *code, const char *msg,
                            const char *extra_headers);
+/* Streamed responses: rly_conn_respond with r->chunked sends the head;
+ * rly_conn_stream sends a piece of the body and returns 1 when the caller
+ * should wait for on_drain before producing more (0: go on, <0: error);
+ * rly_conn_stream_end finishes.  rly_conn_abort resets the connection, the
+ * only honest end for a body that cannot be completed once its 200 left. */
+int rly_conn_stream(rly_conn *c, const void *data, size_t len);
+int rly_conn_stream_end(rly_conn *c);
+void rly_conn_on_drain(rly_conn *c, void (*cb)(void *ud), void *ud);
+void rly_conn_abort(rly_conn *c);
 #endif

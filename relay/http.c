@@ -40,6 +40,9 @@ struct rly_http_conn {
 
   int error_status; /* set by a callback that aborts parsing */
   bool in_request, headers_done, complete, busy, closed, upgraded, in_feed;
+  bool streaming;    /* a chunked (or close-delimited) body is being sent */
+  bool stream_raw;   /* HTTP/1.0 peer: no chunk framing, close at the end */
+  bool stream_close; /* close once the streamed body ends */
   uint64_t requests;
   rly_http_request req;
 };
@@ -367,31 +370,11 @@ static const char *cached_date(void) {
   return buf;
 }
 
-int rly_http_respond(rly_http_conn *c, const rly_http_response *r) {
-  if (c->closed || !c->busy) return -EINVAL;
-  bool close = r->close || !c->req.keep_alive || c->req.upgrade || c->error_status != 0;
-  bool no_body = c->req.head || r->status == 204 || r->status == 304 || r->status < 200;
-  char head[2048];
-  int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s%s",
-                   r->status, rly_http_status_text(r->status), cached_date(), c->server,
-                   r->content_type ? "Content-Type: " : "", r->content_type ? r->content_type : "",
-                   r->content_type ? "\r\n" : "");
-  /* Check before every append: a long content type must not push the
-   * next write past the end (size_t wrap). */
-  if (n < 0 || n >= (int)sizeof head) return -E2BIG;
-  if (r->status != 204 && r->status != 304)
-    n += snprintf(head + n, sizeof head - (size_t)n, "Content-Length: %zu\r\n", r->body_len);
-  if (n >= (int)sizeof head) return -E2BIG;
-  /* HTTP/1.0 closes by default: say so when we keep it open. */
-  const char *conn = close                    ? "Connection: close\r\n"
-                     : c->req.http_minor == 0 ? "Connection: keep-alive\r\n"
-                                              : "";
-  n += snprintf(head + n, sizeof head - (size_t)n, "%s%s\r\n", conn,
-                r->extra_headers ? r->extra_headers : "");
-  if (n >= (int)sizeof head) return -E2BIG;
-  int rc = c->cbs.send(c->ud, head, (size_t)n);
-  if (rc == 0 && !no_body && r->body_len) rc = c->cbs.send(c->ud, r->body, r->body_len);
+/* After the last byte of a response: close, or get ready for the next
+ * request (running the parser on what was pipelined meanwhile). */
+static int response_done(rly_http_conn *c, bool close, int rc) {
   c->busy = false;
+  c->streaming = false;
   if (close || rc != 0) {
     c->closed = true;
     c->cbs.on_close(c->ud);
@@ -403,6 +386,65 @@ int rly_http_respond(rly_http_conn *c, const rly_http_response *r) {
   if (!c->in_feed && cm_buf_size(&c->in) > 0) rly_http_feed(c, NULL, 0);
   return 0;
 }
+
+int rly_http_respond(rly_http_conn *c, const rly_http_response *r) {
+  if (c->closed || !c->busy || c->streaming) return -EINVAL;
+  bool close = r->close || !c->req.keep_alive || c->req.upgrade || c->error_status != 0;
+  bool no_body = c->req.head || r->status == 204 || r->status == 304 || r->status < 200;
+  /* An HTTP/1.0 client cannot take chunks: its streamed body ends with
+   * the connection (RFC 9112 §6.3). */
+  bool raw = r->chunked && c->req.http_minor == 0;
+  if (raw) close = true;
+  char head[2048];
+  int n = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s%s",
+                   r->status, rly_http_status_text(r->status), cached_date(), c->server,
+                   r->content_type ? "Content-Type: " : "", r->content_type ? r->content_type : "",
+                   r->content_type ? "\r\n" : "");
+  /* Check before every append: a long content type must not push the
+   * next write past the end (size_t wrap). */
+  if (n < 0 || n >= (int)sizeof head) return -E2BIG;
+  if (r->chunked && !raw)
+    n += snprintf(head + n, sizeof head - (size_t)n, "Transfer-Encoding: chunked\r\n");
+  else if (!r->chunked && r->status != 204 && r->status != 304)
+    n += snprintf(head + n, sizeof head - (size_t)n, "Content-Length: %zu\r\n", r->body_len);
+  if (n >= (int)sizeof head) return -E2BIG;
+  /* HTTP/1.0 closes by default: say so when we keep it open. */
+  const char *conn = close                    ? "Connection: close\r\n"
+                     : c->req.http_minor == 0 ? "Connection: keep-alive\r\n"
+                                              : "";
+  n += snprintf(head + n, sizeof head - (size_t)n, "%s%s\r\n", conn,
+                r->extra_headers ? r->extra_headers : "");
+  if (n >= (int)sizeof head) return -E2BIG;
+  int rc = c->cbs.send(c->ud, head, (size_t)n);
+  if (r->chunked && rc == 0 && !no_body) {
+    c->streaming = true;
+    c->stream_raw = raw;
+    c->stream_close = close;
+    return 0; /* busy until rly_http_respond_end */
+  }
+  if (rc == 0 && !no_body && r->body_len) rc = c->cbs.send(c->ud, r->body, r->body_len);
+  return response_done(c, close, rc);
+}
+
+int rly_http_respond_chunk(rly_http_conn *c, const void *data, size_t len) {
+  if (c->closed || !c->streaming) return -EINVAL;
+  if (len == 0) return 0; /* an empty chunk would end the body */
+  if (c->stream_raw) return c->cbs.send(c->ud, data, len);
+  char size[24];
+  int n = snprintf(size, sizeof size, "%zx\r\n", len);
+  int rc = c->cbs.send(c->ud, size, (size_t)n);
+  if (rc == 0) rc = c->cbs.send(c->ud, data, len);
+  if (rc == 0) rc = c->cbs.send(c->ud, "\r\n", 2);
+  return rc;
+}
+
+int rly_http_respond_end(rly_http_conn *c) {
+  if (c->closed || !c->streaming) return -EINVAL;
+  int rc = c->stream_raw ? 0 : c->cbs.send(c->ud, "0\r\n\r\n", 5);
+  return response_done(c, c->stream_close, rc);
+}
+
+bool rly_http_streaming(const rly_http_conn *c) { return c->streaming; }
 
 size_t rly_http_format_error(char *out, size_t outlen, int status, const char *code,
                              const char *msg) {

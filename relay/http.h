@@ -57,6 +57,7 @@ typedef struct rly_http_response {
   size_t body_len;
   const char *extra_headers; /* preformatted "Name: value\r\n" lines or NULL */
   bool close;                /* force Connection: close */
+  bool chunked;              /* body follows with rly_http_respond_chunk/_end */
 } rly_http_response;
 
 typedef struct rly_http_cbs {
@@ -82,8 +83,16 @@ void rly_http_conn_free(rly_http_conn *c);
  * buffered input (done by rly_http_respond after an asynchronous answer). */
 int rly_http_feed(rly_http_conn *c, const uint8_t *data, size_t len);
 
-/* Sends the response to the current request. */
+/* Sends the response to the current request.  With r->chunked only the
+ * head goes now (Transfer-Encoding: chunked; for an HTTP/1.0 client the
+ * body is close-delimited instead) and the request stays busy: the caller
+ * streams the body with rly_http_respond_chunk, paced by the transport's
+ * backpressure, and ends it with rly_http_respond_end. */
 int rly_http_respond(rly_http_conn *c, const rly_http_response *r);
+int rly_http_respond_chunk(rly_http_conn *c, const void *data, size_t len);
+int rly_http_respond_end(rly_http_conn *c);
+/* True between a chunked head and its end. */
+bool rly_http_streaming(const rly_http_conn *c);
 /* Formats {"error":code,"message":msg} (msg escaped; NULL: status text). */
 size_t rly_http_format_error(char *out, size_t outlen, int status, const char *code,
                              const char *msg);

@@ -69,8 +69,8 @@ typedef struct rly_config {
   long long max_ttl_s, max_peer_wait_s;
 
   /* data plane */
-  long long max_message; /* per message, bytes */
-  long long hold_bytes;  /* data a lone peer may send early */
+  long long max_message;  /* per message, bytes */
+  long long hold_bytes;   /* data a lone peer may send early */
   long long peer_wait_ms; /* lone-peer wait when the controller leaves it 0 */
   long long ws_high_watermark;
   long long ping_idle_ms; /* 0: no server pings */

@@ -201,7 +201,19 @@ static void http_on_request(void *ud, const rly_http_request *req) {
   rly_route_request(c, req);
 }
 
+/* Room for the head: status line, Date, Server, and the caller's headers. */
+#define HEAD_ROOM 4096
+
 int rly_conn_respond(rly_conn *c, const rly_http_response *r) {
+  /* A body the write queue cannot take whole would be cut after its
+   * status line; refuse it before any byte goes (bodies this large are
+   * streamed instead). */
+  if (!r->chunked && r->body_len + HEAD_ROOM > cm_stream_write_room(c->st)) {
+    cm_log(CM_LOG_ERROR, "http", "response too large for the write queue; refusing it",
+           CM_I("status", r->status), CM_I("bytes", r->body_len));
+    return rly_conn_respond_error(c, 503, "response_too_large",
+                                  "the response is too large to send; retry later", NULL);
+  }
   if (r->status >= 500)
     c->srv->m.http_errors_5xx++;
   else if (r->status >= 400)
@@ -216,6 +228,28 @@ int rly_conn_respond(rly_conn *c, const rly_http_response *r) {
   conn_update_wait(c);
   return rc;
 }
+
+int rly_conn_stream(rly_conn *c, const void *data, size_t len) {
+  int rc = rly_http_respond_chunk(c->http, data, len);
+  if (rc != 0) return rc;
+  return cm_stream_above_high(c->st) ? 1 : 0;
+}
+
+int rly_conn_stream_end(rly_conn *c) {
+  c->on_drain = NULL;
+  int rc = rly_http_respond_end(c->http);
+  if (cm_stream_closing(c->st)) return rc;
+  if (cm_stream_paused(c->st) && !rly_http_busy(c->http)) cm_stream_resume(c->st);
+  conn_update_wait(c);
+  return rc;
+}
+
+void rly_conn_on_drain(rly_conn *c, void (*cb)(void *ud), void *ud) {
+  c->on_drain = cb;
+  c->drain_ud = ud;
+}
+
+void rly_conn_abort(rly_conn *c) { cm_stream_abort(c->st); }
 
 int rly_conn_respond_json(rly_conn *c, int status, const char *json, const char *extra) {
   rly_http_response r = {.status = status,
@@ -247,6 +281,11 @@ static void on_read(cm_stream *st, uint8_t *data, size_t len) {
   }
   if (rc == 1) cm_stream_pause(st); /* resumed by rly_conn_respond */
   if (!cm_stream_closing(st)) conn_update_wait(c);
+}
+
+static void on_drain(cm_stream *st) {
+  rly_conn *c = cm_stream_get_data(st);
+  if (c->on_drain) c->on_drain(c->drain_ud);
 }
 
 static void on_open(cm_stream *st) {
@@ -287,7 +326,7 @@ cm_stream *rly_conn_detach(rly_conn *c, cm_buf *leftover) {
 }
 
 static const cm_stream_cbs g_conn_cbs = {
-    .on_open = on_open, .on_read = on_read, .on_close = on_close};
+    .on_open = on_open, .on_read = on_read, .on_drain = on_drain, .on_close = on_close};
 
 static void on_connection(uv_stream_t *server, int status) {
   rly_server *s = server->data;

@@ -39,7 +39,7 @@ typedef struct rlink {
   tun_relay *r;
   cm_list node;
   cm_list calls;
-  char controller[96];
+  char controller[TUN_CONTROLLER_NAME_MAX];
   bool up, tls;
   bool settings; /* the controller's SETTINGS arrived */
   bool goaway;   /* the controller is leaving: no new calls */
@@ -78,7 +78,7 @@ struct tun_call {
   uint64_t deadline;
   uint32_t timeout_ms;
   cm_list rnode, lnode;
-  char tried[MAX_TRIED][96];
+  char tried[MAX_TRIED][TUN_CONTROLLER_NAME_MAX];
   size_t ntried;
   bool pinned; /* tun_relay_call_all: never replayed elsewhere */
   bool probe;  /* a keepalive health check: not counted as a call */
@@ -87,7 +87,7 @@ struct tun_call {
 /* A controller that asked for fewer pings keeps its longer interval on its
  * next links (as gRPC clients keep theirs per channel). */
 typedef struct ping_backoff {
-  char controller[96];
+  char controller[TUN_CONTROLLER_NAME_MAX];
   uint32_t interval_ms;
 } ping_backoff;
 
@@ -770,6 +770,53 @@ tun_call *tun_relay_call(tun_relay *r, const char *path, const ProtobufCMessage 
   }
   *status = TUN_GRPC_OK;
   return c;
+}
+
+/* An up link of `controller`, preferring one whose probe is not overdue. */
+static rlink *link_of(tun_relay *r, const char *controller) {
+  rlink *fallback = NULL;
+  for (cm_list *p = r->links.next; p != &r->links; p = p->next) {
+    rlink *l = cm_container_of(p, rlink, node);
+    if (!l->up || l->base.closing || strcmp(l->controller, controller) != 0) continue;
+    if (!tun_link_overdue(&l->base)) return l;
+    if (!fallback) fallback = l;
+  }
+  return fallback;
+}
+
+tun_call *tun_relay_call_to(tun_relay *r, const char *controller, const char *path,
+                            const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
+                            uint32_t timeout_ms, tun_call_cb cb, void *ud, int *status) {
+  rlink *l = r->closing ? NULL : link_of(r, controller);
+  tun_call *c = l ? call_new(r, path, req, desc, timeout_ms, cb, ud) : NULL;
+  if (c) c->pinned = true;
+  if (!c || !call_start(r, c, l)) {
+    if (c) call_free(c);
+    r->st.calls++;
+    r->st.calls_failed++;
+    r->st.calls_unavailable++;
+    *status = TUN_GRPC_UNAVAILABLE;
+    return NULL;
+  }
+  *status = TUN_GRPC_OK;
+  return c;
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(a, b); }
+
+size_t tun_relay_controllers(const tun_relay *r, char (*names)[TUN_CONTROLLER_NAME_MAX],
+                             size_t max) {
+  size_t n = 0;
+  for (cm_list *p = r->links.next; p != &r->links && n < max; p = p->next) {
+    rlink *l = cm_container_of(p, rlink, node);
+    if (!l->up || l->base.closing) continue;
+    bool dup = false;
+    for (size_t k = 0; k < n && !dup; k++)
+      dup = strcmp(names[k], l->controller) == 0;
+    if (!dup) snprintf(names[n++], TUN_CONTROLLER_NAME_MAX, "%s", l->controller);
+  }
+  qsort(names, n, TUN_CONTROLLER_NAME_MAX, cmp_names);
+  return n;
 }
 
 size_t tun_relay_call_all(tun_relay *r, const char *path, const ProtobufCMessage *req,

@@ -154,6 +154,18 @@ size_t tun_relay_links(const tun_relay *r);
 tun_call *tun_relay_call(tun_relay *r, const char *path, const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *resp_desc, uint32_t timeout_ms,
                          tun_call_cb cb, void *ud, int *status);
+/* Like tun_relay_call, on a link of the named controller only (no
+ * replays elsewhere): for walks such as listing pages, whose tokens only
+ * the controller that made them understands. */
+tun_call *tun_relay_call_to(tun_relay *r, const char *controller, const char *path,
+                            const ProtobufCMessage *req,
+                            const ProtobufCMessageDescriptor *resp_desc, uint32_t timeout_ms,
+                            tun_call_cb cb, void *ud, int *status);
+/* The distinct controllers with a link up, sorted by name (as given to
+ * tun_call_cb): at most max of them.  Returns how many. */
+#define TUN_CONTROLLER_NAME_MAX 96
+size_t tun_relay_controllers(const tun_relay *r, char (*names)[TUN_CONTROLLER_NAME_MAX],
+                             size_t max);
 /* Like tun_relay_call but on every distinct controller; cb runs once per
  * controller, then `done` once.  Returns the number of calls started. */
 size_t tun_relay_call_all(tun_relay *r, const char *path, const ProtobufCMessage *req,

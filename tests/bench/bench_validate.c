@@ -23,6 +23,15 @@
  * tuned C++ client.  Plain h2c for the embedded figure, TLS (ALPN h2) for
  * the tls figure.  The ratio is ours / baseline.
  *
+ * Counter reports (--stats N, default 10,000; 0: skip), embedded: N
+ * sessions are created, then every session's STATS event (the one a busy
+ * session sends each second) goes over the Events stream round after round
+ * for the window, each round confirmed by reading the last session's
+ * counters back with Admin GET.  Printed: reports/s and the CPU one report
+ * costs on each side, so the cost of N busy sessions (N reports a second)
+ * is a fraction of a core; the baseline is the CPU of one Validate call in
+ * the same run (both threads, measured the same way).
+ *
  * Each figure is the best of --rounds interleaved rounds (default 2), so a
  * burst of unrelated load on a shared machine hits one round, not one side.
  * Output: details, then "@@" summary lines for the run script.
@@ -49,9 +58,9 @@
 
 static struct {
   const char *controller_bin, *h2load, *tmp;
-  int concurrency, rounds;
+  int concurrency, rounds, stats;
   double secs;
-} opt = {.concurrency = 100, .secs = 3, .rounds = 2};
+} opt = {.concurrency = 100, .secs = 3, .rounds = 2, .stats = 10000};
 
 static uv_loop_t *g_loop;
 static uv_timer_t g_tick;
@@ -68,6 +77,12 @@ static void die(const char *what) {
 }
 
 static void on_tick(uv_timer_t *t) { (void)t; }
+
+static double cpu_s(clockid_t which) {
+  struct timespec ts;
+  clock_gettime(which, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static bool run_until(const bool *flag, double timeout) {
   double end = now_s() + timeout;
@@ -146,7 +161,7 @@ static struct {
   double *lat;
   size_t nlat, maxlat;
   double measure_from, stop_at;
-  uint64_t done_in_window, failed, denied;
+  uint64_t done_in_window, done, failed, denied;
   int inflight;
   bool drained;
 } g_run;
@@ -159,6 +174,7 @@ static void on_validated(void *ud, int status, const char *message, const Protob
   int slot = (int)(intptr_t)ud;
   double t = now_s();
   g_run.inflight--;
+  g_run.done++;
   if (status != TUN_GRPC_OK) {
     if (g_run.failed++ < 3)
       fprintf(stderr, "Validate: %s %s\n", tun_grpc_status_name(status), message ? message : "");
@@ -223,7 +239,114 @@ static void close_relay(void) {
   g_relay = NULL;
 }
 
-static double ours_embedded(double lat[2]) {
+/* ---- counter reports ---------------------------------------------------------------- */
+
+static struct {
+  char (*ids)[CM_TOKEN_LEN + 1];
+  int n, created, inflight;
+  bool all_created, confirmed;
+  uint64_t round;
+} g_st;
+
+static void create_next(void);
+
+static void on_stats_created(void *ud, int status, const char *message,
+                             const ProtobufCMessage *resp, const char *controller) {
+  (void)ud, (void)message, (void)controller;
+  const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
+  g_st.inflight--;
+  if (status != TUN_GRPC_OK || !r->created || !r->created->status) die("stats: create failed");
+  snprintf(g_st.ids[g_st.created++], CM_TOKEN_LEN + 1, "%s", r->created->status->id);
+  if (g_st.created == g_st.n)
+    g_st.all_created = true;
+  else
+    create_next();
+}
+
+static void create_next(void) {
+  if (g_st.created + g_st.inflight >= g_st.n) return;
+  Relay__V1__AdminRequest req = RELAY__V1__ADMIN_REQUEST__INIT;
+  req.op = RELAY__V1__ADMIN_OP__ADMIN_OP_CREATE;
+  req.relay_node_id = g_node;
+  req.auth_disabled = true;
+  int st;
+  if (!tun_relay_call(g_relay, TUN_PATH_ADMIN, &req.base, &relay__v1__admin_response__descriptor,
+                      10000, on_stats_created, NULL, &st))
+    die("stats: create failed at once");
+  g_st.inflight++;
+}
+
+static void check_round(void);
+
+static void on_checked(void *ud, int status, const char *message, const ProtobufCMessage *resp,
+                       const char *controller) {
+  (void)ud, (void)message, (void)controller;
+  const Relay__V1__AdminResponse *r = (const Relay__V1__AdminResponse *)resp;
+  if (status != TUN_GRPC_OK || r->n_sessions != 1) die("stats: GET failed");
+  if (r->sessions[0]->bytes_in == g_st.round)
+    g_st.confirmed = true;
+  else
+    check_round();
+}
+
+/* The registry applies events in stream order: once the last session shows
+ * this round, every report of the round has been applied. */
+static void check_round(void) {
+  Relay__V1__AdminRequest req = RELAY__V1__ADMIN_REQUEST__INIT;
+  req.op = RELAY__V1__ADMIN_OP__ADMIN_OP_GET;
+  req.session_id = g_st.ids[g_st.n - 1];
+  req.auth_disabled = true;
+  int st;
+  if (!tun_relay_call(g_relay, TUN_PATH_ADMIN, &req.base, &relay__v1__admin_response__descriptor,
+                      10000, on_checked, NULL, &st))
+    die("stats: GET failed at once");
+}
+
+static void send_round(void) {
+  g_st.round++;
+  for (int i = 0; i < g_st.n; i++) {
+    Relay__V1__SessionEvent se = RELAY__V1__SESSION_EVENT__INIT;
+    se.type = RELAY__V1__SESSION_EVENT__TYPE__STATS;
+    se.session_id = g_st.ids[i];
+    se.counter_epoch = 1;
+    se.bytes_in = g_st.round;
+    se.bytes_out = g_st.round;
+    se.last_activity_unix = cm_now_wall_ms() / 1000;
+    Relay__V1__RelayEvent ev = RELAY__V1__RELAY_EVENT__INIT;
+    ev.kind_case = RELAY__V1__RELAY_EVENT__KIND_SESSION;
+    ev.session = &se;
+    if (tun_relay_send_event(g_relay, NULL, &ev) != 0) die("stats: event not sent");
+  }
+  g_st.confirmed = false;
+  check_round();
+}
+
+/* Reports/s; per-report CPU (us) of this thread and of the controller's. */
+static double measure_stats(double *relay_us, double *ctl_us) {
+  g_st.n = opt.stats;
+  g_st.ids = calloc((size_t)g_st.n, sizeof *g_st.ids);
+  g_st.created = g_st.inflight = 0;
+  g_st.all_created = false;
+  for (int i = 0; i < 200; i++)
+    create_next();
+  if (!run_until(&g_st.all_created, 120)) die("stats: sessions not created in time");
+  double t0 = now_s(), th0 = cpu_s(CLOCK_THREAD_CPUTIME_ID), pr0 = cpu_s(CLOCK_PROCESS_CPUTIME_ID);
+  uint64_t rounds = 0;
+  while (now_s() - t0 < opt.secs) {
+    send_round();
+    if (!run_until(&g_st.confirmed, 30)) die("stats: a round was not confirmed");
+    rounds++;
+  }
+  double wall = now_s() - t0, th = cpu_s(CLOCK_THREAD_CPUTIME_ID) - th0,
+         pr = cpu_s(CLOCK_PROCESS_CPUTIME_ID) - pr0;
+  double reports = (double)rounds * g_st.n;
+  *relay_us = th / reports * 1e6;
+  *ctl_us = (pr - th) / reports * 1e6;
+  free(g_st.ids);
+  return reports / wall;
+}
+
+static double ours_embedded(double lat[2], double *validate_cpu_us, double stats[3]) {
   char err[256];
   tun_relay_config rc = {
       .node_id = "bench", .version = "bench", .public_url = "https://127.0.0.1:1"};
@@ -237,7 +360,10 @@ static double ours_embedded(double lat[2]) {
   if (tun_relay_add_fd(g_relay, fds[0], "embedded") != 0) die("add_fd");
   if (!run_until(&g_link_up, 10)) die("embedded link did not come up");
   create_session();
+  double c0 = cpu_s(CLOCK_PROCESS_CPUTIME_ID);
   double rate = measure_calls(lat);
+  *validate_cpu_us = (cpu_s(CLOCK_PROCESS_CPUTIME_ID) - c0) / (double)g_run.done * 1e6;
+  if (opt.stats > 0) stats[0] = measure_stats(&stats[1], &stats[2]);
   close_relay();
   ctl_embedded_stop(e);
   g_link_up = false;
@@ -530,7 +656,7 @@ static double h2load_run(bool tls, double *mean_us) {
 
 static void usage(void) {
   fprintf(stderr, "usage: bench_validate --controller-bin PATH [--h2load PATH] [--tmp DIR]\n"
-                  "       [--concurrency N] [--secs S] [--rounds R]\n");
+                  "       [--concurrency N] [--secs S] [--rounds R] [--stats SESSIONS]\n");
   exit(2);
 }
 
@@ -548,6 +674,8 @@ int main(int argc, char **argv) {
       opt.secs = atof(argv[i + 1]);
     else if (strcmp(argv[i], "--rounds") == 0)
       opt.rounds = atoi(argv[i + 1]);
+    else if (strcmp(argv[i], "--stats") == 0)
+      opt.stats = atoi(argv[i + 1]);
     else
       usage();
   }
@@ -579,12 +707,23 @@ int main(int argc, char **argv) {
          opt.concurrency, opt.secs, opt.rounds);
   double ours_e = 0, ours_t = 0, base_h2c = 0, base_tls = 0;
   double lat_e[2] = {0, 0}, lat_t[2] = {0, 0}, mean_h2c = 0, mean_tls = 0;
+  double best_stats[3] = {0, 0, 0}, best_vcpu = 0;
   for (int round = 0; round < opt.rounds; round++) {
-    double r, lat[2], mean;
-    r = ours_embedded(lat);
-    printf("  ours embedded (socketpair, 2 threads)  %9.0f calls/s  p50 %6.0f us  p99 %6.0f us\n",
-           r, lat[0], lat[1]);
+    double r, lat[2], mean, vcpu = 0, stats[3] = {0, 0, 0};
+    r = ours_embedded(lat, &vcpu, stats);
+    printf("  ours embedded (socketpair, 2 threads)  %9.0f calls/s  p50 %6.0f us  p99 %6.0f us"
+           "  (%.1f us CPU a call)\n",
+           r, lat[0], lat[1], vcpu);
     if (r > ours_e) ours_e = r, lat_e[0] = lat[0], lat_e[1] = lat[1];
+    if (opt.stats > 0) {
+      printf("  counter reports, %d sessions          %9.0f reports/s  CPU a report: relay %.2f us,"
+             " controller %.2f us\n",
+             opt.stats, stats[0], stats[1], stats[2]);
+      if (stats[0] > best_stats[0]) {
+        memcpy(best_stats, stats, sizeof stats);
+        best_vcpu = vcpu;
+      }
+    }
     if (opt.controller_bin) {
       r = ours_tls(lat);
       printf("  ours mTLS (relay-controller process)   %9.0f calls/s  p50 %6.0f us  p99 %6.0f us\n",
@@ -603,6 +742,15 @@ int main(int argc, char **argv) {
   printf("@@ controller link | Validate calls/s, embedded (p50/p99 us) | %.0f (%.0f/%.0f) | "
          "h2load h2c %.0f (mean %.0f us) | ours/h2load %.2f\n",
          ours_e, lat_e[0], lat_e[1], base_h2c, mean_h2c, base_h2c > 0 ? ours_e / base_h2c : 0);
+  if (opt.stats > 0) {
+    double per = best_stats[1] + best_stats[2];
+    printf(
+        "@@ controller link | counter reports, %d busy sessions: CPU per second (relay + "
+        "controller) | %.1f ms (%.1f%% of a core; max %.0f reports/s) | one Validate %.1f us CPU "
+        "| report/Validate %.2f\n",
+        opt.stats, per * opt.stats / 1000, per * opt.stats / 1e4, best_stats[0], best_vcpu,
+        best_vcpu > 0 ? per / best_vcpu : 0);
+  }
   if (opt.controller_bin)
     printf(
         "@@ controller link | Validate calls/s, mTLS 2 processes (p50/p99 us) | %.0f (%.0f/%.0f) | "
