@@ -1,0 +1,207 @@
+"""The WebSocket data plane against clients that push the edges of RFC 6455
+and RFC 9110, seen by independent clients (Python `websockets` and the raw
+frame client in wsraw.py):
+
+* the upgrade handshake: over HTTP/1.0 (426, no upgrade), with a method
+  other than GET (400), with Sec-WebSocket-Key or -Version twice (400);
+* the slot token given more than once (Authorization, ?token=, the
+  swsrs.token.<t> subprotocol, or any of them repeated): all agreeing is
+  fine, any disagreement is 400 with a JSON body that names neither token,
+  and no slot is taken.
+"""
+
+import asyncio
+import base64
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+import websockets
+import websockets.exceptions
+
+import relaytest
+import wsraw
+from wsraw import BINARY, CLOSE, CONT, PING, TEXT, frame
+
+
+@pytest.fixture(scope="module")
+def relay():
+    with relaytest.Relay(plain=True) as r:  # stopped cleanly (exit 0) at the end
+        yield r
+        assert r.alive(), r.describe()
+
+
+@pytest.fixture
+def admin(relay):
+    a = wsraw.Admin(relay)
+    yield a
+    a.close()
+
+
+def arun(coro, timeout=120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def new_key():
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def ws_headers(token=None, key=None):
+    h = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+         ("Sec-WebSocket-Key", key or new_key()), ("Sec-WebSocket-Version", "13")]
+    if token:
+        h.append(("Authorization", "Bearer " + token))
+    return h
+
+
+def send_request(relay, method, path, headers, version="HTTP/1.1"):
+    """One request on a new connection; returns its response."""
+    s = relay.connect()
+    try:
+        s.sendall(relaytest.http_request(method, path, headers=headers, version=version))
+        return relaytest.Reader(s).read_response(head_request=method == "HEAD")
+    finally:
+        s.close()
+
+
+def assert_pairs(relay, s):
+    """Both slots are still free: the real peers pair and data flows."""
+    a = wsraw.open_peer(relay, s["id"], s["initiator_token"])
+    b = wsraw.open_peer(relay, s["id"], s["responder_token"])
+    a.send_message(b"ping over the pair")
+    assert b.recv_message() == (BINARY, b"ping over the pair")
+    a.close()
+    assert b.expect_close() == 1000
+    a.shutdown()
+    b.shutdown()
+
+
+# ---- the handshake ---------------------------------------------------------------------
+
+def test_upgrade_over_http10_is_not_upgraded(relay, admin):
+    s = admin.create()
+    r = send_request(relay, "GET", "/relay/" + s["id"],
+                     ws_headers(s["initiator_token"]), version="HTTP/1.0")
+    relaytest.assert_error_body(r, 426, "upgrade_required")
+    assert_pairs(relay, s)
+
+
+def test_upgrade_with_head_is_400(relay, admin):
+    s = admin.create()
+    r = send_request(relay, "HEAD", "/relay/" + s["id"], ws_headers(s["initiator_token"]))
+    assert r.status == 400 and r.header("Sec-WebSocket-Accept") is None, r
+    assert r.body == b""  # HEAD: no body, only its length
+    assert_pairs(relay, s)
+
+
+def test_upgrade_with_post_is_405(relay, admin):
+    s = admin.create()
+    r = send_request(relay, "POST", "/relay/" + s["id"], ws_headers(s["initiator_token"]))
+    relaytest.assert_error_body(r, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("twice", ["key-different", "key-same", "version"])
+def test_repeated_handshake_header_is_400(relay, admin, twice):
+    s = admin.create()
+    key = new_key()
+    hdrs = ws_headers(s["initiator_token"], key)
+    hdrs.append({"key-different": ("Sec-WebSocket-Key", new_key()),
+                 "key-same": ("Sec-WebSocket-Key", key),
+                 "version": ("Sec-WebSocket-Version", "13")}[twice])
+    r = send_request(relay, "GET", "/relay/" + s["id"], hdrs)
+    relaytest.assert_error_body(r, 400, "bad_handshake")
+    assert_pairs(relay, s)
+
+
+# ---- the slot token given more than once ---------------------------------------------------
+
+def token_request(relay, sid, bearers=(), queries=(), protocols=(), protocol_headers=1):
+    headers = ws_headers()
+    headers += [("Authorization", "Bearer " + t) for t in bearers]
+    protos = ["swsrs.token." + t for t in protocols]
+    if protos:
+        per = -(-len(protos) // protocol_headers)
+        for i in range(0, len(protos), per):
+            headers.append(("Sec-WebSocket-Protocol", ", ".join(protos[i:i + per])))
+    path = "/relay/" + sid
+    if queries:
+        path += "?" + "&".join("token=" + t for t in queries)
+    return send_request(relay, "GET", path, headers)
+
+
+def conflicts(s):
+    """Two sources that disagree: each pair of ways, and each way repeated.
+    The other value is the other slot's real token: whichever source won,
+    a lax relay would hand out a slot."""
+    i, r = s["initiator_token"], s["responder_token"]
+    return {
+        "bearer-query": dict(bearers=[i], queries=[r]),
+        "query-bearer": dict(bearers=[r], queries=[i]),
+        "bearer-subprotocol": dict(bearers=[i], protocols=[r]),
+        "query-subprotocol": dict(queries=[i], protocols=[r]),
+        "bearer-twice": dict(bearers=[i, r]),
+        "query-twice": dict(queries=[i, r]),
+        "subprotocol-twice": dict(protocols=[i, r]),
+        "subprotocol-two-headers": dict(protocols=[i, r], protocol_headers=2),
+        "three-ways-last-differs": dict(bearers=[i], queries=[i], protocols=[r]),
+        "prefix": dict(bearers=[i], queries=[i[:-1]]),
+    }
+
+
+CONFLICTS = sorted(conflicts({"initiator_token": "a", "responder_token": "b"}))
+
+
+@pytest.mark.parametrize("name", CONFLICTS)
+def test_disagreeing_tokens_are_400(relay, admin, name):
+    s = admin.create()
+    r = token_request(relay, s["id"], **conflicts(s)[name])
+    body = relaytest.assert_error_body(r, 400, "conflicting_tokens")
+    text = r.body.decode()
+    assert s["initiator_token"] not in text and s["responder_token"] not in text, body
+    assert s["initiator_token"][:-1] not in text, body
+    assert r.header("Sec-WebSocket-Accept") is None, r
+    assert_pairs(relay, s)  # no slot was taken
+
+
+@pytest.mark.parametrize("ways", ["bearer-query", "bearer-subprotocol", "query-subprotocol",
+                                  "all-three", "bearer-twice", "subprotocol-two-headers"])
+def test_agreeing_tokens_are_fine(relay, admin, ways):
+    s = admin.create()
+    t = s["initiator_token"]
+    kw = {"bearer-query": dict(bearers=[t], queries=[t]),
+          "bearer-subprotocol": dict(bearers=[t], protocols=[t]),
+          "query-subprotocol": dict(queries=[t], protocols=[t]),
+          "all-three": dict(bearers=[t], queries=[t], protocols=[t]),
+          "bearer-twice": dict(bearers=[t, t]),
+          "subprotocol-two-headers": dict(protocols=[t, t], protocol_headers=2)}[ways]
+    r = token_request(relay, s["id"], **kw)
+    assert r.status == 101, r
+    if "protocols" in kw:  # the client offered it, so it is echoed
+        assert r.header("Sec-WebSocket-Protocol") == "swsrs.token." + t, r
+    else:
+        assert r.header("Sec-WebSocket-Protocol") is None, r
+
+
+def test_disagreeing_tokens_from_websockets_client(relay, admin):
+    s = admin.create()
+    uri = "ws://127.0.0.1:%d/relay/%s" % (relay.port, s["id"])
+
+    async def go():
+        with pytest.raises(websockets.exceptions.InvalidStatusCode) as e:
+            await websockets.connect(
+                uri, extra_headers=[("Authorization", "Bearer " + s["initiator_token"])],
+                subprotocols=["swsrs.token." + s["responder_token"]],
+                open_timeout=relaytest.TIMEOUT)
+        assert e.value.status_code == 400
+        # The same token both ways is accepted, and the subprotocol echoed.
+        async with websockets.connect(
+                uri, extra_headers=[("Authorization", "Bearer " + s["initiator_token"])],
+                subprotocols=["swsrs.token." + s["initiator_token"]],
+                open_timeout=relaytest.TIMEOUT) as a:
+            assert a.subprotocol == "swsrs.token." + s["initiator_token"]
+
+    arun(go())
