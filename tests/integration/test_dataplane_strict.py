@@ -7,7 +7,10 @@ frame client in wsraw.py):
 * the slot token given more than once (Authorization, ?token=, the
   swsrs.token.<t> subprotocol, or any of them repeated): all agreeing is
   fine, any disagreement is 400 with a JSON body that names neither token,
-  and no slot is taken.
+  and no slot is taken;
+* a text message whose last frame ends inside a UTF-8 sequence: the sender
+  is closed 1007 and the receiver never gets the message complete (it sees
+  the close, 1000, as for invalid UTF-8 in mid-message).
 """
 
 import asyncio
@@ -203,5 +206,83 @@ def test_disagreeing_tokens_from_websockets_client(relay, admin):
                 subprotocols=["swsrs.token." + s["initiator_token"]],
                 open_timeout=relaytest.TIMEOUT) as a:
             assert a.subprotocol == "swsrs.token." + s["initiator_token"]
+
+    arun(go())
+
+
+# ---- UTF-8 at the end of a text message ---------------------------------------------------
+
+# Each message's bytes are valid so far, and its last frame ends inside a
+# character.  (Invalid bytes mid-message are test_dataplane.py's 1007 tests.)
+UNFINISHED = {
+    "one-frame": [frame(TEXT, b"abc \xe2\x82")],
+    "one-frame-lead-byte-only": [frame(TEXT, b"\xf0")],
+    "last-of-two-frames": [frame(TEXT, b"abc ", fin=False), frame(CONT, b"\xe2\x82")],
+    "split-then-unfinished": [frame(TEXT, b"\xf0\x9f", fin=False), frame(CONT, b"\x98")],
+    "after-a-ping": [frame(TEXT, b"euro \xe2", fin=False), frame(PING, b"p"),
+                     frame(CONT, b"\x82")],
+}
+
+
+def pair_raw(relay, admin):
+    s = admin.create()
+    a = wsraw.open_peer(relay, s["id"], s["initiator_token"])
+    b = wsraw.open_peer(relay, s["id"], s["responder_token"])
+    return s, a, b
+
+
+def frames_until_close(conn):
+    """Every frame the relay sends until (and with) its close."""
+    got = []
+    while True:
+        f = conn.recv_frame()
+        got.append(f)
+        if f.opcode == CLOSE:
+            return got
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one-write", "separate-reads"])
+@pytest.mark.parametrize("name", sorted(UNFINISHED))
+def test_text_ending_inside_a_character_never_arrives_complete(relay, admin, name, together):
+    s, a, b = pair_raw(relay, admin)
+    if together:
+        a.send_raw(b"".join(UNFINISHED[name]))
+    else:
+        for f in UNFINISHED[name]:
+            a.send_raw(f)
+            time.sleep(0.05)  # the relay reads each frame on its own
+    assert a.expect_close() == 1007, a.last_close
+    got = frames_until_close(b)
+    data = [f for f in got if f.opcode in (TEXT, BINARY, CONT)]
+    assert not any(f.fin for f in data), got  # the message was never completed
+    assert got[-1].close_code == 1000, got
+    # The session is usable again with the same tokens.
+    a2 = wsraw.open_peer(relay, s["id"], s["initiator_token"])
+    b2 = wsraw.open_peer(relay, s["id"], s["responder_token"])
+    a2.send_message("fine ✓")
+    assert b2.recv_message() == (TEXT, "fine ✓".encode())
+
+
+def test_text_ending_inside_a_character_websockets_receiver(relay, admin):
+    """With `websockets` as the receiver: it would fail the connection with
+    1007 itself if the invalid message reached it; it must instead see the
+    relay's close 1000 without any message."""
+    s = admin.create()
+    uri = "ws://127.0.0.1:%d/relay/%s" % (relay.port, s["id"])
+
+    async def go():
+        async with websockets.connect(
+                uri, extra_headers=[("Authorization", "Bearer " + s["responder_token"])],
+                open_timeout=relaytest.TIMEOUT, ping_interval=None) as b:
+            loop = asyncio.get_running_loop()
+            a = await loop.run_in_executor(
+                None, lambda: wsraw.open_peer(relay, s["id"], s["initiator_token"]))
+            await loop.run_in_executor(None, a.send_raw, frame(TEXT, b"caf\xc3"))
+            with pytest.raises(websockets.exceptions.ConnectionClosed):
+                got = await asyncio.wait_for(b.recv(), relaytest.TIMEOUT)
+                raise AssertionError("a message arrived: %r" % got)
+            assert b.close_code == 1000, (b.close_code, b.close_reason)
+            code = await loop.run_in_executor(None, a.expect_close)
+            assert code == 1007
 
     arun(go())
