@@ -410,6 +410,9 @@ static void peer_input(rly_peer *p, uint8_t *data, size_t len) {
 static void peer_resume(rly_peer *p) {
   if (!p->paused || p->closing) return;
   p->paused = false;
+  /* Its silence while paused was ours (see idle_ping): a fresh period. */
+  p->last_rx_ms = cm_now_mono_ms();
+  p->ping_sent = false;
   cm_stream_resume(p->st);
 }
 
@@ -808,9 +811,13 @@ void rly_dp_on_link_up(rly_server *s, const char *controller) {
   }
 }
 
+/* --ping-idle: a peer silent for the idle time is pinged, and closed 1001
+ * if it stays silent another period.  A peer whose reading the relay
+ * paused (its counterpart is slow, or the hold buffer is full) is not
+ * silent, we are not listening: it is left alone until reading resumes. */
 static void idle_ping(rly_server *s, rly_peer *p, uint64_t now) {
   uint64_t idle = (uint64_t)s->cfg->ping_idle_ms;
-  if (!idle || !p || p->closing || now - p->last_rx_ms < idle) return;
+  if (!idle || !p || p->closing || p->paused || now - p->last_rx_ms < idle) return;
   if (!p->ping_sent) {
     p->ping_sent = true;
     p->last_rx_ms = now; /* the pong must come within another idle period */

@@ -10,7 +10,9 @@ frame client in wsraw.py):
   and no slot is taken;
 * a text message whose last frame ends inside a UTF-8 sequence: the sender
   is closed 1007 and the receiver never gets the message complete (it sees
-  the close, 1000, as for invalid UTF-8 in mid-message).
+  the close, 1000, as for invalid UTF-8 in mid-message);
+* --ping-idle: a sender whose reading the relay paused for backpressure is
+  not idle, however long the receiver takes; a silent peer still is.
 """
 
 import asyncio
@@ -286,3 +288,145 @@ def test_text_ending_inside_a_character_websockets_receiver(relay, admin):
             assert code == 1007
 
     arun(go())
+
+
+# ---- --ping-idle -----------------------------------------------------------------------------
+
+IDLE = 1.0  # --ping-idle, seconds
+
+
+def idle_session(start_relay, *extra, **kw):
+    """A relay with --ping-idle IDLE and a fresh session on it."""
+    relay = start_relay(plain=True, extra=["--ping-idle", "%dms" % (IDLE * 1000)] + list(extra),
+                        **kw)
+    adm = wsraw.Admin(relay)
+    s = adm.create()
+    adm.close()
+    return relay, s
+
+
+class Keepalive(threading.Thread):
+    """Sends a ping on a raw connection every `every` seconds (without
+    reading), as a client with its own keepalive does."""
+
+    def __init__(self, conn, every=0.25):
+        super().__init__(daemon=True)
+        self.conn, self.every = conn, every
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(self.every):
+            try:
+                self.conn.ping(b"ka")
+            except OSError:
+                return
+
+    def stop(self):
+        self.stopped.set()
+        self.join(relaytest.TIMEOUT)
+
+
+def test_paused_sender_is_not_idle(start_relay):
+    """A fast sender (websockets) and a receiver that stops reading for
+    3.5 idle periods: the relay stops reading the sender to hold the
+    receiver's queue down, and must not take that silence for idleness.
+    Every byte arrives (SHA-256) and the session ends with the sender's own
+    close (1000), not 1001."""
+    relay, s = idle_session(start_relay, "--ws-high-watermark", "16KiB", log_level="info")
+    total, msg = 32 << 20, 64 << 10
+    blocks = [os.urandom(msg) for _ in range(8)]
+    want = hashlib.sha256()
+    for i in range(total // msg):
+        want.update(blocks[i % len(blocks)])
+
+    rs = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    rs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    rs.settimeout(relaytest.TIMEOUT)
+    rs.connect(("127.0.0.1", relay.port))
+    b = wsraw.WsConn(rs)
+    assert b.handshake("/relay/" + s["id"],
+                       headers=[("Authorization", "Bearer " + s["responder_token"])]).status == 101
+    ka = Keepalive(b)  # the receiver stays live on its own account
+    ka.start()
+
+    result = {}
+
+    async def sender():
+        uri = "ws://127.0.0.1:%d/relay/%s" % (relay.port, s["id"])
+        async with websockets.connect(
+                uri, extra_headers=[("Authorization", "Bearer " + s["initiator_token"])],
+                max_size=None, compression=None, ping_interval=None,
+                open_timeout=relaytest.TIMEOUT, close_timeout=10) as a:
+            t0 = time.monotonic()
+            try:
+                for i in range(total // msg):
+                    await a.send(blocks[i % len(blocks)])
+                result["send_seconds"] = time.monotonic() - t0
+                await a.close(1000, "done")
+            except websockets.exceptions.ConnectionClosed as e:
+                result["closed"] = (e.code, e.reason)
+            result["close_code"] = a.close_code
+
+    snd = threading.Thread(target=lambda: arun(sender()), daemon=True)
+    snd.start()
+    time.sleep(3.5 * IDLE)  # not reading: the sender is paused meanwhile
+
+    hasher = wsraw.StreamHasher()
+    buf = bytearray(1 << 20)
+    deadline = time.monotonic() + 120
+    close = None
+    while close is None:
+        assert time.monotonic() < deadline, hasher.payload_bytes
+        rs.settimeout(max(0.1, deadline - time.monotonic()))
+        n = rs.recv_into(buf)
+        if n == 0:
+            break
+        hasher.feed(memoryview(buf)[:n])
+        close = next((p for op, p in hasher.controls if op == CLOSE), None)
+    ka.stop()
+    snd.join(relaytest.TIMEOUT)
+    assert not snd.is_alive()
+    code = struct.unpack("!H", close[:2])[0] if close else None
+    assert "closed" not in result, (result, relay.find_logs(msg="peer idle; closing"))
+    assert result.get("send_seconds", 0) > 2 * IDLE, result  # it was held back that long
+    assert code == 1000, (code, hasher.payload_bytes)
+    assert hasher.payload_bytes == total and hasher.hexdigest() == want.hexdigest()
+    assert hasher.messages == total // msg and hasher.types == {BINARY: total // msg}
+    assert not relay.find_logs(msg="peer idle; closing")
+    b.shutdown()
+
+
+def test_silent_peer_is_still_closed_1001(start_relay):
+    """What --ping-idle is for: a peer that neither sends nor answers the
+    relay's ping is closed 1001 after about two idle periods; its
+    counterpart, which answers pings, is kept until then and hears 1001."""
+    relay, s = idle_session(start_relay)
+    a = wsraw.open_peer(relay, s["id"], s["initiator_token"])
+    b = wsraw.open_peer(relay, s["id"], s["responder_token"])
+    t0 = time.monotonic()
+    ping = a.recv_frame(timeout=4 * IDLE)  # a does not answer it
+    assert (ping.opcode, ping.payload) == (PING, b"relay"), ping
+    assert a.expect_close(timeout=4 * IDLE) == 1001, a.last_close
+    elapsed = time.monotonic() - t0
+    assert 1.5 * IDLE <= elapsed <= 4 * IDLE, elapsed
+    with pytest.raises(wsraw.Closed) as e:
+        b.recv_message(timeout=4 * IDLE)  # answers the relay's pings meanwhile
+    assert e.value.code == 1001
+
+
+def test_peers_answering_pings_stay(start_relay):
+    relay, s = idle_session(start_relay)
+    a = wsraw.open_peer(relay, s["id"], s["initiator_token"])
+    b = wsraw.open_peer(relay, s["id"], s["responder_token"])
+    pings = [0, 0]
+    end = time.monotonic() + 3.5 * IDLE
+    while time.monotonic() < end:
+        for i, c in enumerate((a, b)):
+            if relaytest.wait_readable(c.sock, 0.05) or c.reader.buf:
+                f = c.recv_frame()
+                assert f.opcode == PING, f
+                c.send_frame(wsraw.PONG, f.payload)
+                pings[i] += 1
+    assert min(pings) >= 1, pings  # pinged, answered, and kept past two idle periods
+    a.send_message(b"still here")
+    assert b.recv_message() == (BINARY, b"still here")
