@@ -729,6 +729,10 @@ size_t ctl_reg_list(ctl_registry *reg, int64_t now, size_t max, ctl_reg_list_cb 
 static cm_list *page_start(ctl_registry *reg, const char *token, int *rc) {
   *rc = 0;
   if (!token || !token[0]) return reg->all.next;
+  if (token[0] < '0' || token[0] > '9') { /* strtoull would take "-1" or " 1" */
+    *rc = -EINVAL;
+    return NULL;
+  }
   char *dot;
   errno = 0;
   unsigned long long seq = strtoull(token, &dot, 10);

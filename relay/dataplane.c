@@ -423,6 +423,9 @@ static void peer_input(rly_peer *p, uint8_t *data, size_t len) {
 static void peer_resume(rly_peer *p) {
   if (!p->paused || p->closing) return;
   p->paused = false;
+  /* Its silence while paused was ours (see idle_ping): a fresh period. */
+  p->last_rx_ms = cm_now_mono_ms();
+  p->ping_sent = false;
   cm_stream_resume(p->st);
 }
 
@@ -501,31 +504,59 @@ static bool token_chars_ok(const char *t) {
   return true;
 }
 
-/* Finds the slot token.  Returns false when none was offered. */
-static bool find_token(const rly_http_request *req, char *tok, size_t toklen, char *proto,
-                       size_t protolen) {
-  proto[0] = '\0';
-  const char *auth = rly_http_header_get(req, "Authorization");
-  if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
-    snprintf(tok, toklen, "%s", auth + 7);
-    return true;
+#define TOKEN_PROTOCOL     "swsrs.token."
+#define TOKEN_PROTOCOL_LEN (sizeof TOKEN_PROTOCOL - 1)
+
+/* The slot token as offered: it may come as Authorization: Bearer,
+ * ?token= and the swsrs.token.<t> subprotocol, each possibly repeated.
+ * Every offer must be the same token; otherwise which one counts would
+ * depend on who reads the request (a proxy checking one, the relay
+ * another), so disagreement is refused rather than resolved. */
+typedef struct token_offer {
+  char tok[MAX_TOKEN + 1];
+  size_t len;
+  bool found;     /* at least one offer */
+  bool malformed; /* an offer that is empty, too long or does not decode */
+  bool conflict;  /* two offers differ */
+  bool protocol;  /* offered as a subprotocol (so it is echoed) */
+} token_offer;
+
+static void offer(token_offer *t, const char *s, size_t n) {
+  if (n == 0 || n > MAX_TOKEN) {
+    t->malformed = true;
+  } else if (!t->found) {
+    memcpy(t->tok, s, n);
+    t->tok[n] = '\0';
+    t->len = n;
+    t->found = true;
+  } else if (n != t->len || !cm_ct_equal(t->tok, s, n)) {
+    t->conflict = true;
   }
-  if (rly_http_query_get(req->query, "token", tok, toklen)) return true;
-  const char *sp = rly_http_header_get(req, "Sec-WebSocket-Protocol");
-  for (const char *p = sp; p && *p;) {
-    while (*p == ' ' || *p == ',')
-      p++;
-    size_t n = strcspn(p, ", ");
-    if (n > 12 && strncmp(p, "swsrs.token.", 12) == 0 && n - 12 < toklen && n < protolen) {
-      memcpy(tok, p + 12, n - 12);
-      tok[n - 12] = '\0';
-      memcpy(proto, p, n);
-      proto[n] = '\0';
-      return true;
+}
+
+static void find_token(const rly_http_request *req, token_offer *t) {
+  memset(t, 0, sizeof *t);
+  size_t i = 0, n;
+  for (const char *auth; (auth = rly_http_header_next(req, "Authorization", &i));)
+    if (strncasecmp(auth, "Bearer ", 7) == 0) offer(t, auth + 7, strlen(auth + 7));
+  char q[MAX_TOKEN + 1];
+  const char *cur = req->query;
+  for (int rc; (rc = rly_http_query_next(&cur, "token", q, sizeof q)) != 0;) {
+    if (rc < 0)
+      t->malformed = true;
+    else
+      offer(t, q, strlen(q));
+  }
+  OPENSSL_cleanse(q, sizeof q);
+  i = 0;
+  for (const char *sp; (sp = rly_http_header_next(req, "Sec-WebSocket-Protocol", &i));) {
+    for (const char *pc = sp, *item; (item = rly_http_list_next(&pc, &n));) {
+      if (n < TOKEN_PROTOCOL_LEN || strncmp(item, TOKEN_PROTOCOL, TOKEN_PROTOCOL_LEN) != 0)
+        continue;
+      offer(t, item + TOKEN_PROTOCOL_LEN, n - TOKEN_PROTOCOL_LEN);
+      t->protocol = true;
     }
-    p += n;
   }
-  return false;
 }
 
 static void upgrade_free(rly_upgrade *u) {
@@ -587,12 +618,26 @@ static void on_validate(void *ud, int status, const char *message, const Protobu
   upgrade_free(u);
 }
 
+/* RFC 6455 §4.2.1.  The HTTP core has already ignored Upgrade on
+ * HTTP/1.0, so such a request lands in the 426 below; the router lets
+ * HEAD reach this GET route, and a HEAD must not upgrade. */
 static bool check_handshake(rly_conn *c, const rly_http_request *req, rly_upgrade *u) {
   const char *upg = rly_http_header_get(req, "Upgrade");
   const char *conn = rly_http_header_get(req, "Connection");
   if (!req->upgrade || !upg || !rly_http_header_has_token(upg, "websocket") || !conn ||
       !rly_http_header_has_token(conn, "upgrade")) {
     refuse(c, 426, "upgrade_required", "this endpoint speaks WebSocket only");
+    return false;
+  }
+  if (strcmp(req->method, "GET") != 0) {
+    refuse(c, 400, "bad_handshake", "a WebSocket handshake is a GET request");
+    return false;
+  }
+  /* Both headers must not repeat (§11.3.1, §11.3.5): which copy counts
+   * would depend on who reads the request. */
+  if (rly_http_header_count(req, "Sec-WebSocket-Version") > 1 ||
+      rly_http_header_count(req, "Sec-WebSocket-Key") > 1) {
+    refuse(c, 400, "bad_handshake", "Sec-WebSocket-Key or -Version given more than once");
     return false;
   }
   const char *ver = rly_http_header_get(req, "Sec-WebSocket-Version");
@@ -610,6 +655,7 @@ static bool check_handshake(rly_conn *c, const rly_http_request *req, rly_upgrad
 
 void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const char *session_id) {
   rly_server *s = c->srv;
+  token_offer t = {0};
   rly_upgrade *u = calloc(1, sizeof *u);
   if (!u) {
     refuse(c, 503, "overloaded", "out of memory");
@@ -623,16 +669,21 @@ void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const char *sessio
     refuse(c, 403, "origin_not_allowed", "this Origin may not connect");
     goto done;
   }
-  char token[MAX_TOKEN + 2];
-  if (!find_token(req, token, sizeof token, u->protocol, sizeof u->protocol)) {
+  find_token(req, &t);
+  if (t.conflict) {
+    refuse(c, 400, "conflicting_tokens", "the slot token was given more than once, differently");
+    goto done;
+  }
+  if (!t.found && !t.malformed) {
     refuse(c, 401, "missing_token", "a slot token is required");
     goto done;
   }
-  if (!token_chars_ok(token)) {
-    OPENSSL_cleanse(token, sizeof token);
+  if (t.malformed || !token_chars_ok(t.tok)) {
     refuse(c, 401, "invalid_token", "malformed slot token");
     goto done;
   }
+  /* A token the client offered as a subprotocol is the one to echo. */
+  if (t.protocol) snprintf(u->protocol, sizeof u->protocol, TOKEN_PROTOCOL "%s", t.tok);
   if (s->draining || s->shutting_down) {
     refuse(c, 503, "draining", "this relay is not accepting new peers");
     goto done;
@@ -645,7 +696,7 @@ void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const char *sessio
   rly_http_query_get(req->query, "role", role, sizeof role);
   Relay__V1__SlotRequest q = RELAY__V1__SLOT_REQUEST__INIT;
   q.session_id = u->id;
-  q.token = token;
+  q.token = t.tok;
   q.requested_role = strcmp(role, "initiator") == 0   ? RELAY__V1__ROLE__ROLE_INITIATOR
                      : strcmp(role, "responder") == 0 ? RELAY__V1__ROLE__ROLE_RESPONDER
                                                       : RELAY__V1__ROLE__ROLE_UNSPECIFIED;
@@ -660,15 +711,16 @@ void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const char *sessio
   int status;
   u->call = tun_relay_call(s->tun, TUN_PATH_VALIDATE, &q.base,
                            &relay__v1__slot_decision__descriptor, 0, on_validate, u, &status);
-  OPENSSL_cleanse(token, sizeof token);
   if (!u->call) {
     refuse(c, 503, "controller_unavailable", "no controller link is up");
     goto done;
   }
+  OPENSSL_cleanse(&t, sizeof t);
   c->pending = u;
   c->pending_cancel = upgrade_cancel;
   return;
 done:
+  OPENSSL_cleanse(&t, sizeof t);
   upgrade_free(u);
 }
 
@@ -795,9 +847,13 @@ void rly_dp_on_link_up(rly_server *s, const char *controller) {
   }
 }
 
+/* --ping-idle: a peer silent for the idle time is pinged, and closed 1001
+ * if it stays silent another period.  A peer whose reading the relay
+ * paused (its counterpart is slow, or the hold buffer is full) is not
+ * silent, we are not listening: it is left alone until reading resumes. */
 static void idle_ping(rly_server *s, rly_peer *p, uint64_t now) {
   uint64_t idle = (uint64_t)s->cfg->ping_idle_ms;
-  if (!idle || !p || p->closing || now - p->last_rx_ms < idle) return;
+  if (!idle || !p || p->closing || p->paused || now - p->last_rx_ms < idle) return;
   if (!p->ping_sent) {
     p->ping_sent = true;
     p->last_rx_ms = now; /* the pong must come within another idle period */

@@ -38,7 +38,13 @@ struct rly_http_conn {
   enum piece last;
   size_t url_off, url_len, header_bytes;
 
-  int error_status; /* set by a callback that aborts parsing */
+  int error_status;         /* set by a callback that aborts parsing */
+  const char *error_detail; /* its message, static; NULL: the parser's */
+  /* Where the parser runs (for looking back from a callback's pointer):
+   * the buffer given to http_parser_execute, and the last byte before it
+   * that is not a blank (SP or HTAB). */
+  const char *exec_base;
+  char before_exec;
   bool in_request, headers_done, complete, busy, closed, upgraded, in_feed;
   bool streaming;    /* a chunked (or close-delimited) body is being sent */
   bool stream_raw;   /* HTTP/1.0 peer: no chunk framing, close at the end */
@@ -152,6 +158,38 @@ static int fail(rly_http_conn *c, int status) {
   return -1;
 }
 
+static int refuse(rly_http_conn *c, int status, const char *why) {
+  c->error_detail = why;
+  return fail(c, status);
+}
+
+/* RFC 9110 §5.6.2: tchar. */
+static bool is_tchar(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         (ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
+/* The request-target is visible ASCII (RFC 9112 §3.2; RFC 3986 has no
+ * spaces, controls or raw octets above 0x7E).  libhttp-parser, built
+ * lenient, lets a tab and high octets through, which another parser on
+ * the path may read differently. */
+static bool target_bytes_ok(const char *at, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if ((unsigned char)at[i] <= 0x20 || (unsigned char)at[i] >= 0x7F) return false;
+  return true;
+}
+
+/* True when the value piece at `at` starts a continuation line (obs-fold,
+ * RFC 9112 §5.2): the last non-blank byte before it is a line end, where
+ * a value's own start follows the colon. */
+static bool starts_obs_fold(const rly_http_conn *c, const char *at) {
+  const char *p = at;
+  while (p > c->exec_base && (p[-1] == ' ' || p[-1] == '\t'))
+    p--;
+  char before = p > c->exec_base ? p[-1] : c->before_exec;
+  return before == '\n' || before == '\r';
+}
+
 static int terminate_piece(rly_http_conn *c) {
   if (c->last == P_NONE) return 0;
   return cm_buf_append(&c->arena, "", 1) == 0 ? 0 : fail(c, 431);
@@ -189,15 +227,29 @@ static int on_url(http_parser *p, const char *at, size_t len) {
   rly_http_conn *c = p->data;
   c->url_len += len;
   if (c->url_len > c->lim.max_url) return fail(c, 414);
+  if (!target_bytes_ok(at, len)) return refuse(c, 400, "invalid byte in the request-target");
   return piece(c, P_URL, at, len);
 }
 
+/* The parser (built without HTTP_PARSER_STRICT) takes a space as part of
+ * a name and still recognises "Transfer-Encoding " as the header that
+ * frames the body: a proxy reading the name strictly frames the request
+ * differently (request smuggling).  A name is a token, nothing else. */
 static int on_header_field(http_parser *p, const char *at, size_t len) {
-  return piece(p->data, P_FIELD, at, len);
+  rly_http_conn *c = p->data;
+  for (size_t i = 0; i < len; i++)
+    if (!is_tchar((unsigned char)at[i])) return refuse(c, 400, "invalid header field name");
+  return piece(c, P_FIELD, at, len);
 }
 
+/* The parser joins obs-fold continuation lines to the value; RFC 9112
+ * §5.2 lets a server refuse them, which is the only reading every proxy
+ * agrees with.  An empty piece carries nothing (the parser reports empty
+ * values at the start of the next line). */
 static int on_header_value(http_parser *p, const char *at, size_t len) {
-  return piece(p->data, P_VALUE, at, len);
+  rly_http_conn *c = p->data;
+  if (len > 0 && starts_obs_fold(c, at)) return refuse(c, 400, "obsolete line folding");
+  return piece(c, P_VALUE, at, len);
 }
 
 static char *trim(char *s) {
@@ -218,6 +270,51 @@ static size_t absolute_form_skip(const char *target) {
   const char *path = strchr(sch + 3, '/');
   if (path) return (size_t)(path - target);
   return 0;
+}
+
+/* uri-host [":" port] (RFC 3986 §3.2.2): reg-name, IPv4 or IP-literal
+ * characters; empty is allowed (RFC 9112 §3.2). */
+static bool host_value_ok(const char *v) {
+  for (const unsigned char *q = (const unsigned char *)v; *q; q++)
+    if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9') ||
+          strchr("-._~%!$&'()*+,;=:[]", *q)))
+      return false;
+  return true;
+}
+
+/* RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without
+ * Host, to any request with more than one, and to an invalid one (which
+ * host a request is for must not depend on who reads it). */
+static const char *host_problem(const rly_http_request *r) {
+  size_t i = 0, n = 0;
+  const char *host = NULL;
+  for (const char *v; (v = rly_http_header_next(r, "Host", &i)) != NULL; n++)
+    host = v;
+  if (n == 0) return r->http_minor >= 1 ? "Host header required" : NULL;
+  if (n > 1) return "more than one Host header";
+  return host_value_ok(host) ? NULL : "invalid Host header";
+}
+
+/* RFC 9112 §6.1-6.3: the parser refuses Content-Length twice or together
+ * with Transfer-Encoding; what it lets through and a proxy may frame
+ * differently is refused here: Transfer-Encoding twice or on HTTP/1.0,
+ * and chunked not exactly once.  Any other coding is 501: the parser
+ * would decode the chunks and hand over the still-encoded body. */
+static int check_transfer_encoding(rly_http_conn *c, const rly_http_request *r) {
+  size_t i = 0, n = 0;
+  const char *te = NULL;
+  for (const char *v; (v = rly_http_header_next(r, "Transfer-Encoding", &i)) != NULL; n++)
+    te = v;
+  if (n == 0) return 0;
+  if (n > 1) return refuse(c, 400, "more than one Transfer-Encoding header");
+  if (r->http_minor == 0) return refuse(c, 400, "Transfer-Encoding in an HTTP/1.0 request");
+  size_t chunked = 0, len;
+  for (const char *cur = te, *item; (item = rly_http_list_next(&cur, &len)) != NULL;) {
+    if (len != 7 || strncasecmp(item, "chunked", 7) != 0)
+      return refuse(c, 501, "unsupported transfer coding");
+    chunked++;
+  }
+  return chunked == 1 ? 0 : refuse(c, 400, "chunked must be applied exactly once");
 }
 
 static int on_headers_complete(http_parser *p) {
@@ -257,6 +354,10 @@ static int on_headers_complete(http_parser *p) {
   c->headers_done = true;
 
   if (p->http_major != 1) return fail(c, 505);
+  const char *why = host_problem(r);
+  if (why) return refuse(c, 400, why);
+  int rc = check_transfer_encoding(c, r);
+  if (rc != 0) return rc;
   if ((p->flags & F_CONTENTLENGTH) && p->content_length > c->lim.max_body) return fail(c, 413);
   const char *expect = rly_http_header_get(r, "Expect");
   if (expect && strcasecmp(expect, "100-continue") == 0) {
@@ -278,7 +379,10 @@ static int on_message_complete(http_parser *p) {
   c->req.body = cm_buf_head(&c->body);
   c->req.body_len = cm_buf_size(&c->body);
   c->req.keep_alive = http_should_keep_alive(p) != 0;
-  c->req.upgrade = p->upgrade != 0;
+  /* RFC 9110 §7.8: Upgrade in an HTTP/1.0 request is ignored; what follows
+   * on the connection is HTTP (libhttp-parser would take it for the new
+   * protocol). */
+  c->req.upgrade = p->upgrade != 0 && p->http_minor >= 1;
   http_parser_pause(p, 1); /* one request at a time */
   return 0;
 }
@@ -302,6 +406,7 @@ static const char *error_code(int status) {
   case 413: return "payload_too_large";
   case 414: return "uri_too_long";
   case 431: return "request_header_fields_too_large";
+  case 501: return "not_implemented";
   case 505: return "http_version_not_supported";
   default: return "error";
   }
@@ -313,6 +418,20 @@ static void protocol_error(rly_http_conn *c, int status, const char *detail) {
   rly_http_respond_error(c, status, error_code(status), detail, NULL);
 }
 
+/* The request line of the HTTP/2 connection preface (RFC 9113 §3.4).
+ * libhttp-parser stops at the "I" of "PRI" (no such method) and would
+ * make it a 400; a client speaking HTTP/2 without ALPN deserves 505. */
+static const char h2_preface[] = "PRI * HTTP/2.0\r\n";
+#define H2_PREFACE_LEN (sizeof h2_preface - 1)
+
+/* 1: the input starts with the preface; 0: it does not; -1: too short to
+ * tell (only while every byte so far matches). */
+static int h2_preface_match(const cm_buf *in) {
+  size_t n = CM_MIN(cm_buf_size(in), H2_PREFACE_LEN);
+  if (memcmp(cm_buf_head(in), h2_preface, n) != 0) return 0;
+  return n == H2_PREFACE_LEN ? 1 : -1;
+}
+
 static void dispatch(rly_http_conn *c) {
   c->busy = true;
   c->requests++;
@@ -320,11 +439,30 @@ static void dispatch(rly_http_conn *c) {
   c->cbs.on_request(c->ud, &c->req);
 }
 
+/* Remembers the last non-blank byte of what the parser consumed, for
+ * starts_obs_fold when a value piece begins the next buffer. */
+static void note_consumed(rly_http_conn *c, const char *data, size_t n) {
+  while (n > 0 && (data[n - 1] == ' ' || data[n - 1] == '\t'))
+    n--;
+  if (n > 0) c->before_exec = data[n - 1];
+}
+
 static void run(rly_http_conn *c) {
   while (!c->busy && !c->closed && !c->upgraded && cm_buf_size(&c->in) > 0) {
+    if (!c->in_request) {
+      int h2 = h2_preface_match(&c->in);
+      if (h2 < 0) break; /* wait for the rest of the line */
+      if (h2 > 0) {
+        cm_buf_reset(&c->in);
+        protocol_error(c, 505, "this listener speaks HTTP/1.1 only");
+        return;
+      }
+    }
     size_t avail = cm_buf_size(&c->in);
-    size_t n =
-        http_parser_execute(&c->parser, &g_settings, (const char *)cm_buf_head(&c->in), avail);
+    const char *data = (const char *)cm_buf_head(&c->in);
+    c->exec_base = data;
+    size_t n = http_parser_execute(&c->parser, &g_settings, data, avail);
+    note_consumed(c, data, n);
     enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
     if (c->complete) {
       cm_buf_consume(&c->in, n);
@@ -339,7 +477,9 @@ static void run(rly_http_conn *c) {
     int status = c->error_status ? c->error_status : 400;
     if (e == HPE_HEADER_OVERFLOW) status = 431;
     cm_buf_reset(&c->in);
-    protocol_error(c, status, status == 400 ? http_errno_description(e) : NULL);
+    const char *why = c->error_detail;
+    if (!why && status == 400) why = http_errno_description(e);
+    protocol_error(c, status, why);
     return;
   }
 }
@@ -505,25 +645,44 @@ uint64_t rly_http_requests(const rly_http_conn *c) { return c->requests; }
 
 /* ---- helpers ------------------------------------------------------------------ */
 
-const char *rly_http_header_get(const rly_http_request *r, const char *name) {
-  for (size_t i = 0; i < r->nheaders; i++)
-    if (strcasecmp(r->headers[i].name, name) == 0) return r->headers[i].value;
+const char *rly_http_header_next(const rly_http_request *r, const char *name, size_t *i) {
+  for (; *i < r->nheaders; (*i)++)
+    if (strcasecmp(r->headers[*i].name, name) == 0) return r->headers[(*i)++].value;
   return NULL;
 }
 
-bool rly_http_header_has_token(const char *value, const char *token) {
-  size_t tl = strlen(token);
-  const char *p = value;
-  while (p && *p) {
-    while (*p == ' ' || *p == '\t' || *p == ',')
-      p++;
-    size_t n = strcspn(p, ",");
-    size_t m = n;
-    while (m > 0 && (p[m - 1] == ' ' || p[m - 1] == '\t'))
-      m--;
-    if (m == tl && strncasecmp(p, token, tl) == 0) return true;
-    p += n;
+const char *rly_http_header_get(const rly_http_request *r, const char *name) {
+  size_t i = 0;
+  return rly_http_header_next(r, name, &i);
+}
+
+size_t rly_http_header_count(const rly_http_request *r, const char *name) {
+  size_t i = 0, n = 0;
+  while (rly_http_header_next(r, name, &i))
+    n++;
+  return n;
+}
+
+const char *rly_http_list_next(const char **cursor, size_t *len) {
+  const char *p = *cursor;
+  while (*p == ' ' || *p == '\t' || *p == ',')
+    p++;
+  if (*p == '\0') {
+    *cursor = p;
+    return NULL;
   }
+  size_t n = strcspn(p, ",");
+  *cursor = p + n;
+  while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+    n--;
+  *len = n;
+  return p;
+}
+
+bool rly_http_header_has_token(const char *value, const char *token) {
+  size_t tl = strlen(token), n;
+  for (const char *cur = value ? value : "", *item; (item = rly_http_list_next(&cur, &n));)
+    if (n == tl && strncasecmp(item, token, tl) == 0) return true;
   return false;
 }
 
@@ -534,31 +693,45 @@ static int hexval(int ch) {
   return -1;
 }
 
-bool rly_http_query_get(const char *query, const char *name, char *out, size_t outlen) {
+/* Percent-decodes [v, end) into out; false when it does not fit or holds
+ * %00 (a NUL would silently cut the value). */
+static bool query_decode(const char *v, const char *end, char *out, size_t outlen) {
+  size_t o = 0;
+  for (; v < end; v++) {
+    int ch = (unsigned char)*v;
+    if (ch == '%' && v + 2 < end && hexval(v[1]) >= 0 && hexval(v[2]) >= 0) {
+      ch = hexval(v[1]) * 16 + hexval(v[2]);
+      v += 2;
+      if (ch == 0) return false;
+    } else if (ch == '+') {
+      ch = ' ';
+    }
+    if (o + 1 >= outlen) return false;
+    out[o++] = (char)ch;
+  }
+  out[o] = '\0';
+  return true;
+}
+
+int rly_http_query_next(const char **cursor, const char *name, char *out, size_t outlen) {
   size_t nl = strlen(name);
-  const char *p = query;
+  const char *p = *cursor;
   while (p && *p) {
     const char *end = p + strcspn(p, "&");
+    const char *next = *end ? end + 1 : end;
     if ((size_t)(end - p) > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
-      size_t o = 0;
-      for (const char *v = p + nl + 1; v < end; v++) {
-        int ch = (unsigned char)*v;
-        if (ch == '%' && v + 2 < end && hexval(v[1]) >= 0 && hexval(v[2]) >= 0) {
-          ch = hexval(v[1]) * 16 + hexval(v[2]);
-          v += 2;
-          if (ch == 0) return false; /* a NUL would silently cut the value */
-        } else if (ch == '+') {
-          ch = ' ';
-        }
-        if (o + 1 >= outlen) return false;
-        out[o++] = (char)ch;
-      }
-      out[o] = '\0';
-      return true;
+      *cursor = next;
+      return query_decode(p + nl + 1, end, out, outlen) ? 1 : -1;
     }
-    p = *end ? end + 1 : end;
+    p = next;
   }
-  return false;
+  *cursor = p;
+  return 0;
+}
+
+bool rly_http_query_get(const char *query, const char *name, char *out, size_t outlen) {
+  const char *cur = query;
+  return rly_http_query_next(&cur, name, out, outlen) == 1;
 }
 
 /* ---- router -------------------------------------------------------------------- */

@@ -11,7 +11,16 @@
  *
  * Limit violations answer by themselves with a JSON body and close:
  * 400 malformed, 413 body too large, 414 URL too long, 431 headers too
- * large or too many.  408 is produced on request by rly_http_timeout().
+ * large or too many, 501 a transfer coding other than chunked, 505 any
+ * version but HTTP/1.x (the HTTP/2 preface included).  408 is produced on
+ * request by rly_http_timeout().
+ *
+ * Strictness (RFC 9112): anything two parsers on the path could frame or
+ * route differently is 400 — a header name that is not a token ("Name :"),
+ * obs-fold, a bare CR, NUL, Host missing on HTTP/1.1 or given twice or not
+ * host[:port], Content-Length twice or with Transfer-Encoding,
+ * Transfer-Encoding twice or on HTTP/1.0, a request-target with bytes
+ * outside visible ASCII.  Upgrade is ignored on HTTP/1.0 (RFC 9110 §7.8).
  */
 #ifndef RELAY_HTTP_H
 #define RELAY_HTTP_H
@@ -46,7 +55,7 @@ typedef struct rly_http_request {
   size_t body_len;
   int http_minor; /* 0 or 1 */
   bool keep_alive;
-  bool upgrade; /* Connection: upgrade + Upgrade: present */
+  bool upgrade; /* HTTP/1.1, Connection: upgrade + Upgrade: present */
   bool head;    /* method HEAD: responses carry no body */
 } rly_http_request;
 
@@ -118,12 +127,25 @@ bool rly_http_in_body(const rly_http_conn *c);
 /* Requests completed on this connection. */
 uint64_t rly_http_requests(const rly_http_conn *c);
 
-/* Case-insensitive header lookup; NULL when absent. */
+/* Case-insensitive header lookup; NULL when absent.  The first of several. */
 const char *rly_http_header_get(const rly_http_request *r, const char *name);
+/* Every header called name in turn: start with *i = 0; NULL at the end. */
+const char *rly_http_header_next(const rly_http_request *r, const char *name, size_t *i);
+/* How many headers are called name. */
+size_t rly_http_header_count(const rly_http_request *r, const char *name);
+/* The next element of a comma-separated value (RFC 9110 §5.6.1), blanks
+ * around it trimmed, empty elements skipped: returns it with its length in
+ * *len and advances *cursor, or NULL at the end. */
+const char *rly_http_list_next(const char **cursor, size_t *len);
 /* True when a comma-separated header value contains token (case-insens.). */
 bool rly_http_header_has_token(const char *value, const char *token);
-/* Query parameter value (percent-decoded) into out; false if absent. */
+/* Query parameter value (percent-decoded) into out; false if absent (or
+ * too long for out, or holding %00).  The first of several. */
 bool rly_http_query_get(const char *query, const char *name, char *out, size_t outlen);
+/* Every parameter called name in turn, from *cursor (start: the query):
+ * 1 with the value in out, -1 for one that does not decode into out
+ * (skipped), 0 at the end.  Advances *cursor. */
+int rly_http_query_next(const char **cursor, const char *name, char *out, size_t outlen);
 const char *rly_http_status_text(int status);
 
 /* ---- router ---------------------------------------------------------------

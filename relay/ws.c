@@ -283,13 +283,17 @@ static int step_header(rly_ws_parser *p, const uint8_t *in, size_t avail, size_t
   return finish_header(p, cbs, ud);
 }
 
-/* Closes the current data frame (and the message, on a final frame). */
+#define UNFINISHED_TEXT "text message ends inside a UTF-8 sequence"
+
+/* Closes the current data frame (and the message, on a final frame).  A
+ * non-empty final frame was checked with its last chunk (step_data); an
+ * empty one is checked here, before its end is reported. */
 static int end_data(rly_ws_parser *p, const rly_ws_parser_cbs *cbs, void *ud) {
   p->state = ST_HEADER;
   if (p->frame.fin) {
     p->in_message = false;
     if (p->cfg.validate_utf8 && p->frame.msg_opcode == RLY_WS_TEXT && !rly_utf8_complete(&p->utf8))
-      return fail(p, 1007, "text message ends inside a UTF-8 sequence");
+      return fail(p, 1007, UNFINISHED_TEXT);
   }
   return cbs->on_frame_end ? cbs->on_frame_end(ud) : 0;
 }
@@ -305,9 +309,15 @@ static int step_data(rly_ws_parser *p, uint8_t *in, size_t avail, size_t *used,
   p->remaining -= n;
   *used = n;
   /* Refuse invalid text before it is forwarded: the chunk holding the bad
-   * byte is not delivered. */
-  if (p->cfg.validate_utf8 && p->frame.msg_opcode == RLY_WS_TEXT && !rly_utf8_feed(&p->utf8, in, n))
-    return fail(p, 1007, "invalid UTF-8 in text message");
+   * byte is not delivered.  The same goes for the chunk that ends the
+   * message inside a character: a cut-through forwarder sends it on at
+   * once with FIN, so waiting for end_data would let a complete invalid
+   * message through before the 1007. */
+  if (p->cfg.validate_utf8 && p->frame.msg_opcode == RLY_WS_TEXT) {
+    if (!rly_utf8_feed(&p->utf8, in, n)) return fail(p, 1007, "invalid UTF-8 in text message");
+    if (p->remaining == 0 && p->frame.fin && !rly_utf8_complete(&p->utf8))
+      return fail(p, 1007, UNFINISHED_TEXT);
+  }
   return cbs->on_frame_payload ? cbs->on_frame_payload(ud, in, n) : 0;
 }
 

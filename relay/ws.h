@@ -104,8 +104,11 @@ typedef struct rly_ws_parser_cbs {
   /* A data frame begins; f is valid during the call. */
   int (*on_frame_header)(void *ud, const rly_ws_frame *f);
   /* Payload bytes of the current data frame, already unmasked (and, for
-   * text with validate_utf8, validated so far).  data points into the
-   * buffer given to rly_ws_parse, modified in place.  len > 0. */
+   * text with validate_utf8, validated so far; the chunk that ends a text
+   * message is delivered only if the message ends on a character
+   * boundary, so a forwarder never passes on a complete invalid message).
+   * data points into the buffer given to rly_ws_parse, modified in place.
+   * len > 0. */
   int (*on_frame_payload)(void *ud, uint8_t *data, size_t len);
   /* The current data frame is complete (always follows its header, also
    * for an empty frame). */

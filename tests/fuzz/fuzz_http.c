@@ -6,11 +6,16 @@
  * into feeds of 1..256 bytes and decides, after each feed, whether a pending
  * request is answered now or later.  Every request also goes through the
  * header, query and router helpers.  The core must never crash, leak, or
- * write anything but well-formed response heads.
+ * write anything but well-formed response heads, and every request it
+ * hands over must be one that strict parsers agree on (RFC 9112): token
+ * header names, one valid Host (on HTTP/1.1), Transfer-Encoding only as a
+ * single "chunked" on HTTP/1.1, a visible-ASCII target, no upgrade on
+ * HTTP/1.0.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "relay/http.h"
 
@@ -55,6 +60,35 @@ static void answer(fz *f) {
   rly_http_respond(f->c, &r);
 }
 
+static bool all_bytes_in(const char *s, bool (*ok)(unsigned char)) {
+  for (; *s; s++)
+    if (!ok((unsigned char)*s)) return false;
+  return true;
+}
+
+static bool tchar(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         strchr("!#$%&'*+-.^_`|~", ch);
+}
+
+static bool visible(unsigned char ch) { return ch > 0x20 && ch < 0x7F; }
+
+/* What a request the core dispatches must satisfy (see the top). */
+static void check_strict(const rly_http_request *req) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (!req->headers[i].name[0] || !all_bytes_in(req->headers[i].name, tchar)) abort();
+  if (!all_bytes_in(req->target, visible)) abort();
+  size_t hosts = rly_http_header_count(req, "host");
+  if (hosts > 1 || (req->http_minor >= 1 && hosts != 1)) abort();
+  size_t i = 0, n, items = 0;
+  const char *te = rly_http_header_next(req, "transfer-encoding", &i);
+  if (te && (req->http_minor == 0 || rly_http_header_next(req, "transfer-encoding", &i))) abort();
+  for (const char *cur = te ? te : "", *item; (item = rly_http_list_next(&cur, &n)); items++)
+    if (n != 7 || strncasecmp(item, "chunked", 7) != 0) abort();
+  if (te && items != 1) abort();
+  if (req->upgrade && req->http_minor == 0) abort();
+}
+
 static void on_request(void *ud, const rly_http_request *req) {
   fz *f = ud;
   char buf[64], allow[64];
@@ -62,6 +96,10 @@ static void on_request(void *ud, const rly_http_request *req) {
   const char *conn = rly_http_header_get(req, "connection");
   if (conn) (void)rly_http_header_has_token(conn, "upgrade");
   (void)rly_http_query_get(req->query, "token", buf, sizeof buf);
+  const char *cur = req->query;
+  while (rly_http_query_next(&cur, "token", buf, sizeof buf) != 0)
+    ;
+  check_strict(req);
   static const rly_route routes[] = {
       {"GET", "/healthz"}, {"GET", "/admin/sessions/{id}"}, {NULL, "/relay/{id}"}};
   rly_route_match m;

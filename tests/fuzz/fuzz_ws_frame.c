@@ -9,8 +9,12 @@
  * (same events, same payload hash when no error, same close code).  The
  * callbacks check the parser's promises: headers, payload and ends nest
  * properly, payload never exceeds the declared length, control frames are
- * whole and valid, max_message holds.  The UTF-8 validator and masking are
- * also checked against simple reference implementations on the same bytes.
+ * whole and valid, max_message holds, and with validate_utf8 the bytes
+ * that complete a text message (its last payload chunk, or an empty final
+ * frame's end) are delivered only when the whole message is valid UTF-8 —
+ * a cut-through forwarder sends them on at once.  The UTF-8 validator and
+ * masking are also checked against simple reference implementations on
+ * the same bytes.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,9 +34,11 @@ typedef struct run {
   bool pause;
   unsigned calls;
   /* invariants */
-  bool in_frame;
+  bool in_frame, fin;
   uint64_t declared, got, msg_total;
   uint8_t msg_op;
+  uint8_t *text; /* the current text message so far (input-sized) */
+  size_t text_len;
   /* outcome */
   uint64_t hash;
   uint64_t headers, ends, controls, payload_bytes;
@@ -46,6 +52,13 @@ static void mix(run *r, const uint8_t *b, size_t n) {
 /* Pause on every third callback when pausing is on. */
 static int verdict(run *r) { return r->pause && (++r->calls % 3 == 0) ? 1 : 0; }
 
+static bool ref_utf8(const uint8_t *s, size_t n);
+
+/* The message is complete now: with validation on, it must be valid. */
+static void check_message_done(const run *r) {
+  if (r->cfg.validate_utf8 && r->msg_op == RLY_WS_TEXT) CHECK(ref_utf8(r->text, r->text_len));
+}
+
 static int on_header(void *ud, const rly_ws_frame *f) {
   run *r = ud;
   CHECK(!r->in_frame);
@@ -57,7 +70,9 @@ static int on_header(void *ud, const rly_ws_frame *f) {
     CHECK(f->msg_opcode == f->opcode);
     r->msg_op = f->opcode;
     r->msg_total = 0;
+    r->text_len = 0;
   }
+  r->fin = f->fin;
   r->msg_total += f->len;
   CHECK(r->cfg.max_message == 0 || r->msg_total <= r->cfg.max_message);
   r->in_frame = true;
@@ -75,6 +90,11 @@ static int on_payload(void *ud, uint8_t *d, size_t n) {
   CHECK(r->got + n <= r->declared);
   r->got += n;
   r->payload_bytes += n;
+  if (r->msg_op == RLY_WS_TEXT) {
+    memcpy(r->text + r->text_len, d, n);
+    r->text_len += n;
+  }
+  if (r->fin && r->got == r->declared) check_message_done(r);
   mix(r, d, n);
   return verdict(r);
 }
@@ -82,6 +102,7 @@ static int on_payload(void *ud, uint8_t *d, size_t n) {
 static int on_end(void *ud) {
   run *r = ud;
   CHECK(r->in_frame && r->got == r->declared);
+  if (r->fin && r->declared == 0) check_message_done(r);
   r->in_frame = false;
   r->ends++;
   mix(r, (const uint8_t *)"E", 1);
@@ -218,18 +239,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size_t n = size - 1;
   rly_ws_parser_config cfg = {
       .server = c & 1, .validate_utf8 = (c & 2) != 0, .max_message = maxes[(c >> 2) & 3]};
-  uint8_t *buf = malloc(n ? n : 1);
-  CHECK(buf);
+  uint8_t *buf = malloc(n ? n : 1), *text = malloc(n ? n : 1);
+  CHECK(buf && text);
 
   /* Run A: everything at once, no pauses. */
-  run a = {.cfg = cfg, .hash = 1469598103934665603u};
+  run a = {.cfg = cfg, .hash = 1469598103934665603u, .text = text};
   rly_ws_parser pa;
   rly_ws_parser_init(&pa, &cfg);
   memcpy(buf, in, n);
   int rca = drive(&pa, &a, buf, n, 3, 0);
 
   /* Run B: chunked by pattern, pausing if asked. */
-  run b = {.cfg = cfg, .pause = (c & 0x40) != 0, .hash = 1469598103934665603u};
+  run b = {.cfg = cfg, .pause = (c & 0x40) != 0, .hash = 1469598103934665603u, .text = text};
   rly_ws_parser pb;
   rly_ws_parser_init(&pb, &cfg);
   memcpy(buf, in, n);
@@ -246,6 +267,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(ca == cb);
   }
   free(buf);
+  free(text);
 
   check_utf8(in, n, c);
   check_mask(in, n, c);

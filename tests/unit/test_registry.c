@@ -524,6 +524,44 @@ static void test_list(void **st) {
   ctl_registry_close(r);
 }
 
+/* Paging: every live session exactly once, in creation order, even when
+ * the session a token names is deleted before the next page is asked for
+ * and sessions are created meanwhile; a last page carries no token. */
+static void test_list_pages(void **st) {
+  (void)st;
+  ctl_registry *r = open_reg(NULL, NULL);
+  ctl_reg_created c[7];
+  for (int i = 0; i < 5; i++)
+    create_ok(r, T0, "r1", &c[i]);
+  char next[CTL_REG_PAGE_TOKEN_MAX], tok[CTL_REG_PAGE_TOKEN_MAX];
+  listed_n = 0;
+  assert_int_equal(ctl_reg_list_page(r, T0, "", 2, on_list, NULL, next), 2);
+  assert_string_equal(listed[0], c[0].status.id);
+  assert_string_equal(listed[1], c[1].status.id);
+  assert_true(next[0] != '\0');
+  /* The session the token names goes; one more arrives. */
+  assert_int_equal(ctl_reg_delete(r, T0, c[1].status.id), 0);
+  create_ok(r, T0, "r1", &c[5]);
+  snprintf(tok, sizeof tok, "%s", next);
+  assert_int_equal(ctl_reg_list_page(r, T0, tok, 2, on_list, NULL, next), 2);
+  assert_string_equal(listed[2], c[2].status.id);
+  assert_string_equal(listed[3], c[3].status.id);
+  snprintf(tok, sizeof tok, "%s", next);
+  assert_int_equal(ctl_reg_list_page(r, T0, tok, 2, on_list, NULL, next), 2);
+  assert_string_equal(listed[4], c[4].status.id);
+  assert_string_equal(listed[5], c[5].status.id);
+  assert_string_equal(next, ""); /* exactly two were left: no empty last page */
+  /* A page that ends where the live sessions end says so too. */
+  listed_n = 0;
+  assert_int_equal(ctl_reg_list_page(r, T0, "", 10, on_list, NULL, next), 5);
+  assert_string_equal(next, "");
+  /* Tokens the registry did not make. */
+  const char *bad[] = {"x", "12", "12.", "12.short", "-1.AAAAAAAAAAAAAAAAAAAAAA"};
+  for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++)
+    assert_int_equal(ctl_reg_list_page(r, T0, bad[i], 2, on_list, NULL, next), -EINVAL);
+  ctl_registry_close(r);
+}
+
 /* A random mix of operations checked against a plain model after each. */
 static void test_random_ops_keep_invariants(void **st) {
   (void)st;
@@ -997,6 +1035,7 @@ int main(void) {
       T(test_delete),
       T(test_reassign_and_wrong_relay),
       T(test_list),
+      T(test_list_pages),
       T(test_random_ops_keep_invariants),
       T(test_durable_restart),
       T(test_state_dir_mode_tightened),

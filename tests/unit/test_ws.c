@@ -516,6 +516,47 @@ static void test_invalid_text_not_delivered(void **state) {
   coll_free(&c);
 }
 
+/* A text message that ends inside a character: the chunk that would end
+ * it is not delivered (a cut-through forwarder would send it on with FIN
+ * at once, completing an invalid message before the 1007).  Fed whole and
+ * byte by byte, in one frame and as the last of several. */
+static void test_unfinished_text_not_delivered(void **state) {
+  (void)state;
+  static const struct {
+    const char *first; /* non-final frame, NULL: none */
+    const char *last;  /* final frame: valid so far, ends mid-character */
+  } cases[] = {
+      {NULL, "ok \xE2\x82"}, {NULL, "\xF0"},        {"ab", "\xE2\x82"},
+      {"\xF0\x9F", "\x98"},  {"euro \xE2", "\x82"}, {"", "\xC3"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    for (size_t step = 0; step < 2; step++) {
+      uint8_t buf[64];
+      size_t n = 0, first_len = cases[i].first ? strlen(cases[i].first) : 0;
+      if (cases[i].first) n = put_frame(buf, false, RLY_WS_TEXT, cases[i].first, first_len, KEY);
+      n += put_frame(buf + n, true, cases[i].first ? RLY_WS_CONT : RLY_WS_TEXT, cases[i].last,
+                     strlen(cases[i].last), KEY);
+      rly_ws_parser p;
+      rly_ws_parser_config cfg = cfg_of(true, 0, true);
+      rly_ws_parser_init(&p, &cfg);
+      coll c;
+      coll_init(&c);
+      assert_int_equal(feed(&p, buf, n, step, &c), RLY_WS_EPROTO);
+      uint16_t code = 0;
+      assert_string_equal(rly_ws_parser_error(&p, &code),
+                          "text message ends inside a UTF-8 sequence");
+      assert_int_equal(code, 1007);
+      /* Byte by byte, every byte but the last one may have gone out (each
+       * is valid so far and none ends the message); at once, only the
+       * first frame's. */
+      size_t want = step ? first_len + strlen(cases[i].last) - 1 : first_len;
+      if (c.plen != want) fail_msg("case %zu step %zu: %zu bytes delivered", i, step, c.plen);
+      assert_int_equal(c.ends, cases[i].first ? 1 : 0); /* the final frame never ended */
+      coll_free(&c);
+    }
+  }
+}
+
 static void test_utf8_policy(void **state) {
   (void)state;
   uint8_t buf[64];
@@ -836,6 +877,7 @@ int main(void) {
       cmocka_unit_test(test_protocol_errors),
       cmocka_unit_test(test_errors_are_sticky),
       cmocka_unit_test(test_invalid_text_not_delivered),
+      cmocka_unit_test(test_unfinished_text_not_delivered),
       cmocka_unit_test(test_utf8_policy),
       cmocka_unit_test(test_max_message),
       cmocka_unit_test(test_close_frames),
