@@ -12,7 +12,9 @@ ENHANCE_YOUR_CALM "too_many_pings").
 * ``GrpcioController``: Controller (Validate, Admin, Events) on a plaintext
   127.0.0.1 port, over a small in-memory registry: CREATE mints ids and
   tokens, Validate checks them, LIST pages (page_size / page_token ->
-  next_page_token), DELETE sends a Kick down every Events stream.  Events
+  next_page_token; or, with pages=False, returns everything as a
+  controller that does not page may), DELETE sends a Kick down every
+  Events stream.  Events
   handlers are generators yielding ControllerCommands from a queue;
   ``push`` queues one, ``end_events`` ends the streams.  Hooks
   (``validate_hook``, ``admin_hook``) let a test answer calls its own way
@@ -120,6 +122,7 @@ class GrpcioController:
         self.validate_hook = None  # fn(request dict, context) -> SlotDecision dict or None
         self.admin_hook = None     # fn(request dict, context) -> AdminResponse dict or None
         self.calls = collections.Counter()
+        self.pages = True          # False: LIST ignores paging and returns everything
         self.public_url = ""
         # No options: gRPC Core's default keepalive enforcement applies.
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
@@ -207,6 +210,10 @@ class GrpcioController:
                 "status": s.status(), "initiator_token": s.itok, "responder_token": s.rtok,
                 "initiator_url": url, "responder_url": url}}
         if op == gp.OP_LIST:
+            if not self.pages:  # a controller that does not page: everything
+                with self.lock:
+                    return {"http_status": 200,
+                            "sessions": [x.status() for x in self.sessions.values()]}
             return self._list_page(req["page_size"] or self.DEFAULT_PAGE, req["page_token"])
         with self.lock:
             s = self.sessions.get(req["session_id"])

@@ -19,7 +19,15 @@ keep-alive connections.  The listing must:
   drains), its RSS stays bounded, and it keeps serving other requests;
 * test_pause_then_read — a client that stops reading for longer than a
   few seconds after the status line then reads on gets the whole body:
-  the write cap never truncates a 200.
+  the write cap never truncates a 200;
+* test_unpaged_controller_pause_then_read — the same with a stock gRPC
+  controller (grpcio, behind the dial-out bridge) that does not page and
+  answers 35,000 sessions in one message: still all of them, uncut.
+
+On e47a26f the embedded controller answers at most 10,000 sessions to any
+LIST (a silent truncation under a 200) and the relay ignores limit and
+page_token; with a controller that sends all 35,000, the relay's write cap
+cuts the 200 mid-body, as the issue reports.
 """
 
 import json
@@ -31,6 +39,7 @@ import time
 
 import pytest
 
+import grpcioctl as gc
 import grpcpeer as gp
 import relaytest
 
@@ -100,6 +109,11 @@ def bulk():
         relay.stop()
     finally:
         relay.kill()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return gp.Pki(tmp_path_factory.mktemp("pki"))
 
 
 # --------------------------------------------------------------------------
@@ -198,8 +212,8 @@ def test_listing(bulk, n):
     """Issue 8 point 2 (listing at scale): a listing without parameters
     returns every session once, streamed (chunked); ?limit=1000 pages
     through every session exactly once, a next_page_token on every page
-    but the last.  Fails on e47a26f: 35,000 are cut mid-body after the 200,
-    60,000 exceed the 4 MiB message limit (503), and limit is ignored."""
+    but the last.  Fails on e47a26f: 10,000 sessions come back (the
+    embedded controller's cap), not chunked, and limit is ignored."""
     want = bulk.ensure(n)
     t0 = time.monotonic()
     rd = BodyReader(bulk.relay, "/admin/sessions")
@@ -262,7 +276,7 @@ def test_paging_parameters(bulk):
 def test_slow_reader_bounded(bulk):
     """Issue 8 point 2 (listing at scale): a slow reader gets the whole
     listing and the relay does not buffer it meanwhile (pages are fetched
-    as the client drains).  Fails on e47a26f (503 for 60,000)."""
+    as the client drains).  Fails on e47a26f (10,000 of 60,000 listed)."""
     n = SIZES[-1]
     want = bulk.ensure(n)
     relay = bulk.relay
@@ -310,8 +324,8 @@ def test_slow_reader_bounded(bulk):
 def test_pause_then_read(bulk):
     """Issue 8 point 2 (listing at scale): no 200 is cut after its status
     line: a client that stops reading for 8 s, then reads on, gets the whole
-    body.  Fails on e47a26f: 35,000 sessions overrun the 4 MiB write cap
-    and the connection is closed mid-body."""
+    body.  Fails on e47a26f, where only 10,000 sessions come back (see
+    test_unpaged_controller_pause_then_read for the cut itself)."""
     want = bulk.ensure(SIZES[0])
     rd = BodyReader(bulk.relay, "/admin/sessions", rcvbuf=8192)
     try:
@@ -322,3 +336,29 @@ def test_pause_then_read(bulk):
         rd.close()
     ids, _ = listed_ids(body)
     assert want <= set(ids) and len(ids) == len(set(ids)), (len(ids), len(want))
+
+
+def test_unpaged_controller_pause_then_read(pki, start_relay):
+    """Issue 8 point 2 (listing at scale: the write cap must not truncate a
+    200; a listing without parameters returns every session): a stock
+    controller that does not page answers 35,000 sessions at once; a client
+    that pauses 8 s after the status line still gets them all.  Fails on
+    e47a26f: the 8.5 MB body overruns the 4 MiB write cap and the
+    connection is closed mid-body after the 200."""
+    n = SIZES[0]
+    relay, ctl, bridge = gc.grpcio_relay(start_relay, pki)
+    try:
+        ctl.pages = False
+        want = {ctl.create().id for _ in range(n)}
+        rd = BodyReader(relay, "/admin/sessions", rcvbuf=8192)
+        try:
+            assert rd.status == 200, (rd.status, rd.raw[:300])
+            time.sleep(8)
+            body = rd.read_all()
+        finally:
+            rd.close()
+        ids, _ = listed_ids(body)
+        assert len(ids) == n and set(ids) == want, (len(ids), len(want))
+    finally:
+        bridge.close()
+        ctl.stop()
