@@ -6,8 +6,9 @@
  *
  * Backoff: after a failed or short-lived connection the next dial waits a
  * uniformly random time in [0, min(max, base * 2^attempt)) ("full jitter");
- * a link that stayed up for stable_ms resets attempt to 0.  A relay that
- * accepts and immediately closes therefore backs off like one that refuses.
+ * only a link that stayed up (Hello received) for stable_ms resets attempt
+ * to 0 when it ends.  A relay that accepts, says Hello and drops therefore
+ * backs off like one that refuses: nothing resets the count on arrival.
  */
 #include "tunnel/link.h"
 
@@ -24,6 +25,7 @@ typedef struct clink {
   cm_list node;
   bool tls, up;
   uint64_t opened_ms;
+  uint64_t up_ms; /* when its Hello made the link up; 0 before */
   char node_id[128];
   char public_url[256];
   int32_t events_sid;
@@ -160,7 +162,9 @@ static int on_event_message(void *ud, const uint8_t *msg, size_t len) {
   if (ev->kind_case == RELAY__V1__RELAY_EVENT__KIND_HELLO && ev->hello) {
     snprintf(l->node_id, sizeof l->node_id, "%s", ev->hello->node_id);
     snprintf(l->public_url, sizeof l->public_url, "%s", ev->hello->public_url);
-    if (l->d) l->d->attempt = 0; /* a real relay answered; backoff resets once stable */
+    /* Not a reset: a relay that says Hello and drops must still back off.
+     * link_closed resets the count if the link then stays up stable_ms. */
+    if (!l->up) l->up_ms = cm_now_mono_ms();
     set_up(l, true);
   }
   if (l->c->h.on_event) l->c->h.on_event(l->c->ud, (tun_ctl_link *)l, ev);
@@ -340,7 +344,7 @@ static void link_closed(tun_link *tl, int err, const char *msg) {
   while (!cm_list_empty(&l->calls))
     call_free(cm_container_of(l->calls.next, tun_ctl_call, node));
   if (l->d) {
-    bool stable = l->opened_ms && cm_now_mono_ms() - l->opened_ms >= l->c->cfg.stable_ms;
+    bool stable = l->up_ms && cm_now_mono_ms() - l->up_ms >= l->c->cfg.stable_ms;
     if (!l->opened_ms || !l->up)
       cm_log(CM_LOG_INFO, "tunnel", "dial failed", CM_S("relay", l->d->hostport),
              CM_S("reason", tl->why));
@@ -471,7 +475,7 @@ static void dial_later(dialer *d, bool failed) {
   }
   uint64_t cap = (uint64_t)c->cfg.backoff_base_ms << (d->attempt ? d->attempt - 1 : 0);
   if (cap > c->cfg.backoff_max_ms) cap = c->cfg.backoff_max_ms;
-  uint64_t delay = d->attempt ? cm_random_below(cap + 1) : 0;
+  uint64_t delay = d->attempt ? cm_random_below(cap) : 0; /* [0, cap) */
   uv_timer_start(&d->timer, on_dial_timer, delay, 0);
 }
 

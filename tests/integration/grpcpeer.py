@@ -542,6 +542,25 @@ class Pki:
         return d
 
 
+def relay_impostor_context(pki, crt, key):
+    """A TLS server context that plays a relay: the relay certificate from
+    sign-csr, and mutual TLS (the controller must present its own)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    ctx.load_verify_locations(pki.ca_crt)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def accept_controller(lsock, ctx, timeout=TIMEOUT):
+    """The next controller dialling lsock, after the TLS handshake."""
+    lsock.settimeout(timeout)
+    raw, _ = lsock.accept()
+    raw.settimeout(timeout)
+    return ctx.wrap_socket(raw, server_side=True)
+
+
 def start_remote_relay(start_relay, pki, node, extra=(), **kw):
     """`relay serve --plain --no-auth` on 127.0.0.1:0 with a tunnel listener
     on 127.0.0.1:0 for remote controllers; sets relay.tunnel_port."""
