@@ -16,8 +16,14 @@ certificates from real enrolment (init-ca, gen-csr, sign-csr).
   session keeps flowing; a restarted controller (same --state-dir) is back
   at once and sessions made before the kill still pair.
 * test_two_controllers_one_relay — two controllers with their own state
-  share one relay: creates are spread round-robin and Validate/GET fail over
-  on NOT_FOUND, so every session pairs; LIST merges both.
+  and their own certificates (init-ca's, and one from issue-cert) share one
+  relay, which sees two controllers: creates are spread round-robin and
+  Validate/GET fail over on NOT_FOUND, so every session pairs; LIST merges
+  both.
+* test_issue_cert — `relay-controller issue-cert` as an operator runs it,
+  checked with the openssl command line: a 0600 key, a certificate that
+  verifies for clientAuth (not serverAuth) with the controller identity;
+  never overwritten, bad names and a missing CA refused.
 * test_one_controller_two_relays — one controller dials two relays; each
   session's URL names the relay it was created on, and only that relay
   admits its peers.
@@ -35,6 +41,7 @@ import os
 import resource
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -474,8 +481,10 @@ def test_controller_killed_mid_calls(pki, tmp_path, start_relay, start_controlle
 def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller):
     relay = gp.start_remote_relay(start_relay, pki, "relay-shared")
     ctl_a = start_controller(gp.controller_args([relay], pki.ca_dir, tmp_path / "state-a"))
+    # The second controller's own identity, from `relay-controller issue-cert`.
     ctl_b = start_controller(gp.controller_args(
-        [relay], pki.extra_controller("relay-controller-b"), tmp_path / "state-b"))
+        [relay], pki.ca_dir, tmp_path / "state-b",
+        cert=pki.extra_controller("relay-controller-b")))
     gp.wait_links(relay, 2)
     # Log lines arrive through reader threads: poll, bounded, for them.
     def settle(fn, ok):
@@ -489,6 +498,8 @@ def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller)
     names = settle(lambda: {l["controller"] for l in relay.find_logs(msg="controller link up")},
                    lambda v: len(v) >= 2)
     assert len(names) == 2, names  # two distinct controller identities
+    assert sorted(n.split("#")[0] for n in names) == ["relay-controller",
+                                                      "relay-controller-b"], names
 
     sessions = [create(relay) for _ in range(10)]
     ids = {s["id"] for s in sessions}
@@ -517,6 +528,51 @@ def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller)
 
     run(scenario())
     assert gp.metrics(relay)["relay_ws_upgrades_total"] == 20
+
+
+def _openssl(*args):
+    return gp.run_tool(["openssl"] + list(args)).stdout.decode()
+
+
+def test_issue_cert(pki, tmp_path):
+    out = tmp_path / "ctl-out"
+    p = gp.run_tool([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", pki.ca_dir,
+                     "--name", "ctl-west.2", "--out-dir", out, "--days", "30"])
+    crt, key = str(out / "ctl-west.2.crt"), str(out / "ctl-west.2.key")
+    assert crt in p.stderr.decode() and key in p.stderr.decode(), p.stderr
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    assert os.stat(out).st_mode & 0o777 == 0o700
+    assert "OK" in _openssl("verify", "-purpose", "sslclient", "-CAfile", pki.ca_crt, crt)
+    r = subprocess.run(["openssl", "verify", "-purpose", "sslserver", "-CAfile", pki.ca_crt, crt],
+                       capture_output=True)
+    assert r.returncode != 0, r  # a controller certificate is no server certificate
+    text = _openssl("x509", "-in", crt, "-noout", "-subject", "-ext",
+                    "subjectAltName,extendedKeyUsage")
+    assert "CN = ctl-west.2" in text and "URI:urn:relay:role:controller" in text, text
+    assert "TLS Web Client Authentication" in text and "Server" not in text, text
+    # The key is the certificate's (same public key).
+    pub = lambda *a: gp.run_tool(["openssl"] + list(a)).stdout
+    assert pub("pkey", "-in", key, "-pubout") == pub("x509", "-in", crt, "-noout", "-pubkey")
+
+    before = [open(f, "rb").read() for f in (crt, key)]
+    refusals = [
+        (["--name", "ctl-west.2", "--out-dir", out], "already exists"),
+        (["--name", "../evil"], "controller name"),
+        (["--name", "a/b"], "controller name"),
+        (["--name", ""], "controller name"),
+        (["--name", "controller"], "already exists"),  # init-ca's own
+    ]
+    for args, why in refusals:
+        r = subprocess.run([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", pki.ca_dir]
+                           + [str(a) for a in args], capture_output=True)
+        assert r.returncode == 1 and why in r.stderr.decode(), (args, r)
+    assert [open(f, "rb").read() for f in (crt, key)] == before
+    r = subprocess.run([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", str(tmp_path / "none"),
+                        "--name", "x"], capture_output=True)
+    assert r.returncode == 1 and "init-ca" in r.stderr.decode(), r
+    r = subprocess.run([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", pki.ca_dir],
+                       capture_output=True)
+    assert r.returncode == 2 and "--name" in r.stderr.decode(), r
 
 
 def test_one_controller_two_relays(pki, tmp_path, start_relay, start_controller):
