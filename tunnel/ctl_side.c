@@ -119,21 +119,23 @@ static void dispatch_unary(tun_ctl_call *call) {
     return;
   }
   if (strcmp(call->path, TUN_PATH_VALIDATE) == 0 && c->h.validate) {
-    Relay__V1__SlotRequest *req = relay__v1__slot_request__unpack(NULL, call->msg_len, call->msg);
+    Relay__V1__SlotRequest *req = (Relay__V1__SlotRequest *)tun_grpc_unpack(
+        &relay__v1__slot_request__descriptor, call->msg, call->msg_len);
     if (!req) {
       reply_trailers_only(call, TUN_GRPC_INVALID_ARGUMENT, "malformed SlotRequest");
       return;
     }
     c->h.validate(c->ud, call, req);
-    relay__v1__slot_request__free_unpacked(req, NULL);
+    tun_grpc_free(&req->base);
   } else if (strcmp(call->path, TUN_PATH_ADMIN) == 0 && c->h.admin) {
-    Relay__V1__AdminRequest *req = relay__v1__admin_request__unpack(NULL, call->msg_len, call->msg);
+    Relay__V1__AdminRequest *req = (Relay__V1__AdminRequest *)tun_grpc_unpack(
+        &relay__v1__admin_request__descriptor, call->msg, call->msg_len);
     if (!req) {
       reply_trailers_only(call, TUN_GRPC_INVALID_ARGUMENT, "malformed AdminRequest");
       return;
     }
     c->h.admin(c->ud, call, req);
-    relay__v1__admin_request__free_unpacked(req, NULL);
+    tun_grpc_free(&req->base);
   } else {
     reply_trailers_only(call, TUN_GRPC_UNIMPLEMENTED, "unknown method");
     return;
@@ -157,7 +159,8 @@ static void set_up(clink *l, bool up) {
 
 static int on_event_message(void *ud, const uint8_t *msg, size_t len) {
   clink *l = ud;
-  Relay__V1__RelayEvent *ev = relay__v1__relay_event__unpack(NULL, len, msg);
+  Relay__V1__RelayEvent *ev =
+      (Relay__V1__RelayEvent *)tun_grpc_unpack(&relay__v1__relay_event__descriptor, msg, len);
   if (!ev) return -EBADMSG;
   if (ev->kind_case == RELAY__V1__RELAY_EVENT__KIND_HELLO && ev->hello) {
     snprintf(l->node_id, sizeof l->node_id, "%s", ev->hello->node_id);
@@ -168,14 +171,14 @@ static int on_event_message(void *ud, const uint8_t *msg, size_t len) {
     set_up(l, true);
   }
   if (l->c->h.on_event) l->c->h.on_event(l->c->ud, (tun_ctl_link *)l, ev);
-  relay__v1__relay_event__free_unpacked(ev, NULL);
+  tun_grpc_free(&ev->base);
   return 0;
 }
 
 static int on_call_message(void *ud, const uint8_t *msg, size_t len) {
   tun_ctl_call *call = ud;
-  if (++call->nmsgs > 1) return 0; /* counted, refused at dispatch */
-  call->msg = malloc(len ? len : 1);
+  if (++call->nmsgs > 1) return 0;            /* counted, refused at dispatch */
+  call->msg = cm_secret_alloc(len ? len : 1); /* a SlotRequest holds a token */
   if (!call->msg) return -ENOMEM;
   memcpy(call->msg, msg, len);
   call->msg_len = len;
@@ -188,7 +191,7 @@ static void call_free(tun_ctl_call *call) {
   cm_list_remove(&call->node);
   tun_grpc_decoder_free(&call->dec);
   tun_outq_free(&call->out);
-  free(call->msg);
+  cm_secret_free(call->msg);
   free(call);
 }
 
@@ -323,7 +326,8 @@ static int link_open(tun_link *tl) {
     return -1;
   }
   l->opened_ms = cm_now_mono_ms();
-  if (nghttp2_session_server_new(&tl->h2, server_callbacks(), l) != 0) return -1;
+  if (nghttp2_session_server_new3(&tl->h2, server_callbacks(), l, NULL, tun_link_mem()) != 0)
+    return -1;
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 4096},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
@@ -553,6 +557,7 @@ tun_ctl *tun_ctl_new(uv_loop_t *loop, const tun_ctl_config *cfg, const tun_ctl_h
     tc.verify_peer = true;
     tc.alpn = "h2";
     tc.tls13_only = true; /* both ends are ours */
+    tc.cleanse_plaintext = true;
     c->tls = cm_tls_ctx_new_client(&tc, err, errlen);
     if (!c->tls) {
       free(c);

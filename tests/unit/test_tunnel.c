@@ -17,31 +17,8 @@
 #include <unistd.h>
 
 #include "testcerts.h"
+#include "testloop.h"
 #include "tunnel/tunnel.h"
-
-/* ---- harness ------------------------------------------------------------------ */
-
-static uv_loop_t *loop;
-
-static void on_wake(uv_timer_t *t) { (void)t; }
-
-/* Runs the loop until *flag or ms elapse; returns *flag. */
-static bool run_until(const bool *flag, uint64_t ms) {
-  uint64_t end = cm_now_mono_ms() + ms;
-  uv_timer_t t;
-  uv_timer_init(loop, &t);
-  uv_timer_start(&t, on_wake, 10, 10);
-  while (!*flag && cm_now_mono_ms() < end)
-    uv_run(loop, UV_RUN_ONCE);
-  uv_close((uv_handle_t *)&t, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
-  return *flag;
-}
-
-static void run_ms(uint64_t ms) {
-  bool never = false;
-  run_until(&never, ms);
-}
 
 typedef struct ctl_state {
   int validates, admins, events, hellos, links_up;
