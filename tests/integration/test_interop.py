@@ -17,7 +17,7 @@ enrolment:
   content-type, te: trailers, grpc-timeout, prefixes), reads the Events
   Hello, answers Validate and Admin calls, and pushes a Kick; malformed
   answers (compressed flag, missing grpc-status) must be refused by the
-  relay, not trusted.
+  relay, not trusted, and so are slot tokens no upgrade could carry.
 * test_controller_keeps_relay_live_while_a_link_remains — two impostor
   links with one node id: dropping one leaves the relay live (slots stay
   taken, sessions stay put).
@@ -342,6 +342,19 @@ def test_relay_calls_python_controller(tmp_path, start_relay):
         body = resp.json()
         assert (body["id"], body["initiator_token"], body["responder_token"]) == (new_id, it, rt)
         assert body["initiator_url"] == "ws://relay-interop.example/relay/" + new_id
+
+        # A token no upgrade could present is a bad answer, not JSON to escape.
+        s = relay.connect()
+        s.sendall(relaytest.http_request("POST", "/admin/sessions", headers=[
+            ("Content-Type", "application/json"), ("Connection", "close")], body=b"{}"))
+        req = peer.next_request(gp.PATH_ADMIN)
+        peer.reply_unary(req.sid, gp.pb_encode("AdminResponse", {
+            "http_status": 201, "created": {
+                "status": {"id": gp.token22(), "state": "pending"},
+                "initiator_token": 'in"jected', "responder_token": gp.token22()}}))
+        resp = relaytest.read_response(s)
+        s.close()
+        relaytest.assert_error_body(resp, 502, "bad_controller_answer")
 
         # The relay keeps the link alive with PINGs we answer (h2 acks them).
         assert not peer.closed and not events.ended

@@ -1,8 +1,8 @@
 /*
  * test_secrets.c — slot tokens are wiped before the memory holding them is
  * freed: in decoded protobuf messages and framed bytes on both ends of the
- * controller link (plain and mutual TLS), and in nghttp2's and OpenSSL's
- * buffers there.
+ * controller link (plain and mutual TLS), in nghttp2's and OpenSSL's
+ * buffers there, and in the admin API's created-session JSON body.
  *
  * How: under AddressSanitizer a free hook runs just before every free(3)
  * in the process (our code, protobuf-c, nghttp2, OpenSSL, jansson, any
@@ -20,12 +20,14 @@
 
 #include <cmocka.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "relay/relay.h"
 #include "testcerts.h"
 #include "testloop.h"
 #include "tunnel/tunnel.h"
@@ -312,6 +314,118 @@ static void test_link_tls_wipes_tokens(void **st) {
   tc_rmdir(dir);
 }
 
+/* ---- the admin API's created-session body -------------------------------------------- */
+
+typedef struct http_client {
+  int port;
+  char response[4096]; /* static storage: never freed, so never in the arena */
+  bool done;
+} http_client;
+
+static http_client g_http;
+
+/* POST /admin/sessions on a blocking socket, off the loop's thread. */
+static void *post_create(void *arg) {
+  http_client *h = arg;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_storage ss;
+  cm_sockaddr_from("127.0.0.1", h->port, &ss);
+  struct timeval tv = {.tv_sec = 10};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  static const char req[] = "POST /admin/sessions HTTP/1.1\r\nHost: relay\r\n"
+                            "Content-Type: application/json\r\nContent-Length: 19\r\n"
+                            "Connection: close\r\n\r\n{\"ttl_seconds\": 60}";
+  size_t got = 0;
+  if (connect(fd, (struct sockaddr *)&ss, sizeof(struct sockaddr_in)) == 0 &&
+      write(fd, req, sizeof req - 1) == (ssize_t)(sizeof req - 1)) {
+    ssize_t n;
+    while (got + 1 < sizeof h->response &&
+           (n = read(fd, h->response + got, sizeof h->response - 1 - got)) > 0)
+      got += (size_t)n;
+  }
+  h->response[got] = '\0';
+  close(fd);
+  atomic_thread_fence(memory_order_release);
+  h->done = true;
+  return NULL;
+}
+
+/* The value of "key":"..." in the response body, into out. */
+static bool json_field(const char *body, const char *key, char *out, size_t outlen) {
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\":\"", key);
+  const char *p = strstr(body, pat);
+  if (!p) return false;
+  p += strlen(pat);
+  size_t n = strcspn(p, "\"");
+  if (n == 0 || n >= outlen) return false;
+  memcpy(out, p, n);
+  out[n] = '\0';
+  return true;
+}
+
+static void on_shutdown(void *ud) { *(bool *)ud = true; }
+
+static void wait_thread_done(const http_client *h, uint64_t ms) {
+  uint64_t end = cm_now_mono_ms() + ms;
+  bool done = false;
+  while (!(done = h->done) && cm_now_mono_ms() < end)
+    run_until(&done, 10);
+  assert_true(done);
+}
+
+static void test_admin_create_body_wipes_tokens(void **st) {
+  (void)st;
+  need_asan();
+  rly_config cfg = {.listen = (char *)"127.0.0.1:0",
+                    .plain = true,
+                    .no_auth = true,
+                    .node_id = (char *)"relay-secrets",
+                    .alpn = (char *)"http/1.1",
+                    .header_timeout_ms = 10000,
+                    .idle_timeout_ms = 10000,
+                    .max_connections = 100,
+                    .call_timeout_ms = 5000,
+                    .ping_interval_ms = 10000,
+                    .ping_timeout_ms = 30000,
+                    .max_message = 1 << 20,
+                    .hold_bytes = 1 << 16,
+                    .ws_high_watermark = 1 << 18,
+                    .max_sessions = 100,
+                    .metrics = (char *)"off"};
+  memset(&g_http, 0, sizeof g_http);
+  scan_start();
+  char err[256];
+  rly_server *s = rly_server_new(loop, &cfg, err, sizeof err);
+  if (!s) fail_msg("rly_server_new: %s", err);
+  if (rly_server_start(s, err, sizeof err) != 0) fail_msg("rly_server_start: %s", err);
+  g_http.port = rly_server_public_port(s);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, post_create, &g_http), 0);
+  wait_thread_done(&g_http, 15000);
+  pthread_join(th, NULL);
+  bool down = false;
+  rly_server_shutdown(s, on_shutdown, &down);
+  assert_true(run_until(&down, 10000));
+  rly_server_free(s);
+  scan_stop();
+
+  assert_non_null(strstr(g_http.response, "HTTP/1.1 201 "));
+  assert_non_null(strstr(g_http.response, "Cache-Control: no-store"));
+  char t1[64], t2[64], id[64];
+  assert_true(json_field(g_http.response, "initiator_token", t1, sizeof t1));
+  assert_true(json_field(g_http.response, "responder_token", t2, sizeof t2));
+  assert_true(json_field(g_http.response, "id", id, sizeof id));
+  assert_int_equal(strlen(t1), CM_TOKEN_LEN);
+  assert_int_equal(strlen(t2), CM_TOKEN_LEN);
+  /* The session id is no secret: seeing it freed shows the scan covered
+   * the request's path, so not finding the tokens means something. */
+  assert_true(freed_unwiped(id));
+  assert_false(freed_unwiped(t1));
+  assert_false(freed_unwiped(t2));
+  OPENSSL_cleanse(&g_http, sizeof g_http);
+}
+
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
 #ifdef HAVE_ASAN
@@ -324,6 +438,7 @@ int main(void) {
       cmocka_unit_test(test_detector_sees_unwiped_and_not_wiped),
       cmocka_unit_test(test_link_plain_wipes_tokens),
       cmocka_unit_test(test_link_tls_wipes_tokens),
+      cmocka_unit_test(test_admin_create_body_wipes_tokens),
   };
   int rc = cmocka_run_group_tests(tests, group_setup, NULL);
   uv_loop_close(loop);
