@@ -349,7 +349,8 @@ static void link_closed(tun_link *tl, int err, const char *msg) {
     call_free(cm_container_of(l->calls.next, tun_ctl_call, node));
   if (l->d) {
     bool stable = l->up_ms && cm_now_mono_ms() - l->up_ms >= l->c->cfg.stable_ms;
-    if (!l->opened_ms || !l->up)
+    /* A link that came up was logged going down by set_up. */
+    if (!l->up_ms)
       cm_log(CM_LOG_INFO, "tunnel", "dial failed", CM_S("relay", l->d->hostport),
              CM_S("reason", tl->why));
     l->d->link = NULL;
@@ -480,6 +481,8 @@ static void dial_later(dialer *d, bool failed) {
   uint64_t cap = (uint64_t)c->cfg.backoff_base_ms << (d->attempt ? d->attempt - 1 : 0);
   if (cap > c->cfg.backoff_max_ms) cap = c->cfg.backoff_max_ms;
   uint64_t delay = d->attempt ? cm_random_below(cap) : 0; /* [0, cap) */
+  cm_log(CM_LOG_DEBUG, "tunnel", "redial scheduled", CM_S("relay", d->hostport),
+         CM_I("attempt", d->attempt), CM_I("delay_ms", delay));
   uv_timer_start(&d->timer, on_dial_timer, delay, 0);
 }
 

@@ -658,7 +658,7 @@ def test_redial_backs_off_after_hello_and_drop(pki, start_controller):
     lsock.listen(16)
     ctl = start_controller(["run", "--relay", "127.0.0.1:%d" % lsock.getsockname()[1],
                             "--ca-dir", pki.ca_dir, "--backoff-base", FLAP_BASE,
-                            "--backoff-max", "60s", "--log-level", "info"])
+                            "--backoff-max", "60s", "--log-level", "debug"])
     try:
         first = _hello_and_drop(lsock, ctx, T)
         assert first is not None, "the controller never dialled\n" + ctl.describe()
@@ -669,6 +669,7 @@ def test_redial_backs_off_after_hello_and_drop(pki, start_controller):
             if t is None or t - first >= FLAP_WINDOW:
                 break
             dials.append(t - first)
+        ctl.stop()  # before a redial can find the port closed
     finally:
         lsock.close()
     gaps = [b - a for a, b in zip(dials, dials[1:])]
@@ -677,4 +678,10 @@ def test_redial_backs_off_after_hello_and_drop(pki, start_controller):
         len(dials), FLAP_WINDOW, early, [round(g * 1000) for g in gaps]))
     assert 4 <= len(dials) <= 20, dials
     assert early > len(dials) - early, dials  # they thin out: the gaps grow
-    assert ctl.find_logs(msg="relay hello", relay="flapper")  # each link got that far
+    # Each link got as far as Hello, so each went down as a link, not as a
+    # failed dial; and each ended in a redial drawn from a growing bound.
+    assert len(ctl.find_logs(msg="relay hello", relay="flapper")) == len(dials)
+    assert len(ctl.find_logs(msg="relay link down", relay="flapper")) == len(dials)
+    assert not ctl.find_logs(msg="dial failed"), ctl.find_logs(msg="dial failed")
+    attempts = [l["attempt"] for l in ctl.find_logs(msg="redial scheduled")]
+    assert attempts[:len(dials)] == list(range(1, len(dials) + 1)), attempts
