@@ -16,8 +16,8 @@ certificates from real enrolment (init-ca, gen-csr, sign-csr).
   session keeps flowing; a restarted controller (same --state-dir) is back
   at once and sessions made before the kill still pair.
 * test_two_controllers_one_relay — two controllers with their own state
-  and their own certificates (init-ca's, and one from issue-cert) share one
-  relay, which sees two controllers: creates are spread round-robin and
+  and their own certificates from issue-cert share one relay, which sees
+  two controllers: creates are spread round-robin and
   Validate/GET fail over on NOT_FOUND, so every session pairs; LIST merges
   both.
 * test_issue_cert — `relay-controller issue-cert` as an operator runs it,
@@ -480,11 +480,11 @@ def test_controller_killed_mid_calls(pki, tmp_path, start_relay, start_controlle
 
 def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller):
     relay = gp.start_remote_relay(start_relay, pki, "relay-shared")
-    ctl_a = start_controller(gp.controller_args([relay], pki.ca_dir, tmp_path / "state-a"))
-    # The second controller's own identity, from `relay-controller issue-cert`.
+    # Each controller's own identity, from `relay-controller issue-cert`.
+    ctl_a = start_controller(gp.controller_args(
+        [relay], pki.ca_dir, tmp_path / "state-a", cert=pki.extra_controller("ctl-a")))
     ctl_b = start_controller(gp.controller_args(
-        [relay], pki.ca_dir, tmp_path / "state-b",
-        cert=pki.extra_controller("relay-controller-b")))
+        [relay], pki.ca_dir, tmp_path / "state-b", cert=pki.extra_controller("ctl-b")))
     gp.wait_links(relay, 2)
     # Log lines arrive through reader threads: poll, bounded, for them.
     def settle(fn, ok):
@@ -498,8 +498,7 @@ def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller)
     names = settle(lambda: {l["controller"] for l in relay.find_logs(msg="controller link up")},
                    lambda v: len(v) >= 2)
     assert len(names) == 2, names  # two distinct controller identities
-    assert sorted(n.split("#")[0] for n in names) == ["relay-controller",
-                                                      "relay-controller-b"], names
+    assert sorted(n.split("#")[0] for n in names) == ["ctl-a", "ctl-b"], names
 
     sessions = [create(relay) for _ in range(10)]
     ids = {s["id"] for s in sessions}
