@@ -20,10 +20,7 @@ void tun_grpc_decoder_init(tun_grpc_decoder *d, size_t max_message) {
   cm_buf_init_secret(&d->buf, d->max_message);
 }
 
-void tun_grpc_decoder_free(tun_grpc_decoder *d) {
-  cm_buf_free(&d->buf);
-  memset(d->hdr, 0, sizeof d->hdr);
-}
+void tun_grpc_decoder_free(tun_grpc_decoder *d) { cm_buf_free(&d->buf); }
 
 static void *pb_alloc(void *ud, size_t n) {
   CM_UNUSED(ud);
