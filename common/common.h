@@ -220,17 +220,33 @@ void cm_rfc3339(int64_t unix_seconds, char *out, size_t outlen);
 void cm_http_date(int64_t unix_seconds, char *out, size_t outlen);
 
 /* ------------------------------------------------------------------------
+ * Memory for secrets (slot tokens, keys, messages carrying them): blocks
+ * know their size and are wiped (OPENSSL_cleanse) before they are freed,
+ * and realloc moves and wipes rather than leave a stale copy.  Shaped for
+ * allocator hooks that free without a size (protobuf-c, nghttp2).
+ * ---------------------------------------------------------------------- */
+void *cm_secret_alloc(size_t n);
+void *cm_secret_calloc(size_t n, size_t size);
+void *cm_secret_realloc(void *p, size_t n);
+void cm_secret_free(void *p);
+
+/* ------------------------------------------------------------------------
  * cm_buf: a contiguous byte buffer with a read offset and a hard cap.
  * ---------------------------------------------------------------------- */
 typedef struct cm_buf {
   uint8_t *data;
-  size_t off; /* first unread byte */
-  size_t len; /* bytes in use from data[0] (so unread = len - off) */
-  size_t cap; /* allocated */
-  size_t max; /* hard limit on unread bytes; 0 = unlimited */
+  size_t off;  /* first unread byte */
+  size_t len;  /* bytes in use from data[0] (so unread = len - off) */
+  size_t cap;  /* allocated */
+  size_t max;  /* hard limit on unread bytes; 0 = unlimited */
+  bool secret; /* wipe bytes it lets go of (cm_buf_init_secret) */
 } cm_buf;
 
 void cm_buf_init(cm_buf *b, size_t max);
+/* A buffer for secrets: bytes it no longer holds are wiped — consumed,
+ * reset, moved by compaction or growth (never realloc), and all of it on
+ * free.  cm_buf_printf formats through a stack buffer: not for these. */
+void cm_buf_init_secret(cm_buf *b, size_t max);
 void cm_buf_free(cm_buf *b);
 static inline size_t cm_buf_size(const cm_buf *b) { return b->len - b->off; }
 /* Never NULL (an empty buffer yields a pointer to a static empty byte). */
@@ -275,6 +291,8 @@ typedef struct cm_tls_config {
   const char *alpn;       /* comma list in preference order: "h2,http/1.1" */
   bool system_ca;         /* client: also trust the system store */
   bool tls13_only;        /* refuse TLS 1.2 (links where both ends are ours) */
+  bool cleanse_plaintext; /* wipe decrypted records once read (links carrying
+                             secrets; SSL_OP_CLEANSE_PLAINTEXT) */
 } cm_tls_config;
 
 void cm_tls_config_init(cm_tls_config *c);

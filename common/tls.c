@@ -72,6 +72,9 @@ static cm_tls_ctx *ctx_common(const cm_tls_config *c, bool server, char *err, si
   SSL_CTX_set_min_proto_version(x, c->tls13_only ? TLS1_3_VERSION : TLS1_2_VERSION);
   SSL_CTX_set_options(x, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
                              SSL_OP_CIPHER_SERVER_PREFERENCE);
+  /* Else decrypted records (tokens included) linger in OpenSSL's buffers
+   * until overwritten, or are freed as they are (SSL_MODE_RELEASE_BUFFERS). */
+  if (c->cleanse_plaintext) SSL_CTX_set_options(x, SSL_OP_CLEANSE_PLAINTEXT);
   SSL_CTX_set_mode(x, SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_cipher_list(x, tls12_ciphers);
   if (c->alpn && *c->alpn) {

@@ -152,26 +152,53 @@ void cm_buf_init(cm_buf *b, size_t max) {
   b->max = max;
 }
 
+void cm_buf_init_secret(cm_buf *b, size_t max) {
+  cm_buf_init(b, max);
+  b->secret = true;
+}
+
+/* Secret buffers wipe the bytes in [from, to) they are letting go of. */
+static void buf_wipe(cm_buf *b, size_t from, size_t to) {
+  if (b->secret && b->data && to > from) OPENSSL_cleanse(b->data + from, to - from);
+}
+
 void cm_buf_free(cm_buf *b) {
+  buf_wipe(b, 0, b->cap);
   free(b->data);
   memset(b, 0, sizeof *b);
 }
 
-void cm_buf_reset(cm_buf *b) { b->off = b->len = 0; }
+void cm_buf_reset(cm_buf *b) {
+  buf_wipe(b, 0, b->len);
+  b->off = b->len = 0;
+}
+
+/* Like realloc, but a secret buffer's old block is wiped, not left behind. */
+static uint8_t *buf_grow(cm_buf *b, size_t ncap) {
+  if (!b->secret) return realloc(b->data, ncap);
+  uint8_t *d = malloc(ncap);
+  if (!d) return NULL;
+  if (b->data) memcpy(d, b->data, b->len);
+  buf_wipe(b, 0, b->cap);
+  free(b->data);
+  return d;
+}
 
 uint8_t *cm_buf_reserve(cm_buf *b, size_t n) {
   if (b->max && cm_buf_size(b) + n > b->max) return NULL;
   if (b->off > 0 && (b->off == b->len || b->len + n > b->cap)) {
     /* Compact before growing: unread bytes move to the front. */
+    size_t old_len = b->len;
     memmove(b->data, b->data + b->off, b->len - b->off);
     b->len -= b->off;
     b->off = 0;
+    buf_wipe(b, b->len, old_len);
   }
   if (b->len + n > b->cap) {
     size_t ncap = b->cap ? b->cap : 256;
     while (ncap < b->len + n)
       ncap *= 2;
-    uint8_t *d = realloc(b->data, ncap);
+    uint8_t *d = buf_grow(b, ncap);
     if (!d) return NULL;
     b->data = d;
     b->cap = ncap;
@@ -209,6 +236,7 @@ int cm_buf_printf(cm_buf *b, const char *fmt, ...) {
 }
 
 void cm_buf_consume(cm_buf *b, size_t n) {
+  buf_wipe(b, b->off, CM_MIN(b->off + n, b->len));
   b->off += n;
   if (b->off >= b->len) b->off = b->len = 0;
 }

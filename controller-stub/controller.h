@@ -9,7 +9,8 @@
  * fsync'd, checksummed records plus an atomically replaced snapshot.
  *
  * It also holds the controller CA used for enrolment: init-ca makes the CA
- * and the controller's own client certificate; sign-csr issues a relay's
+ * and the controller's own client certificate; issue-cert gives each
+ * further controller a certificate of its own; sign-csr issues a relay's
  * certificate from the CSR `relay gen-csr` printed.
  */
 #ifndef RELAY_CONTROLLER_H
@@ -75,6 +76,21 @@ void ctl_ca_paths_for(const char *dir, ctl_ca_paths *p);
  * files are reused, never overwritten. */
 int ctl_init_ca(const char *dir, const char *ca_cn, const char *controller_cn, int days, char *err,
                 size_t errlen);
+/* Where ctl_issue_cert put a controller's key and certificate. */
+typedef struct ctl_cert_paths {
+  char key[4096], cert[4096];
+} ctl_cert_paths;
+
+/* Gives a further controller its own identity from the CA in dir (made by
+ * ctl_init_ca): a fresh P-256 key out_dir/NAME.key (0600, written
+ * atomically) and out_dir/NAME.crt with CN NAME, CM_PKI_URI_CONTROLLER and
+ * clientAuth.  Relays group links by certificate (CN and fingerprint), so
+ * controllers with certificates of their own are never taken for one.
+ * NAME: 1..64 of [A-Za-z0-9._-], starting with a letter or digit.  Refuses
+ * (-EEXIST) when either file exists; out_dir NULL means dir (made 0700 if
+ * missing).  The certificate never outlives the CA. */
+int ctl_issue_cert(const char *dir, const char *name, const char *out_dir, int days,
+                   ctl_cert_paths *out, char *err, size_t errlen);
 /* Signs a relay CSR with the CA in dir: SANs from hosts (DNS or IP), URI
  * identity CM_PKI_URI_RELAY, serverAuth.  Returns the PEM certificate. */
 int ctl_sign_csr(const char *dir, const char *csr_pem, const cm_strlist *hosts, int days,

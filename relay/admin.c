@@ -6,7 +6,8 @@
  * decides: every request becomes an Admin call carrying the verified
  * principal, and the controller's answer says which HTTP status to send.
  * A listing asks every distinct controller linked to this relay and merges
- * their sessions.  Responses that carry slot tokens are never cached.
+ * their sessions.  Responses that carry slot tokens are never cached, and
+ * their bodies are built in memory that is wiped when freed.
  */
 #include "relay/edge.h"
 #include "relay/jwt.h"
@@ -105,17 +106,22 @@ char *rly_admin_status_text(const Relay__V1__SessionStatus *st) {
   return text;
 }
 
-static void respond_json(admin_op *a, int status, json_t *body, const char *more_headers) {
+static void respond_text(admin_op *a, int status, const char *text, size_t len,
+                         const char *more_headers) {
   char hdr[1024];
   snprintf(hdr, sizeof hdr, "%sCache-Control: no-store\r\n%s", a->cors,
            more_headers ? more_headers : "");
-  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
   rly_http_response r = {.status = status,
                          .content_type = text ? "application/json" : NULL,
                          .body = (const uint8_t *)text,
-                         .body_len = text ? strlen(text) : 0,
+                         .body_len = len,
                          .extra_headers = hdr};
   rly_conn_respond(a->c, &r);
+}
+
+static void respond_json(admin_op *a, int status, json_t *body, const char *more_headers) {
+  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  respond_text(a, status, text, text ? strlen(text) : 0, more_headers);
   free(text);
   json_decref(body);
 }
@@ -148,6 +154,57 @@ static void op_done(admin_op *a) {
 
 /* ---- controller answers ------------------------------------------------------------ */
 
+/* Appends "key":"token", — tokens have a shape that needs no escaping. */
+static int append_token(cm_buf *b, const char *key, const char *token) {
+  const char *parts[] = {"\"", key, "\":\"", token, "\","};
+  for (size_t i = 0; i < CM_ARRAY_LEN(parts); i++) {
+    int rc = cm_buf_append(b, parts[i], strlen(parts[i]));
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+/* The one body that carries both slot tokens.  jansson frees its strings
+ * unwiped, so the tokens never enter it: jansson encodes the other fields,
+ * and the whole text is put together in a secret buffer (wiped when freed).
+ * Tokens the data plane would refuse are refused here too. */
+static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
+  if (!rly_dp_token_ok(cs->initiator_token) || !rly_dp_token_ok(cs->responder_token)) {
+    respond_error(a, 502, "bad_controller_answer", "the controller's slot tokens are malformed",
+                  NULL);
+    return;
+  }
+  const Relay__V1__SessionStatus *st = cs->status; /* answer_problem checked it */
+  json_t *o = json_object();
+  json_object_set_new(o, "id", json_string(st->id));
+  /* A controller that leaves the URLs out gets ours: the relay it asked. */
+  char url[sizeof a->srv->public_url + MAX_ID + 8];
+  snprintf(url, sizeof url, "%s/relay/%s", a->srv->public_url, st->id);
+  json_object_set_new(o, "initiator_url",
+                      json_string(cs->initiator_url[0] ? cs->initiator_url : url));
+  json_object_set_new(o, "responder_url",
+                      json_string(cs->responder_url[0] ? cs->responder_url : url));
+  json_object_set_new(o, "created_at", time_or_null(st->created_at_unix));
+  json_object_set_new(o, "expires_at", time_or_null(st->expires_at_unix));
+  char *rest = json_dumps(o, JSON_COMPACT); /* {"id":...}: spliced in after the tokens */
+  json_decref(o);
+  cm_buf b;
+  cm_buf_init_secret(&b, 0);
+  int rc = rest && rest[0] == '{' ? cm_buf_append(&b, "{", 1) : -ENOMEM;
+  if (rc == 0) rc = append_token(&b, "initiator_token", cs->initiator_token);
+  if (rc == 0) rc = append_token(&b, "responder_token", cs->responder_token);
+  if (rc == 0) rc = cm_buf_append(&b, rest + 1, strlen(rest + 1));
+  if (rc == 0) {
+    char loc[160];
+    snprintf(loc, sizeof loc, "Location: /admin/sessions/%s\r\n", st->id);
+    respond_text(a, 201, (const char *)cm_buf_head(&b), cm_buf_size(&b), loc);
+  } else {
+    respond_error(a, 503, "overloaded", "out of memory", NULL);
+  }
+  free(rest);
+  cm_buf_free(&b);
+}
+
 /* The controller said no (its status and error code). */
 static void respond_refusal(admin_op *a, int http, const char *code, const char *msg) {
   /* RFC 6750 §3.1: a token without the scope gets a Bearer challenge
@@ -176,26 +233,6 @@ static void respond_call_failure(admin_op *a, int status, const char *message) {
 static void respond_bad_answer(admin_op *a, const char *what) {
   cm_log(CM_LOG_WARN, "admin", "bad answer from the controller", CM_S("problem", what));
   respond_error(a, 502, "bad_controller_answer", what, NULL);
-}
-
-static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
-  json_t *o = json_object();
-  const Relay__V1__SessionStatus *st = cs->status;
-  json_object_set_new(o, "id", json_string(st->id));
-  json_object_set_new(o, "initiator_token", json_string(cs->initiator_token));
-  json_object_set_new(o, "responder_token", json_string(cs->responder_token));
-  /* A controller that leaves the URLs out gets ours: the relay it asked. */
-  char url[sizeof a->srv->public_url + MAX_ID + 8];
-  snprintf(url, sizeof url, "%s/relay/%s", a->srv->public_url, st->id);
-  json_object_set_new(o, "initiator_url",
-                      json_string(cs->initiator_url[0] ? cs->initiator_url : url));
-  json_object_set_new(o, "responder_url",
-                      json_string(cs->responder_url[0] ? cs->responder_url : url));
-  json_object_set_new(o, "created_at", time_or_null(st->created_at_unix));
-  json_object_set_new(o, "expires_at", time_or_null(st->expires_at_unix));
-  char loc[160];
-  snprintf(loc, sizeof loc, "Location: /admin/sessions/%s\r\n", st->id);
-  respond_json(a, 201, o, loc);
 }
 
 /* The required parts of a successful answer are there; else says what is

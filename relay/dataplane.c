@@ -494,7 +494,7 @@ static void refuse(rly_conn *c, int status, const char *code, const char *msg) {
   rly_conn_respond_error(c, status, code, msg, extra);
 }
 
-static bool token_chars_ok(const char *t) {
+bool rly_dp_token_ok(const char *t) {
   size_t n = strlen(t);
   if (n == 0 || n > MAX_TOKEN) return false;
   for (const char *p = t; *p; p++)
@@ -678,7 +678,7 @@ void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const char *sessio
     refuse(c, 401, "missing_token", "a slot token is required");
     goto done;
   }
-  if (t.malformed || !token_chars_ok(t.tok)) {
+  if (t.malformed || !rly_dp_token_ok(t.tok)) {
     refuse(c, 401, "invalid_token", "malformed slot token");
     goto done;
   }

@@ -119,6 +119,9 @@ void rly_dp_shutdown(rly_server *s);
 void rly_dp_close_all(rly_server *s, uint16_t code, const char *reason);
 void rly_dp_stop(rly_server *s); /* closes the data plane's timer */
 void rly_dp_metrics_text(rly_server *s, cm_buf *b);
+/* Whether t has a slot token's shape (1..256 of [A-Za-z0-9-_.~]), the
+ * only tokens an upgrade accepts; such a token needs no JSON escaping. */
+bool rly_dp_token_ok(const char *t);
 
 /* admin.c: the admin API and discovery document. */
 void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const char *id);

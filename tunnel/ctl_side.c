@@ -6,8 +6,9 @@
  *
  * Backoff: after a failed or short-lived connection the next dial waits a
  * uniformly random time in [0, min(max, base * 2^attempt)) ("full jitter");
- * a link that stayed up for stable_ms resets attempt to 0.  A relay that
- * accepts and immediately closes therefore backs off like one that refuses.
+ * only a link that stayed up (Hello received) for stable_ms resets attempt
+ * to 0 when it ends.  A relay that accepts, says Hello and drops therefore
+ * backs off like one that refuses: nothing resets the count on arrival.
  */
 #include "tunnel/link.h"
 
@@ -27,6 +28,7 @@ typedef struct clink {
   bool tls, up;
   bool retiring; /* replaced by a newer link: closes after the overlap */
   uint64_t opened_ms;
+  uint64_t up_ms; /* when its Hello made the link up; 0 before */
   char node_id[128];
   char public_url[256];
   int32_t events_sid;
@@ -121,21 +123,23 @@ static void dispatch_unary(tun_ctl_call *call) {
     return;
   }
   if (strcmp(call->path, TUN_PATH_VALIDATE) == 0 && c->h.validate) {
-    Relay__V1__SlotRequest *req = relay__v1__slot_request__unpack(NULL, call->msg_len, call->msg);
+    Relay__V1__SlotRequest *req = (Relay__V1__SlotRequest *)tun_grpc_unpack(
+        &relay__v1__slot_request__descriptor, call->msg, call->msg_len);
     if (!req) {
       reply_trailers_only(call, TUN_GRPC_INVALID_ARGUMENT, "malformed SlotRequest");
       return;
     }
     c->h.validate(c->ud, call, req);
-    relay__v1__slot_request__free_unpacked(req, NULL);
+    tun_grpc_free(&req->base);
   } else if (strcmp(call->path, TUN_PATH_ADMIN) == 0 && c->h.admin) {
-    Relay__V1__AdminRequest *req = relay__v1__admin_request__unpack(NULL, call->msg_len, call->msg);
+    Relay__V1__AdminRequest *req = (Relay__V1__AdminRequest *)tun_grpc_unpack(
+        &relay__v1__admin_request__descriptor, call->msg, call->msg_len);
     if (!req) {
       reply_trailers_only(call, TUN_GRPC_INVALID_ARGUMENT, "malformed AdminRequest");
       return;
     }
     c->h.admin(c->ud, call, req);
-    relay__v1__admin_request__free_unpacked(req, NULL);
+    tun_grpc_free(&req->base);
   } else if (strcmp(call->path, TUN_PATH_HEALTH_CHECK) == 0) {
     /* The relay's keepalive probe: we are here, so we serve. */
     Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
@@ -209,23 +213,26 @@ static void set_up(clink *l, bool up) {
 
 static int on_event_message(void *ud, const uint8_t *msg, size_t len) {
   clink *l = ud;
-  Relay__V1__RelayEvent *ev = relay__v1__relay_event__unpack(NULL, len, msg);
+  Relay__V1__RelayEvent *ev =
+      (Relay__V1__RelayEvent *)tun_grpc_unpack(&relay__v1__relay_event__descriptor, msg, len);
   if (!ev) return -EBADMSG;
   if (ev->kind_case == RELAY__V1__RELAY_EVENT__KIND_HELLO && ev->hello) {
     snprintf(l->node_id, sizeof l->node_id, "%s", ev->hello->node_id);
     snprintf(l->public_url, sizeof l->public_url, "%s", ev->hello->public_url);
-    if (l->d) l->d->attempt = 0; /* a real relay answered; backoff resets once stable */
+    /* Not a reset: a relay that says Hello and drops must still back off.
+     * link_closed resets the count if the link then stays up stable_ms. */
+    if (!l->up) l->up_ms = cm_now_mono_ms();
     set_up(l, true);
   }
   if (l->c->h.on_event) l->c->h.on_event(l->c->ud, (tun_ctl_link *)l, ev);
-  relay__v1__relay_event__free_unpacked(ev, NULL);
+  tun_grpc_free(&ev->base);
   return 0;
 }
 
 static int on_call_message(void *ud, const uint8_t *msg, size_t len) {
   tun_ctl_call *call = ud;
-  if (++call->nmsgs > 1) return 0; /* counted, refused at dispatch */
-  call->msg = malloc(len ? len : 1);
+  if (++call->nmsgs > 1) return 0;            /* counted, refused at dispatch */
+  call->msg = cm_secret_alloc(len ? len : 1); /* a SlotRequest holds a token */
   if (!call->msg) return -ENOMEM;
   memcpy(call->msg, msg, len);
   call->msg_len = len;
@@ -238,7 +245,7 @@ static void call_free(tun_ctl_call *call) {
   cm_list_remove(&call->node);
   tun_grpc_decoder_free(&call->dec);
   tun_outq_free(&call->out);
-  free(call->msg);
+  cm_secret_free(call->msg);
   free(call);
 }
 
@@ -373,7 +380,8 @@ static int link_open(tun_link *tl) {
     return -1;
   }
   l->opened_ms = cm_now_mono_ms();
-  if (nghttp2_session_server_new(&tl->h2, server_callbacks(), l) != 0) return -1;
+  if (nghttp2_session_server_new3(&tl->h2, server_callbacks(), l, NULL, tun_link_mem()) != 0)
+    return -1;
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 4096},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
@@ -401,8 +409,9 @@ static void link_closed(tun_link *tl, int err, const char *msg) {
     if (d->link || d->resolving || uv_is_active((uv_handle_t *)&d->timer)) return;
   }
   if (d) {
-    bool stable = l->opened_ms && cm_now_mono_ms() - l->opened_ms >= l->c->cfg.stable_ms;
-    if (!l->opened_ms || !l->up)
+    bool stable = l->up_ms && cm_now_mono_ms() - l->up_ms >= l->c->cfg.stable_ms;
+    /* A link that came up was logged going down by set_up. */
+    if (!l->up_ms)
       cm_log(CM_LOG_INFO, "tunnel", "dial failed", CM_S("relay", d->hostport),
              CM_S("reason", tl->why));
     if (d->link == l) d->link = NULL;
@@ -537,7 +546,9 @@ static void dial_later(dialer *d, bool failed) {
   }
   uint64_t cap = (uint64_t)c->cfg.backoff_base_ms << (d->attempt ? d->attempt - 1 : 0);
   if (cap > c->cfg.backoff_max_ms) cap = c->cfg.backoff_max_ms;
-  uint64_t delay = d->attempt ? cm_random_below(cap + 1) : 0;
+  uint64_t delay = d->attempt ? cm_random_below(cap) : 0; /* [0, cap) */
+  cm_log(CM_LOG_DEBUG, "tunnel", "redial scheduled", CM_S("relay", d->hostport),
+         CM_I("attempt", d->attempt), CM_I("delay_ms", delay));
   uv_timer_start(&d->timer, on_dial_timer, delay, 0);
 }
 
@@ -617,6 +628,7 @@ tun_ctl *tun_ctl_new(uv_loop_t *loop, const tun_ctl_config *cfg, const tun_ctl_h
     tc.verify_peer = true;
     tc.alpn = "h2";
     tc.tls13_only = true; /* both ends are ours */
+    tc.cleanse_plaintext = true;
     c->tls = cm_tls_ctx_new_client(&tc, err, errlen);
     if (!c->tls) {
       free(c);

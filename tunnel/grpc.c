@@ -2,6 +2,10 @@
  * grpc.c — the gRPC wire format, sans-I/O: 5-byte message prefix
  * (compressed flag + big-endian length), grpc-timeout values and
  * grpc-message percent-encoding, as in the gRPC over HTTP/2 spec.
+ *
+ * Messages on the link may carry slot tokens, so every byte of them this
+ * file holds is wiped when let go of: the decoder's buffer is a secret
+ * cm_buf, and decoded messages are allocated by cm_secret_*.
  */
 #include "tunnel/tunnel.h"
 
@@ -13,10 +17,32 @@
 void tun_grpc_decoder_init(tun_grpc_decoder *d, size_t max_message) {
   memset(d, 0, sizeof *d);
   d->max_message = max_message ? max_message : 4u << 20;
-  cm_buf_init(&d->buf, d->max_message);
+  cm_buf_init_secret(&d->buf, d->max_message);
 }
 
 void tun_grpc_decoder_free(tun_grpc_decoder *d) { cm_buf_free(&d->buf); }
+
+static void *pb_alloc(void *ud, size_t n) {
+  CM_UNUSED(ud);
+  return cm_secret_alloc(n);
+}
+
+static void pb_free(void *ud, void *p) {
+  CM_UNUSED(ud);
+  cm_secret_free(p);
+}
+
+/* protobuf-c frees without a size: cm_secret_* keep it to wipe by. */
+static ProtobufCAllocator g_pb_secret = {pb_alloc, pb_free, NULL};
+
+ProtobufCMessage *tun_grpc_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *msg,
+                                  size_t len) {
+  return protobuf_c_message_unpack(desc, &g_pb_secret, len, msg);
+}
+
+void tun_grpc_free(ProtobufCMessage *msg) {
+  if (msg) protobuf_c_message_free_unpacked(msg, &g_pb_secret);
+}
 
 int tun_grpc_decode(tun_grpc_decoder *d, const uint8_t *data, size_t len,
                     int (*on_message)(void *ud, const uint8_t *msg, size_t len), void *ud) {

@@ -212,7 +212,7 @@ void tun_link_abort(tun_link *l, const char *why) {
 
 void tun_outq_init(tun_outq *q, size_t max) {
   memset(q, 0, sizeof *q);
-  cm_buf_init(&q->buf, max);
+  cm_buf_init_secret(&q->buf, max); /* requests and answers may hold tokens */
 }
 
 void tun_outq_free(tun_outq *q) { cm_buf_free(&q->buf); }
@@ -258,6 +258,31 @@ nghttp2_data_provider tun_outq_provider(tun_outq *q) {
   p.read_callback = outq_read;
   return p;
 }
+
+/* ---- nghttp2 memory ------------------------------------------------------------ */
+
+/* nghttp2 copies DATA into its own frame buffers (kept until the session
+ * ends) and frees without a size: cm_secret_* wipe every block it frees. */
+static void *h2_malloc(size_t n, void *ud) {
+  CM_UNUSED(ud);
+  return cm_secret_alloc(n);
+}
+static void h2_free(void *p, void *ud) {
+  CM_UNUSED(ud);
+  cm_secret_free(p);
+}
+static void *h2_calloc(size_t n, size_t size, void *ud) {
+  CM_UNUSED(ud);
+  return cm_secret_calloc(n, size);
+}
+static void *h2_realloc(void *p, size_t n, void *ud) {
+  CM_UNUSED(ud);
+  return cm_secret_realloc(p, n);
+}
+
+static nghttp2_mem g_h2_mem = {NULL, h2_malloc, h2_free, h2_calloc, h2_realloc};
+
+nghttp2_mem *tun_link_mem(void) { return &g_h2_mem; }
 
 int tun_socketpair(int fds[2]) {
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0) return -errno;

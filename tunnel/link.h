@@ -93,6 +93,10 @@ void tun_outq_free(tun_outq *q);
 int tun_outq_push(tun_link *l, int32_t sid, tun_outq *q, const ProtobufCMessage *msg);
 nghttp2_data_provider tun_outq_provider(tun_outq *q);
 
+/* Memory for every nghttp2 session of the link: wiped when freed, since
+ * nghttp2's frame buffers hold the messages (and tokens) that crossed. */
+nghttp2_mem *tun_link_mem(void);
+
 /* nghttp2 header helpers. */
 #define TUN_NV(n, v)                                                                               \
   { (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE }

@@ -346,17 +346,18 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
 static int on_call_message(void *ud, const uint8_t *msg, size_t len) {
   tun_call *c = ud;
   if (c->resp) return -EPROTO; /* unary: one message only */
-  c->resp = protobuf_c_message_unpack(c->desc, NULL, len, msg);
+  c->resp = tun_grpc_unpack(c->desc, msg, len);
   return c->resp ? 0 : -EBADMSG;
 }
 
 static int on_command_message(void *ud, const uint8_t *msg, size_t len) {
   rlink *l = ud;
-  Relay__V1__ControllerCommand *cmd = relay__v1__controller_command__unpack(NULL, len, msg);
+  Relay__V1__ControllerCommand *cmd = (Relay__V1__ControllerCommand *)tun_grpc_unpack(
+      &relay__v1__controller_command__descriptor, msg, len);
   if (!cmd) return -EBADMSG;
   l->r->st.commands++;
   if (l->r->cbs.on_command) l->r->cbs.on_command(l->r->ud, l->controller, cmd);
-  relay__v1__controller_command__free_unpacked(cmd, NULL);
+  tun_grpc_free(&cmd->base);
   return 0;
 }
 
@@ -528,7 +529,7 @@ static int link_open(tun_link *tl) {
   nghttp2_option *opt;
   nghttp2_option_new(&opt);
   nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
-  int rc = nghttp2_session_client_new2(&tl->h2, client_callbacks(), l, opt);
+  int rc = nghttp2_session_client_new3(&tl->h2, client_callbacks(), l, opt, tun_link_mem());
   nghttp2_option_del(opt);
   if (rc != 0) return -1;
   nghttp2_settings_entry iv[] = {
@@ -638,7 +639,7 @@ static void call_free(tun_call *c) {
   cm_buf_free(&c->req);
   tun_outq_free(&c->out);
   tun_grpc_decoder_free(&c->dec);
-  if (c->resp) protobuf_c_message_free_unpacked(c->resp, NULL);
+  tun_grpc_free(c->resp);
   free(c);
 }
 
@@ -685,7 +686,7 @@ static int submit_call(tun_call *c, rlink *l) {
   cm_buf_append(&c->out.buf, cm_buf_head(&c->req), cm_buf_size(&c->req));
   c->out.eof = true;
   c->out.deferred = false;
-  if (c->resp) protobuf_c_message_free_unpacked(c->resp, NULL);
+  tun_grpc_free(c->resp);
   c->resp = NULL;
   tun_grpc_decoder_free(&c->dec);
   tun_grpc_decoder_init(&c->dec, c->r->cfg.link.max_message);
@@ -721,7 +722,7 @@ static tun_call *call_new(tun_relay *r, const char *path, const ProtobufCMessage
   if (!c) return NULL;
   c->r = r;
   snprintf(c->path, sizeof c->path, "%s", path);
-  cm_buf_init(&c->req, r->cfg.link.max_message + TUN_GRPC_PREFIX);
+  cm_buf_init_secret(&c->req, r->cfg.link.max_message + TUN_GRPC_PREFIX); /* may hold a token */
   tun_outq_init(&c->out, 0);
   tun_grpc_decoder_init(&c->dec, r->cfg.link.max_message);
   c->desc = desc;
@@ -913,6 +914,7 @@ tun_relay *tun_relay_new(uv_loop_t *loop, const tun_relay_config *cfg, const tun
     tc.require_peer_cert = true;
     tc.alpn = "h2";
     tc.tls13_only = true; /* both ends are ours */
+    tc.cleanse_plaintext = true;
     if (!cfg->ca_file) {
       snprintf(err, errlen, "controller-ca: the tunnel needs the controller CA to verify peers");
       tun_relay_free(r);

@@ -66,7 +66,7 @@ enum {
 
 /* Incremental decoder of length-prefixed messages. */
 typedef struct tun_grpc_decoder {
-  cm_buf buf;         /* partial message */
+  cm_buf buf;         /* partial message (a secret buffer: wiped as let go) */
   size_t max_message; /* larger messages are an error */
   uint8_t hdr[TUN_GRPC_PREFIX];
   size_t hdr_have;
@@ -83,6 +83,12 @@ int tun_grpc_decode(tun_grpc_decoder *d, const uint8_t *data, size_t len,
                     int (*on_message)(void *ud, const uint8_t *msg, size_t len), void *ud);
 /* Appends one framed message (prefix + packed protobuf) to out. */
 int tun_grpc_encode(cm_buf *out, const ProtobufCMessage *msg);
+/* Decodes a message read off the link (NULL if malformed) into memory that
+ * tun_grpc_free wipes: messages may carry slot tokens.  Every message a
+ * link decodes goes through these two. */
+ProtobufCMessage *tun_grpc_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *msg,
+                                  size_t len);
+void tun_grpc_free(ProtobufCMessage *msg);
 /* grpc-timeout header value: "<digits><unit>", at most 8 digits. */
 void tun_grpc_timeout_format(uint64_t ms, char out[16]);
 int tun_grpc_timeout_parse(const char *v, uint64_t *ms);

@@ -2,8 +2,9 @@
  * main.c — `relay-controller`: the reference controller.  Argument parsing
  * and dispatch only:
  *   run       dial relays and serve them (sessions, tokens, policy)
- *   init-ca   make the controller CA and the controller's own certificate
- *   sign-csr  issue a relay certificate from `relay gen-csr` output
+ *   init-ca     make the controller CA and the controller's own certificate
+ *   issue-cert  give a further controller a certificate of its own
+ *   sign-csr    issue a relay certificate from `relay gen-csr` output
  */
 #include <signal.h>
 #include <stddef.h>
@@ -38,8 +39,8 @@ static const cm_cfg_opt g_run_opts[] = {
         "name to verify in relay certificates (default: the dialled host)", "NAME"),
     OPT("ca-dir", CM_CFG_STRING, ca_dir, NULL, 0, 0,
         "directory made by init-ca (ca.crt, controller.crt, controller.key)", "DIR"),
-    OPT("cert", CM_CFG_STRING, cert, NULL, 0, 0, "controller certificate (overrides --ca-dir)",
-        "FILE"),
+    OPT("cert", CM_CFG_STRING, cert, NULL, 0, 0,
+        "controller certificate, e.g. from issue-cert (overrides --ca-dir)", "FILE"),
     OPT("key", CM_CFG_STRING, key, NULL, 0, 0, "controller key (overrides --ca-dir)", "FILE"),
     OPT("ca", CM_CFG_STRING, ca, NULL, 0, 0, "CA relay certificates chain to", "FILE"),
     OPT("state-dir", CM_CFG_STRING, state_dir, NULL, 0, 0,
@@ -182,6 +183,7 @@ typedef struct ca_cfg {
   long long days;
   cm_strlist hosts;
   char *csr;
+  char *name, *out_dir;
 } ca_cfg;
 
 #define COPT(n, t, f, d, lo, hi, h, mv)                                                            \
@@ -221,6 +223,48 @@ static int cmd_init_ca(int argc, char **argv) {
             p.ctl_cert);
   }
   cm_config_free(&g_init_spec, &c);
+  return rc;
+}
+
+/* ---- issue-cert -------------------------------------------------------------------------- */
+
+static const cm_cfg_opt g_issue_opts[] = {
+    COPT("dir", CM_CFG_STRING, dir, NULL, 0, 0, "the CA directory made by init-ca", "DIR"),
+    COPT("name", CM_CFG_STRING, name, NULL, 0, 0,
+         "the controller's name: certificate CN and file names (letters, digits, . _ -)", "NAME"),
+    COPT("out-dir", CM_CFG_STRING, out_dir, NULL, 0, 0,
+         "where NAME.key and NAME.crt go (default: --dir; created 0700)", "DIR"),
+    COPT("days", CM_CFG_INT, days, "3650", 1, 36500,
+         "validity of the certificate (never beyond the CA's)", "N"),
+};
+
+static const cm_cfg_spec g_issue_spec = {
+    "relay-controller issue-cert --dir DIR --name NAME [--out-dir DIR] [--days N]",
+    "Give a further controller its own identity from the CA in --dir: a new P-256\n"
+    "key NAME.key (0600) and NAME.crt with CN NAME, the controller identity\n" CM_PKI_URI_CONTROLLER
+    " and clientAuth.  Relays tell controllers apart by certificate\n"
+    "(CN and fingerprint): controllers sharing a relay need one each, or they are\n"
+    "taken for one.  Existing files are never overwritten.  Then:\n"
+    "  relay-controller run --ca-dir DIR --cert DIR/NAME.crt --key DIR/NAME.key ...",
+    g_issue_opts, CM_ARRAY_LEN(g_issue_opts)};
+
+static int cmd_issue_cert(int argc, char **argv) {
+  ca_cfg c;
+  memset(&c, 0, sizeof c);
+  char err[512];
+  int rc = cm_config_cli(&g_issue_spec, &c, argc, argv, "relay-controller issue-cert");
+  if (rc >= 0) return rc;
+  rc = 0;
+  ctl_cert_paths p;
+  if (!c.dir || !c.name) {
+    rc = usage_error(&g_issue_spec, "issue-cert", "--dir and --name are required");
+  } else if (ctl_issue_cert(c.dir, c.name, c.out_dir, (int)c.days, &p, err, sizeof err) != 0) {
+    fprintf(stderr, "relay-controller issue-cert: %s\n", err);
+    rc = 1;
+  } else {
+    fprintf(stderr, "controller key:          %s\ncontroller certificate:  %s\n", p.key, p.cert);
+  }
+  cm_config_free(&g_issue_spec, &c);
   return rc;
 }
 
@@ -292,6 +336,7 @@ static int cmd_sign_csr(int argc, char **argv) {
 static const cm_subcmd g_cmds[] = {
     {"run", cmd_run, "dial relays and serve them"},
     {"init-ca", cmd_init_ca, "make the controller CA and the controller certificate"},
+    {"issue-cert", cmd_issue_cert, "give a further controller a certificate of its own"},
     {"sign-csr", cmd_sign_csr, "issue a relay certificate from its CSR"},
 };
 

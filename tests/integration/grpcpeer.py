@@ -25,7 +25,6 @@ import base64
 import os
 import secrets
 import select
-import shutil
 import socket
 import ssl
 import subprocess
@@ -550,9 +549,9 @@ class Pki:
     ``relay-controller init-ca`` makes CA/ (ca.crt, ca.key, controller.crt,
     controller.key); ``relay(node)`` runs ``relay gen-csr`` and
     ``relay-controller sign-csr --host 127.0.0.1`` and returns (crt, key);
-    ``extra_controller(name)`` makes a second controller identity from the
-    same CA (init-ca on a copy reuses the CA and mints a new controller
-    certificate)."""
+    ``extra_controller(name)`` runs ``relay-controller issue-cert --name``
+    for a further controller identity from the same CA and returns
+    (crt, key)."""
 
     def __init__(self, directory):
         self.dir = str(directory)
@@ -578,13 +577,30 @@ class Pki:
         return self._relays[node]
 
     def extra_controller(self, name):
-        d = os.path.join(self.dir, "CA-" + name)
-        if not os.path.isdir(d):
-            os.makedirs(d, mode=0o700)
-            shutil.copy(self.ca_crt, d)
-            shutil.copy(self.ca_key, d)
-            run_tool([relaytest.CONTROLLER_BIN, "init-ca", "--dir", d, "--controller-name", name])
-        return d
+        crt, key = (os.path.join(self.ca_dir, name + ext) for ext in (".crt", ".key"))
+        if not os.path.exists(crt):
+            run_tool([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", self.ca_dir,
+                      "--name", name])
+        return crt, key
+
+
+def relay_impostor_context(pki, crt, key):
+    """A TLS server context that plays a relay: the relay certificate from
+    sign-csr, and mutual TLS (the controller must present its own)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    ctx.load_verify_locations(pki.ca_crt)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def accept_controller(lsock, ctx, timeout=TIMEOUT):
+    """The next controller dialling lsock, after the TLS handshake."""
+    lsock.settimeout(timeout)
+    raw, _ = lsock.accept()
+    raw.settimeout(timeout)
+    return ctx.wrap_socket(raw, server_side=True)
 
 
 def start_remote_relay(start_relay, pki, node, extra=(), **kw):
@@ -598,9 +614,12 @@ def start_remote_relay(start_relay, pki, node, extra=(), **kw):
     return r
 
 
-def controller_args(relays, ca_dir, state_dir=None, extra=(), log_level="debug"):
-    """`relay-controller run` arguments dialing each relay's tunnel port."""
+def controller_args(relays, ca_dir, state_dir=None, extra=(), log_level="debug", cert=None):
+    """`relay-controller run` arguments dialing each relay's tunnel port;
+    cert: (crt, key) instead of the CA directory's controller.crt."""
     args = ["run", "--ca-dir", ca_dir, "--accept-unauthenticated", "--log-level", log_level]
+    if cert:
+        args += ["--cert", cert[0], "--key", cert[1]]
     for r in relays:
         args += ["--relay", "127.0.0.1:%d" % r.tunnel_port]
     if state_dir:

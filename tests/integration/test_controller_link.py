@@ -16,11 +16,21 @@ certificates from real enrolment (init-ca, gen-csr, sign-csr).
   session keeps flowing; a restarted controller (same --state-dir) is back
   at once and sessions made before the kill still pair.
 * test_two_controllers_one_relay — two controllers with their own state
-  share one relay: creates are spread round-robin and Validate/GET fail over
-  on NOT_FOUND, so every session pairs; LIST merges both.
+  and their own certificates from issue-cert share one relay, which sees
+  two controllers: creates are spread round-robin and
+  Validate/GET fail over on NOT_FOUND, so every session pairs; LIST merges
+  both.
+* test_issue_cert — `relay-controller issue-cert` as an operator runs it,
+  checked with the openssl command line: a 0600 key, a certificate that
+  verifies for clientAuth (not serverAuth) with the controller identity;
+  never overwritten, bad names and a missing CA refused.
 * test_one_controller_two_relays — one controller dials two relays; each
   session's URL names the relay it was created on, and only that relay
   admits its peers.
+* test_redial_backs_off_after_hello_and_drop — a Python relay impostor
+  accepts, completes TLS and HTTP/2, says Hello and drops, again and again:
+  the controller's dials thin out (exponential backoff with full jitter),
+  the Hello does not reset the backoff.
 """
 
 import asyncio
@@ -30,6 +40,8 @@ import json
 import os
 import resource
 import signal
+import socket
+import subprocess
 import time
 
 import pytest
@@ -470,9 +482,11 @@ def test_controller_killed_mid_calls(pki, tmp_path, start_relay, start_controlle
 
 def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller):
     relay = gp.start_remote_relay(start_relay, pki, "relay-shared")
-    ctl_a = start_controller(gp.controller_args([relay], pki.ca_dir, tmp_path / "state-a"))
+    # Each controller's own identity, from `relay-controller issue-cert`.
+    ctl_a = start_controller(gp.controller_args(
+        [relay], pki.ca_dir, tmp_path / "state-a", cert=pki.extra_controller("ctl-a")))
     ctl_b = start_controller(gp.controller_args(
-        [relay], pki.extra_controller("relay-controller-b"), tmp_path / "state-b"))
+        [relay], pki.ca_dir, tmp_path / "state-b", cert=pki.extra_controller("ctl-b")))
     gp.wait_links(relay, 2)
     # Log lines arrive through reader threads: poll, bounded, for them.
     def settle(fn, ok):
@@ -486,6 +500,7 @@ def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller)
     names = settle(lambda: {l["controller"] for l in relay.find_logs(msg="controller link up")},
                    lambda v: len(v) >= 2)
     assert len(names) == 2, names  # two distinct controller identities
+    assert sorted(n.split("#")[0] for n in names) == ["ctl-a", "ctl-b"], names
 
     sessions = [create(relay) for _ in range(10)]
     ids = {s["id"] for s in sessions}
@@ -514,6 +529,51 @@ def test_two_controllers_one_relay(pki, tmp_path, start_relay, start_controller)
 
     run(scenario())
     assert gp.metrics(relay)["relay_ws_upgrades_total"] == 20
+
+
+def _openssl(*args):
+    return gp.run_tool(["openssl"] + list(args)).stdout.decode()
+
+
+def test_issue_cert(pki, tmp_path):
+    out = tmp_path / "ctl-out"
+    p = gp.run_tool([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", pki.ca_dir,
+                     "--name", "ctl-west.2", "--out-dir", out, "--days", "30"])
+    crt, key = str(out / "ctl-west.2.crt"), str(out / "ctl-west.2.key")
+    assert crt in p.stderr.decode() and key in p.stderr.decode(), p.stderr
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    assert os.stat(out).st_mode & 0o777 == 0o700
+    assert "OK" in _openssl("verify", "-purpose", "sslclient", "-CAfile", pki.ca_crt, crt)
+    r = subprocess.run(["openssl", "verify", "-purpose", "sslserver", "-CAfile", pki.ca_crt, crt],
+                       capture_output=True)
+    assert r.returncode != 0, r  # a controller certificate is no server certificate
+    text = _openssl("x509", "-in", crt, "-noout", "-subject", "-ext",
+                    "subjectAltName,extendedKeyUsage")
+    assert "CN = ctl-west.2" in text and "URI:urn:relay:role:controller" in text, text
+    assert "TLS Web Client Authentication" in text and "Server" not in text, text
+    # The key is the certificate's (same public key).
+    pub = lambda *a: gp.run_tool(["openssl"] + list(a)).stdout
+    assert pub("pkey", "-in", key, "-pubout") == pub("x509", "-in", crt, "-noout", "-pubkey")
+
+    before = [open(f, "rb").read() for f in (crt, key)]
+    refusals = [
+        (["--name", "ctl-west.2", "--out-dir", out], "already exists"),
+        (["--name", "../evil"], "controller name"),
+        (["--name", "a/b"], "controller name"),
+        (["--name", ""], "controller name"),
+        (["--name", "controller"], "already exists"),  # init-ca's own
+    ]
+    for args, why in refusals:
+        r = subprocess.run([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", pki.ca_dir]
+                           + [str(a) for a in args], capture_output=True)
+        assert r.returncode == 1 and why in r.stderr.decode(), (args, r)
+    assert [open(f, "rb").read() for f in (crt, key)] == before
+    r = subprocess.run([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", str(tmp_path / "none"),
+                        "--name", "x"], capture_output=True)
+    assert r.returncode == 1 and "init-ca" in r.stderr.decode(), r
+    r = subprocess.run([relaytest.CONTROLLER_BIN, "issue-cert", "--dir", pki.ca_dir],
+                       capture_output=True)
+    assert r.returncode == 2 and "--name" in r.stderr.decode(), r
 
 
 def test_one_controller_two_relays(pki, tmp_path, start_relay, start_controller):
@@ -552,3 +612,77 @@ def test_one_controller_two_relays(pki, tmp_path, start_relay, start_controller)
     run(scenario())
     east.wait_for_log(msg="session kicked", session=ce["id"])
     west.wait_for_log(msg="session kicked", session=cw["id"])
+
+
+# --------------------------------------------------------------------------
+# Redial backoff against a relay that says Hello and drops
+# --------------------------------------------------------------------------
+
+FLAP_BASE = "20ms"
+FLAP_WINDOW = 4.0
+
+
+def _hello_and_drop(lsock, ctx, timeout):
+    """Accepts one dial, plays a relay up to its Hello and drops the link.
+    Returns when the dial was accepted, or None when none came in time."""
+    lsock.settimeout(timeout)
+    try:
+        raw, _ = lsock.accept()
+    except socket.timeout:
+        return None
+    accepted = time.monotonic()
+    raw.settimeout(T)
+    peer = gp.H2Peer(ctx.wrap_socket(raw, server_side=True), client_side=True)
+    try:
+        sid = peer.open_stream(gp.PATH_EVENTS, timeout_header=None)
+        peer.send_message(sid, gp.pb_encode("RelayEvent", {"hello": {
+            "node_id": "flapper", "version": "interop/1", "public_url": "wss://flapper"}}))
+        # The PING is answered after the frames before it: the Hello was read.
+        peer.ping()
+        peer.pump(lambda: peer.pings_acked >= 1, what="the PING ACK after Hello")
+    finally:
+        peer.sock.close()
+    return accepted
+
+
+def test_redial_backs_off_after_hello_and_drop(pki, start_controller):
+    """Each link is up (TLS, HTTP/2, Events, Hello) for milliseconds, far
+    under the 5 s that count as stable, so each counts as a failure: dial k
+    waits uniformly in [0, 20 ms * 2^(k-1)).  About 9 dials fit in 4 s, and
+    more than 20 would need a dozen draws far under their bounds (none in
+    200,000 simulated runs, with 5-80 ms per handshake); with the backoff
+    reset on Hello (or none at all) a dial came every few tens of ms."""
+    crt, key = pki.relay("flapper")
+    ctx = gp.relay_impostor_context(pki, crt, key)
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    ctl = start_controller(["run", "--relay", "127.0.0.1:%d" % lsock.getsockname()[1],
+                            "--ca-dir", pki.ca_dir, "--backoff-base", FLAP_BASE,
+                            "--backoff-max", "60s", "--log-level", "debug"])
+    try:
+        first = _hello_and_drop(lsock, ctx, T)
+        assert first is not None, "the controller never dialled\n" + ctl.describe()
+        dials = [0.0]
+        while True:
+            left = first + FLAP_WINDOW - time.monotonic()
+            t = _hello_and_drop(lsock, ctx, left) if left > 0 else None
+            if t is None or t - first >= FLAP_WINDOW:
+                break
+            dials.append(t - first)
+        ctl.stop()  # before a redial can find the port closed
+    finally:
+        lsock.close()
+    gaps = [b - a for a, b in zip(dials, dials[1:])]
+    early = sum(1 for t in dials if t < FLAP_WINDOW / 2)
+    print("\n%d dials in %.1f s (%d in the first half); gaps %s ms" % (
+        len(dials), FLAP_WINDOW, early, [round(g * 1000) for g in gaps]))
+    assert 4 <= len(dials) <= 20, dials
+    assert early > len(dials) - early, dials  # they thin out: the gaps grow
+    # Each link got as far as Hello, so each went down as a link, not as a
+    # failed dial; and each ended in a redial drawn from a growing bound.
+    assert len(ctl.find_logs(msg="relay hello", relay="flapper")) == len(dials)
+    assert len(ctl.find_logs(msg="relay link down", relay="flapper")) == len(dials)
+    assert not ctl.find_logs(msg="dial failed"), ctl.find_logs(msg="dial failed")
+    attempts = [l["attempt"] for l in ctl.find_logs(msg="redial scheduled")]
+    assert attempts[:len(dials)] == list(range(1, len(dials) + 1)), attempts

@@ -17,7 +17,7 @@ enrolment:
   content-type, te: trailers, grpc-timeout, prefixes), reads the Events
   Hello, answers Validate and Admin calls, and pushes a Kick; malformed
   answers (compressed flag, missing grpc-status) must be refused by the
-  relay, not trusted.
+  relay, not trusted, and so are slot tokens no upgrade could carry.
 * test_controller_keeps_relay_live_while_a_link_remains — two impostor
   links with one node id: dropping one leaves the relay live (slots stay
   taken, sessions stay put).
@@ -43,23 +43,6 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # (a) Python relay impostor <- relay-controller
 # --------------------------------------------------------------------------
 
-def _relay_impostor_context(pki, crt, key):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(crt, key)
-    ctx.load_verify_locations(pki.ca_crt)
-    ctx.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the controller must prove itself
-    ctx.set_alpn_protocols(["h2"])
-    return ctx
-
-
-def _accept_controller(lsock, ctx, timeout=relaytest.TIMEOUT):
-    lsock.settimeout(timeout)
-    raw, _ = lsock.accept()
-    raw.settimeout(timeout)
-    tls = ctx.wrap_socket(raw, server_side=True)
-    return tls
-
-
 def _admin(peer, fields):
     return peer.unary(gp.PATH_ADMIN, gp.pb_encode("AdminRequest", fields))
 
@@ -71,14 +54,14 @@ def _validate(peer, fields):
 def test_controller_serves_python_relay(tmp_path, start_controller):
     pki = gp.Pki(tmp_path)
     crt, key = pki.relay("py-relay")
-    ctx = _relay_impostor_context(pki, crt, key)
+    ctx = gp.relay_impostor_context(pki, crt, key)
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(4)
     port = lsock.getsockname()[1]
     ctl = start_controller(["run", "--relay", "127.0.0.1:%d" % port, "--ca-dir", pki.ca_dir,
                             "--accept-unauthenticated", "--log-level", "debug"])
-    tls = _accept_controller(lsock, ctx)
+    tls = gp.accept_controller(lsock, ctx)
     lsock.close()
     # The controller dialled with TLS 1.3, ALPN h2 and its controller identity.
     assert tls.version() == "TLSv1.3"
@@ -360,6 +343,19 @@ def test_relay_calls_python_controller(tmp_path, start_relay):
         assert (body["id"], body["initiator_token"], body["responder_token"]) == (new_id, it, rt)
         assert body["initiator_url"] == "ws://relay-interop.example/relay/" + new_id
 
+        # A token no upgrade could present is a bad answer, not JSON to escape.
+        s = relay.connect()
+        s.sendall(relaytest.http_request("POST", "/admin/sessions", headers=[
+            ("Content-Type", "application/json"), ("Connection", "close")], body=b"{}"))
+        req = peer.next_request(gp.PATH_ADMIN)
+        peer.reply_unary(req.sid, gp.pb_encode("AdminResponse", {
+            "http_status": 201, "created": {
+                "status": {"id": gp.token22(), "state": "pending"},
+                "initiator_token": 'in"jected', "responder_token": gp.token22()}}))
+        resp = relaytest.read_response(s)
+        s.close()
+        relaytest.assert_error_body(resp, 502, "bad_controller_answer")
+
         # The relay keeps the link alive with PINGs we answer (h2 acks them).
         assert not peer.closed and not events.ended
     finally:
@@ -373,7 +369,7 @@ def test_relay_calls_python_controller(tmp_path, start_relay):
 # --------------------------------------------------------------------------
 
 def _impostor_link(lsock, ctx, node, public_url):
-    peer = gp.H2Peer(_accept_controller(lsock, ctx), client_side=True)
+    peer = gp.H2Peer(gp.accept_controller(lsock, ctx), client_side=True)
     sid = peer.open_stream(gp.PATH_EVENTS, timeout_header=None)
     peer.send_message(sid, gp.pb_encode("RelayEvent", {"hello": {
         "node_id": node, "version": "interop/1", "public_url": public_url}}))
@@ -387,7 +383,7 @@ def test_controller_keeps_relay_live_while_a_link_remains(tmp_path, start_contro
     its sessions are not handed to another relay."""
     pki = gp.Pki(tmp_path)
     crt, key = pki.relay("twin")
-    ctx = _relay_impostor_context(pki, crt, key)
+    ctx = gp.relay_impostor_context(pki, crt, key)
     socks = []
     for _ in range(2):
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

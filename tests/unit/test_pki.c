@@ -1,9 +1,9 @@
 /*
  * test_pki.c — the enrolment PKI (common/pki.c), the relay's key and
  * development certificate (relay/enrol.c) and the controller CA
- * (controller-stub/ca.c).  Certificates are checked with OpenSSL's own
- * verifier and the openssl command line, not only with our helpers.
- * Every test works in a fresh mkdtemp directory that teardown removes.
+ * (controller-stub/ca.c: init-ca, issue-cert, sign-csr).  Certificates are checked with OpenSSL's
+ * own verifier and the openssl command line, not only with our helpers. Every test works in a fresh
+ * mkdtemp directory that teardown removes.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
@@ -614,6 +615,19 @@ static void test_csr_bad_signature_refused(void **state) {
   free(good);
 }
 
+/* What a relay demands of a controller certificate (OpenSSL's verifier for
+ * the purposes), and that key is its key. */
+static void assert_controller_cert(X509 *x, X509 *ca, EVP_PKEY *key, const char *cn) {
+  assert_int_equal(verify_against(x, ca, X509_PURPOSE_SSL_CLIENT), 1);
+  assert_int_equal(verify_against(x, ca, X509_PURPOSE_SSL_SERVER), 0);
+  assert_true(cm_pki_cert_has_uri(x, CM_PKI_URI_CONTROLLER));
+  assert_false(cm_pki_cert_has_uri(x, CM_PKI_URI_RELAY));
+  assert_true(cm_pki_cert_has_eku(x, CM_PKI_CLIENT));
+  assert_false(cm_pki_cert_has_eku(x, CM_PKI_SERVER));
+  assert_cn(x, cn);
+  assert_int_equal(X509_check_private_key(x, key), 1);
+}
+
 static void test_controller_cert(void **state) {
   fixture *fx = *state;
   char cadir[PATH_MAX];
@@ -625,14 +639,7 @@ static void test_controller_cert(void **state) {
   EVP_PKEY *ck = key_load(p.ctl_key);
   EVP_PKEY *cak = key_load(p.ca_key);
 
-  assert_int_equal(verify_against(ctl, ca, X509_PURPOSE_SSL_CLIENT), 1);
-  assert_int_equal(verify_against(ctl, ca, X509_PURPOSE_SSL_SERVER), 0);
-  assert_true(cm_pki_cert_has_uri(ctl, CM_PKI_URI_CONTROLLER));
-  assert_false(cm_pki_cert_has_uri(ctl, CM_PKI_URI_RELAY));
-  assert_true(cm_pki_cert_has_eku(ctl, CM_PKI_CLIENT));
-  assert_false(cm_pki_cert_has_eku(ctl, CM_PKI_SERVER));
-  assert_cn(ctl, "controller-1");
-  assert_int_equal(X509_check_private_key(ctl, ck), 1);
+  assert_controller_cert(ctl, ca, ck, "controller-1");
 
   assert_int_equal(X509_check_ca(ca), 1);
   assert_true(cm_pki_cert_has_eku(ca, CM_PKI_CA));
@@ -713,6 +720,127 @@ static void test_init_ca_refuses_orphan_cert(void **state) {
   unlink(a.ctl_key);
   assert_true(ctl_init_ca(cadir, "CA", "ctl", 30, err, sizeof err) < 0);
   assert_false(exists(a.ctl_key));
+}
+
+/* ---- further controllers (issue-cert) ------------------------------------------------ */
+
+static size_t dir_entries(const char *dir) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  size_t n = 0;
+  for (struct dirent *e; (e = readdir(d));)
+    n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+  closedir(d);
+  return n;
+}
+
+static void test_issue_cert(void **state) {
+  fixture *fx = *state;
+  char cadir[PATH_MAX], want[PATH_MAX + 16], err[512] = "";
+  make_ca(fx, cadir);
+  ctl_ca_paths p;
+  ctl_ca_paths_for(cadir, &p);
+  ctl_cert_paths b;
+  assert_int_equal(ctl_issue_cert(cadir, "ctl-b", NULL, 30, &b, err, sizeof err), 0);
+  snprintf(want, sizeof want, "%s/ctl-b.key", cadir);
+  assert_string_equal(b.key, want);
+  snprintf(want, sizeof want, "%s/ctl-b.crt", cadir);
+  assert_string_equal(b.cert, want);
+  X509 *ca = cert_load(p.ca_cert), *x = cert_load(b.cert), *first = cert_load(p.ctl_cert);
+  EVP_PKEY *k = key_load(b.key), *k1 = key_load(p.ctl_key);
+
+  assert_controller_cert(x, ca, k, "ctl-b");
+  /* Its own key and certificate, not init-ca's controller's. */
+  assert_int_not_equal(EVP_PKEY_eq(k, k1), 1);
+  assert_int_not_equal(X509_cmp(x, first), 0);
+  assert_int_equal(file_mode(b.key), 0600);
+  assert_int_equal(file_mode(b.cert), 0644);
+
+  /* Never valid beyond the CA. */
+  ctl_cert_paths l;
+  assert_int_equal(ctl_issue_cert(cadir, "ctl-long", NULL, 36500, &l, err, sizeof err), 0);
+  X509 *lx = cert_load(l.cert);
+  assert_int_equal(ASN1_TIME_compare(X509_get0_notAfter(lx), X509_get0_notAfter(ca)), 0);
+
+  X509_free(lx);
+  X509_free(ca);
+  X509_free(x);
+  X509_free(first);
+  EVP_PKEY_free(k);
+  EVP_PKEY_free(k1);
+}
+
+static void test_issue_cert_never_overwrites(void **state) {
+  fixture *fx = *state;
+  char cadir[PATH_MAX], taken[PATH_MAX + 16], err[512] = "";
+  make_ca(fx, cadir);
+  ctl_cert_paths b;
+  assert_int_equal(ctl_issue_cert(cadir, "ctl-b", NULL, 30, &b, err, sizeof err), 0);
+  size_t klen, clen;
+  char *kb = slurp(b.key, &klen), *cb = slurp(b.cert, &clen);
+  assert_int_equal(ctl_issue_cert(cadir, "ctl-b", NULL, 30, &b, err, sizeof err), -EEXIST);
+  assert_non_null(strstr(err, "already exists"));
+  assert_file_equals(b.key, kb, klen);
+  assert_file_equals(b.cert, cb, clen);
+  free(kb);
+  free(cb);
+
+  /* A certificate alone blocks its name too, and no key appears beside it. */
+  snprintf(taken, sizeof taken, "%s/ctl-c.crt", cadir);
+  write_raw(taken, "not mine\n", 0644);
+  assert_int_equal(ctl_issue_cert(cadir, "ctl-c", NULL, 30, &b, err, sizeof err), -EEXIST);
+  snprintf(taken, sizeof taken, "%s/ctl-c.key", cadir);
+  assert_false(exists(taken));
+
+  /* The CA's own files and init-ca's controller are names like any other. */
+  ctl_ca_paths p;
+  ctl_ca_paths_for(cadir, &p);
+  const char *files[] = {p.ca_key, p.ca_cert, p.ctl_key, p.ctl_cert};
+  char *before[4];
+  size_t lens[4];
+  for (int i = 0; i < 4; i++)
+    before[i] = slurp(files[i], &lens[i]);
+  assert_int_equal(ctl_issue_cert(cadir, "ca", NULL, 30, &b, err, sizeof err), -EEXIST);
+  assert_int_equal(ctl_issue_cert(cadir, "controller", NULL, 30, &b, err, sizeof err), -EEXIST);
+  for (int i = 0; i < 4; i++) {
+    assert_file_equals(files[i], before[i], lens[i]);
+    free(before[i]);
+  }
+}
+
+static void test_issue_cert_checks_name_and_ca(void **state) {
+  fixture *fx = *state;
+  char cadir[PATH_MAX], other[PATH_MAX], out[PATH_MAX], long_name[80], err[512] = "";
+  make_ca(fx, cadir);
+  memset(long_name, 'a', 65);
+  long_name[65] = '\0';
+  const char *bad[] = {"",      "a/b",  "../x",     ".hidden", "-x", "sp ace",
+                       "tab\t", "nl\n", "\xc3\xa9", long_name, NULL};
+  ctl_cert_paths b;
+  for (size_t i = 0; i < CM_ARRAY_LEN(bad); i++) {
+    err[0] = '\0';
+    assert_int_equal(ctl_issue_cert(cadir, bad[i], NULL, 30, &b, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "controller name"));
+  }
+  assert_int_equal(dir_entries(cadir), 4); /* ca.* and controller.* only */
+  long_name[64] = '\0';                    /* 64 is a CN's limit, and allowed */
+  assert_int_equal(ctl_issue_cert(cadir, long_name, NULL, 30, &b, err, sizeof err), 0);
+
+  /* No CA in --dir: an error naming init-ca, and nothing is made. */
+  path_in(fx, "no-ca", other);
+  assert_true(ctl_issue_cert(other, "x", NULL, 30, &b, err, sizeof err) < 0);
+  assert_non_null(strstr(err, "init-ca"));
+  assert_false(exists(other));
+
+  /* --out-dir: made 0700, and the CA directory gains nothing. */
+  path_in(fx, "out/sub", out);
+  size_t before = dir_entries(cadir);
+  assert_int_equal(ctl_issue_cert(cadir, "ctl-d", out, 30, &b, err, sizeof err), 0);
+  assert_int_equal(file_mode(out), 0700);
+  assert_int_equal(dir_entries(out), 2);
+  assert_int_equal(dir_entries(cadir), before);
+  assert_int_equal(file_mode(b.key), 0600);
+  assert_int_equal(ctl_issue_cert(cadir, "ctl-e", out, 0, &b, err, sizeof err), -EINVAL);
 }
 
 /* ---- development certificate ------------------------------------------------------ */
@@ -902,6 +1030,9 @@ int main(void) {
       T(test_controller_cert),
       T(test_init_ca_reuses_files),
       T(test_init_ca_refuses_orphan_cert),
+      T(test_issue_cert),
+      T(test_issue_cert_never_overwrites),
+      T(test_issue_cert_checks_name_and_ca),
       T(test_dev_cert_twice_same_files),
       T(test_dev_cert_regenerates_cert_only),
       T(test_dev_cert_fingerprint_matches_openssl),

@@ -17,31 +17,8 @@
 #include <unistd.h>
 
 #include "testcerts.h"
+#include "testloop.h"
 #include "tunnel/tunnel.h"
-
-/* ---- harness ------------------------------------------------------------------ */
-
-static uv_loop_t *loop;
-
-static void on_wake(uv_timer_t *t) { (void)t; }
-
-/* Runs the loop until *flag or ms elapse; returns *flag. */
-static bool run_until(const bool *flag, uint64_t ms) {
-  uint64_t end = cm_now_mono_ms() + ms;
-  uv_timer_t t;
-  uv_timer_init(loop, &t);
-  uv_timer_start(&t, on_wake, 10, 10);
-  while (!*flag && cm_now_mono_ms() < end)
-    uv_run(loop, UV_RUN_ONCE);
-  uv_close((uv_handle_t *)&t, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
-  return *flag;
-}
-
-static void run_ms(uint64_t ms) {
-  bool never = false;
-  run_until(&never, ms);
-}
 
 typedef struct ctl_state {
   int validates, admins, events, hellos, links_up;
@@ -511,29 +488,50 @@ static void pki_free(pki *p) {
   tc_rmdir(p->dir);
 }
 
-static tun_relay *tls_relay(pki *p, relay_state *rs, int *port) {
+/* A TLS relay listening on 127.0.0.1:port (0: a free port). */
+static tun_relay *tls_relay_on(pki *p, relay_state *rs, int port) {
   tun_relay_config rc = {.node_id = "relay-tls",
                          .cert_file = p->relay.cert_path,
                          .key_file = p->relay.key_path,
                          .ca_file = p->ca.cert_path};
   tun_relay *r = new_relay(rs, &rc);
-  char err[256];
-  assert_int_equal(tun_relay_listen(r, "127.0.0.1:0", err, sizeof err), 0);
+  char hp[64], err[256];
+  snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+  assert_int_equal(tun_relay_listen(r, hp, err, sizeof err), 0);
+  return r;
+}
+
+static tun_relay *tls_relay(pki *p, relay_state *rs, int *port) {
+  tun_relay *r = tls_relay_on(p, rs, 0);
   *port = tun_relay_port(r);
   return r;
 }
 
-static tun_ctl *tls_ctl(ctl_state *cs, const tc_cert *cert, const tc_cert *ca, int port) {
-  tun_ctl_config cc = {.cert_file = cert->cert_path,
-                       .key_file = cert->key_path,
-                       .ca_file = ca->cert_path,
-                       .backoff_base_ms = 100,
-                       .backoff_max_ms = 400};
+/* A controller with settings cc dialling 127.0.0.1:port over mutual TLS. */
+static tun_ctl *dial_ctl(ctl_state *cs, tun_ctl_config cc, const tc_cert *cert, const tc_cert *ca,
+                         int port) {
+  cc.cert_file = cert->cert_path;
+  cc.key_file = cert->key_path;
+  cc.ca_file = ca->cert_path;
   tun_ctl *c = new_ctl(cs, &cc);
   char hp[64], err[256];
   snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
   assert_int_equal(tun_ctl_dial(c, hp, NULL, err, sizeof err), 0);
   return c;
+}
+
+static tun_ctl *tls_ctl(ctl_state *cs, const tc_cert *cert, const tc_cert *ca, int port) {
+  tun_ctl_config cc = {.backoff_base_ms = 100, .backoff_max_ms = 400};
+  return dial_ctl(cs, cc, cert, ca, port);
+}
+
+/* A free port, closed again so that dials to it are refused. */
+static int free_port(pki *p) {
+  relay_state rs = {0};
+  int port;
+  tun_relay *probe = tls_relay(p, &rs, &port);
+  close_relay(probe);
+  return port;
 }
 
 static void test_tls_roundtrip(void **st) {
@@ -588,31 +586,91 @@ static void test_tls_refusals(void **st) {
   refused(USE_CTL, true, false);          /* the controller does not trust the relay */
 }
 
+/* Short-lived links: a relay on `port` that is closed as soon as the
+ * controller has its Hello and listens again at once, until `until`.
+ * Records when each Hello arrived; returns how many did. */
+static int flap(pki *p, ctl_state *cs, int port, uint64_t until, uint64_t *at, int max) {
+  int n = 0;
+  while (cm_now_mono_ms() < until && n < max) {
+    relay_state rs = {0};
+    tun_relay *r = tls_relay_on(p, &rs, port);
+    int seen = cs->hellos;
+    while (cs->hellos == seen && cm_now_mono_ms() < until)
+      run_ms(2);
+    if (cs->hellos != seen) at[n++] = cm_now_mono_ms();
+    close_relay(r);
+  }
+  return n;
+}
+
+static bool hellos_at_least(const ctl_state *cs, int n, uint64_t ms) {
+  uint64_t end = cm_now_mono_ms() + ms;
+  while (cs->hellos < n && cm_now_mono_ms() < end)
+    run_ms(2);
+  return cs->hellos >= n;
+}
+
+enum {
+  FLAP_BASE_MS = 20,
+  FLAP_MAX_MS = 2000,
+  FLAP_STABLE_MS = 300,
+  FLAP_WINDOW_MS = 2500,
+};
+
 static void test_redial_with_backoff(void **st) {
   (void)st;
   pki p;
   pki_make(&p);
-  /* find a free port, then close it so the first dials are refused */
-  relay_state rs = {0};
-  int port;
-  tun_relay *probe = tls_relay(&p, &rs, &port);
-  close_relay(probe);
+  /* 1. A relay that is not there yet: once it listens, the link is back
+   * within backoff_max (400 ms) plus a dial. */
+  int port = free_port(&p);
   ctl_state cs = {.name = "late"};
   tun_ctl *c = tls_ctl(&cs, &p.ctl, &p.ca, port);
   run_ms(700);
   assert_int_equal(cs.links_up, 0);
-  tun_relay_config rc = {.node_id = "relay-late",
-                         .cert_file = p.relay.cert_path,
-                         .key_file = p.relay.key_path,
-                         .ca_file = p.ca.cert_path};
-  tun_relay *r = new_relay(&rs, &rc);
-  char hp[64], err[256];
-  snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
-  assert_int_equal(tun_relay_listen(r, hp, err, sizeof err), 0);
+  relay_state rs = {0};
+  tun_relay *r = tls_relay_on(&p, &rs, port);
   uint64_t t0 = cm_now_mono_ms();
   assert_true(links_at_least(&rs, 1, 2000));
-  /* backoff max is 400 ms: the link must be back within that plus a dial */
   assert_true(cm_now_mono_ms() - t0 < 1000);
+  close_ctl(c);
+  close_relay(r);
+
+  /* 2. A relay that accepts, completes TLS and HTTP/2, takes the Hello and
+   * drops: each such link counts as a failure, so the gaps between dials
+   * grow.  With delay k uniform in [0, 20 ms * 2^(k-1)) capped at 2 s,
+   * about 8 links fit in 2.5 s and 16 would need eight 2 s draws summing
+   * under 1.5 s (p < 1e-5); without backoff, or with it reset on Hello as
+   * before, a link comes every few tens of ms (dozens in the window). */
+  port = free_port(&p);
+  ctl_state fs = {.name = "flapping"};
+  tun_ctl_config cc = {
+      .backoff_base_ms = FLAP_BASE_MS, .backoff_max_ms = FLAP_MAX_MS, .stable_ms = FLAP_STABLE_MS};
+  c = dial_ctl(&fs, cc, &p.ctl, &p.ca, port);
+  uint64_t at[64];
+  t0 = cm_now_mono_ms();
+  int n = flap(&p, &fs, port, t0 + FLAP_WINDOW_MS, at, (int)CM_ARRAY_LEN(at));
+  int early = 0;
+  for (int i = 0; i < n; i++)
+    early += at[i] - t0 < FLAP_WINDOW_MS / 2;
+  print_message("short-lived links in %d ms: %d (%d in the first half)\n", FLAP_WINDOW_MS, n,
+                early);
+  assert_in_range(n, 4, 15);
+  assert_true(early > n - early); /* links thin out: the gaps grow */
+
+  /* 3. A link that stays up stable_ms resets the count: after it drops the
+   * redial is immediate, not another draw from [0, 2 s). */
+  r = tls_relay_on(&p, &rs, port);
+  assert_true(hellos_at_least(&fs, fs.hellos + 1, 2 * FLAP_MAX_MS + 1000));
+  run_ms(FLAP_STABLE_MS + 100);
+  close_relay(r);
+  int seen = fs.hellos;
+  t0 = cm_now_mono_ms();
+  r = tls_relay_on(&p, &rs, port);
+  assert_true(hellos_at_least(&fs, seen + 1, 2 * FLAP_MAX_MS));
+  print_message("redial after a stable link: %llu ms\n",
+                (unsigned long long)(cm_now_mono_ms() - t0));
+  assert_true(cm_now_mono_ms() - t0 < 500);
   close_ctl(c);
   close_relay(r);
   pki_free(&p);
