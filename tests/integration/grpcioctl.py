@@ -332,8 +332,8 @@ class Bridge:
     controller sent).  ``closed`` is set, with ``close_reason``, when the
     connection ends."""
 
-    def __init__(self, pki, tunnel_port, backend_port, ca_dir=None):
-        self.tls = gp.dial_relay(pki, tunnel_port, ca_dir)
+    def __init__(self, pki, tunnel_port, backend_port, cert=None):
+        self.tls = gp.dial_relay(pki, tunnel_port, cert)
         self.tcp = socket.create_connection(("127.0.0.1", backend_port), timeout=T)
         for s in (self.tls, self.tcp):
             s.setblocking(False)
@@ -460,8 +460,8 @@ class FakeLink:
     server will not do on demand (end Events a chosen way, GOAWAY with a
     chosen last stream id).  Pumped by the caller."""
 
-    def __init__(self, pki, relay, ca_dir=None):
-        self.peer = gp.H2Peer(gp.dial_relay(pki, relay.tunnel_port, ca_dir), client_side=False)
+    def __init__(self, pki, relay, cert=None):
+        self.peer = gp.H2Peer(gp.dial_relay(pki, relay.tunnel_port, cert), client_side=False)
 
     def events(self, answer=True, timeout=T):
         """The relay's next Events request, with its Hello read; answered

@@ -493,14 +493,14 @@ class H2Peer:
             pass
 
 
-def dial_relay(pki, port, ca_dir=None, timeout=TIMEOUT):
+def dial_relay(pki, port, cert=None, timeout=TIMEOUT):
     """Dials a relay's tunnel port as a controller: TLS 1.3, ALPN h2, the
-    controller certificate of `ca_dir` (default pki's own), the relay's
-    certificate verified against the CA and its IP SAN."""
-    d = ca_dir or pki.ca_dir
+    controller certificate `cert` ((crt, key); default pki's own), the
+    relay's certificate verified against the CA and its IP SAN."""
+    crt, key = cert or (pki.ctl_crt, pki.ctl_key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(pki.ca_crt)
-    ctx.load_cert_chain(os.path.join(d, "controller.crt"), os.path.join(d, "controller.key"))
+    ctx.load_cert_chain(crt, key)
     ctx.set_alpn_protocols(["h2"])
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:

@@ -94,7 +94,7 @@ def test_hung_controller_dropped_and_avoided(pki, tmp_path, start_relay, start_c
                             extra=["--ping-interval", "1s", "--ping-timeout", "5s"])
     live = start_controller(gp.controller_args([relay], pki.ca_dir, tmp_path / "live"))
     hung = start_controller(gp.controller_args(
-        [relay], pki.extra_controller("relay-controller-hung"), tmp_path / "hung"))
+        [relay], pki.ca_dir, tmp_path / "hung", cert=pki.extra_controller("ctl-hung")))
     gp.wait_links(relay, 2)
     sessions = {}
     for _ in range(8):

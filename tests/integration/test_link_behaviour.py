@@ -210,7 +210,7 @@ def test_goaway_in_flight_finish_new_elsewhere(pki, tmp_path, start_relay, start
     start_controller(gp.controller_args([relay], pki.ca_dir))
     gp.wait_links(relay, 1)
     known = [gc.create(relay) for _ in range(6)]  # all on the reference controller
-    fake = gc.FakeLink(pki, relay, ca_dir=pki.extra_controller("fake-goaway"))
+    fake = gc.FakeLink(pki, relay, cert=pki.extra_controller("fake-goaway"))
     poller = None
     try:
         fake.events()
