@@ -18,14 +18,29 @@ static int on_body(http_parser *p, const char *at, size_t len) {
   return 0;
 }
 
+/* An interim response (RFC 9110 §15.2) precedes the real one; 101 is
+ * final here, since we never ask to upgrade. */
+static bool is_interim(unsigned status) { return status >= 100 && status < 200 && status != 101; }
+
+/* 1xx, 204 and 304 end at their head whatever Content-Length says (RFC
+ * 9112 §6.3); returning 1 tells libhttp-parser there is no body. */
+static int on_headers_complete(http_parser *p) {
+  unsigned s = p->status_code;
+  return (s >= 100 && s < 200) || s == 204 || s == 304;
+}
+
 static int on_complete(http_parser *p) {
   rly_resp *r = p->data;
+  if (is_interim(p->status_code)) return 0;
   r->result = 1;
   r->status = (int)p->status_code;
+  /* Stop here: bytes after the response must not reach its body. */
+  http_parser_pause(p, 1);
   return 0;
 }
 
-static const http_parser_settings g_settings = {.on_body = on_body,
+static const http_parser_settings g_settings = {.on_headers_complete = on_headers_complete,
+                                                .on_body = on_body,
                                                 .on_message_complete = on_complete};
 
 void rly_resp_init(rly_resp *r, size_t max_body) {

@@ -2,7 +2,8 @@
  * test_resp.c — unit tests for the IdP client's sans-I/O HTTP/1.1 response
  * parser (relay/resp.h): every framing (Content-Length, chunked, end of
  * connection), fed whole and one byte at a time, the body cap at its exact
- * edge, malformed and oversized heads, responses cut short, and that a
+ * edge, malformed and oversized heads, responses cut short, bodiless
+ * statuses, interim 1xx responses, bytes after the response, and that a
  * result, once reached, stays.
  */
 #include <setjmp.h>
@@ -97,6 +98,38 @@ static void test_bodiless_statuses(void **state) {
   (void)state;
   expect_ok("HTTP/1.1 204 No Content\r\n\r\n", false, 204, "");
   expect_ok("HTTP/1.1 304 Not Modified\r\n\r\n", false, 304, "");
+  /* RFC 9112 §6.3: 1xx, 204 and 304 end at their head, whatever
+   * Content-Length says (for 304 it is the length the 200 would have). */
+  expect_ok("HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n", false, 304, "");
+  expect_ok("HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n", false, 204, "");
+  expect_ok("HTTP/1.1 100 Continue\r\nContent-Length: 4\r\n\r\nHTTP/1.1 200 OK\r\n"
+            "Content-Length: 2\r\n\r\nok",
+            false, 200, "ok");
+}
+
+/* RFC 9110 §15.2: a client parses any number of interim responses before
+ * the final one, even unasked. */
+static void test_interim_responses(void **state) {
+  (void)state;
+  expect_ok("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </k>\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false, 200, "ok");
+  /* 101 answers an upgrade we never ask for: final, for the caller to refuse. */
+  expect_ok("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+            false, 101, "");
+}
+
+/* The first complete response is the answer: bytes after it (a second
+ * response on a connection we asked to close) change neither its status
+ * nor its body, whether they come in the same read or later. */
+static void test_bytes_after_response(void **state) {
+  (void)state;
+  expect_ok("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            "HTTP/1.1 500 Oops\r\nContent-Length: 3\r\n\r\nbad",
+            false, 200, "ok");
+  expect_ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n",
+            false, 200, "ok");
 }
 
 static void test_body_cap(void **state) {
@@ -182,11 +215,17 @@ static void test_result_sticks(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_content_length),  cmocka_unit_test(test_chunked),
-      cmocka_unit_test(test_close_delimited), cmocka_unit_test(test_bodiless_statuses),
-      cmocka_unit_test(test_body_cap),        cmocka_unit_test(test_malformed),
-      cmocka_unit_test(test_head_too_large),  cmocka_unit_test(test_cut_short),
+      cmocka_unit_test(test_content_length),
+      cmocka_unit_test(test_chunked),
+      cmocka_unit_test(test_close_delimited),
+      cmocka_unit_test(test_bodiless_statuses),
+      cmocka_unit_test(test_body_cap),
+      cmocka_unit_test(test_malformed),
+      cmocka_unit_test(test_head_too_large),
+      cmocka_unit_test(test_cut_short),
       cmocka_unit_test(test_result_sticks),
+      cmocka_unit_test(test_interim_responses),
+      cmocka_unit_test(test_bytes_after_response),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
