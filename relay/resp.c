@@ -53,7 +53,8 @@ void rly_resp_init(rly_resp *r, size_t max_body) {
 void rly_resp_free(rly_resp *r) { cm_buf_free(&r->body); }
 
 int rly_resp_feed(rly_resp *r, const void *data, size_t len) {
-  if (r->result != 0) return r->result;
+  /* libhttp-parser reads an empty buffer as the end of the connection. */
+  if (r->result != 0 || len == 0) return r->result;
   size_t n = http_parser_execute(&r->parser, &g_settings, data, len);
   if (r->result == 0 && n != len) {
     r->result = -EPROTO;

@@ -37,7 +37,8 @@ void rly_resp_free(rly_resp *r);
 /* Parses len more bytes.  Returns the result: 1 once the response is
  * complete, 0 while more is needed, or -EPROTO (malformed) / -EFBIG (body
  * over max_body) with errmsg set.  Once it is non-zero it stays so and
- * further bytes are ignored. */
+ * further bytes are ignored.  An empty feed changes nothing (the end of
+ * the connection is rly_resp_eof). */
 int rly_resp_feed(rly_resp *r, const void *data, size_t len);
 
 /* The connection ended: a body delimited by the end of the connection is

@@ -85,6 +85,8 @@ static void test_close_delimited(void **state) {
   rly_resp r;
   /* Without the end of the connection the body is still open... */
   assert_int_equal(parse(&r, BIG, text, 0, false), 0);
+  /* ...an empty read is not the end... */
+  assert_int_equal(rly_resp_feed(&r, "", 0), 0);
   /* ...and the end completes it. */
   assert_int_equal(rly_resp_eof(&r), 1);
   assert_int_equal(r.status, 200);
