@@ -22,10 +22,17 @@ static int on_body(http_parser *p, const char *at, size_t len) {
  * final here, since we never ask to upgrade. */
 static bool is_interim(unsigned status) { return status >= 100 && status < 200 && status != 101; }
 
-/* 1xx, 204 and 304 end at their head whatever Content-Length says (RFC
+/* libhttp-parser takes any 1 to 3 digits; RFC 9110 §15 allows 100..599.
+ * 1xx, 204 and 304 end at their head whatever Content-Length says (RFC
  * 9112 §6.3); returning 1 tells libhttp-parser there is no body. */
 static int on_headers_complete(http_parser *p) {
+  rly_resp *r = p->data;
   unsigned s = p->status_code;
+  if (s < 100 || s > 599) {
+    r->result = -EPROTO;
+    r->errmsg = "invalid status code";
+    return -1;
+  }
   return (s >= 100 && s < 200) || s == 204 || s == 304;
 }
 

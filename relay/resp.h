@@ -5,12 +5,12 @@
  *
  * Framing is libhttp-parser's: a body is delimited by Content-Length, by
  * chunked transfer coding, or, with neither, by the end of the connection
- * (rly_resp_eof); 1xx, 204 and 304 have none.  Interim 1xx responses are
- * skipped (101 counts as final: we never ask to upgrade), and bytes after
- * the final response are ignored.  Limits: the body is capped at max_body
- * (-EFBIG); the status line and headers at libhttp-parser's
- * HTTP_MAX_HEADER_SIZE (80 KiB in Debian's build; -EPROTO, like any
- * malformed response).
+ * (rly_resp_eof); 1xx, 204 and 304 have none.  A status outside 100..599
+ * is malformed.  Interim 1xx responses are skipped (101 counts as final:
+ * we never ask to upgrade), and bytes after the final response are
+ * ignored.  Limits: the body is capped at max_body (-EFBIG); the status
+ * line and headers at libhttp-parser's HTTP_MAX_HEADER_SIZE (80 KiB in
+ * Debian's build; -EPROTO, like any malformed response).
  *
  * Ownership: the caller owns the struct; rly_resp_free releases the body.
  */

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -161,6 +162,17 @@ static void test_malformed(void **state) {
               -EPROTO);
   expect_fail("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", BIG, -EPROTO);
   expect_fail("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", BIG, -EPROTO);
+  /* libhttp-parser takes 1 to 3 digits; RFC 9110 §15 wants 100..599. */
+  static const char *const statuses[] = {"0", "20", "99", "600", "999"};
+  for (size_t i = 0; i < sizeof statuses / sizeof statuses[0]; i++) {
+    char text[64];
+    snprintf(text, sizeof text, "HTTP/1.1 %s OK\r\nContent-Length: 0\r\n\r\n", statuses[i]);
+    rly_resp r;
+    assert_int_equal(parse(&r, BIG, text, 0, true), -EPROTO);
+    assert_string_equal(r.errmsg, "invalid status code");
+    rly_resp_free(&r);
+  }
+  expect_ok("HTTP/1.1 599 Edge\r\nContent-Length: 0\r\n\r\n", false, 599, "");
   rly_resp r;
   assert_int_equal(parse(&r, BIG, "<html>", 0, false), -EPROTO);
   assert_string_equal(r.errmsg, "invalid constant string");
