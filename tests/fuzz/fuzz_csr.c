@@ -83,8 +83,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 /* Splits "a,b,c" into hosts; empty entries are kept (they must be refused). */
 static void hosts_from(const char *line, size_t n, cm_strlist *hosts) {
-  char *dup = strndup(line, n);
+  char *dup = malloc(n + 1); /* not strndup: the line has no NUL to stop at */
   if (!dup) abort();
+  memcpy(dup, line, n);
+  dup[n] = '\0';
   for (char *s = dup, *comma;; s = comma + 1) {
     comma = strchr(s, ',');
     if (comma) *comma = '\0';
