@@ -155,6 +155,14 @@ enum { CM_CFG_OK = 0, CM_CFG_HELP = 1, CM_CFG_ERROR = -1 };
  * in which case they are appended to it. */
 int cm_config_load(const cm_cfg_spec *spec, void *cfg, int argc, char **argv,
                    cm_strlist *positional, char *err, size_t errlen);
+/* The same without I/O: the JSON settings are the text json (jsonlen
+ * bytes; NULL for none) named src in messages ("config file PATH"), and
+ * --config / RELAY_CONFIG are ignored.  cm_config_load reads the file, at
+ * most CM_CFG_FILE_MAX bytes, and calls this. */
+enum { CM_CFG_FILE_MAX = 1 << 20 };
+int cm_config_load_text(const cm_cfg_spec *spec, void *cfg, const char *json, size_t jsonlen,
+                        const char *src, int argc, char **argv, cm_strlist *positional, char *err,
+                        size_t errlen);
 void cm_config_free(const cm_cfg_spec *spec, void *cfg);
 void cm_config_print_help(const cm_cfg_spec *spec, FILE *out);
 

@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,23 +153,22 @@ static void clear_value(const cm_cfg_opt *o, void *cfg) {
   }
 }
 
-static int load_json(const cm_cfg_spec *spec, void *cfg, const char *path, char *err,
-                     size_t errlen) {
+/* Applies the settings of a JSON object; src names it in messages. */
+static int load_json(const cm_cfg_spec *spec, void *cfg, const char *text, size_t len,
+                     const char *src, char *err, size_t errlen) {
   json_error_t je;
-  json_t *root = json_load_file(path, 0, &je);
+  json_t *root = json_loadb(text, len, 0, &je);
   if (!root) {
-    snprintf(err, errlen, "config file %s: %s (line %d)", path, je.text, je.line);
+    snprintf(err, errlen, "%s: %s (line %d)", src, je.text, je.line);
     return -EINVAL;
   }
   int rc = 0;
   if (!json_is_object(root)) {
-    snprintf(err, errlen, "config file %s: top level must be an object", path);
+    snprintf(err, errlen, "%s: top level must be an object", src);
     rc = -EINVAL;
   }
   const char *key;
   json_t *v;
-  char src[512];
-  snprintf(src, sizeof src, "config file %s", path);
   json_object_foreach(root, key, v) {
     if (rc) break;
     const cm_cfg_opt *o = find_opt(spec, key, strlen(key));
@@ -192,20 +192,20 @@ static int load_json(const cm_cfg_spec *spec, void *cfg, const char *path, char 
       continue;
     }
     char tmp[64];
-    const char *text = NULL;
+    const char *val = NULL;
     if (json_is_string(v))
-      text = json_string_value(v);
+      val = json_string_value(v);
     else if (json_is_integer(v)) {
       snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(v));
-      text = tmp;
+      val = tmp;
     } else if (json_is_boolean(v))
-      text = json_is_true(v) ? "true" : "false";
-    if (!text) {
+      val = json_is_true(v) ? "true" : "false";
+    if (!val) {
       snprintf(err, errlen, "%s: %s has the wrong type", src, o->name);
       rc = -EINVAL;
       break;
     }
-    rc = set_value(o, cfg, text, src, err, errlen);
+    rc = set_value(o, cfg, val, src, err, errlen);
   }
   json_decref(root);
   return rc;
@@ -300,21 +300,51 @@ static int load_flags(const cm_cfg_spec *spec, void *cfg, int argc, char **argv,
   return rc;
 }
 
-int cm_config_load(const cm_cfg_spec *spec, void *cfg, int argc, char **argv,
-                   cm_strlist *positional, char *err, size_t errlen) {
+static bool wants_help(int argc, char **argv) {
+  for (int i = 0; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return true;
+  return false;
+}
+
+int cm_config_load_text(const cm_cfg_spec *spec, void *cfg, const char *json, size_t jsonlen,
+                        const char *src, int argc, char **argv, cm_strlist *positional, char *err,
+                        size_t errlen) {
   err[0] = '\0';
   for (size_t i = 0; i < spec->nopts; i++) {
     const cm_cfg_opt *o = &spec->opts[i];
     if (!o->def) continue;
     if (set_value(o, cfg, o->def, "default", err, errlen) != 0) return CM_CFG_ERROR;
   }
-  for (int i = 0; i < argc; i++)
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return CM_CFG_HELP;
-  const char *path = config_path(argc, argv);
-  if (path && load_json(spec, cfg, path, err, errlen) != 0) return CM_CFG_ERROR;
+  if (wants_help(argc, argv)) return CM_CFG_HELP;
+  if (json && load_json(spec, cfg, json, jsonlen, src ? src : "config", err, errlen) != 0)
+    return CM_CFG_ERROR;
   if (load_env(spec, cfg, err, errlen) != 0) return CM_CFG_ERROR;
   int rc = load_flags(spec, cfg, argc, argv, positional, err, errlen);
   return rc < 0 ? CM_CFG_ERROR : rc;
+}
+
+int cm_config_load(const cm_cfg_spec *spec, void *cfg, int argc, char **argv,
+                   cm_strlist *positional, char *err, size_t errlen) {
+  const char *path = wants_help(argc, argv) ? NULL : config_path(argc, argv);
+  if (!path)
+    return cm_config_load_text(spec, cfg, NULL, 0, NULL, argc, argv, positional, err, errlen);
+  char src[512], *text = NULL;
+  size_t len = 0;
+  snprintf(src, sizeof src, "config file %s", path);
+  int rc = cm_read_file(path, CM_CFG_FILE_MAX, &text, &len);
+  if (rc != 0) {
+    if (rc == -EFBIG)
+      snprintf(err, errlen, "%s: larger than %d bytes", src, CM_CFG_FILE_MAX);
+    else
+      snprintf(err, errlen, "%s: %s", src, strerror(-rc));
+    return CM_CFG_ERROR;
+  }
+  rc = cm_config_load_text(spec, cfg, text, len, src, argc, argv, positional, err, errlen);
+  /* Settings may include secrets one day (a password for a store, say):
+   * wipe the text like any buffer that may have held one. */
+  OPENSSL_cleanse(text, len);
+  free(text);
+  return rc;
 }
 
 void cm_config_free(const cm_cfg_spec *spec, void *cfg) {

@@ -27,7 +27,7 @@
  */
 #include "relay/edge.h"
 #include "relay/pair.h"
-#include "relay/ws.h"
+#include "websocket/websocket.h"
 
 #include <errno.h>
 #include <openssl/crypto.h>
@@ -69,7 +69,7 @@ struct rly_peer {
   rly_session *sess;
   int slot;
   cm_stream *st;
-  rly_ws_parser parser;
+  ws_parser parser;
   uint64_t frame_len, frame_left; /* current frame: length, bytes still to come */
   uint8_t msg_opcode;
   bool frame_fin, msg_started;
@@ -202,8 +202,8 @@ static void send_event(rly_session *x, Relay__V1__SessionEvent__Type type, int s
 
 static void ws_send_frame(rly_peer *p, uint8_t opcode, const uint8_t *payload, size_t len) {
   if (!p->st || cm_stream_closing(p->st)) return;
-  uint8_t hdr[RLY_WS_MAX_HEADER];
-  size_t hl = rly_ws_frame_header(hdr, true, opcode, len, NULL);
+  uint8_t hdr[WS_MAX_HEADER];
+  size_t hl = ws_frame_header(hdr, true, opcode, len, NULL);
   uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
                    uv_buf_init((char *)payload, (unsigned)len)};
   cm_stream_writev(p->st, b, len ? 2 : 1);
@@ -214,9 +214,9 @@ static void ws_send_frame(rly_peer *p, uint8_t opcode, const uint8_t *payload, s
 static void peer_close(rly_peer *p, uint16_t code, const char *reason) {
   if (p->closing) return;
   p->closing = true;
-  uint8_t payload[RLY_WS_MAX_CONTROL];
-  size_t n = rly_ws_close_payload(payload, code, reason);
-  ws_send_frame(p, RLY_WS_CLOSE, payload, n);
+  uint8_t payload[WS_MAX_CONTROL];
+  size_t n = ws_close_payload(payload, code, reason);
+  ws_send_frame(p, WS_CLOSE, payload, n);
   cm_stream_close(p->st);
 }
 
@@ -226,8 +226,8 @@ static void peer_close(rly_peer *p, uint16_t code, const char *reason) {
 static bool forward(rly_peer *from, bool fin, uint8_t opcode, const uint8_t *data, size_t len) {
   rly_session *x = from->sess;
   int to = 1 - from->slot;
-  uint8_t hdr[RLY_WS_MAX_HEADER];
-  size_t hl = rly_ws_frame_header(hdr, fin, opcode, len, NULL);
+  uint8_t hdr[WS_MAX_HEADER];
+  size_t hl = ws_frame_header(hdr, fin, opcode, len, NULL);
   rly_peer *dst = x->peer[to];
   if (dst && x->pair.state == RLY_PAIR_OPEN) {
     if (dst->closing) return false;
@@ -253,7 +253,7 @@ static bool forward(rly_peer *from, bool fin, uint8_t opcode, const uint8_t *dat
 
 static bool g_stop_reading; /* set by callbacks during one peer_read */
 
-static int on_frame_header(void *ud, const rly_ws_frame *f) {
+static int on_frame_header(void *ud, const ws_frame *f) {
   rly_peer *p = ud;
   p->frame_left = p->frame_len = f->len;
   p->frame_fin = f->fin;
@@ -262,7 +262,7 @@ static int on_frame_header(void *ud, const rly_ws_frame *f) {
 }
 
 static uint8_t next_opcode(rly_peer *p) {
-  uint8_t op = p->msg_started ? RLY_WS_CONT : p->msg_opcode;
+  uint8_t op = p->msg_started ? WS_CONT : p->msg_opcode;
   p->msg_started = true;
   return op;
 }
@@ -296,14 +296,14 @@ static int on_frame_end(void *ud) {
 
 static int on_control(void *ud, uint8_t opcode, const uint8_t *payload, size_t len) {
   rly_peer *p = ud;
-  if (opcode == RLY_WS_PING) {
-    ws_send_frame(p, RLY_WS_PONG, payload, len); /* output is at a frame boundary */
-  } else if (opcode == RLY_WS_CLOSE) {
+  if (opcode == WS_PING) {
+    ws_send_frame(p, WS_PONG, payload, len); /* output is at a frame boundary */
+  } else if (opcode == WS_CLOSE) {
     p->close_code = len >= 2 ? (uint16_t)(payload[0] << 8 | payload[1]) : 0;
     /* Echo the code (RFC 6455 §5.5.1), then leave. */
     if (!p->closing) {
       p->closing = true;
-      ws_send_frame(p, RLY_WS_CLOSE, payload, len >= 2 ? 2 : 0);
+      ws_send_frame(p, WS_CLOSE, payload, len >= 2 ? 2 : 0);
       cm_stream_close(p->st);
     }
     peer_leave(p, p->close_code);
@@ -313,8 +313,8 @@ static int on_control(void *ud, uint8_t opcode, const uint8_t *payload, size_t l
   return 0;
 }
 
-static const rly_ws_parser_cbs g_parser_cbs = {on_frame_header, on_frame_payload, on_frame_end,
-                                               on_control};
+static const ws_parser_cbs g_parser_cbs = {on_frame_header, on_frame_payload, on_frame_end,
+                                           on_control};
 
 /* ---- pairing actions -------------------------------------------------------------------- */
 
@@ -377,7 +377,7 @@ static void on_pair_action(void *ud, const rly_pair_action *a) {
 
 static void peer_protocol_error(rly_peer *p) {
   uint16_t code = 1002;
-  const char *why = rly_ws_parser_error(&p->parser, &code);
+  const char *why = ws_parser_error(&p->parser, &code);
   rly_server *s = p->srv;
   if (code == 1009)
     s->dm.too_big++;
@@ -404,11 +404,11 @@ static void peer_input(rly_peer *p, uint8_t *data, size_t len) {
   cm_stream *self = p->st;
   cm_stream_cork(self);
   if (dst) cm_stream_cork(dst);
-  int rc = rly_ws_parse(&p->parser, data, len, &g_parser_cbs, p, NULL);
-  if (rc == RLY_WS_EPROTO) peer_protocol_error(p);
+  int rc = ws_parse(&p->parser, data, len, &g_parser_cbs, p, NULL);
+  if (rc == WS_EPROTO) peer_protocol_error(p);
   if (dst) cm_stream_uncork(dst);
   cm_stream_uncork(self);
-  if (rc == RLY_WS_EPROTO) return;
+  if (rc == WS_EPROTO) return;
   if (p->sess) {
     p->sess->last_activity = cm_now_wall_ms() / 1000;
   }
@@ -646,7 +646,7 @@ static bool check_handshake(rly_conn *c, const rly_http_request *req, rly_upgrad
     return false;
   }
   const char *key = rly_http_header_get(req, "Sec-WebSocket-Key");
-  if (!key || rly_ws_accept_key(key, u->accept) != 0) {
+  if (!key || ws_accept_key(key, u->accept) != 0) {
     refuse(c, 400, "bad_handshake", "missing or malformed Sec-WebSocket-Key");
     return false;
   }
@@ -766,8 +766,8 @@ static void accept_peer(rly_conn *c, rly_upgrade *u, const Relay__V1__SlotDecisi
   snprintf(p->remote, sizeof p->remote, "%s", c->remote);
   p->ip_held = c->ip_held;
   c->ip_held = false; /* the peer holds the count now */
-  rly_ws_parser_config pc = {.server = true, .max_message = x->max_message, .validate_utf8 = true};
-  rly_ws_parser_init(&p->parser, &pc);
+  ws_parser_config pc = {.server = true, .max_message = x->max_message, .validate_utf8 = true};
+  ws_parser_init(&p->parser, &pc);
   cm_buf leftover;
   cm_buf_init(&leftover, 0);
   cm_log(CM_LOG_INFO, "ws", "peer attached", CM_S("session", x->id), CM_S("slot", slot_name(slot)),
@@ -857,7 +857,7 @@ static void idle_ping(rly_server *s, rly_peer *p, uint64_t now) {
   if (!p->ping_sent) {
     p->ping_sent = true;
     p->last_rx_ms = now; /* the pong must come within another idle period */
-    ws_send_frame(p, RLY_WS_PING, (const uint8_t *)"relay", 5);
+    ws_send_frame(p, WS_PING, (const uint8_t *)"relay", 5);
     return;
   }
   cm_log(CM_LOG_INFO, "ws", "peer idle; closing", CM_S("session", p->sess ? p->sess->id : ""),

@@ -2,11 +2,12 @@
  * fetch.c — a small asynchronous HTTP/1.1 GET client on cm_stream, for the
  * identity provider's discovery document and JWKS.  Names are resolved with
  * uv_getaddrinfo (off the loop), TLS verifies the server against the
- * configured trust store and name, the response is parsed with
- * libhttp-parser, and the body is bounded.  One callback, exactly once,
- * unless cancelled.
+ * configured trust store and name, and the response is parsed by the
+ * sans-I/O parser of resp.c, which bounds the body.  One callback, exactly
+ * once, unless cancelled.
  */
 #include "relay/edge.h"
+#include "relay/resp.h"
 
 #include <errno.h>
 #include <http_parser.h>
@@ -26,10 +27,8 @@ struct rly_fetch {
   cm_stream *st;
   uv_timer_t timer;
   bool timer_closed;
-  http_parser parser;
-  cm_buf body;
-  int status;
-  bool complete, done, cancelled;
+  rly_resp resp;
+  bool done, cancelled;
   int early_err; /* failure found before any I/O: reported from the loop */
 };
 
@@ -37,7 +36,7 @@ static void fail_soon(rly_fetch *f, int err);
 
 static void fetch_release(rly_fetch *f) {
   if (!f->timer_closed || f->st || f->resolving) return;
-  cm_buf_free(&f->body);
+  rly_resp_free(&f->resp);
   free(f);
 }
 
@@ -52,30 +51,11 @@ static void finish(rly_fetch *f, int status, const char *err) {
   if (f->done) return;
   f->done = true;
   if (!f->cancelled && f->cb)
-    f->cb(f->ud, status, (const char *)cm_buf_head(&f->body), cm_buf_size(&f->body), err);
+    f->cb(f->ud, status, (const char *)cm_buf_head(&f->resp.body), cm_buf_size(&f->resp.body), err);
   uv_timer_stop(&f->timer);
   uv_close((uv_handle_t *)&f->timer, on_timer_closed);
   if (f->st) cm_stream_close(f->st);
 }
-
-static int on_body(http_parser *p, const char *at, size_t len) {
-  rly_fetch *f = p->data;
-  if (cm_buf_append(&f->body, at, len) != 0) {
-    finish(f, -EFBIG, "response body too large");
-    return -1;
-  }
-  return 0;
-}
-
-static int on_complete(http_parser *p) {
-  rly_fetch *f = p->data;
-  f->complete = true;
-  f->status = (int)p->status_code;
-  return 0;
-}
-
-static const http_parser_settings g_settings = {.on_body = on_body,
-                                                .on_message_complete = on_complete};
 
 /* Host is uri-host [":" port] (RFC 9110 §7.2): the port unless it is the
  * scheme's default, and an IPv6 literal in brackets.  Name-based virtual
@@ -101,13 +81,11 @@ static void s_on_open(cm_stream *st) {
 static void s_on_read(cm_stream *st, uint8_t *data, size_t len) {
   rly_fetch *f = cm_stream_get_data(st);
   if (f->done) return;
-  size_t n = http_parser_execute(&f->parser, &g_settings, (const char *)data, len);
-  if (f->done) return;
-  if (f->complete) {
-    finish(f, f->status, NULL);
-  } else if (n != len) {
-    finish(f, -EPROTO, http_errno_description(HTTP_PARSER_ERRNO(&f->parser)));
-  }
+  int rc = rly_resp_feed(&f->resp, data, len);
+  if (rc > 0)
+    finish(f, f->resp.status, NULL);
+  else if (rc < 0)
+    finish(f, rc, f->resp.errmsg);
 }
 
 static void s_on_close(cm_stream *st, int err, const char *msg) {
@@ -115,9 +93,8 @@ static void s_on_close(cm_stream *st, int err, const char *msg) {
   f->st = NULL;
   if (!f->done) {
     /* A body delimited by the end of the connection ends here. */
-    http_parser_execute(&f->parser, &g_settings, NULL, 0);
-    if (f->complete)
-      finish(f, f->status, NULL);
+    if (rly_resp_eof(&f->resp) > 0)
+      finish(f, f->resp.status, NULL);
     else
       finish(f, err ? err : -ECONNRESET, msg ? msg : "connection closed early");
   }
@@ -192,11 +169,9 @@ rly_fetch *rly_fetch_get(uv_loop_t *loop, cm_tls_ctx *tls, const char *url, size
   f->tls = tls;
   f->cb = cb;
   f->ud = ud;
-  cm_buf_init(&f->body, max_body);
-  http_parser_init(&f->parser, HTTP_RESPONSE);
-  f->parser.data = f;
+  rly_resp_init(&f->resp, max_body);
   if (parse_url(f, url) != 0 || (f->https && !tls)) {
-    cm_buf_free(&f->body);
+    rly_resp_free(&f->resp);
     free(f);
     return NULL;
   }

@@ -345,8 +345,8 @@ static bool g_sending, g_closing_all;
 static uint64_t g_rx_msgs, g_rx_bytes;
 static uint8_t *g_batch; /* sender: prebuilt frames, sent as one write */
 static size_t g_batch_len;
-static uint8_t g_ping[1024 + RLY_WS_MAX_HEADER], g_pong_masked[1024 + RLY_WS_MAX_HEADER],
-    g_pong_plain[1024 + RLY_WS_MAX_HEADER];
+static uint8_t g_ping[1024 + WS_MAX_HEADER], g_pong_masked[1024 + WS_MAX_HEADER],
+    g_pong_plain[1024 + WS_MAX_HEADER];
 static size_t g_ping_len, g_pong_masked_len, g_pong_plain_len;
 
 /* Pinger state. */
@@ -719,13 +719,13 @@ static void bench_crypto(void) {
 static void build_batch(size_t msg, int count) {
   g_msg_len = msg;
   free(g_batch);
-  g_batch = malloc((size_t)count * (msg + RLY_WS_MAX_HEADER));
+  g_batch = malloc((size_t)count * (msg + WS_MAX_HEADER));
   uint8_t *payload = malloc(msg);
   for (size_t i = 0; i < msg; i++)
     payload[i] = (uint8_t)(i * 7);
   g_batch_len = 0;
   for (int i = 0; i < count; i++)
-    g_batch_len += wl_frame_build(g_batch + g_batch_len, true, RLY_WS_BINARY, payload, msg);
+    g_batch_len += wl_frame_build(g_batch + g_batch_len, true, WS_BINARY, payload, msg);
   free(payload);
 }
 
@@ -853,9 +853,9 @@ static void bench_latency(void) {
          opt.secs, opt.rounds);
   uint8_t payload[1024];
   memset(payload, 'p', sizeof payload);
-  g_ping_len = wl_frame_build(g_ping, true, RLY_WS_BINARY, payload, sizeof payload);
-  g_pong_masked_len = wl_frame_build(g_pong_masked, true, RLY_WS_BINARY, payload, sizeof payload);
-  g_pong_plain_len = wl_frame_build(g_pong_plain, false, RLY_WS_BINARY, payload, sizeof payload);
+  g_ping_len = wl_frame_build(g_ping, true, WS_BINARY, payload, sizeof payload);
+  g_pong_masked_len = wl_frame_build(g_pong_masked, true, WS_BINARY, payload, sizeof payload);
+  g_pong_plain_len = wl_frame_build(g_pong_plain, false, WS_BINARY, payload, sizeof payload);
   g_msg_len = sizeof payload;
   double r[3][3] = {{0}};
   for (int round = 0; round < opt.rounds; round++)
@@ -939,9 +939,9 @@ static void bench_rss(void) {
   run_for(1.5);
   long r2 = rss_kib(g_relay_pid);
   /* One 1 KiB message per session, A to B, then idle again. */
-  uint8_t f[1024 + RLY_WS_MAX_HEADER], payload[1024];
+  uint8_t f[1024 + WS_MAX_HEADER], payload[1024];
   memset(payload, 'm', sizeof payload);
-  size_t fl = wl_frame_build(f, true, RLY_WS_BINARY, payload, sizeof payload);
+  size_t fl = wl_frame_build(f, true, WS_BINARY, payload, sizeof payload);
   g_msg_len = sizeof payload;
   g_want_msgs = 0;
   for (int i = 0; i < g_neps; i += 2)

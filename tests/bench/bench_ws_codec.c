@@ -1,5 +1,5 @@
 /*
- * bench_ws_codec.c — parse+unmask throughput of relay/ws.c against
+ * bench_ws_codec.c — parse+unmask throughput of websocket/codec.c against
  * libwslay's low-level frame API (wslay_frame_recv) on the same buffer of
  * masked client frames, 16 KiB and 512-byte frames, 256 MiB per run.
  *
@@ -22,7 +22,7 @@
 #include <wslay/wslay.h>
 #endif
 
-#include "relay/ws.h"
+#include "websocket/websocket.h"
 
 enum { BUF_BYTES = 64 << 20, PASSES = 4, REPS = 3, READ_CHUNK = 4096 };
 
@@ -48,16 +48,16 @@ static void build(stream *s, size_t frame_len) {
   s->len = s->payload = s->frames = 0;
   uint32_t x = 2463534242u;
   for (;;) {
-    uint8_t key[4], hdr[RLY_WS_MAX_HEADER];
+    uint8_t key[4], hdr[WS_MAX_HEADER];
     for (int i = 0; i < 4; i++)
       key[i] = (uint8_t)(x = x * 1664525u + 1013904223u) >> 24;
-    size_t h = rly_ws_frame_header(hdr, true, RLY_WS_BINARY, frame_len, key);
+    size_t h = ws_frame_header(hdr, true, WS_BINARY, frame_len, key);
     if (s->len + h + frame_len > BUF_BYTES) break;
     memcpy(s->buf + s->len, hdr, h);
     uint8_t *p = s->buf + s->len + h;
     for (size_t i = 0; i < frame_len; i++)
       p[i] = (uint8_t)(i * 31 + s->frames);
-    rly_ws_mask(p, frame_len, key, 0);
+    ws_mask(p, frame_len, key, 0);
     s->len += h + frame_len;
     s->payload += frame_len;
     s->frames++;
@@ -75,9 +75,9 @@ static int on_payload(void *ud, uint8_t *data, size_t len) {
   return 0;
 }
 
-static const rly_ws_parser_cbs CBS = {.on_frame_payload = on_payload};
+static const ws_parser_cbs CBS = {.on_frame_payload = on_payload};
 
-static uint64_t ours_pass(rly_ws_parser *p, uint8_t *buf, size_t len, uint8_t *scratch) {
+static uint64_t ours_pass(ws_parser *p, uint8_t *buf, size_t len, uint8_t *scratch) {
   count c = {0};
   for (size_t off = 0; off < len;) {
     size_t n = len - off < READ_CHUNK ? len - off : READ_CHUNK;
@@ -89,7 +89,7 @@ static uint64_t ours_pass(rly_ws_parser *p, uint8_t *buf, size_t len, uint8_t *s
       n = len - off; /* in place: all of it in one call */
     }
     size_t used;
-    if (rly_ws_parse(p, in, n, &CBS, &c, &used) != 0 || used != n) {
+    if (ws_parse(p, in, n, &CBS, &c, &used) != 0 || used != n) {
       fprintf(stderr, "ours: parse failed\n");
       exit(1);
     }
@@ -100,9 +100,9 @@ static uint64_t ours_pass(rly_ws_parser *p, uint8_t *buf, size_t len, uint8_t *s
 
 static double run_ours(stream *s, bool copy) {
   static uint8_t scratch[READ_CHUNK];
-  rly_ws_parser p;
-  rly_ws_parser_config cfg = {.server = true};
-  rly_ws_parser_init(&p, &cfg);
+  ws_parser p;
+  ws_parser_config cfg = {.server = true};
+  ws_parser_init(&p, &cfg);
   double t0 = now_s();
   for (int i = 0; i < PASSES; i++) {
     if (ours_pass(&p, s->buf, s->len, copy ? scratch : NULL) != s->payload) {
@@ -231,9 +231,9 @@ static void bench_utf8(void) {
     for (int r = 0; r < REPS; r++) {
       double t0 = now_s();
       for (int i = 0; i < PASSES; i++) {
-        rly_utf8 u;
-        rly_utf8_init(&u);
-        if (!rly_utf8_feed(&u, b, end) || !rly_utf8_complete(&u)) abort();
+        ws_utf8 u;
+        ws_utf8_init(&u);
+        if (!ws_utf8_feed(&u, b, end) || !ws_utf8_complete(&u)) abort();
       }
       double t = now_s() - t0;
       if (t < t_best) t_best = t;

@@ -5,7 +5,7 @@
  *
  * Both ends are here: wl_connect dials (plain or TLS), sends the HTTP/1.1
  * upgrade and then speaks as a client (frames masked, server frames parsed
- * with rly_ws_parser in client mode); wl_accept takes a connection from a
+ * with ws_parser in client mode); wl_accept takes a connection from a
  * listener, answers the upgrade with 101 and speaks as a server (the direct
  * and haproxy baselines of bench_relay).  Incoming data is only counted:
  * payload bytes, and whole messages reported through on_message; pings are
@@ -28,7 +28,7 @@
 #include <strings.h>
 
 #include "common/common.h"
-#include "relay/ws.h"
+#include "websocket/websocket.h"
 
 typedef struct wl_conn wl_conn;
 
@@ -46,7 +46,7 @@ struct wl_conn {
   bool fin;        /* current frame is its message's last */
   int http_status; /* client: status of the upgrade reply (0 until read) */
   cm_buf hs;       /* handshake bytes until the blank line */
-  rly_ws_parser parser;
+  ws_parser parser;
   uint64_t msg_len; /* payload of the message in progress */
   uint64_t rx_bytes, rx_msgs;
   const wl_cbs *cbs;
@@ -57,12 +57,12 @@ struct wl_conn {
 static const uint8_t WL_MASK[4] = {0x37, 0xfa, 0x21, 0x3d};
 
 /* Writes one frame (header + payload, masked when `masked`) into out, which
- * must hold len + RLY_WS_MAX_HEADER bytes; returns the frame's size. */
+ * must hold len + WS_MAX_HEADER bytes; returns the frame's size. */
 static inline size_t wl_frame_build(uint8_t *out, bool masked, uint8_t opcode,
                                     const uint8_t *payload, size_t len) {
-  size_t h = rly_ws_frame_header(out, true, opcode, len, masked ? WL_MASK : NULL);
+  size_t h = ws_frame_header(out, true, opcode, len, masked ? WL_MASK : NULL);
   if (len) memcpy(out + h, payload, len);
-  if (masked) rly_ws_mask(out + h, len, WL_MASK, 0);
+  if (masked) ws_mask(out + h, len, WL_MASK, 0);
   return h + len;
 }
 
@@ -75,7 +75,7 @@ static inline void wl_close(wl_conn *c) { cm_stream_close(c->st); }
 
 /* ---- frame parsing -------------------------------------------------------------- */
 
-static int wl_on_frame_header(void *ud, const rly_ws_frame *f) {
+static int wl_on_frame_header(void *ud, const ws_frame *f) {
   ((wl_conn *)ud)->fin = f->fin;
   return 0;
 }
@@ -99,32 +99,32 @@ static int wl_on_frame_end(void *ud) {
 }
 
 static void wl_send_control(wl_conn *c, uint8_t op, const uint8_t *p, size_t n) {
-  uint8_t f[RLY_WS_MAX_CONTROL + RLY_WS_MAX_HEADER];
-  if (n > RLY_WS_MAX_CONTROL) n = RLY_WS_MAX_CONTROL; /* the parser guarantees it */
+  uint8_t f[WS_MAX_CONTROL + WS_MAX_HEADER];
+  if (n > WS_MAX_CONTROL) n = WS_MAX_CONTROL; /* the parser guarantees it */
   size_t len = wl_frame_build(f, !c->server, op, p, n);
   cm_stream_write(c->st, f, len);
 }
 
 static int wl_on_control(void *ud, uint8_t op, const uint8_t *p, size_t n) {
   wl_conn *c = ud;
-  if (op == RLY_WS_PING) wl_send_control(c, RLY_WS_PONG, p, n);
-  if (op == RLY_WS_CLOSE) {
-    wl_send_control(c, RLY_WS_CLOSE, p, n >= 2 ? 2 : 0);
+  if (op == WS_PING) wl_send_control(c, WS_PONG, p, n);
+  if (op == WS_CLOSE) {
+    wl_send_control(c, WS_CLOSE, p, n >= 2 ? 2 : 0);
     cm_stream_close(c->st);
     return 1;
   }
   return 0;
 }
 
-static const rly_ws_parser_cbs WL_PARSER_CBS = {wl_on_frame_header, wl_on_payload, wl_on_frame_end,
-                                                wl_on_control};
+static const ws_parser_cbs WL_PARSER_CBS = {wl_on_frame_header, wl_on_payload, wl_on_frame_end,
+                                            wl_on_control};
 
 static void wl_parse(wl_conn *c, uint8_t *data, size_t len) {
   if (len == 0 || cm_stream_closing(c->st)) return;
-  int rc = rly_ws_parse(&c->parser, data, len, &WL_PARSER_CBS, c, NULL);
+  int rc = ws_parse(&c->parser, data, len, &WL_PARSER_CBS, c, NULL);
   if (rc < 0) {
     uint16_t code = 0;
-    const char *why = rly_ws_parser_error(&c->parser, &code);
+    const char *why = ws_parser_error(&c->parser, &code);
     fprintf(stderr, "wsload: bad frames from %s: %s\n", cm_stream_peer_addr(c->st),
             why ? why : "?");
     cm_stream_abort(c->st);
@@ -132,8 +132,8 @@ static void wl_parse(wl_conn *c, uint8_t *data, size_t len) {
 }
 
 static void wl_become_ready(wl_conn *c) {
-  rly_ws_parser_config pc = {.server = c->server};
-  rly_ws_parser_init(&c->parser, &pc);
+  ws_parser_config pc = {.server = c->server};
+  ws_parser_init(&c->parser, &pc);
   c->ready = true;
   if (c->cbs->on_ready) c->cbs->on_ready(c);
 }
@@ -171,8 +171,8 @@ static bool wl_header(const char *head, const char *name, char *out, size_t outl
 
 /* Server side: answers the upgrade request at the head of c->hs. */
 static bool wl_server_handshake(wl_conn *c, const char *head) {
-  char key[64], accept[RLY_WS_ACCEPT_LEN + 1], resp[256];
-  if (!wl_header(head, "Sec-WebSocket-Key", key, sizeof key) || rly_ws_accept_key(key, accept) != 0)
+  char key[64], accept[WS_ACCEPT_LEN + 1], resp[256];
+  if (!wl_header(head, "Sec-WebSocket-Key", key, sizeof key) || ws_accept_key(key, accept) != 0)
     return false;
   int n = snprintf(resp, sizeof resp,
                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "relay/ws.h"
+#include "websocket/websocket.h"
 
 #define CHECK(cond)                                                                                \
   do {                                                                                             \
@@ -30,7 +30,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 typedef struct run {
-  rly_ws_parser_config cfg;
+  ws_parser_config cfg;
   bool pause;
   unsigned calls;
   /* invariants */
@@ -56,15 +56,15 @@ static bool ref_utf8(const uint8_t *s, size_t n);
 
 /* The message is complete now: with validation on, it must be valid. */
 static void check_message_done(const run *r) {
-  if (r->cfg.validate_utf8 && r->msg_op == RLY_WS_TEXT) CHECK(ref_utf8(r->text, r->text_len));
+  if (r->cfg.validate_utf8 && r->msg_op == WS_TEXT) CHECK(ref_utf8(r->text, r->text_len));
 }
 
-static int on_header(void *ud, const rly_ws_frame *f) {
+static int on_header(void *ud, const ws_frame *f) {
   run *r = ud;
   CHECK(!r->in_frame);
-  CHECK(f->opcode <= RLY_WS_BINARY && f->rsv == 0);
-  CHECK(f->msg_opcode == RLY_WS_TEXT || f->msg_opcode == RLY_WS_BINARY);
-  if (f->opcode == RLY_WS_CONT) {
+  CHECK(f->opcode <= WS_BINARY && f->rsv == 0);
+  CHECK(f->msg_opcode == WS_TEXT || f->msg_opcode == WS_BINARY);
+  if (f->opcode == WS_CONT) {
     CHECK(f->msg_opcode == r->msg_op);
   } else {
     CHECK(f->msg_opcode == f->opcode);
@@ -90,7 +90,7 @@ static int on_payload(void *ud, uint8_t *d, size_t n) {
   CHECK(r->got + n <= r->declared);
   r->got += n;
   r->payload_bytes += n;
-  if (r->msg_op == RLY_WS_TEXT) {
+  if (r->msg_op == WS_TEXT) {
     memcpy(r->text + r->text_len, d, n);
     r->text_len += n;
   }
@@ -112,11 +112,11 @@ static int on_end(void *ud) {
 static int on_control(void *ud, uint8_t op, const uint8_t *p, size_t n) {
   run *r = ud;
   CHECK(!r->in_frame); /* never inside a data frame's payload */
-  CHECK(op == RLY_WS_CLOSE || op == RLY_WS_PING || op == RLY_WS_PONG);
-  CHECK(n <= RLY_WS_MAX_CONTROL);
-  if (op == RLY_WS_CLOSE) {
+  CHECK(op == WS_CLOSE || op == WS_PING || op == WS_PONG);
+  CHECK(n <= WS_MAX_CONTROL);
+  if (op == WS_CLOSE) {
     CHECK(n != 1);
-    if (n >= 2) CHECK(rly_ws_close_code_valid((uint16_t)(p[0] << 8 | p[1])));
+    if (n >= 2) CHECK(ws_close_code_valid((uint16_t)(p[0] << 8 | p[1])));
   }
   r->controls++;
   uint8_t rec[2] = {'C', op};
@@ -125,7 +125,7 @@ static int on_control(void *ud, uint8_t op, const uint8_t *p, size_t n) {
   return verdict(r);
 }
 
-static const rly_ws_parser_cbs CBS = {on_header, on_payload, on_end, on_control};
+static const ws_parser_cbs CBS = {on_header, on_payload, on_end, on_control};
 
 static uint32_t next_rand(uint32_t *s) {
   *s ^= *s << 13;
@@ -146,15 +146,14 @@ static size_t chunk_len(unsigned pattern, uint32_t *seed, size_t left) {
 }
 
 /* Parses buf (modified in place) in chunks; returns the final result. */
-static int drive(rly_ws_parser *p, run *r, uint8_t *buf, size_t len, unsigned pattern,
-                 uint32_t seed) {
+static int drive(ws_parser *p, run *r, uint8_t *buf, size_t len, unsigned pattern, uint32_t seed) {
   size_t off = 0;
   int rc = 0;
   do {
     size_t n = chunk_len(pattern, &seed, len - off), done = 0;
     do {
       size_t used = 99;
-      rc = rly_ws_parse(p, buf + off + done, n - done, &CBS, r, &used);
+      rc = ws_parse(p, buf + off + done, n - done, &CBS, r, &used);
       CHECK(used <= n - done);
       done += used;
     } while (rc == 1);
@@ -162,15 +161,15 @@ static int drive(rly_ws_parser *p, run *r, uint8_t *buf, size_t len, unsigned pa
     CHECK(done == n); /* 0 means everything was consumed */
     off += n;
   } while (off < len);
-  if (rc == RLY_WS_EPROTO) {
+  if (rc == WS_EPROTO) {
     uint16_t code = 0;
-    CHECK(rly_ws_parser_error(p, &code) != NULL);
+    CHECK(ws_parser_error(p, &code) != NULL);
     CHECK(code == 1002 || code == 1007 || code == 1009);
     size_t used = 99;
-    CHECK(rly_ws_parse(p, buf, len, &CBS, r, &used) == RLY_WS_EPROTO && used == 0);
+    CHECK(ws_parse(p, buf, len, &CBS, r, &used) == WS_EPROTO && used == 0);
   } else {
-    CHECK(rc == 0 && rly_ws_parser_error(p, NULL) == NULL);
-    CHECK(r->in_frame == rly_ws_parser_in_frame(p));
+    CHECK(rc == 0 && ws_parser_error(p, NULL) == NULL);
+    CHECK(r->in_frame == ws_parser_in_frame(p));
   }
   return rc;
 }
@@ -206,11 +205,11 @@ static bool ref_utf8(const uint8_t *s, size_t n) {
 
 static void check_utf8(const uint8_t *s, size_t n, uint8_t cfg) {
   size_t cut = n ? cfg % (n + 1) : 0;
-  rly_utf8 u;
-  rly_utf8_init(&u);
-  bool ok = rly_utf8_feed(&u, s, cut);
-  ok = rly_utf8_feed(&u, s + cut, n - cut) && ok;
-  CHECK((ok && rly_utf8_complete(&u)) == ref_utf8(s, n));
+  ws_utf8 u;
+  ws_utf8_init(&u);
+  bool ok = ws_utf8_feed(&u, s, cut);
+  ok = ws_utf8_feed(&u, s + cut, n - cut) && ok;
+  CHECK((ok && ws_utf8_complete(&u)) == ref_utf8(s, n));
 }
 
 static void check_mask(const uint8_t *s, size_t n, uint8_t cfg) {
@@ -224,8 +223,8 @@ static void check_mask(const uint8_t *s, size_t n, uint8_t cfg) {
   for (size_t i = 0; i < len; i++)
     b[i] = s[4 + i] ^ key[(phase + i) & 3];
   size_t split = cfg % len;
-  rly_ws_mask(a, split, key, phase);
-  rly_ws_mask(a + split, len - split, key, phase + split);
+  ws_mask(a, split, key, phase);
+  ws_mask(a + split, len - split, key, phase + split);
   CHECK(memcmp(a, b, len) == 0);
   free(a);
   free(b);
@@ -237,22 +236,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint8_t c = data[0];
   const uint8_t *in = data + 1;
   size_t n = size - 1;
-  rly_ws_parser_config cfg = {
+  ws_parser_config cfg = {
       .server = c & 1, .validate_utf8 = (c & 2) != 0, .max_message = maxes[(c >> 2) & 3]};
   uint8_t *buf = malloc(n ? n : 1), *text = malloc(n ? n : 1);
   CHECK(buf && text);
 
   /* Run A: everything at once, no pauses. */
   run a = {.cfg = cfg, .hash = 1469598103934665603u, .text = text};
-  rly_ws_parser pa;
-  rly_ws_parser_init(&pa, &cfg);
+  ws_parser pa;
+  ws_parser_init(&pa, &cfg);
   memcpy(buf, in, n);
   int rca = drive(&pa, &a, buf, n, 3, 0);
 
   /* Run B: chunked by pattern, pausing if asked. */
   run b = {.cfg = cfg, .pause = (c & 0x40) != 0, .hash = 1469598103934665603u, .text = text};
-  rly_ws_parser pb;
-  rly_ws_parser_init(&pb, &cfg);
+  ws_parser pb;
+  ws_parser_init(&pb, &cfg);
   memcpy(buf, in, n);
   int rcb = drive(&pb, &b, buf, n, (c >> 4) & 3, 0x9E3779B9u ^ (uint32_t)size);
 
@@ -262,8 +261,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(a.hash == b.hash && a.payload_bytes == b.payload_bytes);
   } else {
     uint16_t ca = 0, cb = 0;
-    rly_ws_parser_error(&pa, &ca);
-    rly_ws_parser_error(&pb, &cb);
+    ws_parser_error(&pa, &ca);
+    ws_parser_error(&pb, &cb);
     CHECK(ca == cb);
   }
   free(buf);

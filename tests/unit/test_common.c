@@ -395,6 +395,62 @@ static void test_config_help_and_positional(void **state) {
   free(text);
 }
 
+/* The sans-I/O entry point: JSON from a buffer (only len bytes of it),
+ * named in messages, with --config ignored; the file path reads at most
+ * CM_CFG_FILE_MAX bytes and names a missing file plainly. */
+static void test_config_text(void **state) {
+  (void)state;
+  clear_env();
+  tcfg c;
+  char err[512];
+  const char *json = "{\"max-things\": 20, \"origin\": [\"https://a\"]}trailing garbage";
+  size_t jlen = strchr(json, '}') - json + 1;
+  const char *a1[] = {"--config", "/nonexistent/relay.json", "--verbose"};
+  memset(&c, 0, sizeof c);
+  assert_int_equal(cm_config_load_text(&g_spec, &c, json, jlen, "test text", 3, (char **)a1, NULL,
+                                       err, sizeof err),
+                   CM_CFG_OK);
+  assert_int_equal(c.max_things, 20);
+  assert_true(c.verbose);
+  assert_int_equal(c.origin.n, 1);
+  assert_string_equal(c.listen, "127.0.0.1:8443");
+  cm_config_free(&g_spec, &c);
+  memset(&c, 0, sizeof c);
+  assert_int_equal(cm_config_load_text(&g_spec, &c, "{\"max-things\": 0}", 17, "test text", 0, NULL,
+                                       NULL, err, sizeof err),
+                   CM_CFG_ERROR);
+  assert_string_equal(err, "test text: max-things = 0 is out of range [1, 100]");
+  cm_config_free(&g_spec, &c);
+  memset(&c, 0, sizeof c);
+  assert_int_equal(cm_config_load_text(&g_spec, &c, "[]", 2, "t", 0, NULL, NULL, err, sizeof err),
+                   CM_CFG_ERROR);
+  assert_string_equal(err, "t: top level must be an object");
+  cm_config_free(&g_spec, &c);
+
+  const char *missing[] = {"--config=/nonexistent/relay.json", NULL};
+  expect_error(missing, "config file /nonexistent/relay.json: No such file or directory");
+  /* One byte over the cap: refused before parsing. */
+  char path[512];
+  snprintf(path, sizeof path, "%s/big.json", g_tmpdir);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputc('{', f);
+  for (int i = 0; i < CM_CFG_FILE_MAX - 1; i++)
+    fputc(' ', f);
+  fputc('}', f);
+  fclose(f);
+  char flag[600], want[700];
+  snprintf(flag, sizeof flag, "--config=%s", path);
+  snprintf(want, sizeof want, "config file %s: larger than %d bytes", path, CM_CFG_FILE_MAX);
+  const char *big[] = {flag, NULL};
+  expect_error(big, want);
+  /* At the cap it loads. */
+  assert_int_equal(truncate(path, CM_CFG_FILE_MAX), 0);
+  assert_int_equal(load(&c, err, sizeof err, big), CM_CFG_ERROR); /* no closing brace now */
+  assert_null(strstr(err, "larger than"));
+  cm_config_free(&g_spec, &c);
+}
+
 static void test_parse_duration_size(void **state) {
   (void)state;
   static const struct {
@@ -654,6 +710,7 @@ int main(void) {
       cmocka_unit_test(test_config_precedence),
       cmocka_unit_test(test_config_errors),
       cmocka_unit_test(test_config_help_and_positional),
+      cmocka_unit_test(test_config_text),
       cmocka_unit_test(test_parse_duration_size),
       cmocka_unit_test(test_parse_hostport),
       cmocka_unit_test(test_write_file_atomic),

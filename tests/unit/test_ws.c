@@ -1,5 +1,5 @@
 /*
- * test_ws.c — the WebSocket codec (relay/ws.h): encoder/parser round trips
+ * test_ws.c — the WebSocket codec (websocket/websocket.h): encoder/parser round trips
  * for every length class, chunking independence (byte-at-a-time equals
  * all-at-once, compared by SHA-256 of every event and payload byte),
  * pause-and-resume, each protocol error with its exact close code, the
@@ -17,7 +17,7 @@
 #include <cmocka.h>
 #include <openssl/evp.h>
 
-#include "relay/ws.h"
+#include "websocket/websocket.h"
 
 /* ------------------------------------------------------------------------
  * Helpers.
@@ -41,10 +41,10 @@ static const uint8_t KEY[4] = {0x37, 0xFA, 0x21, 0x3D};
 /* Appends one frame (header + payload, masked when key is set) at out. */
 static size_t put_frame(uint8_t *out, bool fin, uint8_t op, const void *payload, size_t len,
                         const uint8_t *key) {
-  size_t h = rly_ws_frame_header(out, fin, op, len, key);
+  size_t h = ws_frame_header(out, fin, op, len, key);
   assert_true(h >= 2);
   if (len) memcpy(out + h, payload, len);
-  if (key) rly_ws_mask(out + h, len, key, 0);
+  if (key) ws_mask(out + h, len, key, 0);
   return h + len;
 }
 
@@ -55,7 +55,7 @@ typedef struct coll {
   uint8_t *payload; /* concatenated data payload */
   size_t plen, pcap;
   int headers, payloads, ends, controls;
-  rly_ws_frame last;
+  ws_frame last;
   uint8_t ctrl_op;
   uint8_t ctrl[125];
   size_t ctrl_len;
@@ -87,7 +87,7 @@ static int maybe_pause(coll *c) {
   return 1;
 }
 
-static int on_header(void *ud, const rly_ws_frame *f) {
+static int on_header(void *ud, const ws_frame *f) {
   coll *c = ud;
   uint8_t rec[12] = {'H', f->opcode, f->msg_opcode, (uint8_t)f->fin};
   memcpy(rec + 4, &f->len, 8);
@@ -132,16 +132,16 @@ static int on_control(void *ud, uint8_t op, const uint8_t *payload, size_t len) 
   return maybe_pause(c);
 }
 
-static const rly_ws_parser_cbs CBS = {on_header, on_payload, on_end, on_control};
+static const ws_parser_cbs CBS = {on_header, on_payload, on_end, on_control};
 
-static rly_ws_parser_config cfg_of(bool server, uint64_t max_message, bool utf8) {
-  rly_ws_parser_config cfg = {.server = server, .max_message = max_message, .validate_utf8 = utf8};
+static ws_parser_config cfg_of(bool server, uint64_t max_message, bool utf8) {
+  ws_parser_config cfg = {.server = server, .max_message = max_message, .validate_utf8 = utf8};
   return cfg;
 }
 
 /* Feeds buf in chunks of `step` bytes (0: all at once), resuming after
  * pauses.  Returns 0 when everything was consumed, else the error. */
-static int feed(rly_ws_parser *p, uint8_t *buf, size_t len, size_t step, coll *c) {
+static int feed(ws_parser *p, uint8_t *buf, size_t len, size_t step, coll *c) {
   size_t off = 0;
   if (step == 0) step = len ? len : 1;
   do {
@@ -150,7 +150,7 @@ static int feed(rly_ws_parser *p, uint8_t *buf, size_t len, size_t step, coll *c
     int rc;
     do {
       size_t used = 0;
-      rc = rly_ws_parse(p, buf + off + done, n - done, &CBS, c, &used);
+      rc = ws_parse(p, buf + off + done, n - done, &CBS, c, &used);
       assert_true(used <= n - done);
       done += used;
     } while (rc == 1);
@@ -164,13 +164,13 @@ static int feed(rly_ws_parser *p, uint8_t *buf, size_t len, size_t step, coll *c
 /* Parses a whole stream; returns the parse result and the error code. */
 static int parse_all(bool server, uint64_t max, bool utf8, uint8_t *buf, size_t len, coll *c,
                      uint16_t *code) {
-  rly_ws_parser p;
-  rly_ws_parser_config cfg = cfg_of(server, max, utf8);
-  rly_ws_parser_init(&p, &cfg);
+  ws_parser p;
+  ws_parser_config cfg = cfg_of(server, max, utf8);
+  ws_parser_init(&p, &cfg);
   int rc = feed(&p, buf, len, 0, c);
   *code = 0;
-  const char *why = rly_ws_parser_error(&p, code);
-  if (rc == RLY_WS_EPROTO) {
+  const char *why = ws_parser_error(&p, code);
+  if (rc == WS_EPROTO) {
     assert_non_null(why);
   } else {
     assert_null(why);
@@ -187,7 +187,7 @@ static void roundtrip(uint64_t len, bool server) {
   assert_non_null(payload);
   assert_non_null(wire);
   fill_random(payload, len);
-  size_t n = put_frame(wire, true, RLY_WS_BINARY, payload, len, server ? KEY : NULL);
+  size_t n = put_frame(wire, true, WS_BINARY, payload, len, server ? KEY : NULL);
   size_t hlen = n - len;
   size_t expect = (len < 126 ? 2 : len <= 0xFFFF ? 4 : 10) + (server ? 4 : 0);
   assert_int_equal(hlen, expect);
@@ -200,7 +200,7 @@ static void roundtrip(uint64_t len, bool server) {
   assert_int_equal(c.headers, 1);
   assert_int_equal(c.ends, 1);
   assert_int_equal(c.last.len, len);
-  assert_int_equal(c.last.opcode, RLY_WS_BINARY);
+  assert_int_equal(c.last.opcode, WS_BINARY);
   assert_true(c.last.fin);
   assert_int_equal(c.plen, len);
   if (len) assert_memory_equal(c.payload, payload, len);
@@ -221,18 +221,18 @@ static void test_roundtrip_length_classes(void **state) {
 static void test_frame_header_encoding(void **state) {
   (void)state;
   uint8_t h[14];
-  assert_int_equal(rly_ws_frame_header(h, true, RLY_WS_TEXT, 5, NULL), 2);
+  assert_int_equal(ws_frame_header(h, true, WS_TEXT, 5, NULL), 2);
   assert_int_equal(h[0], 0x81);
   assert_int_equal(h[1], 0x05);
-  assert_int_equal(rly_ws_frame_header(h, false, RLY_WS_BINARY, 126, NULL), 4);
+  assert_int_equal(ws_frame_header(h, false, WS_BINARY, 126, NULL), 4);
   assert_memory_equal(h, "\x02\x7E\x00\x7E", 4);
-  assert_int_equal(rly_ws_frame_header(h, true, RLY_WS_BINARY, 65536, KEY), 14);
+  assert_int_equal(ws_frame_header(h, true, WS_BINARY, 65536, KEY), 14);
   assert_memory_equal(h, "\x82\xFF\x00\x00\x00\x00\x00\x01\x00\x00", 10);
   assert_memory_equal(h + 10, KEY, 4);
-  assert_int_equal(rly_ws_frame_header(h, true, RLY_WS_PING, 0, KEY), 6);
+  assert_int_equal(ws_frame_header(h, true, WS_PING, 0, KEY), 6);
   assert_int_equal(h[1], 0x80);
-  assert_int_equal(rly_ws_frame_header(h, true, 16, 0, NULL), 0);
-  assert_int_equal(rly_ws_frame_header(h, true, RLY_WS_BINARY, UINT64_C(1) << 63, NULL), 0);
+  assert_int_equal(ws_frame_header(h, true, 16, 0, NULL), 0);
+  assert_int_equal(ws_frame_header(h, true, WS_BINARY, UINT64_C(1) << 63, NULL), 0);
 }
 
 /* ------------------------------------------------------------------------
@@ -245,17 +245,17 @@ static size_t mixed_stream(uint8_t *out, bool masked, size_t *payload_len) {
   const uint8_t *k = masked ? KEY : NULL;
   fill_random(big, sizeof(big));
   size_t n = 0;
-  n += put_frame(out + n, false, RLY_WS_TEXT, "Hello, ", 7, k);
-  n += put_frame(out + n, true, RLY_WS_PING, "ping!", 5, k);
-  n += put_frame(out + n, false, RLY_WS_CONT, "w\xC3\xB6rld \xF0\x9F", 9, k);
-  n += put_frame(out + n, true, RLY_WS_PONG, "", 0, k);
-  n += put_frame(out + n, true, RLY_WS_CONT, "\x98\x80!", 3, k);
-  n += put_frame(out + n, true, RLY_WS_BINARY, big, sizeof(big), k);
-  n += put_frame(out + n, true, RLY_WS_BINARY, big, 0, k);
-  n += put_frame(out + n, true, RLY_WS_BINARY, big, 300, k);
+  n += put_frame(out + n, false, WS_TEXT, "Hello, ", 7, k);
+  n += put_frame(out + n, true, WS_PING, "ping!", 5, k);
+  n += put_frame(out + n, false, WS_CONT, "w\xC3\xB6rld \xF0\x9F", 9, k);
+  n += put_frame(out + n, true, WS_PONG, "", 0, k);
+  n += put_frame(out + n, true, WS_CONT, "\x98\x80!", 3, k);
+  n += put_frame(out + n, true, WS_BINARY, big, sizeof(big), k);
+  n += put_frame(out + n, true, WS_BINARY, big, 0, k);
+  n += put_frame(out + n, true, WS_BINARY, big, 300, k);
   uint8_t close[125];
-  size_t cl = rly_ws_close_payload(close, 1000, "bye");
-  n += put_frame(out + n, true, RLY_WS_CLOSE, close, cl, k);
+  size_t cl = ws_close_payload(close, 1000, "bye");
+  n += put_frame(out + n, true, WS_CLOSE, close, cl, k);
   *payload_len = 7 + 9 + 3 + sizeof(big) + 300;
   return n;
 }
@@ -271,19 +271,19 @@ static void test_bytewise_equals_bulk(void **state) {
     for (size_t s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
       for (int pause = 0; pause < 2; pause++) {
         memcpy(copy, stream, n);
-        rly_ws_parser p;
-        rly_ws_parser_config cfg = cfg_of(masked, 0, true);
-        rly_ws_parser_init(&p, &cfg);
+        ws_parser p;
+        ws_parser_config cfg = cfg_of(masked, 0, true);
+        ws_parser_init(&p, &cfg);
         coll c;
         coll_init(&c);
         c.pause = pause;
         assert_int_equal(feed(&p, copy, n, steps[s], &c), 0);
-        assert_null(rly_ws_parser_error(&p, NULL));
+        assert_null(ws_parser_error(&p, NULL));
         assert_int_equal(c.headers, 6);
         assert_int_equal(c.ends, 6);
         assert_int_equal(c.controls, 3);
         assert_int_equal(c.plen, plen);
-        assert_int_equal(c.ctrl_op, RLY_WS_CLOSE);
+        assert_int_equal(c.ctrl_op, WS_CLOSE);
         assert_int_equal(c.ctrl_len, 5);
         assert_memory_equal(c.ctrl,
                             "\x03\xE8"
@@ -306,48 +306,48 @@ static void test_bytewise_equals_bulk(void **state) {
 static void test_pause_resume_consumed(void **state) {
   (void)state;
   uint8_t buf[64];
-  size_t n = put_frame(buf, true, RLY_WS_BINARY, "0123456789", 10, KEY);
-  n += put_frame(buf + n, true, RLY_WS_BINARY, "", 0, KEY);
-  n += put_frame(buf + n, true, RLY_WS_PING, "ab", 2, KEY);
+  size_t n = put_frame(buf, true, WS_BINARY, "0123456789", 10, KEY);
+  n += put_frame(buf + n, true, WS_BINARY, "", 0, KEY);
+  n += put_frame(buf + n, true, WS_PING, "ab", 2, KEY);
   assert_int_equal(n, 16 + 6 + 8);
 
-  rly_ws_parser p;
-  rly_ws_parser_config cfg = cfg_of(true, 0, false);
-  rly_ws_parser_init(&p, &cfg);
+  ws_parser p;
+  ws_parser_config cfg = cfg_of(true, 0, false);
+  ws_parser_init(&p, &cfg);
   coll c;
   coll_init(&c);
   c.pause = true;
   size_t used, off = 0;
   /* header of frame 1 */
-  assert_int_equal(rly_ws_parse(&p, buf, n, &CBS, &c, &used), 1);
+  assert_int_equal(ws_parse(&p, buf, n, &CBS, &c, &used), 1);
   assert_int_equal(used, 6);
-  assert_true(rly_ws_parser_in_frame(&p));
+  assert_true(ws_parser_in_frame(&p));
   off += used;
   /* its payload, unmasked in place */
-  assert_int_equal(rly_ws_parse(&p, buf + off, n - off, &CBS, &c, &used), 1);
+  assert_int_equal(ws_parse(&p, buf + off, n - off, &CBS, &c, &used), 1);
   assert_int_equal(used, 10);
   assert_memory_equal(buf + off, "0123456789", 10);
   off += used;
   /* its end, needing no input */
-  assert_int_equal(rly_ws_parse(&p, NULL, 0, &CBS, &c, &used), 1);
+  assert_int_equal(ws_parse(&p, NULL, 0, &CBS, &c, &used), 1);
   assert_int_equal(used, 0);
   assert_int_equal(c.ends, 1);
-  assert_false(rly_ws_parser_in_frame(&p));
-  assert_int_equal(rly_ws_parse(&p, NULL, 0, &CBS, &c, &used), 0);
+  assert_false(ws_parser_in_frame(&p));
+  assert_int_equal(ws_parse(&p, NULL, 0, &CBS, &c, &used), 0);
   assert_int_equal(used, 0);
   /* empty frame: header, then its end from zero bytes of input */
-  assert_int_equal(rly_ws_parse(&p, buf + off, n - off, &CBS, &c, &used), 1);
+  assert_int_equal(ws_parse(&p, buf + off, n - off, &CBS, &c, &used), 1);
   assert_int_equal(used, 6);
   off += used;
   assert_int_equal(c.headers, 2);
-  assert_int_equal(rly_ws_parse(&p, buf + off, 0, &CBS, &c, &used), 1);
+  assert_int_equal(ws_parse(&p, buf + off, 0, &CBS, &c, &used), 1);
   assert_int_equal(used, 0);
   assert_int_equal(c.ends, 2);
   /* ping split 3 + 5: nothing to report after 3 bytes */
-  assert_int_equal(rly_ws_parse(&p, buf + off, 3, &CBS, &c, &used), 0);
+  assert_int_equal(ws_parse(&p, buf + off, 3, &CBS, &c, &used), 0);
   assert_int_equal(used, 3);
   off += used;
-  assert_int_equal(rly_ws_parse(&p, buf + off, n - off, &CBS, &c, &used), 1);
+  assert_int_equal(ws_parse(&p, buf + off, n - off, &CBS, &c, &used), 1);
   assert_int_equal(used, 5);
   assert_int_equal(c.controls, 1);
   assert_int_equal(c.ctrl_len, 2);
@@ -367,15 +367,15 @@ static int abort_on_payload(void *ud, uint8_t *data, size_t len) {
 static void test_callback_abort_value(void **state) {
   (void)state;
   uint8_t buf[32];
-  size_t n = put_frame(buf, true, RLY_WS_TEXT, "abc", 3, NULL);
-  rly_ws_parser p;
-  rly_ws_parser_config cfg = cfg_of(false, 0, true);
-  rly_ws_parser_init(&p, &cfg);
-  rly_ws_parser_cbs cbs = {.on_frame_payload = abort_on_payload};
+  size_t n = put_frame(buf, true, WS_TEXT, "abc", 3, NULL);
+  ws_parser p;
+  ws_parser_config cfg = cfg_of(false, 0, true);
+  ws_parser_init(&p, &cfg);
+  ws_parser_cbs cbs = {.on_frame_payload = abort_on_payload};
   size_t used;
-  assert_int_equal(rly_ws_parse(&p, buf, n, &cbs, NULL, &used), -42);
+  assert_int_equal(ws_parse(&p, buf, n, &cbs, NULL, &used), -42);
   assert_int_equal(used, n);
-  assert_null(rly_ws_parser_error(&p, NULL));
+  assert_null(ws_parser_error(&p, NULL));
 }
 
 /* ------------------------------------------------------------------------
@@ -455,7 +455,7 @@ static void test_protocol_errors(void **state) {
     coll_init(&c);
     uint16_t code = 0;
     int rc = parse_all(e->server, e->max, true, buf, e->len, &c, &code);
-    if (rc != RLY_WS_EPROTO || code != e->code)
+    if (rc != WS_EPROTO || code != e->code)
       fail_msg("case '%s': rc %d code %u, want code %u", e->name, rc, code, e->code);
     coll_free(&c);
   }
@@ -467,7 +467,7 @@ static void test_protocol_errors(void **state) {
       coll c;
       coll_init(&c);
       uint16_t code = 0;
-      assert_int_equal(parse_all(server, 0, true, buf, server ? 6 : 2, &c, &code), RLY_WS_EPROTO);
+      assert_int_equal(parse_all(server, 0, true, buf, server ? 6 : 2, &c, &code), WS_EPROTO);
       assert_int_equal(code, 1002);
       coll_free(&c);
     }
@@ -477,21 +477,21 @@ static void test_protocol_errors(void **state) {
 static void test_errors_are_sticky(void **state) {
   (void)state;
   uint8_t buf[8] = {0xC2, 0x00, 0x82, 0x00};
-  rly_ws_parser p;
-  rly_ws_parser_config cfg = cfg_of(false, 0, true);
-  rly_ws_parser_init(&p, &cfg);
+  ws_parser p;
+  ws_parser_config cfg = cfg_of(false, 0, true);
+  ws_parser_init(&p, &cfg);
   coll c;
   coll_init(&c);
   size_t used = 99;
-  assert_int_equal(rly_ws_parse(&p, buf, 4, &CBS, &c, &used), RLY_WS_EPROTO);
+  assert_int_equal(ws_parse(&p, buf, 4, &CBS, &c, &used), WS_EPROTO);
   assert_int_equal(used, 2);
   uint16_t code = 0;
-  const char *why = rly_ws_parser_error(&p, &code);
+  const char *why = ws_parser_error(&p, &code);
   assert_int_equal(code, 1002);
   assert_string_equal(why, "reserved bit set");
-  assert_int_equal(rly_ws_parse(&p, buf + 2, 2, &CBS, &c, &used), RLY_WS_EPROTO);
+  assert_int_equal(ws_parse(&p, buf + 2, 2, &CBS, &c, &used), WS_EPROTO);
   assert_int_equal(used, 0);
-  assert_int_equal(rly_ws_parse(&p, NULL, 0, &CBS, &c, &used), RLY_WS_EPROTO);
+  assert_int_equal(ws_parse(&p, NULL, 0, &CBS, &c, &used), WS_EPROTO);
   assert_int_equal(c.headers + c.ends + c.controls, 0);
   coll_free(&c);
 }
@@ -500,18 +500,18 @@ static void test_errors_are_sticky(void **state) {
 static void test_invalid_text_not_delivered(void **state) {
   (void)state;
   uint8_t buf[32];
-  size_t n = put_frame(buf, true, RLY_WS_TEXT, "ok\xFF!", 4, KEY);
-  rly_ws_parser p;
-  rly_ws_parser_config cfg = cfg_of(true, 0, true);
-  rly_ws_parser_init(&p, &cfg);
+  size_t n = put_frame(buf, true, WS_TEXT, "ok\xFF!", 4, KEY);
+  ws_parser p;
+  ws_parser_config cfg = cfg_of(true, 0, true);
+  ws_parser_init(&p, &cfg);
   coll c;
   coll_init(&c);
   size_t used;
-  assert_int_equal(rly_ws_parse(&p, buf, n, &CBS, &c, &used), RLY_WS_EPROTO);
+  assert_int_equal(ws_parse(&p, buf, n, &CBS, &c, &used), WS_EPROTO);
   assert_int_equal(c.headers, 1);
   assert_int_equal(c.plen, 0);
   uint16_t code;
-  assert_non_null(rly_ws_parser_error(&p, &code));
+  assert_non_null(ws_parser_error(&p, &code));
   assert_int_equal(code, 1007);
   coll_free(&c);
 }
@@ -533,18 +533,17 @@ static void test_unfinished_text_not_delivered(void **state) {
     for (size_t step = 0; step < 2; step++) {
       uint8_t buf[64];
       size_t n = 0, first_len = cases[i].first ? strlen(cases[i].first) : 0;
-      if (cases[i].first) n = put_frame(buf, false, RLY_WS_TEXT, cases[i].first, first_len, KEY);
-      n += put_frame(buf + n, true, cases[i].first ? RLY_WS_CONT : RLY_WS_TEXT, cases[i].last,
+      if (cases[i].first) n = put_frame(buf, false, WS_TEXT, cases[i].first, first_len, KEY);
+      n += put_frame(buf + n, true, cases[i].first ? WS_CONT : WS_TEXT, cases[i].last,
                      strlen(cases[i].last), KEY);
-      rly_ws_parser p;
-      rly_ws_parser_config cfg = cfg_of(true, 0, true);
-      rly_ws_parser_init(&p, &cfg);
+      ws_parser p;
+      ws_parser_config cfg = cfg_of(true, 0, true);
+      ws_parser_init(&p, &cfg);
       coll c;
       coll_init(&c);
-      assert_int_equal(feed(&p, buf, n, step, &c), RLY_WS_EPROTO);
+      assert_int_equal(feed(&p, buf, n, step, &c), WS_EPROTO);
       uint16_t code = 0;
-      assert_string_equal(rly_ws_parser_error(&p, &code),
-                          "text message ends inside a UTF-8 sequence");
+      assert_string_equal(ws_parser_error(&p, &code), "text message ends inside a UTF-8 sequence");
       assert_int_equal(code, 1007);
       /* Byte by byte, every byte but the last one may have gone out (each
        * is valid so far and none ends the message); at once, only the
@@ -563,33 +562,33 @@ static void test_utf8_policy(void **state) {
   coll c;
   uint16_t code;
   /* Binary is never validated. */
-  size_t n = put_frame(buf, true, RLY_WS_BINARY, "\xFF\xFE", 2, NULL);
+  size_t n = put_frame(buf, true, WS_BINARY, "\xFF\xFE", 2, NULL);
   coll_init(&c);
   assert_int_equal(parse_all(false, 0, true, buf, n, &c, &code), 0);
   coll_free(&c);
   /* Text is not validated when validate_utf8 is off... */
-  n = put_frame(buf, true, RLY_WS_TEXT, "\xFF\xE2", 2, NULL);
+  n = put_frame(buf, true, WS_TEXT, "\xFF\xE2", 2, NULL);
   coll_init(&c);
   assert_int_equal(parse_all(false, 0, false, buf, n, &c, &code), 0);
   assert_int_equal(c.plen, 2);
   coll_free(&c);
   /* ...but a close reason always is. */
-  n = put_frame(buf, true, RLY_WS_CLOSE, "\x03\xE8\xFF", 3, NULL);
+  n = put_frame(buf, true, WS_CLOSE, "\x03\xE8\xFF", 3, NULL);
   coll_init(&c);
-  assert_int_equal(parse_all(false, 0, false, buf, n, &c, &code), RLY_WS_EPROTO);
+  assert_int_equal(parse_all(false, 0, false, buf, n, &c, &code), WS_EPROTO);
   assert_int_equal(code, 1007);
   coll_free(&c);
   /* A character split over three frames, with a ping in between. */
-  n = put_frame(buf, false, RLY_WS_TEXT, "\xF0", 1, KEY);
-  n += put_frame(buf + n, false, RLY_WS_CONT, "\x9F\x98", 2, KEY);
-  n += put_frame(buf + n, true, RLY_WS_PING, "", 0, KEY);
-  n += put_frame(buf + n, true, RLY_WS_CONT, "\x80", 1, KEY);
+  n = put_frame(buf, false, WS_TEXT, "\xF0", 1, KEY);
+  n += put_frame(buf + n, false, WS_CONT, "\x9F\x98", 2, KEY);
+  n += put_frame(buf + n, true, WS_PING, "", 0, KEY);
+  n += put_frame(buf + n, true, WS_CONT, "\x80", 1, KEY);
   coll_init(&c);
   assert_int_equal(parse_all(true, 0, true, buf, n, &c, &code), 0);
   assert_int_equal(c.plen, 4);
   assert_memory_equal(c.payload, "\xF0\x9F\x98\x80", 4);
-  assert_int_equal(c.last.opcode, RLY_WS_CONT);
-  assert_int_equal(c.last.msg_opcode, RLY_WS_TEXT);
+  assert_int_equal(c.last.opcode, WS_CONT);
+  assert_int_equal(c.last.msg_opcode, WS_TEXT);
   coll_free(&c);
 }
 
@@ -601,11 +600,11 @@ static void test_max_message(void **state) {
   /* Exactly at the limit, over three frames with a big ping between. */
   uint8_t ping[125];
   memset(ping, 'p', sizeof(ping));
-  size_t n = put_frame(buf, false, RLY_WS_BINARY, "abcd", 4, NULL);
-  n += put_frame(buf + n, true, RLY_WS_PING, ping, sizeof(ping), NULL);
-  n += put_frame(buf + n, false, RLY_WS_CONT, "efgh", 4, NULL);
-  n += put_frame(buf + n, true, RLY_WS_CONT, "ij", 2, NULL);
-  n += put_frame(buf + n, true, RLY_WS_TEXT, "0123456789", 10, NULL);
+  size_t n = put_frame(buf, false, WS_BINARY, "abcd", 4, NULL);
+  n += put_frame(buf + n, true, WS_PING, ping, sizeof(ping), NULL);
+  n += put_frame(buf + n, false, WS_CONT, "efgh", 4, NULL);
+  n += put_frame(buf + n, true, WS_CONT, "ij", 2, NULL);
+  n += put_frame(buf + n, true, WS_TEXT, "0123456789", 10, NULL);
   coll_init(&c);
   assert_int_equal(parse_all(false, 10, true, buf, n, &c, &code), 0);
   assert_int_equal(c.plen, 20);
@@ -613,18 +612,18 @@ static void test_max_message(void **state) {
   coll_free(&c);
   /* One byte over, in the last fragment: refused at its header, before
    * its header or payload is delivered. */
-  n = put_frame(buf, false, RLY_WS_BINARY, "abcd", 4, NULL);
-  n += put_frame(buf + n, true, RLY_WS_CONT, "efghijk", 7, NULL);
+  n = put_frame(buf, false, WS_BINARY, "abcd", 4, NULL);
+  n += put_frame(buf + n, true, WS_CONT, "efghijk", 7, NULL);
   coll_init(&c);
-  assert_int_equal(parse_all(false, 10, true, buf, n, &c, &code), RLY_WS_EPROTO);
+  assert_int_equal(parse_all(false, 10, true, buf, n, &c, &code), WS_EPROTO);
   assert_int_equal(code, 1009);
   assert_int_equal(c.headers, 1);
   assert_int_equal(c.plen, 4);
   coll_free(&c);
   /* A header alone suffices: no payload needs to arrive. */
-  n = rly_ws_frame_header(buf, true, RLY_WS_BINARY, UINT64_C(1) << 40, KEY);
+  n = ws_frame_header(buf, true, WS_BINARY, UINT64_C(1) << 40, KEY);
   coll_init(&c);
-  assert_int_equal(parse_all(true, 1u << 20, true, buf, n, &c, &code), RLY_WS_EPROTO);
+  assert_int_equal(parse_all(true, 1u << 20, true, buf, n, &c, &code), WS_EPROTO);
   assert_int_equal(code, 1009);
   assert_int_equal(c.headers, 0);
   coll_free(&c);
@@ -636,14 +635,14 @@ static void test_close_frames(void **state) {
                                    1011, 1012, 1013, 1014, 3000, 4000, 4999};
   for (size_t i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
     uint8_t pl[125], buf[140];
-    size_t pn = rly_ws_close_payload(pl, valid[i], "r\xC3\xA9sum\xC3\xA9");
-    size_t n = put_frame(buf, true, RLY_WS_CLOSE, pl, pn, KEY);
+    size_t pn = ws_close_payload(pl, valid[i], "r\xC3\xA9sum\xC3\xA9");
+    size_t n = put_frame(buf, true, WS_CLOSE, pl, pn, KEY);
     coll c;
     coll_init(&c);
     uint16_t code;
     assert_int_equal(parse_all(true, 0, false, buf, n, &c, &code), 0);
     assert_int_equal(c.controls, 1);
-    assert_int_equal(c.ctrl_op, RLY_WS_CLOSE);
+    assert_int_equal(c.ctrl_op, WS_CLOSE);
     assert_int_equal(c.ctrl_len, 2 + 8);
     assert_int_equal((c.ctrl[0] << 8) | c.ctrl[1], valid[i]);
     assert_memory_equal(c.ctrl + 2, "r\xC3\xA9sum\xC3\xA9", 8);
@@ -663,10 +662,10 @@ static void test_close_frames(void **state) {
 static void test_close_payload_encoding(void **state) {
   (void)state;
   uint8_t out[125];
-  assert_int_equal(rly_ws_close_payload(out, 0, "ignored"), 0);
-  assert_int_equal(rly_ws_close_payload(out, 1001, NULL), 2);
+  assert_int_equal(ws_close_payload(out, 0, "ignored"), 0);
+  assert_int_equal(ws_close_payload(out, 1001, NULL), 2);
   assert_memory_equal(out, "\x03\xE9", 2);
-  assert_int_equal(rly_ws_close_payload(out, 4000, "why"), 5);
+  assert_int_equal(ws_close_payload(out, 4000, "why"), 5);
   assert_memory_equal(out,
                       "\x0F\xA0"
                       "why",
@@ -676,18 +675,18 @@ static void test_close_payload_encoding(void **state) {
   char reason[200];
   memset(reason, 'a', 122);
   strcpy(reason + 122, "\xE2\x82\xAC tail");
-  assert_int_equal(rly_ws_close_payload(out, 1000, reason), 2 + 122);
+  assert_int_equal(ws_close_payload(out, 1000, reason), 2 + 122);
   memset(reason, 'a', 121);
   strcpy(reason + 121, "\xC3\xA9\xC3\xA9");
-  assert_int_equal(rly_ws_close_payload(out, 1000, reason), 2 + 123);
+  assert_int_equal(ws_close_payload(out, 1000, reason), 2 + 123);
   assert_memory_equal(out + 2 + 121, "\xC3\xA9", 2);
   memset(reason, 'a', 150);
   reason[150] = 0;
-  assert_int_equal(rly_ws_close_payload(out, 1000, reason), 125);
-  rly_utf8 u;
-  rly_utf8_init(&u);
-  assert_true(rly_utf8_feed(&u, out + 2, 123));
-  assert_true(rly_utf8_complete(&u));
+  assert_int_equal(ws_close_payload(out, 1000, reason), 125);
+  ws_utf8 u;
+  ws_utf8_init(&u);
+  assert_true(ws_utf8_feed(&u, out + 2, 123));
+  assert_true(ws_utf8_complete(&u));
 }
 
 /* ------------------------------------------------------------------------
@@ -740,11 +739,11 @@ static const u8vec U8[] = {
 };
 
 static bool utf8_split(const uint8_t *s, size_t n, size_t cut) {
-  rly_utf8 u;
-  rly_utf8_init(&u);
-  bool ok = rly_utf8_feed(&u, s, cut);
-  ok = rly_utf8_feed(&u, s + cut, n - cut) && ok;
-  return ok && rly_utf8_complete(&u);
+  ws_utf8 u;
+  ws_utf8_init(&u);
+  bool ok = ws_utf8_feed(&u, s, cut);
+  ok = ws_utf8_feed(&u, s + cut, n - cut) && ok;
+  return ok && ws_utf8_complete(&u);
 }
 
 static void test_utf8_vectors(void **state) {
@@ -756,30 +755,30 @@ static void test_utf8_vectors(void **state) {
       if (utf8_split(s, n, cut) != U8[i].valid)
         fail_msg("vector %zu split at %zu: want %s", i, cut, U8[i].valid ? "valid" : "invalid");
     }
-    rly_utf8 u;
-    rly_utf8_init(&u);
+    ws_utf8 u;
+    ws_utf8_init(&u);
     bool ok = true;
     for (size_t k = 0; k < n; k++)
-      ok = rly_utf8_feed(&u, s + k, 1) && ok;
-    assert_int_equal(ok && rly_utf8_complete(&u), U8[i].valid);
+      ok = ws_utf8_feed(&u, s + k, 1) && ok;
+    assert_int_equal(ok && ws_utf8_complete(&u), U8[i].valid);
   }
   /* The brief's explicit splits of a 4-byte sequence. */
   const uint8_t *smile = (const uint8_t *)"\xF0\x9F\x98\x80";
   for (size_t cut = 1; cut <= 3; cut++) {
-    rly_utf8 u;
-    rly_utf8_init(&u);
-    assert_true(rly_utf8_feed(&u, smile, cut));
-    assert_false(rly_utf8_complete(&u));
-    assert_true(rly_utf8_feed(&u, smile + cut, 4 - cut));
-    assert_true(rly_utf8_complete(&u));
+    ws_utf8 u;
+    ws_utf8_init(&u);
+    assert_true(ws_utf8_feed(&u, smile, cut));
+    assert_false(ws_utf8_complete(&u));
+    assert_true(ws_utf8_feed(&u, smile + cut, 4 - cut));
+    assert_true(ws_utf8_complete(&u));
   }
   /* Rejection is sticky, also for later valid input and empty feeds. */
-  rly_utf8 u;
-  rly_utf8_init(&u);
-  assert_false(rly_utf8_feed(&u, (const uint8_t *)"\xFF", 1));
-  assert_false(rly_utf8_feed(&u, (const uint8_t *)"abc", 3));
-  assert_false(rly_utf8_feed(&u, NULL, 0));
-  assert_false(rly_utf8_complete(&u));
+  ws_utf8 u;
+  ws_utf8_init(&u);
+  assert_false(ws_utf8_feed(&u, (const uint8_t *)"\xFF", 1));
+  assert_false(ws_utf8_feed(&u, (const uint8_t *)"abc", 3));
+  assert_false(ws_utf8_feed(&u, NULL, 0));
+  assert_false(ws_utf8_complete(&u));
 }
 
 /* The ASCII word path must notice a bad or multi-byte character wherever it
@@ -822,7 +821,7 @@ static void test_mask_matches_bytewise(void **state) {
         memcpy(ref, base, sizeof(base));
         for (size_t i = 0; i < len; i++)
           ref[align + i] ^= key[(phase + i) % 4];
-        rly_ws_mask(fast + align, len, key, phase);
+        ws_mask(fast + align, len, key, phase);
         assert_memory_equal(fast, ref, sizeof(base));
       }
     }
@@ -830,16 +829,16 @@ static void test_mask_matches_bytewise(void **state) {
   /* Masking in pieces with a running phase equals masking at once. */
   memcpy(fast, base, MAXLEN);
   memcpy(ref, base, MAXLEN);
-  rly_ws_mask(ref, MAXLEN, key, 0);
+  ws_mask(ref, MAXLEN, key, 0);
   size_t off = 0;
   while (off < MAXLEN) {
     size_t n = 1 + rng() % 37;
     if (n > MAXLEN - off) n = MAXLEN - off;
-    rly_ws_mask(fast + off, n, key, off);
+    ws_mask(fast + off, n, key, off);
     off += n;
   }
   assert_memory_equal(fast, ref, MAXLEN);
-  rly_ws_mask(NULL, 0, key, 3);
+  ws_mask(NULL, 0, key, 3);
 }
 
 /* ------------------------------------------------------------------------
@@ -847,8 +846,8 @@ static void test_mask_matches_bytewise(void **state) {
  * ---------------------------------------------------------------------- */
 static void test_accept_key(void **state) {
   (void)state;
-  char out[RLY_WS_ACCEPT_LEN + 1];
-  assert_int_equal(rly_ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", out), 0);
+  char out[WS_ACCEPT_LEN + 1];
+  assert_int_equal(ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", out), 0);
   assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
   static const char *bad[] = {
       "",
@@ -863,8 +862,8 @@ static void test_accept_key(void **state) {
       "========================",
   };
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-    assert_int_equal(rly_ws_accept_key(bad[i], out), -EINVAL);
-  assert_int_equal(rly_ws_accept_key(NULL, out), -EINVAL);
+    assert_int_equal(ws_accept_key(bad[i], out), -EINVAL);
+  assert_int_equal(ws_accept_key(NULL, out), -EINVAL);
 }
 
 int main(void) {

@@ -1,5 +1,5 @@
 /*
- * ws.c — the WebSocket codec (see ws.h): a streaming frame parser, masking,
+ * codec.c — the WebSocket codec (see websocket.h): a streaming frame parser, masking,
  * UTF-8 validation, encoders and the handshake accept key.
  *
  * The parser is a three-state machine (header, data payload, control
@@ -10,7 +10,7 @@
  * advances the state *before* calling back, so a callback that pauses
  * leaves the parser ready to resume after the event it just saw.
  */
-#include "relay/ws.h"
+#include "websocket/websocket.h"
 
 #include <string.h>
 
@@ -78,9 +78,9 @@ static inline uint32_t utf8_step(uint32_t st, uint8_t b) {
   return (uint32_t)(utf8_row[utf8_class[b]] >> st) & 63;
 }
 
-void rly_utf8_init(rly_utf8 *u) { u->state = U_ACCEPT; }
+void ws_utf8_init(ws_utf8 *u) { u->state = U_ACCEPT; }
 
-bool rly_utf8_complete(const rly_utf8 *u) { return u->state == U_ACCEPT; }
+bool ws_utf8_complete(const ws_utf8 *u) { return u->state == U_ACCEPT; }
 
 /* Index of the first 16-byte block at or after i holding a non-ASCII
  * byte, or of the last partial block. */
@@ -94,7 +94,7 @@ static size_t skip_ascii(const uint8_t *s, size_t i, size_t n) {
   return i;
 }
 
-bool rly_utf8_feed(rly_utf8 *u, const uint8_t *s, size_t n) {
+bool ws_utf8_feed(ws_utf8 *u, const uint8_t *s, size_t n) {
   uint32_t st = u->state;
   size_t i = 0;
   /* 16-byte blocks: skipped whole while ASCII at a character boundary,
@@ -122,7 +122,7 @@ bool rly_utf8_feed(rly_utf8 *u, const uint8_t *s, size_t n) {
  * keeps loads and stores free of alignment and aliasing UB while the
  * compiler still emits plain (or vector) moves.
  * ---------------------------------------------------------------------- */
-void rly_ws_mask(uint8_t *data, size_t len, const uint8_t key[4], size_t phase) {
+void ws_mask(uint8_t *data, size_t len, const uint8_t key[4], size_t phase) {
   size_t i = 0;
   /* Byte steps up to an 8-byte boundary: aligned stores are cheaper. */
   while (i < len && ((uintptr_t)(data + i) & 7) != 0) {
@@ -160,13 +160,13 @@ void rly_ws_mask(uint8_t *data, size_t len, const uint8_t key[4], size_t phase) 
  * ---------------------------------------------------------------------- */
 enum { ST_HEADER, ST_DATA, ST_CONTROL, ST_ERROR };
 
-static const rly_ws_parser_cbs no_cbs;
+static const ws_parser_cbs no_cbs;
 
-static int fail(rly_ws_parser *p, uint16_t code, const char *reason) {
+static int fail(ws_parser *p, uint16_t code, const char *reason) {
   p->state = ST_ERROR;
   p->err_code = code;
   p->err_reason = reason;
-  return RLY_WS_EPROTO;
+  return WS_EPROTO;
 }
 
 static uint64_t load_be(const uint8_t *b, size_t n) {
@@ -176,30 +176,30 @@ static uint64_t load_be(const uint8_t *b, size_t n) {
   return v;
 }
 
-void rly_ws_parser_init(rly_ws_parser *p, const rly_ws_parser_config *cfg) {
+void ws_parser_init(ws_parser *p, const ws_parser_config *cfg) {
   memset(p, 0, sizeof(*p));
   p->cfg = *cfg;
   p->state = ST_HEADER;
   p->hdr_need = 2;
 }
 
-const char *rly_ws_parser_error(const rly_ws_parser *p, uint16_t *code) {
+const char *ws_parser_error(const ws_parser *p, uint16_t *code) {
   if (p->state != ST_ERROR) return NULL;
   if (code) *code = p->err_code;
   return p->err_reason;
 }
 
-bool rly_ws_parser_in_frame(const rly_ws_parser *p) { return p->state == ST_DATA; }
+bool ws_parser_in_frame(const ws_parser *p) { return p->state == ST_DATA; }
 
-bool rly_ws_close_code_valid(uint16_t c) {
+bool ws_close_code_valid(uint16_t c) {
   return (c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999);
 }
 
-static bool opcode_known(uint8_t op) { return op <= RLY_WS_BINARY || (op >= 8 && op <= 10); }
+static bool opcode_known(uint8_t op) { return op <= WS_BINARY || (op >= 8 && op <= 10); }
 
 /* Checks what the first two header bytes alone decide (RFC 6455 §5.2,
  * §5.4, §5.5), failing as early as possible, and sizes the full header. */
-static int check_base(rly_ws_parser *p) {
+static int check_base(ws_parser *p) {
   uint8_t b0 = p->hdr[0], b1 = p->hdr[1];
   uint8_t op = b0 & 0x0F, len7 = b1 & 0x7F;
   bool fin = (b0 & 0x80) != 0, masked = (b1 & 0x80) != 0;
@@ -209,10 +209,10 @@ static int check_base(rly_ws_parser *p) {
     return fail(p, 1002, p->cfg.server ? "unmasked client frame" : "masked server frame");
   if (op >= 8) {
     if (!fin) return fail(p, 1002, "fragmented control frame");
-    if (len7 > RLY_WS_MAX_CONTROL) return fail(p, 1002, "control frame too long");
-  } else if (op == RLY_WS_CONT && !p->in_message) {
+    if (len7 > WS_MAX_CONTROL) return fail(p, 1002, "control frame too long");
+  } else if (op == WS_CONT && !p->in_message) {
     return fail(p, 1002, "continuation without a message");
-  } else if (op != RLY_WS_CONT && p->in_message) {
+  } else if (op != WS_CONT && p->in_message) {
     return fail(p, 1002, "new message inside a fragmented one");
   }
   p->hdr_need = (uint8_t)(2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + (masked ? 4 : 0));
@@ -221,14 +221,14 @@ static int check_base(rly_ws_parser *p) {
 
 /* A data frame's header is complete: enforce max_message, open or extend
  * the message, and announce the frame. */
-static int start_data(rly_ws_parser *p, uint8_t op, bool fin, uint64_t len,
-                      const rly_ws_parser_cbs *cbs, void *ud) {
-  uint64_t so_far = op == RLY_WS_CONT ? p->msg_len : 0;
+static int start_data(ws_parser *p, uint8_t op, bool fin, uint64_t len, const ws_parser_cbs *cbs,
+                      void *ud) {
+  uint64_t so_far = op == WS_CONT ? p->msg_len : 0;
   if (p->cfg.max_message && len > p->cfg.max_message - so_far)
     return fail(p, 1009, "message too big");
-  if (op != RLY_WS_CONT) {
+  if (op != WS_CONT) {
     p->frame.msg_opcode = op;
-    rly_utf8_init(&p->utf8);
+    ws_utf8_init(&p->utf8);
   }
   p->msg_len = so_far + len;
   p->in_message = true;
@@ -240,7 +240,7 @@ static int start_data(rly_ws_parser *p, uint8_t op, bool fin, uint64_t len,
   return cbs->on_frame_header ? cbs->on_frame_header(ud, &p->frame) : 0;
 }
 
-static int finish_header(rly_ws_parser *p, const rly_ws_parser_cbs *cbs, void *ud) {
+static int finish_header(ws_parser *p, const ws_parser_cbs *cbs, void *ud) {
   const uint8_t *h = p->hdr;
   uint8_t op = h[0] & 0x0F;
   bool fin = (h[0] & 0x80) != 0;
@@ -268,8 +268,8 @@ static int finish_header(rly_ws_parser *p, const rly_ws_parser_cbs *cbs, void *u
   return start_data(p, op, fin, len, cbs, ud);
 }
 
-static int step_header(rly_ws_parser *p, const uint8_t *in, size_t avail, size_t *used,
-                       const rly_ws_parser_cbs *cbs, void *ud) {
+static int step_header(ws_parser *p, const uint8_t *in, size_t avail, size_t *used,
+                       const ws_parser_cbs *cbs, void *ud) {
   size_t n = p->hdr_need - p->hdr_len;
   if (n > avail) n = avail;
   memcpy(p->hdr + p->hdr_len, in, n);
@@ -288,22 +288,22 @@ static int step_header(rly_ws_parser *p, const uint8_t *in, size_t avail, size_t
 /* Closes the current data frame (and the message, on a final frame).  A
  * non-empty final frame was checked with its last chunk (step_data); an
  * empty one is checked here, before its end is reported. */
-static int end_data(rly_ws_parser *p, const rly_ws_parser_cbs *cbs, void *ud) {
+static int end_data(ws_parser *p, const ws_parser_cbs *cbs, void *ud) {
   p->state = ST_HEADER;
   if (p->frame.fin) {
     p->in_message = false;
-    if (p->cfg.validate_utf8 && p->frame.msg_opcode == RLY_WS_TEXT && !rly_utf8_complete(&p->utf8))
+    if (p->cfg.validate_utf8 && p->frame.msg_opcode == WS_TEXT && !ws_utf8_complete(&p->utf8))
       return fail(p, 1007, UNFINISHED_TEXT);
   }
   return cbs->on_frame_end ? cbs->on_frame_end(ud) : 0;
 }
 
-static int step_data(rly_ws_parser *p, uint8_t *in, size_t avail, size_t *used,
-                     const rly_ws_parser_cbs *cbs, void *ud) {
+static int step_data(ws_parser *p, uint8_t *in, size_t avail, size_t *used,
+                     const ws_parser_cbs *cbs, void *ud) {
   if (p->remaining == 0) return end_data(p, cbs, ud);
   size_t n = p->remaining < avail ? (size_t)p->remaining : avail;
   if (p->cfg.server) {
-    rly_ws_mask(in, n, p->key, p->phase);
+    ws_mask(in, n, p->key, p->phase);
     p->phase = (uint8_t)((p->phase + n) & 3);
   }
   p->remaining -= n;
@@ -313,28 +313,28 @@ static int step_data(rly_ws_parser *p, uint8_t *in, size_t avail, size_t *used,
    * message inside a character: a cut-through forwarder sends it on at
    * once with FIN, so waiting for end_data would let a complete invalid
    * message through before the 1007. */
-  if (p->cfg.validate_utf8 && p->frame.msg_opcode == RLY_WS_TEXT) {
-    if (!rly_utf8_feed(&p->utf8, in, n)) return fail(p, 1007, "invalid UTF-8 in text message");
-    if (p->remaining == 0 && p->frame.fin && !rly_utf8_complete(&p->utf8))
+  if (p->cfg.validate_utf8 && p->frame.msg_opcode == WS_TEXT) {
+    if (!ws_utf8_feed(&p->utf8, in, n)) return fail(p, 1007, "invalid UTF-8 in text message");
+    if (p->remaining == 0 && p->frame.fin && !ws_utf8_complete(&p->utf8))
       return fail(p, 1007, UNFINISHED_TEXT);
   }
   return cbs->on_frame_payload ? cbs->on_frame_payload(ud, in, n) : 0;
 }
 
-static int check_close(rly_ws_parser *p) {
+static int check_close(ws_parser *p) {
   if (p->ctrl_len == 0) return 0;
   if (p->ctrl_len == 1) return fail(p, 1002, "close payload of one byte");
-  if (!rly_ws_close_code_valid((uint16_t)load_be(p->ctrl, 2)))
+  if (!ws_close_code_valid((uint16_t)load_be(p->ctrl, 2)))
     return fail(p, 1002, "invalid close code");
-  rly_utf8 u;
-  rly_utf8_init(&u);
-  if (!rly_utf8_feed(&u, p->ctrl + 2, p->ctrl_len - 2u) || !rly_utf8_complete(&u))
+  ws_utf8 u;
+  ws_utf8_init(&u);
+  if (!ws_utf8_feed(&u, p->ctrl + 2, p->ctrl_len - 2u) || !ws_utf8_complete(&u))
     return fail(p, 1007, "invalid UTF-8 in close reason");
   return 0;
 }
 
-static int step_control(rly_ws_parser *p, const uint8_t *in, size_t avail, size_t *used,
-                        const rly_ws_parser_cbs *cbs, void *ud) {
+static int step_control(ws_parser *p, const uint8_t *in, size_t avail, size_t *used,
+                        const ws_parser_cbs *cbs, void *ud) {
   if (p->remaining > 0) {
     size_t n = p->remaining < avail ? (size_t)p->remaining : avail;
     memcpy(p->ctrl + p->ctrl_len, in, n);
@@ -343,8 +343,8 @@ static int step_control(rly_ws_parser *p, const uint8_t *in, size_t avail, size_
     *used = n;
     if (p->remaining > 0) return 0;
   }
-  if (p->cfg.server) rly_ws_mask(p->ctrl, p->ctrl_len, p->key, 0);
-  if (p->ctrl_op == RLY_WS_CLOSE) {
+  if (p->cfg.server) ws_mask(p->ctrl, p->ctrl_len, p->key, 0);
+  if (p->ctrl_op == WS_CLOSE) {
     int rc = check_close(p);
     if (rc) return rc;
   }
@@ -354,15 +354,15 @@ static int step_control(rly_ws_parser *p, const uint8_t *in, size_t avail, size_
 
 /* Whether a step can run: with input, always; without, only to finish a
  * frame whose payload is complete (an empty frame, or after a pause). */
-static bool can_step(const rly_ws_parser *p, size_t avail) {
+static bool can_step(const ws_parser *p, size_t avail) {
   if (avail > 0) return p->state != ST_ERROR;
   return (p->state == ST_DATA || p->state == ST_CONTROL) && p->remaining == 0;
 }
 
-int rly_ws_parse(rly_ws_parser *p, uint8_t *data, size_t len, const rly_ws_parser_cbs *cbs,
-                 void *ud, size_t *consumed) {
+int ws_parse(ws_parser *p, uint8_t *data, size_t len, const ws_parser_cbs *cbs, void *ud,
+             size_t *consumed) {
   size_t off = 0;
-  int rc = p->state == ST_ERROR ? RLY_WS_EPROTO : 0;
+  int rc = p->state == ST_ERROR ? WS_EPROTO : 0;
   if (!cbs) cbs = &no_cbs;
   while (rc == 0 && can_step(p, len - off)) {
     size_t used = 0;
@@ -382,8 +382,8 @@ int rly_ws_parse(rly_ws_parser *p, uint8_t *data, size_t len, const rly_ws_parse
 /* ------------------------------------------------------------------------
  * Encoding.
  * ---------------------------------------------------------------------- */
-size_t rly_ws_frame_header(uint8_t out[RLY_WS_MAX_HEADER], bool fin, uint8_t opcode, uint64_t len,
-                           const uint8_t *mask_or_null) {
+size_t ws_frame_header(uint8_t out[WS_MAX_HEADER], bool fin, uint8_t opcode, uint64_t len,
+                       const uint8_t *mask_or_null) {
   if (opcode > 15 || (len >> 63)) return 0;
   size_t n = 2;
   out[0] = (uint8_t)((fin ? 0x80 : 0) | opcode);
@@ -408,12 +408,12 @@ size_t rly_ws_frame_header(uint8_t out[RLY_WS_MAX_HEADER], bool fin, uint8_t opc
   return n;
 }
 
-size_t rly_ws_close_payload(uint8_t out[RLY_WS_MAX_CONTROL], uint16_t code, const char *reason) {
+size_t ws_close_payload(uint8_t out[WS_MAX_CONTROL], uint16_t code, const char *reason) {
   if (code == 0) return 0;
   out[0] = (uint8_t)(code >> 8);
   out[1] = (uint8_t)code;
   size_t n = reason ? strlen(reason) : 0;
-  const size_t room = RLY_WS_MAX_CONTROL - 2;
+  const size_t room = WS_MAX_CONTROL - 2;
   if (n > room) {
     /* Cut before the character that straddles the limit: back up over
      * continuation bytes to the lead byte that starts it. */
@@ -445,7 +445,7 @@ static bool client_key_valid(const char *k) {
   return true;
 }
 
-int rly_ws_accept_key(const char *client_key, char out[RLY_WS_ACCEPT_LEN + 1]) {
+int ws_accept_key(const char *client_key, char out[WS_ACCEPT_LEN + 1]) {
   if (!client_key || !client_key_valid(client_key)) return -EINVAL;
   char buf[24 + sizeof(ws_guid)];
   memcpy(buf, client_key, 24);
@@ -455,6 +455,6 @@ int rly_ws_accept_key(const char *client_key, char out[RLY_WS_ACCEPT_LEN + 1]) {
   if (!EVP_Digest(buf, 24 + sizeof(ws_guid) - 1, md, &mdlen, EVP_sha1(), NULL) || mdlen != 20)
     return -EIO;
   /* EVP_EncodeBlock writes 28 characters and a NUL for 20 bytes. */
-  if (EVP_EncodeBlock((unsigned char *)out, md, 20) != RLY_WS_ACCEPT_LEN) return -EIO;
+  if (EVP_EncodeBlock((unsigned char *)out, md, 20) != WS_ACCEPT_LEN) return -EIO;
   return 0;
 }
