@@ -122,7 +122,7 @@ static const cm_cfg_spec g_serve_spec = {
     "Run the public relay: HTTPS and WebSocket on --listen (health /healthz, readiness /readyz,\n"
     "metrics /metrics, sessions on /relay/{id}).  With --controller-ca, controllers dial in on\n"
     "--tunnel-listen over mutual TLS; without it the reference controller runs in-process.",
-    g_serve_opts, CM_ARRAY_LEN(g_serve_opts)};
+    g_serve_opts, CM_ARRAY_LEN(g_serve_opts), NULL};
 
 /* ---- serve ------------------------------------------------------------------ */
 
@@ -242,7 +242,7 @@ static const cm_cfg_spec g_csr_spec = {
     "Enrolment, step 1: make (or reuse) this relay's tunnel key and print a certificate\n"
     "signing request (PEM) on stdout.  Diagnostics go to stderr.  Then, on the controller:\n"
     "  relay-controller sign-csr --dir CA_DIR --host RELAY_HOST < relay.csr > tunnel.crt",
-    g_csr_opts, CM_ARRAY_LEN(g_csr_opts)};
+    g_csr_opts, CM_ARRAY_LEN(g_csr_opts), NULL};
 
 static int cmd_gen_csr(int argc, char **argv) {
   csr_cfg c;
