@@ -1,6 +1,35 @@
 /*
  * client.h — the client side of relay as a library (prefix rc_): what the
- * `relay` commands create, list, get, delete and auth run on.
+ * `relay` binary's client commands are made of, on the same plumbing as
+ * the server (common/) and the same WebSocket codec (websocket/), never on
+ * the relay itself.
+ *
+ * Layers, bottom up:
+ *  - URLs (rc_url_*): http, https, ws and wss; host names, IPv4 and
+ *    bracketed IPv6 literals, ports, path and query.
+ *  - TLS (rc_tls_new): verification against the system store or a CA file
+ *    (--ca), the host name checked on every connection; no verification
+ *    only when asked (--insecure), and then with a warning on stderr.
+ *  - One HTTP/1.1 request on a fresh connection (rc_http_*), for the admin
+ *    API and the identity provider: name resolution off the loop
+ *    (uv_getaddrinfo), connect and handshake deadlines, bounded answers,
+ *    the callback exactly once, from the loop, unless cancelled.
+ *  - The WebSocket client (rc_ws_*): the upgrade with the slot token in
+ *    `Authorization: Bearer` (never in the URL), checked 101, then frames
+ *    through the sans-I/O codec in the client role (server frames
+ *    unmasked; ours masked with CSPRNG keys), messages streamed, pings
+ *    answered, client pings with a dead-peer timeout, a clean close
+ *    handshake, backpressure both ways.
+ *  - Peers (rc_peer_*): the pumps behind `relay raw`, `tcp-listen`,
+ *    `tcp-dial`, `udp-listen` and `udp-dial`.
+ *
+ * Everything runs on one libuv loop the caller owns and is not
+ * thread-safe.  Nothing blocks the loop.  Errors are negative codes plus a
+ * message in a caller buffer; nothing here exits.
+ *
+ * Secrets (bearer tokens, slot tokens, answers that carry tokens) are kept
+ * in memory that is wiped before it is freed and never reach a log line or
+ * an error message.
  */
 #ifndef RELAY_CLIENT_H
 #define RELAY_CLIENT_H
@@ -8,12 +37,121 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "common/common.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* ------------------------------------------------------------------------
+ * URLs.
+ * ---------------------------------------------------------------------- */
+#define RC_HOST_MAX 256
+#define RC_PATH_MAX 2048
+
+typedef struct rc_url {
+  bool tls;               /* https or wss */
+  bool websocket;         /* ws or wss */
+  char host[RC_HOST_MAX]; /* name or IP literal; IPv6 without brackets */
+  uint16_t port;          /* the scheme's default when the URL has none */
+  char path[RC_PATH_MAX]; /* path and query, at least "/"; no fragment */
+} rc_url;
+
+/* Parses an absolute URL: scheme http, https, ws or wss (any case), a host
+ * (IPv6 literals in brackets), an optional port, path and query.  User
+ * information ("user:pass@") is refused: credentials never travel in
+ * URLs.  Returns 0, or -EINVAL with a message that quotes no query. */
+int rc_url_parse(const char *text, rc_url *u, char *err, size_t errlen);
+
+/* The Host header for u: the host (bracketed when IPv6), then ":port"
+ * unless it is the scheme's default (RFC 9110 §7.2). */
+void rc_url_authority(const rc_url *u, char *out, size_t outlen);
+
+/* u as text, for messages: scheme://authority/path without the query (a
+ * query may carry secrets). */
+void rc_url_display(const rc_url *u, char *out, size_t outlen);
+
+/* The data-plane URL of a session: base's path (without a trailing "/")
+ * then "/relay/SESSION", and "?role=ROLE" when role is not NULL; an http
+ * or https base becomes ws or wss.  A session id must be base64url
+ * characters (1..128).  Returns 0 or -EINVAL with a message. */
+int rc_url_session(const rc_url *base, const char *session, const char *role, rc_url *out,
+                   char *err, size_t errlen);
+
+/* ------------------------------------------------------------------------
+ * TLS for clients.
+ * ---------------------------------------------------------------------- */
+typedef struct rc_tls_opts {
+  const char *ca_file; /* trust only these CAs (PEM); NULL: the system store */
+  bool insecure;       /* do not verify the server at all (warns on stderr) */
+} rc_tls_opts;
+
+/* A client context: TLS 1.2 or 1.3, ALPN http/1.1, decrypted records wiped
+ * (answers carry tokens).  The server's certificate is verified against
+ * the trust store and its name against the host dialled (every connection
+ * made by rc_http_start and rc_ws_connect sends the host as SNI and checks
+ * it, DNS name or IP address).  Free with cm_tls_ctx_free. */
+cm_tls_ctx *rc_tls_new(const rc_tls_opts *o, char *err, size_t errlen);
+
+/* ------------------------------------------------------------------------
+ * One HTTP/1.1 request and its answer, on a connection of its own.
+ *
+ * The request is `METHOD path HTTP/1.1` with Host, User-Agent, Accept:
+ * application/json, Connection: close, the bearer token (if any) as
+ * `Authorization: Bearer`, the extra headers, and the body with
+ * Content-Type and Content-Length.  It is put together in wiped memory,
+ * which is also where the answer is kept (an answer may carry tokens).
+ *
+ * cb runs exactly once, from the loop (never inside rc_http_start), with
+ * err 0 and the answer — whatever its status: the caller decides what a
+ * 4xx means — or err < 0 and a message naming what failed ("cannot
+ * resolve HOST", "cannot connect to HOST:PORT: connection refused", "TLS
+ * handshake failed: certificate verify failed: ...", "timed out waiting
+ * for the answer", "response body too large", ...).  The answer is
+ * valid during the call only.  After cb the request is freed.
+ * ---------------------------------------------------------------------- */
+typedef struct rc_http rc_http;
+
+typedef struct rc_http_request {
+  const char *method;         /* "GET", "POST", "DELETE", ... */
+  const char *url;            /* absolute http(s) URL with path and query */
+  cm_tls_ctx *tls;            /* required for https (rc_tls_new) */
+  const char *bearer;         /* token for Authorization: Bearer, or NULL;
+                                 copied into wiped memory at once */
+  const char *const *headers; /* extra "Name: value" lines, NULL-terminated,
+                               or NULL; no CR or LF inside */
+  const void *body;           /* request body, or NULL */
+  size_t body_len;
+  const char *content_type;    /* of the body; NULL: application/json */
+  size_t max_body;             /* cap on the answer's body; 0: 1 MiB */
+  uint32_t connect_timeout_ms; /* name lookup, TCP and TLS; 0: 10 s */
+  uint32_t timeout_ms;         /* the whole exchange; 0: 30 s */
+} rc_http_request;
+
+typedef struct rc_http_response {
+  int status;          /* 100..599 */
+  const uint8_t *body; /* the body (not NUL-terminated) */
+  size_t body_len;
+  const cm_http_resp *resp; /* headers: cm_http_resp_header(resp, name) */
+} rc_http_response;
+
+typedef void (*rc_http_cb)(void *ud, int err, const char *msg, const rc_http_response *res);
+
+/* Starts the request.  Returns NULL (with a message) when it cannot even
+ * start: a bad URL or method, https without tls, a header with CR/LF. */
+rc_http *rc_http_start(uv_loop_t *loop, const rc_http_request *req, rc_http_cb cb, void *ud,
+                       char *err, size_t errlen);
+
+/* Abandons the request: cb will not run.  Not from inside cb. */
+void rc_http_cancel(rc_http *h);
+
+/* The server's explanation in a JSON error body ({"error": "...",
+ * "message": "..."}): "message", else "error", cut to outlen and with
+ * control characters replaced, so it is safe to print on one line.  False
+ * (and out "") when the body holds neither. */
+bool rc_error_message(const uint8_t *body, size_t len, char *out, size_t outlen);
 
 /* ==== admin commands and sign-in (h-admin: admin.c, auth.c, creds.c, login.c, format.c) ====
  *
