@@ -18,6 +18,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "client/client.h"
 #include "common/common.h"
@@ -146,6 +147,37 @@ void rc_login_timer(rc_login *l, int64_t now_ms, rc_login_action *a);
 /* After RC_ACT_DONE: moves the credentials into *out (the caller clears
  * them with rc_creds_clear). */
 void rc_login_take(rc_login *l, rc_creds *out);
+
+/* The base of the relay's HTTP URLs from what the user gave (https://...,
+ * or the wss:// URL peers use, which names the same host), without a
+ * trailing slash; appended to b. */
+int rc_base_url(cm_buf *b, const char *url);
+/* Appends s percent-encoded as application/x-www-form-urlencoded wants it
+ * (also right for a query value). */
+int rc_form_encode(cm_buf *b, const char *s);
+
+/* ---- running it (call.c, auth.c) ---------------------------------------------------
+ *
+ * A command owns its loop and runs it until its request is answered or its
+ * wait is over; rc_http bounds every exchange with its own deadlines. */
+
+typedef struct rc_call {
+  bool done;
+  int err;       /* 0: status and body hold the answer */
+  char msg[512]; /* err != 0: what failed */
+  int status;
+  cm_buf body; /* secret */
+} rc_call;
+
+void rc_call_run(uv_loop_t *loop, const rc_http_request *req, rc_call *c);
+void rc_call_free(rc_call *c);
+void rc_sleep(uv_loop_t *loop, uint64_t ms);
+
+/* Runs a sign-in or refresh to its end: requests through tls (for every
+ * https URL), waits on the loop, prompts written to prompt.  0 and *out
+ * filled, or -1 with the one-line reason in err. */
+int rc_login_run(uv_loop_t *loop, rc_login *l, cm_tls_ctx *tls, const rc_net_opts *net,
+                 FILE *prompt, rc_creds *out, char *err, size_t errlen);
 
 /* ---- output ----------------------------------------------------------------------
  *

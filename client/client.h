@@ -22,6 +22,8 @@
  *    handshake, backpressure both ways.
  *  - Peers (rc_peer_*): the pumps behind `relay raw`, `tcp-listen`,
  *    `tcp-dial`, `udp-listen` and `udp-dial`.
+ *  - Admin commands and sign-in (rc_admin_run, rc_auth_run): `relay
+ *    create|list|get|delete` and `relay auth`, at the end of this file.
  *
  * Everything runs on one libuv loop the caller owns and is not
  * thread-safe.  Nothing blocks the loop.  Errors are negative codes plus a
@@ -185,11 +187,10 @@ int rc_output_parse(const char *s, rc_output *out);
 /* RC_OUT_AUTO becomes a table when fd is a terminal, else JSON. */
 rc_output rc_output_resolve(rc_output o, int fd);
 
-/* TLS and time limits shared by the client commands. */
+/* TLS and time limits shared by the admin commands and `relay auth`. */
 typedef struct rc_net_opts {
-  const char *ca_file; /* trust these instead of the system store */
-  bool insecure;       /* no certificate verification (warned about) */
-  uint32_t timeout_ms; /* one request: connect, TLS, answer */
+  rc_tls_opts tls;     /* for the relay and the identity provider alike */
+  uint32_t timeout_ms; /* one request: lookup, connect, TLS, answer; 0: 30 s */
 } rc_net_opts;
 
 typedef enum { RC_ADMIN_CREATE = 1, RC_ADMIN_LIST, RC_ADMIN_GET, RC_ADMIN_DELETE } rc_admin_op;

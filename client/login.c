@@ -77,7 +77,7 @@ static int append_str(cm_buf *b, const char *s) { return cm_buf_append(b, s, str
 
 /* application/x-www-form-urlencoded (RFC 6749 Appendix B): everything but
  * the unreserved characters percent-encoded. */
-static int form_encode(cm_buf *b, const char *s) {
+int rc_form_encode(cm_buf *b, const char *s) {
   static const char hex[] = "0123456789ABCDEF";
   int rc = 0;
   for (const unsigned char *p = (const unsigned char *)s; *p && rc == 0; p++) {
@@ -97,7 +97,7 @@ static int form_add(cm_buf *b, const char *k, const char *v) {
   int rc = cm_buf_size(b) ? cm_buf_append(b, "&", 1) : 0;
   if (rc == 0) rc = append_str(b, k);
   if (rc == 0) rc = cm_buf_append(b, "=", 1);
-  if (rc == 0) rc = form_encode(b, v);
+  if (rc == 0) rc = rc_form_encode(b, v);
   return rc;
 }
 
@@ -180,9 +180,9 @@ static void request(rc_login *l, rc_login_action *a, const char *method, const c
 static int basic_auth(rc_login *l) {
   cm_buf pair;
   cm_buf_init_secret(&pair, 0);
-  int rc = form_encode(&pair, l->client_id);
+  int rc = rc_form_encode(&pair, l->client_id);
   if (rc == 0) rc = cm_buf_append(&pair, ":", 1);
-  if (rc == 0) rc = form_encode(&pair, l->client_secret);
+  if (rc == 0) rc = rc_form_encode(&pair, l->client_secret);
   size_t n = cm_buf_size(&pair), enc = 4 * ((n + 2) / 3) + 1;
   cm_buf_reset(&l->auth);
   uint8_t *p = rc == 0 ? cm_buf_reserve(&l->auth, 6 + enc + 1) : NULL;
@@ -198,23 +198,25 @@ static int basic_auth(rc_login *l) {
   return rc;
 }
 
+int rc_base_url(cm_buf *b, const char *url) {
+  const char *scheme = "";
+  if (!strncmp(url, "wss://", 6)) {
+    scheme = "https://";
+    url += 6;
+  } else if (!strncmp(url, "ws://", 5)) {
+    scheme = "http://";
+    url += 5;
+  }
+  size_t n = strlen(url);
+  while (n > 0 && url[n - 1] == '/')
+    n--;
+  int rc = append_str(b, scheme);
+  return rc ? rc : cm_buf_append(b, url, n);
+}
+
 static void ask_discovery(rc_login *l, rc_login_action *a) {
   cm_buf_reset(&l->url);
-  const char *u = l->relay_url;
-  /* The relay's WebSocket URL names the same host. */
-  const char *scheme = "";
-  if (!strncmp(u, "wss://", 6)) {
-    scheme = "https://";
-    u += 6;
-  } else if (!strncmp(u, "ws://", 5)) {
-    scheme = "http://";
-    u += 5;
-  }
-  size_t n = strlen(u);
-  while (n > 0 && u[n - 1] == '/')
-    n--;
-  int rc = append_str(&l->url, scheme);
-  if (rc == 0) rc = cm_buf_append(&l->url, u, n);
+  int rc = rc_base_url(&l->url, l->relay_url);
   if (rc == 0) rc = cm_buf_append(&l->url, DISCOVERY_PATH, sizeof DISCOVERY_PATH);
   if (rc != 0) return fail(l, a, "out of memory");
   l->st = ST_DISCOVERY;

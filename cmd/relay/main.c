@@ -13,6 +13,7 @@
 #include <nghttp2/nghttp2.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "cmd/relay/admin_cmds.h"
 #include "relay/relay.h"
 
 #define EXIT_USAGE 2
@@ -275,6 +276,11 @@ static int cmd_gen_csr(int argc, char **argv) {
 static const cm_subcmd g_cmds[] = {
     {"serve", cmd_serve, "run the relay"},
     {"gen-csr", cmd_gen_csr, "make the tunnel key and print a CSR for enrolment"},
+    {"create", cmd_create, "create a session (admin API)"},
+    {"list", cmd_list, "list sessions (admin API)"},
+    {"get", cmd_get, "show a session (admin API)"},
+    {"delete", cmd_delete, "delete a session (admin API)"},
+    {"auth", cmd_auth, "sign in for the admin commands (OAuth device flow), or --logout"},
     {"version", cmd_version, "print version and library versions"},
 };
 
