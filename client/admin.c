@@ -151,7 +151,7 @@ static int call(admin_ctx *x, const char *method, const char *path_query, const 
     return RC_EXIT_FAIL;
   }
   if (c->err) {
-    cm_seterr(x->err, sizeof x->err, "%s", c->msg);
+    cm_seterr(x->err, sizeof x->err, "%s%s", c->msg, rc_call_hint(c->msg, &x->o->net));
     rc_call_free(c);
     return RC_EXIT_FAIL;
   }

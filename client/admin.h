@@ -171,6 +171,9 @@ typedef struct rc_call {
 
 void rc_call_run(uv_loop_t *loop, const rc_http_request *req, rc_call *c);
 void rc_call_free(rc_call *c);
+/* What to add to a transport failure's message: how to get past an
+ * unverifiable certificate when no --ca was given, or "". */
+const char *rc_call_hint(const char *msg, const rc_net_opts *net);
 void rc_sleep(uv_loop_t *loop, uint64_t ms);
 
 /* Runs a sign-in or refresh to its end: requests through tls (for every

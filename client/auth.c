@@ -22,11 +22,7 @@ static void transport_message(const char *url, const char *msg, const rc_net_opt
     rc_url_display(&u, shown, sizeof shown);
   else
     snprintf(shown, sizeof shown, "the request");
-  bool verify = strstr(msg, "certificate verify failed") != NULL;
-  snprintf(out, outlen, "%s: %s%s", shown, msg,
-           verify && !net->tls.ca_file ? " (if the server's CA is not in the system store, pass "
-                                         "--ca FILE)"
-                                       : "");
+  snprintf(out, outlen, "%s: %s%s", shown, msg, rc_call_hint(msg, net));
 }
 
 /* One request the machine asked for, and its answer fed back. */

@@ -42,6 +42,12 @@ void rc_call_run(uv_loop_t *loop, const rc_http_request *req, rc_call *c) {
 
 void rc_call_free(rc_call *c) { cm_buf_free(&c->body); }
 
+const char *rc_call_hint(const char *msg, const rc_net_opts *net) {
+  if (!net->tls.ca_file && strstr(msg, "certificate verify failed"))
+    return " (if the server's CA is not in the system store, pass --ca FILE)";
+  return "";
+}
+
 static void on_timer(uv_timer_t *t) { *(bool *)t->data = true; }
 
 void rc_sleep(uv_loop_t *loop, uint64_t ms) {

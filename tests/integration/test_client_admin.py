@@ -201,7 +201,8 @@ def test_unreachable_relay(cenv):
 
 def test_bad_certificate_without_ca(plain_relay, cenv):
     p = run(["create", "--admin-url", plain_relay.url("")], cenv)
-    line = assert_error(p, 1, "relay create: ", "certificate verify failed")
+    line = assert_error(p, 1, "relay create: cannot connect to 127.0.0.1:%d: TLS handshake "
+                        "failed: certificate verify failed" % plain_relay.port, "pass --ca FILE")
     # --insecure works, and says so.
     p = run(["create", "--admin-url", plain_relay.url(""), "--insecure", "--output", "env"], cenv)
     assert p.returncode == 0, p.stderr

@@ -145,6 +145,7 @@ def test_device_flow_pending_slow_down_then_approved(env, cenv):
     assert p.stdout.startswith("SWSRS_SESSION=")
     for s in secrets_of(env) + [c["access_token"], c["refresh_token"]]:
         assert s not in proc.stderr and s not in p.stderr and s not in p.stdout
+        assert s not in env.relay.stderr  # nor in the relay's log
 
 
 def test_expired_token(env, cenv):
@@ -184,7 +185,7 @@ def test_access_denied(env, cenv):
     assert not os.path.exists(creds_file(cenv))
 
 
-def test_unknown_client_and_no_auth_relay(env, cenv, certs):
+def test_refusals_named(env, cenv, certs):
     p = run(env.auth_args("--client-id", "nobody"), cenv)
     assert_error(p, 1, "relay auth: device authorization refused: HTTP 401 invalid_client: "
                  "unknown client")
@@ -195,6 +196,10 @@ def test_unknown_client_and_no_auth_relay(env, cenv, certs):
     finally:
         plain.stop()
     assert_error(run(["auth"], cenv), 2, "--relay URL is required")
+    p = run(["auth", "--relay", env.relay.url("")], cenv)  # no --ca: nobody vouches for it
+    assert_error(p, 1, "relay auth: %s/.well-known/swsrs-config: cannot connect to "
+                 "127.0.0.1:%d: TLS handshake failed: certificate verify failed"
+                 % (env.relay.url(""), env.relay.port), "pass --ca FILE")
 
 
 # ---- later commands --------------------------------------------------------------------------
