@@ -155,6 +155,117 @@ void rc_http_cancel(rc_http *h);
  * (and out "") when the body holds neither. */
 bool rc_error_message(const uint8_t *body, size_t len, char *out, size_t outlen);
 
+/* ------------------------------------------------------------------------
+ * The WebSocket client.
+ *
+ * rc_ws_connect dials, sends the upgrade (GET with a random
+ * Sec-WebSocket-Key, version 13, the token as `Authorization: Bearer`)
+ * and checks the answer: 101 with Upgrade: websocket, Connection:
+ * upgrade, the right Sec-WebSocket-Accept and no extension or subprotocol
+ * we did not offer.  Any other status is a refusal carrying it and the
+ * server's JSON "message".  Then frames flow through the codec in the
+ * client role.
+ *
+ * Receiving streams: a message arrives as pieces (on_message) as its bytes
+ * do, never assembled here; messages over max_message are refused with
+ * 1009 before any of their bytes.  Pings are answered at once.  Our own
+ * ping goes out after ping_interval_ms of silence, and a peer silent
+ * ping_timeout_ms after it is taken for dead (the connection is dropped).
+ * While reading is paused the silence is ours, not the peer's, and does
+ * not count.
+ *
+ * Sending: every frame is whole, masked with a key from the CSPRNG, so
+ * control frames (pongs, close) never wait behind a large message.
+ * Backpressure: rc_ws_send says when the write queue passed the high
+ * watermark; on_drain says when it fell back.  rc_ws_pause stops reading
+ * (it takes effect after the read being delivered, at most 64 KiB).
+ *
+ * Closing: rc_ws_close sends a close frame after everything queued and
+ * waits close_timeout_ms for the answering close, delivering messages that
+ * arrive meanwhile; a close from the peer is answered with its code.
+ * on_close reports how it ended, exactly once, and is the last callback;
+ * the connection itself is then torn down in the background.
+ * ---------------------------------------------------------------------- */
+typedef struct rc_ws rc_ws;
+
+typedef enum {
+  RC_WS_CLOSED = 1, /* a close handshake: code and reason are the peer's */
+  RC_WS_REFUSED,    /* the upgrade was answered with http_status */
+  RC_WS_FAILED,     /* no connection, a bad answer, a protocol error, a dead
+                       or vanished peer; err and reason say which */
+} rc_ws_end_kind;
+
+typedef struct rc_ws_end {
+  rc_ws_end_kind kind;
+  bool opened;      /* the upgrade had succeeded */
+  bool by_peer;     /* CLOSED: the peer closed first (else we did) */
+  uint16_t code;    /* CLOSED: the peer's close code (1005: none given);
+                       FAILED: what we sent, or 1006 for none */
+  int http_status;  /* REFUSED: 401, 404, 409, 503, ... */
+  int err;          /* FAILED: a negative code */
+  char reason[200]; /* the close reason, the server's message, or what failed */
+} rc_ws_end;
+
+typedef struct rc_ws_cbs {
+  /* The upgrade succeeded: messages may be sent. */
+  void (*on_open)(rc_ws *ws);
+  /* A piece of a message of type opcode (WS_BINARY or WS_TEXT); fin on
+   * its last piece.  Pieces have any size, an empty message is one call
+   * with len 0.  data may be modified; it is valid during the call. */
+  void (*on_message)(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin);
+  /* The write queue fell to the low watermark after passing the high. */
+  void (*on_drain)(rc_ws *ws);
+  /* How it ended; the last callback.  ws is invalid after it returns. */
+  void (*on_close)(rc_ws *ws, const rc_ws_end *end);
+} rc_ws_cbs;
+
+typedef struct rc_ws_opts {
+  const rc_url *url;             /* ws or wss */
+  cm_tls_ctx *tls;               /* required for wss */
+  const char *token;             /* Authorization: Bearer; copied into wiped memory */
+  uint64_t max_message;          /* inbound message cap; 0: 64 MiB */
+  uint32_t connect_timeout_ms;   /* name lookup, TCP, TLS; 0: 10 s */
+  uint32_t handshake_timeout_ms; /* up to the 101; 0: 30 s */
+  uint32_t ping_interval_ms;     /* silence before our ping; 0: 20 s */
+  uint32_t ping_timeout_ms;      /* silence after it that means dead; 0: 20 s */
+  uint32_t close_timeout_ms;     /* wait for the answering close; 0: 5 s */
+  size_t high_watermark;         /* write queue; 0: 256 KiB (low: a quarter) */
+  size_t max_write_queue;        /* hard cap, past it the connection fails; 0: 16 x high */
+} rc_ws_opts;
+
+#define RC_WS_DEFAULT_MAX_MESSAGE (64ull << 20)
+
+/* Starts connecting; callbacks come from the loop, never from inside this
+ * call.  NULL (with a message) only for bad options or memory. */
+rc_ws *rc_ws_connect(uv_loop_t *loop, const rc_ws_opts *o, const rc_ws_cbs *cbs, void *ud,
+                     char *err, size_t errlen);
+
+void *rc_ws_get_data(const rc_ws *ws);
+void rc_ws_set_data(rc_ws *ws, void *ud);
+
+/* Sends one frame: opcode WS_BINARY or WS_TEXT starts a message, WS_CONT
+ * continues the one begun; fin ends it.  Returns 0; 1 when the write
+ * queue is above the high watermark (stop until on_drain); CM_ECLOSED
+ * when not open or already closing; CM_EQUEUE past the hard cap (the
+ * connection then fails).  rc_ws_send_inplace does the same but masks
+ * data where it lies (it is clobbered), saving a copy. */
+int rc_ws_send(rc_ws *ws, uint8_t opcode, const void *data, size_t len, bool fin);
+int rc_ws_send_inplace(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin);
+
+/* Begins the close handshake with code (1000..4999) and a reason (NULL
+ * for none).  Idempotent; no effect before open (use rc_ws_abort). */
+void rc_ws_close(rc_ws *ws, uint16_t code, const char *reason);
+/* Drops the connection at once, in any state.  on_close is NOT called and
+ * ws is invalid after this returns. */
+void rc_ws_abort(rc_ws *ws);
+
+void rc_ws_pause(rc_ws *ws);
+void rc_ws_resume(rc_ws *ws);
+bool rc_ws_above_high(const rc_ws *ws);
+size_t rc_ws_write_queued(const rc_ws *ws);
+/* True between a successful upgrade and the start of a close. */
+bool rc_ws_is_open(const rc_ws *ws);
+
 /* ==== admin commands and sign-in (h-admin: admin.c, auth.c, creds.c, login.c, format.c) ====
  *
  * `relay create|list|get|delete` call the admin API with a bearer token
