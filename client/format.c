@@ -214,7 +214,7 @@ int rc_fmt_status(cm_buf *out, rc_output fmt, const json_t *status, char *err, s
 
 /* ---- listings ----------------------------------------------------------------------------- */
 
-#define LIST_ROW "%-24s %-10s %-10s %12s %12s  %-21s %s\n"
+#define LIST_ROW "%-22s  %-9s  %-9s  %12s  %12s  %-20s  %s\n"
 
 void rc_fmt_list_begin(cm_buf *out, rc_output fmt) {
   if (fmt == RC_OUT_JSON) {

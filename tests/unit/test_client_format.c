@@ -181,8 +181,8 @@ static void test_list(void **st) {
   free(out);
   out = list(RC_OUT_TABLE, items, 2);
   assert_true(!strncmp(out, "SESSION ", 8));
-  assert_non_null(strstr(out, ID "   half_open  initiator  "));
-  assert_non_null(strstr(out, "second_id_xxxxxxxxxxxx   pending    none       "));
+  assert_non_null(strstr(out, ID "  half_open  initiator  "));
+  assert_non_null(strstr(out, "second_id_xxxxxxxxxxxx  pending    none       "));
   free(out);
   cm_buf b;
   cm_buf_init(&b, 0);
