@@ -46,10 +46,12 @@ typedef struct admin_cfg {
 
 static const cm_cfg_opt g_create_opts[] = {
     ADMIN_COMMON_OPTS,
-    AOPT("ttl", CM_CFG_DURATION, ttl_ms, NULL, 1000, 31536000000LL,
-         "the session's lifetime (default: the relay's, 1h)", "DURATION"),
-    AOPT("peer-wait", CM_CFG_DURATION, peer_wait_ms, NULL, 1000, 86400000,
-         "how long a lone peer waits for the other (default: the relay's, 2m)", "DURATION"),
+    /* 0 (unset) is the relay's default, so the range starts there. */
+    AOPT("ttl", CM_CFG_DURATION, ttl_ms, NULL, 0, 31536000000LL,
+         "the session's lifetime, whole seconds (unset or 0: the relay's default, 1h)", "DURATION"),
+    AOPT("peer-wait", CM_CFG_DURATION, peer_wait_ms, NULL, 0, 86400000,
+         "how long a lone peer waits, whole seconds (unset or 0: the relay's default, 2m)",
+         "DURATION"),
 };
 static const cm_cfg_opt g_list_opts[] = {
     ADMIN_COMMON_OPTS,
@@ -82,6 +84,9 @@ static const cm_cfg_spec g_delete_spec = {
     "relay delete ID [--admin-url URL] [--output json|env|table]",
     "Delete a session; its live peers are closed with 1001.\n" CREDENTIALS_NOTE, g_id_opts,
     CM_ARRAY_LEN(g_id_opts), ENV_PREFIX};
+
+/* The relay counts whole seconds: a part of one is one. */
+static long long ms_to_s(long long ms) { return (ms + 999) / 1000; }
 
 /* Wipes a heap copy of a secret before cm_config_free frees it. */
 static void wipe(char *s) {
@@ -127,8 +132,8 @@ static int admin_main(rc_admin_op op, const cm_cfg_spec *spec, size_t npos, cons
                        .oidc_token = c.oidc_token,
                        .id = npos ? pos.v[0] : NULL,
                        .output = out,
-                       .ttl_s = c.ttl_ms / 1000,
-                       .peer_wait_s = c.peer_wait_ms / 1000,
+                       .ttl_s = ms_to_s(c.ttl_ms),
+                       .peer_wait_s = ms_to_s(c.peer_wait_ms),
                        .page_size = c.page_size,
                        .client_secret = getenv("SWSRS_CLIENT_SECRET"),
                        .net = {.tls = {.ca_file = c.ca, .insecure = c.insecure},

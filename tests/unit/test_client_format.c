@@ -25,6 +25,14 @@
 #define TI "Gi-jvZfpHgahXc618jUP8A"
 #define TR "tKuylZcPfwjvy43_abcdef"
 
+/* What b holds, NUL-terminated, on the heap. */
+static char *text_of(const cm_buf *b) {
+  char *out = malloc(cm_buf_size(b) + 1);
+  memcpy(out, cm_buf_head(b), cm_buf_size(b));
+  out[cm_buf_size(b)] = '\0';
+  return out;
+}
+
 static json_t *parse(const char *text) {
   json_t *v = json_loads(text, 0, NULL);
   assert_non_null(v);
@@ -52,7 +60,7 @@ static char *fmt_one(fmt_fn fn, rc_output f, const char *text, char *err, size_t
   json_decref(v);
   char *out = NULL;
   if (rc == 0)
-    out = strndup((const char *)cm_buf_head(&b), cm_buf_size(&b));
+    out = text_of(&b);
   else
     assert_int_equal(rc, -EPROTO);
   cm_buf_free(&b);
@@ -152,7 +160,7 @@ static char *list(rc_output f, const char *const *items, size_t n) {
     json_decref(v);
   }
   rc_fmt_list_end(&b, f, n);
-  char *out = strndup((const char *)cm_buf_head(&b), cm_buf_size(&b));
+  char *out = text_of(&b);
   cm_buf_free(&b);
   return out;
 }
