@@ -15,6 +15,7 @@ never printed.
 import asyncio
 import json
 import os
+import pty
 import re
 import socket
 import ssl
@@ -108,6 +109,30 @@ def test_create_json_and_table(plain_relay, certs, cenv):
                          "responder url", "created", "expires"}, rows
     assert rows["initiator url"] == "wss://127.0.0.1:%d/relay/%s" % (plain_relay.port,
                                                                       rows["session"])
+
+
+def test_table_by_default_on_a_terminal(plain_relay, certs, cenv):
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([relaytest.RELAY_BIN] + admin(plain_relay, certs, "list"), env=cenv,
+                           stdout=slave, stderr=subprocess.PIPE, timeout=relaytest.TIMEOUT)
+        os.close(slave)
+        slave = None
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other end is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert p.returncode == 0, p.stderr
+    assert out.split()[:3] == [b"SESSION", b"STATE", b"PEERS"], out
 
 
 def test_create_refused_above_maximum(plain_relay, certs, cenv):

@@ -244,6 +244,16 @@ def test_refresh_before_expiry_and_after_401(env, cenv):
         assert s not in p.stderr
 
 
+def test_403_when_the_scope_was_not_granted(env, cenv):
+    env.idp.grant_scopes = "swsrs:session:read"
+    sign_in(env, cenv)
+    p = run(env.create_args(), cenv)
+    line = assert_error(p, 1)
+    assert line.startswith("relay create: HTTP 403 insufficient_scope: "), line
+    p = run(["list", "--ca", env.certs.ca_crt], cenv)  # what was granted works
+    assert p.returncode == 0, p.stderr
+
+
 def test_logout(env, cenv):
     sign_in(env, cenv)
     path = creds_file(cenv)
