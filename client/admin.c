@@ -68,8 +68,13 @@ static int renew(admin_ctx *x) {
                        .client_secret = x->o->client_secret};
   char why[768];
   rc_login *l = rc_login_new(&p, why, sizeof why);
+  if (!l) { /* nothing to renew them with */
+    cm_seterr(x->err, sizeof x->err, "%s; sign in again with relay auth --relay %s", why,
+              x->creds.relay ? x->creds.relay : "URL");
+    return -1;
+  }
   rc_creds fresh = {0};
-  int rc = l ? rc_login_run(x->loop, l, x->tls, &x->o->net, NULL, &fresh, why, sizeof why) : -1;
+  int rc = rc_login_run(x->loop, l, x->tls, &x->o->net, NULL, &fresh, why, sizeof why);
   rc_login_free(l);
   if (rc != 0) {
     cm_seterr(x->err, sizeof x->err, "%s", why);
@@ -128,7 +133,7 @@ static int call(admin_ctx *x, const char *method, const char *path_query, const 
   cm_buf_init(&url, 0);
   int rc = cm_buf_append(&url, cm_buf_head(&x->base), cm_buf_size(&x->base));
   if (rc == 0) rc = cm_buf_append(&url, path_query, strlen(path_query) + 1);
-  for (int attempt = 0; rc == 0; attempt++) {
+  while (rc == 0) {
     rc_http_request req = {.method = method,
                            .url = (const char *)cm_buf_head(&url),
                            .tls = x->tls,
@@ -138,7 +143,8 @@ static int call(admin_ctx *x, const char *method, const char *path_query, const 
                            .max_body = MAX_LIST_BODY,
                            .timeout_ms = x->o->net.timeout_ms};
     rc_call_run(x->loop, &req, c);
-    if (c->err || c->status != 401 || !x->cached || x->renewed || attempt > 0) break;
+    /* Renewed at most once a run: a second 401 is the answer. */
+    if (c->err || c->status != 401 || !x->cached || x->renewed) break;
     rc_call_free(c);
     if (renew(x) != 0) {
       cm_buf_free(&url);

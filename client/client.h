@@ -313,10 +313,11 @@ typedef struct rc_admin_opts {
   const char *oidc_token; /* --oidc-token or $SWSRS_OIDC_TOKEN (secret), or NULL */
   const char *id;         /* GET, DELETE */
   rc_output output;
-  long long ttl_s;                       /* CREATE; 0: the relay's default */
-  long long peer_wait_s;                 /* CREATE; 0: the relay's default */
-  long long page_size;                   /* LIST: sessions per request (1..1000) */
-  const char *client_id, *client_secret; /* to renew client-credentials tokens */
+  long long ttl_s;           /* CREATE; 0: the relay's default */
+  long long peer_wait_s;     /* CREATE; 0: the relay's default */
+  long long page_size;       /* LIST: sessions per request (1..1000) */
+  const char *client_id;     /* to renew tokens; NULL: the cached client id */
+  const char *client_secret; /* to renew client-credentials tokens (from the environment) */
   rc_net_opts net;
 } rc_admin_opts;
 

@@ -254,6 +254,19 @@ def test_403_when_the_scope_was_not_granted(env, cenv):
     assert p.returncode == 0, p.stderr
 
 
+def test_expired_without_refresh_token(env, cenv):
+    env.idp.issue_refresh = False
+    sign_in(env, cenv)
+    c = read_creds(cenv)
+    assert "refresh_token" not in c
+    c["expiry"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+    with open(creds_file(cenv), "w") as f:
+        json.dump(c, f)
+    p = run(env.create_args(), cenv)
+    assert assert_error(p, 1) == "relay create: the cached credentials have no refresh token; " \
+        "sign in again with relay auth --relay " + env.relay.url("")
+
+
 def test_logout(env, cenv):
     sign_in(env, cenv)
     path = creds_file(cenv)
