@@ -13,6 +13,7 @@
 #include <nghttp2/nghttp2.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "cmd/relay/peer.h"
 #include "relay/relay.h"
 
 #define EXIT_USAGE 2
@@ -275,6 +276,11 @@ static int cmd_gen_csr(int argc, char **argv) {
 static const cm_subcmd g_cmds[] = {
     {"serve", cmd_serve, "run the relay"},
     {"gen-csr", cmd_gen_csr, "make the tunnel key and print a CSR for enrolment"},
+    {"raw", relay_cmd_raw, "peer: standard input and output through a session"},
+    {"tcp-listen", relay_cmd_tcp_listen, "peer: accept TCP connections and tunnel them"},
+    {"tcp-dial", relay_cmd_tcp_dial, "peer: tunnel the session to a TCP service"},
+    {"udp-listen", relay_cmd_udp_listen, "peer: datagrams on a local port through a session"},
+    {"udp-dial", relay_cmd_udp_dial, "peer: datagrams through a session to a UDP service"},
     {"version", cmd_version, "print version and library versions"},
 };
 

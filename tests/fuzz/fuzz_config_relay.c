@@ -1,8 +1,9 @@
 /*
  * fuzz_config_relay.c — the configuration loader against the real option
- * tables of `relay serve` and `relay gen-csr` (see config_harness.h).  The
- * tables are static in cmd/relay/main.c, so this file includes it, with
- * its main() renamed out of libFuzzer's way.
+ * tables of `relay serve`, `relay gen-csr` and the peer commands (see
+ * config_harness.h).  The tables are static in cmd/relay/main.c and
+ * cmd/relay/peer.c, so this file includes them, with main() renamed out
+ * of libFuzzer's way.
  */
 #include "config_harness.h"
 
@@ -12,10 +13,16 @@ int relay_cmd_main(int argc, char **argv);
 #define main relay_cmd_main
 #include "cmd/relay/main.c"
 #undef main
+#include "cmd/relay/peer.c"
 
 static const fz_cfg_spec g_specs[] = {
     {&g_serve_spec, sizeof(rly_config)},
     {&g_csr_spec, sizeof(csr_cfg)},
+    {&g_peer_specs[RC_PEER_RAW], sizeof(peer_cfg)},
+    {&g_peer_specs[RC_PEER_TCP_LISTEN], sizeof(peer_cfg)},
+    {&g_peer_specs[RC_PEER_TCP_DIAL], sizeof(peer_cfg)},
+    {&g_peer_specs[RC_PEER_UDP_LISTEN], sizeof(peer_cfg)},
+    {&g_peer_specs[RC_PEER_UDP_DIAL], sizeof(peer_cfg)},
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
