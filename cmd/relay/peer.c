@@ -4,14 +4,16 @@
  * the client library's (rc_peer_*).
  *
  * Flags and environment follow swsrs: --url/$SWSRS_URL, --session/
- * $SWSRS_SESSION, --token/$SWSRS_TOKEN, --role; the RELAY_* names of
- * cm_config work too and win over SWSRS_*.  A token given on the command
+ * $SWSRS_SESSION, --token/$SWSRS_TOKEN, --role/$SWSRS_ROLE, and so on for
+ * every flag (SWSRS_CA, SWSRS_INSECURE...); the RELAY_* names of cm_config
+ * work too and win over SWSRS_*.  A token given on the command
  * line is visible to every user (ps), so it draws a warning and is wiped
  * from our argv at once.  Exit status: 0 a clean end, 1 a refusal or an
  * error (one line on stderr), 2 usage.
  */
 #include "cmd/relay/peer.h"
 
+#include <ctype.h>
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <stddef.h>
@@ -109,7 +111,8 @@ static const cm_cfg_opt g_udp_dial_opts[] = {
 #define PEER_FOOTER                                                                                \
   "\n\nExit status: 0 when the tunnel ended cleanly (close 1000), 1 for a refusal or an error\n"   \
   "(one line on stderr with the HTTP status or close code and the relay's message), 2 for\n"       \
-  "usage.  The token travels in Authorization: Bearer, never in the URL."
+  "usage.  The token travels in Authorization: Bearer, never in the URL.  Every flag also\n"       \
+  "has swsrs's variable SWSRS_<FLAG> (SWSRS_URL, SWSRS_SESSION, SWSRS_TOKEN, SWSRS_CA...)."
 
 static const cm_cfg_spec g_peer_specs[] = {
     [RC_PEER_RAW] =
@@ -151,11 +154,24 @@ static const char *const g_peer_names[] = {
 
 /* ---- settings --------------------------------------------------------------------- */
 
-/* Fills a setting still unset from swsrs's variable (RELAY_* and flags
- * were read by cm_config and win). */
-static void peer_from_swsrs_env(char **field, const char *var) {
-  const char *v = getenv(var);
-  if (!*field && v && *v) *field = strdup(v);
+/* swsrs's names for every setting: SWSRS_<NAME> stands in for an unset
+ * RELAY_<NAME> before cm_config reads the environment (flags still win).
+ * The token is not copied into the environment: it is taken from
+ * SWSRS_TOKEN after loading, if no flag or RELAY_TOKEN gave one. */
+static void peer_swsrs_env(const cm_cfg_spec *spec) {
+  for (size_t i = 0; i < spec->nopts; i++) {
+    const char *name = spec->opts[i].name;
+    if (!strcmp(name, "token")) continue;
+    char up[64], swsrs[80], relay[80];
+    size_t n = 0;
+    for (; name[n] && n + 1 < sizeof up; n++)
+      up[n] = name[n] == '-' ? '_' : (char)toupper((unsigned char)name[n]);
+    up[n] = '\0';
+    snprintf(swsrs, sizeof swsrs, "SWSRS_%s", up);
+    snprintf(relay, sizeof relay, "RELAY_%s", up);
+    const char *v = getenv(swsrs);
+    if (v && !getenv(relay)) setenv(relay, v, 0);
+  }
 }
 
 /* A --token on the command line: warn, and wipe it from argv so that ps
@@ -306,16 +322,15 @@ static int peer_main(rc_peer_mode mode, int argc, char **argv) {
   const char *cmd = g_peer_names[mode];
   peer_cfg c;
   memset(&c, 0, sizeof c);
+  peer_swsrs_env(spec);
   int rc = cm_config_cli(spec, &c, argc, argv, cmd);
   peer_scrub_token_arg(argc, argv, cmd);
   if (rc >= 0) {
     peer_free_cfg(spec, &c);
     return rc;
   }
-  peer_from_swsrs_env(&c.url, "SWSRS_URL");
-  peer_from_swsrs_env(&c.session, "SWSRS_SESSION");
-  peer_from_swsrs_env(&c.token, "SWSRS_TOKEN");
-  peer_from_swsrs_env(&c.role, "SWSRS_ROLE");
+  const char *tok = getenv("SWSRS_TOKEN");
+  if (!c.token && tok && *tok) c.token = strdup(tok);
   cm_log_level lvl;
   if (cm_log_level_parse(c.log_level, &lvl) != 0) {
     fprintf(stderr, "%s: --log-level must be debug, info, warn or error\n", cmd);

@@ -90,6 +90,12 @@ def test_certificate_needs_ca(tmp_path):
         p = Peer("raw", relay, sid, s["SWSRS_INITIATOR_TOKEN"], ca=False, stdin=subprocess.PIPE)
         p.expect_exit(1)
         assert "certificate verify failed" in one_line(p, "relay raw: ")
+        # swsrs's variable for --ca works as the flag does.
+        v = Peer("raw", relay, sid, s["SWSRS_INITIATOR_TOKEN"], ca=False, stdin=subprocess.PIPE,
+                 env={"SWSRS_CA": relay.ca})
+        v.wait_line("joined the session")
+        v.proc.stdin.close()
+        assert v.stop() == 0
         # --insecure connects, and says what it gives up.
         a = Peer("raw", relay, sid, s["SWSRS_INITIATOR_TOKEN"], ca=False, args=["--insecure"],
                  stdin=subprocess.PIPE)
