@@ -3,10 +3,13 @@
 * 256 MiB piped through two `relay raw` processes (pipes on both ends),
   hashed on both sides: the same SHA-256, both exit 0, the sender after its
   EOF closed 1000 and the receiver after the close reached it.
-* A lone peer that writes first loses nothing: it sends 1 MiB (four times
-  the relay's hold buffer) from a file and reaches EOF before the other
-  peer exists; it must wait (not exit) until the other peer has joined,
-  which then writes every byte to a file.  The relay's own counters agree.
+* A lone peer that writes first loses nothing: it sends a file and reaches
+  EOF before the other peer exists — 100 KiB, which the relay's hold
+  buffer (256 KiB) takes whole, so the relay would read a close right
+  behind it and forget it all, and 1 MiB, past the hold buffer, so the
+  relay stops reading it; either way it must wait (not exit) until the
+  other peer has joined, which then writes every byte to a file.  The
+  relay's own counters agree.
 * --keep-open: a side whose stdin ends at once (/dev/null) still receives
   everything until the peer closes.
 """
@@ -16,6 +19,8 @@ import os
 import subprocess
 import threading
 import time
+
+import pytest
 
 import peertest
 from peertest import DevRelay, Peer, create_session
@@ -80,9 +85,10 @@ def test_256_mib_through_two_raw_processes(tmp_path):
             peertest.cleanup(a, b)
 
 
-def test_lone_peer_that_writes_first_loses_nothing(tmp_path):
+@pytest.mark.parametrize("size", [100 * 1024, 4 * 256 * 1024])
+def test_lone_peer_that_writes_first_loses_nothing(tmp_path, size):
     src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
-    data = os.urandom(4 * 256 * 1024)
+    data = os.urandom(size)
     src.write_bytes(data)
     with DevRelay(tmp_path / "relay") as relay:
         s = create_session(relay)
