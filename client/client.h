@@ -86,10 +86,13 @@ int rc_url_session(const rc_url *base, const char *session, const char *role, rc
 typedef struct rc_tls_opts {
   const char *ca_file; /* trust only these CAs (PEM); NULL: the system store */
   bool insecure;       /* do not verify the server at all (warns on stderr) */
+  bool bulk;           /* for data tunnels: what is read carries no secret, so
+                          decrypted records are not wiped (that costs about a
+                          tenth of a peer's CPU at full speed) */
 } rc_tls_opts;
 
 /* A client context: TLS 1.2 or 1.3, ALPN http/1.1, decrypted records wiped
- * (answers carry tokens).  The server's certificate is verified against
+ * (answers carry tokens) unless bulk.  The server's certificate is verified against
  * the trust store and its name against the host dialled (every connection
  * made by rc_http_start and rc_ws_connect sends the host as SNI and checks
  * it, DNS name or IP address).  Free with cm_tls_ctx_free. */
@@ -283,7 +286,9 @@ bool rc_ws_is_open(const rc_ws *ws);
  * has heard from the other end; what it sent is then delivered before the
  * close.  A close from the other end (1000) makes the local side finish:
  * what is queued is written, then FIN (shutdown(SHUT_WR)) or end of
- * output.  Any other ending resets a local TCP connection.
+ * output.  Any other ending resets a local TCP connection.  A local
+ * failure (a reset, a target that refuses) closes 1011 with the reason,
+ * also once the other end was seen, so that it learns why.
  *
  * tcp-listen takes one connection at a time (more wait in the backlog),
  * joins for it and tunnels it; tcp-dial joins, then dials the target for

@@ -54,9 +54,12 @@ struct rc_io {
   bool connecting; /* dialling: writes wait in `pending` */
   bool reading, paused, eof;
   uint8_t rbuf[READ_CHUNK];
-  cm_buf pending; /* K_FILE output, and output while connecting */
-  cm_buf wbuf;    /* K_FILE: the bytes of the write in flight (they must not move) */
-  size_t queued;  /* stream bytes handed to uv_write, not done */
+  cm_buf pending;  /* K_FILE output, and output while connecting */
+  cm_buf wbuf;     /* K_FILE: the bytes of the write in flight (they must not move) */
+  cm_buf gather;   /* stream output of this turn of the loop, for one write */
+  uv_idle_t flush; /* runs once the turn is over */
+  bool flush_armed;
+  size_t queued; /* stream bytes handed to uv_write, not done */
   size_t high, low, maxq;
   bool above;
   bool finishing, graceful, shut, done;
@@ -76,6 +79,13 @@ struct rc_io {
 };
 
 #define LINGER_MS 2000
+/* Output gathered within one turn of the loop leaves as one write: a TLS
+ * read hands over its records (16 KiB each) one by one, and a write(2)
+ * apiece would cost a syscall and a wake-up of the reader each.  A piece
+ * this large with nothing gathered goes straight out, uncopied; the
+ * gathered bytes go out at once when they reach GATHER_MAX. */
+#define GATHER_DIRECT (64 * 1024)
+#define GATHER_MAX    (256 * 1024)
 
 static void flush_file(rc_io *io);
 static void start_file_read(rc_io *io);
@@ -86,6 +96,7 @@ static void io_free(rc_io *io) {
   if (io->addrs) uv_freeaddrinfo(io->addrs);
   cm_buf_free(&io->pending);
   cm_buf_free(&io->wbuf);
+  cm_buf_free(&io->gather);
   free(io);
 }
 
@@ -115,6 +126,7 @@ static void settle(rc_io *io) {
     if (!io->duplex && io->out.open && io->out.kind == K_STREAM)
       close_handle((uv_handle_t *)&io->out.h, reset);
     uv_close((uv_handle_t *)&io->linger, on_handle_closed);
+    uv_close((uv_handle_t *)&io->flush, on_handle_closed);
   }
   if (io->handles > 0 || io->finalized) return;
   io->finalized = true;
@@ -274,6 +286,43 @@ static void flush_file(rc_io *io) {
   io->out.busy = true;
 }
 
+static void flush_gather(rc_io *io) {
+  if (io->done || cm_buf_size(&io->gather) == 0) return;
+  int rc = stream_write(io, cm_buf_head(&io->gather), cm_buf_size(&io->gather));
+  cm_buf_reset(&io->gather);
+  if (rc != 0) {
+    fail_errno(io, rc, "writing locally");
+    return;
+  }
+  check_drain(io);
+  maybe_shutdown(io);
+}
+
+static void on_flush(uv_idle_t *h) {
+  rc_io *io = h->data;
+  uv_idle_stop(h);
+  io->flush_armed = false;
+  flush_gather(io);
+}
+
+static int gather_write(rc_io *io, const uint8_t *data, size_t len) {
+  if (cm_buf_size(&io->gather) == 0 && len >= GATHER_DIRECT) return stream_write(io, data, len);
+  int rc = cm_buf_append(&io->gather, data, len);
+  if (rc != 0) return rc;
+  if (cm_buf_size(&io->gather) >= GATHER_MAX) {
+    rc = stream_write(io, cm_buf_head(&io->gather), cm_buf_size(&io->gather));
+    cm_buf_reset(&io->gather);
+    return rc;
+  }
+  /* An idle handle runs in this turn or the next without letting the
+   * loop block in between. */
+  if (!io->flush_armed) {
+    uv_idle_start(&io->flush, on_flush);
+    io->flush_armed = true;
+  }
+  return 0;
+}
+
 int rc_io_write(rc_io *io, const uint8_t *data, size_t len) {
   if (io->done || io->finishing) return CM_ECLOSED;
   if (len == 0) return 0;
@@ -286,7 +335,7 @@ int rc_io_write(rc_io *io, const uint8_t *data, size_t len) {
     rc = cm_buf_append(&io->pending, data, len);
     if (rc == 0 && !io->connecting) flush_file(io);
   } else {
-    rc = stream_write(io, data, len);
+    rc = gather_write(io, data, len);
   }
   if (rc != 0) {
     fail_errno(io, rc, "writing locally");
@@ -297,7 +346,7 @@ int rc_io_write(rc_io *io, const uint8_t *data, size_t len) {
 }
 
 size_t rc_io_queued(const rc_io *io) {
-  return io->queued + cm_buf_size(&io->pending) + cm_buf_size(&io->wbuf);
+  return io->queued + cm_buf_size(&io->pending) + cm_buf_size(&io->wbuf) + cm_buf_size(&io->gather);
 }
 bool rc_io_above_high(const rc_io *io) { return io->above; }
 
@@ -420,9 +469,12 @@ static rc_io *io_alloc(uv_loop_t *loop, const rc_io_opts *o, const rc_io_cbs *cb
   io->graceful = true;
   cm_buf_init(&io->pending, 0);
   cm_buf_init(&io->wbuf, 0);
+  cm_buf_init(&io->gather, 0);
   uv_timer_init(loop, &io->linger);
   io->linger.data = io;
-  io->handles = 1; /* the linger timer */
+  uv_idle_init(loop, &io->flush);
+  io->flush.data = io;
+  io->handles = 2; /* the linger timer and the flush */
   return io;
 }
 

@@ -30,8 +30,9 @@ typedef struct tunnel {
   rc_ws *ws;
   rc_io *io;
   bool ws_opened;
-  bool peer_seen; /* a message came from the other end */
-  bool local_eof; /* local input ended: close once the peer was seen */
+  bool peer_seen;      /* a message came from the other end */
+  bool local_eof;      /* local input ended */
+  uint16_t want_close; /* the close the local side asks for, sent once the peer was seen */
   rc_ws_end end;
   bool have_end;
   int io_err;
@@ -136,12 +137,13 @@ static void tunnel_maybe_done(tunnel *t) {
   next_tunnel(p);
 }
 
-/* Input ended: the close waits until the other end has shown itself (the
- * relay drops a lone peer's held data when it leaves). */
-static void maybe_close_after_eof(tunnel *t) {
-  if (!t->local_eof || !t->peer_seen || !t->ws || !rc_ws_is_open(t->ws)) return;
-  if (t->p->o.mode == RC_PEER_RAW && t->p->o.keep_open) return;
-  rc_ws_close(t->ws, WS_CLOSE_NORMAL, NULL);
+/* A close the local side asks for (its input ended: 1000; it failed:
+ * 1011) waits until the other end has shown itself: the relay drops a
+ * lone peer's held data when it leaves, and a peer that arrives later
+ * would not learn why. */
+static void maybe_close(tunnel *t) {
+  if (!t->want_close || !t->peer_seen || !t->ws || !rc_ws_is_open(t->ws)) return;
+  rc_ws_close(t->ws, t->want_close, t->want_close == WS_CLOSE_NORMAL ? NULL : t->io_msg);
 }
 
 static void io_on_read(rc_io *io, uint8_t *data, size_t len) {
@@ -159,7 +161,9 @@ static void io_on_eof(rc_io *io) {
   tunnel *t = rc_io_get_data(io);
   t->local_eof = true;
   rc_io_pause(io);
-  maybe_close_after_eof(t);
+  if (t->p->o.mode == RC_PEER_RAW && t->p->o.keep_open) return;
+  if (!t->want_close) t->want_close = WS_CLOSE_NORMAL;
+  maybe_close(t);
 }
 
 static void io_on_drain(rc_io *io) {
@@ -174,9 +178,13 @@ static void io_on_done(rc_io *io, int err, const char *msg) {
     t->io_err = err;
     snprintf(t->io_msg, sizeof t->io_msg, "%s", msg ? msg : "local connection failed");
     if (t->ws && rc_ws_is_open(t->ws)) {
-      rc_ws_close(t->ws, WS_CLOSE_INTERNAL, t->io_msg);
-    } else if (t->ws) {
-      rc_ws_abort(t->ws);
+      if (!t->peer_seen)
+        cm_log(CM_LOG_WARN, "peer", "local side failed; waiting to tell the peer",
+               CM_S("error", t->io_msg));
+      t->want_close = WS_CLOSE_INTERNAL;
+      maybe_close(t);
+    } else if (t->ws && !rc_ws_is_open(t->ws) && !t->ws_opened) {
+      rc_ws_abort(t->ws); /* still joining: nobody to tell */
       t->ws = NULL;
     }
   }
@@ -218,7 +226,7 @@ static void ws_on_message(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, 
     t->p->res.stats.bytes_down += len;
     if (rc_io_write(t->io, data, len) != 0) rc_ws_pause(ws);
   }
-  maybe_close_after_eof(t);
+  maybe_close(t);
 }
 
 static void ws_on_drain(rc_ws *ws) {

@@ -10,8 +10,9 @@ status and the one line on stderr a user reads.
   with a warning.
 * A lone peer whose counterpart never comes: the relay closes it 1001 at
   peer_wait; exit 1 with the code.
-* tcp-dial to a target that refuses: exit 1 naming the target; the other
-  end learns 1011 and exits 1.
+* tcp-dial to a target that refuses, before the other end has joined: it
+  waits for that end, which then learns 1011; both exit 1, tcp-dial naming
+  the target.
 * Usage: a missing --session or --listen, a bad --role: exit 2.
 * The token: given with --token it draws a warning and is wiped from the
   process's command line (/proc/PID/cmdline); it never appears on stderr
@@ -136,16 +137,21 @@ def test_target_that_refuses(tmp_path):
     with DevRelay(tmp_path) as relay:
         ss = create_session(relay)
         sid = ss["SWSRS_SESSION"]
+        # tcp-dial first: the target refuses before the other end exists,
+        # and tcp-dial waits to tell it rather than leave silently.
         dial = Peer("tcp-dial", relay, sid, ss["SWSRS_RESPONDER_TOKEN"],
                     args=["--target", "127.0.0.1:%d" % dead])
-        listen = Peer("tcp-listen", relay, sid, ss["SWSRS_INITIATOR_TOKEN"],
-                      args=["--listen", "127.0.0.1:0"])
+        listen = None
         try:
+            dial.wait_line("waiting to tell the peer")
+            assert dial.alive()
+            listen = Peer("tcp-listen", relay, sid, ss["SWSRS_INITIATOR_TOKEN"],
+                          args=["--listen", "127.0.0.1:0"])
             c = socket.create_connection(("127.0.0.1", listen.listen_port()), timeout=TIMEOUT)
             dial.expect_exit(1)
             assert "cannot connect to 127.0.0.1:%d" % dead in one_line(dial, "relay tcp-dial: ")
             listen.expect_exit(1)
-            assert "1011" in one_line(listen, "relay tcp-listen: ")
+            assert "closed by the relay: 1011" in one_line(listen, "relay tcp-listen: ")
             c.close()
         finally:
             peertest.cleanup(dial, listen)
