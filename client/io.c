@@ -20,7 +20,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define READ_CHUNK (64 * 1024)
+/* Local reads: large, since every read and write costs a syscall and a
+ * wake-up of the other side, and a tunnel's throughput on a busy machine
+ * is mostly those (each read leaves as one message). */
+#define READ_CHUNK (256 * 1024)
+/* What may land past the high watermark before the source pauses: a read
+ * of the WebSocket (64 KiB of records) or a few. */
+#define OVERSHOOT (256 * 1024)
 
 typedef enum { K_NONE, K_STREAM, K_FILE } io_kind;
 
@@ -463,8 +469,7 @@ static rc_io *io_alloc(uv_loop_t *loop, const rc_io_opts *o, const rc_io_cbs *cb
   io->ud = ud;
   io->high = o && o->high_watermark ? o->high_watermark : 256 * 1024;
   io->low = io->high / 4;
-  /* One read of the other side may land after the watermark was passed. */
-  io->maxq = io->high + 4 * READ_CHUNK;
+  io->maxq = io->high + OVERSHOOT;
   io->paused = true;
   io->graceful = true;
   cm_buf_init(&io->pending, 0);
