@@ -988,11 +988,11 @@ static void bench_rss(void) {
 
 /* ---- the client pair (peers) ----------------------------------------------------------- */
 
-/* A TCP source writes a fixed 64 KiB block again and again (the block is
+/* A TCP source writes a fixed 256 KiB block again and again (the block is
  * static, so writes need no copy) while at most PEER_INFLIGHT writes are
  * queued; the sink counts what arrives. */
-#define PEER_BLOCK    (64 * 1024)
-#define PEER_INFLIGHT 16
+#define PEER_BLOCK    (256 * 1024)
+#define PEER_INFLIGHT 4
 
 static uint8_t g_block[PEER_BLOCK];
 static uv_tcp_t g_sink_listener, g_src;
