@@ -22,6 +22,8 @@
  *    handshake, backpressure both ways.
  *  - Peers (rc_peer_*): the pumps behind `relay raw`, `tcp-listen`,
  *    `tcp-dial`, `udp-listen` and `udp-dial`.
+ *  - Admin commands and sign-in (rc_admin_run, rc_auth_run): `relay
+ *    create|list|get|delete` and `relay auth`, at the end of this file.
  *
  * Everything runs on one libuv loop the caller owns and is not
  * thread-safe.  Nothing blocks the loop.  Errors are negative codes plus a
@@ -364,6 +366,79 @@ rc_peer *rc_peer_start(uv_loop_t *loop, const rc_peer_opts *o, rc_peer_done_cb d
 /* Ends it: a tunnel in progress closes 1000 (its output drained), a
  * pending join is dropped, listeners close; done follows. */
 void rc_peer_stop(rc_peer *p);
+
+/* ==== admin commands and sign-in (h-admin: admin.c, auth.c, creds.c, login.c, format.c) ====
+ *
+ * `relay create|list|get|delete` call the admin API with a bearer token
+ * from --oidc-token, else $SWSRS_OIDC_TOKEN, else the credentials `relay
+ * auth` cached (refreshed first when they are about to expire).  `relay
+ * auth` reads the relay's /.well-known/swsrs-config and signs in with the
+ * OAuth 2.0 device authorization grant (RFC 8628), or with the client
+ * credentials grant for machines, and caches the tokens 0600 at
+ * $XDG_CONFIG_HOME/swsrs/credentials.json.  Results go to stdout as a
+ * table, JSON or shell assignments; errors are one line on stderr.  Tokens
+ * never reach stderr, logs or argv (rc_argv_hide). */
+
+/* Exit statuses of the client commands. */
+enum { RC_EXIT_OK = 0, RC_EXIT_FAIL = 1, RC_EXIT_USAGE = 2 };
+
+/* Call first in every client command, before anything uses jansson: from
+ * then on jansson allocates from wiped memory (cm_secret_*), since tokens
+ * pass through it when answers and the credentials file are parsed. */
+void rc_init(void);
+
+/* Wipes, in argv itself, the value of every --flag VALUE / --flag=VALUE, so
+ * that a secret given on the command line no longer shows in ps or
+ * /proc/PID/cmdline once parsed (it was visible until then: the
+ * environment is the better place for it). */
+void rc_argv_hide(int argc, char **argv, const char *flag);
+
+typedef enum { RC_OUT_AUTO = 0, RC_OUT_TABLE, RC_OUT_JSON, RC_OUT_ENV } rc_output;
+/* "table", "json", "env"; NULL or "" is RC_OUT_AUTO.  -EINVAL otherwise. */
+int rc_output_parse(const char *s, rc_output *out);
+/* RC_OUT_AUTO becomes a table when fd is a terminal, else JSON. */
+rc_output rc_output_resolve(rc_output o, int fd);
+
+/* TLS and time limits shared by the admin commands and `relay auth`. */
+typedef struct rc_net_opts {
+  rc_tls_opts tls;     /* for the relay and the identity provider alike */
+  uint32_t timeout_ms; /* one request: lookup, connect, TLS, answer; 0: 30 s */
+} rc_net_opts;
+
+typedef enum { RC_ADMIN_CREATE = 1, RC_ADMIN_LIST, RC_ADMIN_GET, RC_ADMIN_DELETE } rc_admin_op;
+
+typedef struct rc_admin_opts {
+  const char *cmd; /* "relay create", in messages */
+  rc_admin_op op;
+  const char *admin_url;  /* base URL; NULL: the relay of the cached credentials */
+  const char *oidc_token; /* --oidc-token or $SWSRS_OIDC_TOKEN (secret), or NULL */
+  const char *id;         /* GET, DELETE */
+  rc_output output;
+  long long ttl_s;           /* CREATE; 0: the relay's default */
+  long long peer_wait_s;     /* CREATE; 0: the relay's default */
+  long long page_size;       /* LIST: sessions per request (1..1000) */
+  const char *client_id;     /* to renew tokens; NULL: the cached client id */
+  const char *client_secret; /* to renew client-credentials tokens (from the environment) */
+  rc_net_opts net;
+} rc_admin_opts;
+
+/* Runs one admin command; prints the result on stdout and any error as one
+ * line on stderr; returns the exit status. */
+int rc_admin_run(const rc_admin_opts *o);
+
+typedef struct rc_auth_opts {
+  const char *cmd;           /* "relay auth" */
+  const char *relay_url;     /* required unless logout */
+  const char *client_id;     /* NULL: the relay's client_id_hint */
+  const char *client_secret; /* with client_credentials (from the environment) */
+  const char *scope;         /* NULL: every scope the relay lists */
+  bool client_credentials;   /* the client credentials grant, no person involved */
+  bool logout;               /* remove the cached credentials */
+  rc_net_opts net;
+} rc_auth_opts;
+
+/* `relay auth`: signs in and caches the credentials, or logs out. */
+int rc_auth_run(const rc_auth_opts *o);
 
 #ifdef __cplusplus
 }

@@ -415,6 +415,19 @@ void rc_peer_stop(rc_peer *p) {
   }
 }
 
+void rc_addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen) {
+  char ip[64] = "?";
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+    uv_ip6_name(a, ip, sizeof ip);
+    snprintf(out, outlen, "[%s]:%d", ip, ntohs(a->sin6_port));
+  } else {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+    uv_ip4_name(a, ip, sizeof ip);
+    snprintf(out, outlen, "%s:%d", ip, ntohs(a->sin_port));
+  }
+}
+
 /* Called by udp.c when its pump has ended. */
 void rc_peer_udp_done(rc_peer *p, const rc_peer_result *r) {
   rc_peer_stats st = p->res.stats;
@@ -439,15 +452,9 @@ static int start_listener(rc_peer *p, char *err, size_t errlen) {
   p->handles++;
   struct sockaddr_storage ss;
   int len = sizeof ss;
-  char ip[64] = "?", addr[80];
+  char addr[80];
   uv_tcp_getsockname(&p->listener, (struct sockaddr *)&ss, &len);
-  if (ss.ss_family == AF_INET6) {
-    uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
-    snprintf(addr, sizeof addr, "[%s]:%d", ip, cm_tcp_bound_port(&p->listener));
-  } else {
-    uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
-    snprintf(addr, sizeof addr, "%s:%d", ip, cm_tcp_bound_port(&p->listener));
-  }
+  rc_addr_text(&ss, addr, sizeof addr);
   if (p->o.on_listening) p->o.on_listening(p->o.ud, addr);
   return 0;
 }

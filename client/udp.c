@@ -325,15 +325,9 @@ static int start_listen(rc_udp *u, char *err, size_t errlen) {
   if (o->on_listening) {
     struct sockaddr_storage b;
     int len = sizeof b;
-    char ip[64] = "?", addr[96];
+    char addr[96];
     uv_udp_getsockname(&u->sock, (struct sockaddr *)&b, &len);
-    if (b.ss_family == AF_INET6) {
-      uv_ip6_name((struct sockaddr_in6 *)&b, ip, sizeof ip);
-      snprintf(addr, sizeof addr, "[%s]:%d", ip, ntohs(((struct sockaddr_in6 *)&b)->sin6_port));
-    } else {
-      uv_ip4_name((struct sockaddr_in *)&b, ip, sizeof ip);
-      snprintf(addr, sizeof addr, "%s:%d", ip, ntohs(((struct sockaddr_in *)&b)->sin_port));
-    }
+    rc_addr_text(&b, addr, sizeof addr);
     o->on_listening(o->ud, addr);
   }
   return 0;

@@ -115,7 +115,8 @@ void cm_redact_url(const char *url, char *out, size_t outlen);
  * Configuration.  A program describes its settings in a table; cm_config
  * fills a struct from, in rising precedence: defaults, a JSON file
  * (--config FILE or RELAY_CONFIG), RELAY_<NAME> environment variables and
- * --name[=value] flags.  Every value is validated; errors name the setting.
+ * --name[=value] flags (a spec may name another prefix than RELAY_).  Every
+ * value is validated; errors name the setting.
  * ---------------------------------------------------------------------- */
 typedef enum {
   CM_CFG_STRING = 1, /* char * (heap; freed by cm_config_free) */
@@ -146,6 +147,10 @@ typedef struct cm_cfg_spec {
   const char *summary; /* one paragraph shown by --help */
   const cm_cfg_opt *opts;
   size_t nopts;
+  /* Environment variables are <env_prefix><NAME> and the file variable
+   * <env_prefix>CONFIG; NULL means "RELAY_".  The client commands use
+   * "SWSRS_", the names swsrs users already have set. */
+  const char *env_prefix;
 } cm_cfg_spec;
 
 enum { CM_CFG_OK = 0, CM_CFG_HELP = 1, CM_CFG_ERROR = -1 };

@@ -154,7 +154,12 @@ static void s_on_open(cm_stream *s) {
 static void s_on_read(cm_stream *s, uint8_t *data, size_t len) {
   tun_link *l = cm_stream_get_data(s);
   if (!l->h2 || l->closed) return;
+  /* An answered probe moves the next deadline from silence to the next
+   * probe, which is earlier: the timer must learn of it.  Other reads only
+   * push deadlines later, which the timer finds out lazily. */
+  bool answered = l->probe_ms > l->last_rx_ms;
   l->last_rx_ms = cm_now_mono_ms();
+  if (answered) arm(l);
   l->in_h2 = true;
   ssize_t n = nghttp2_session_mem_recv(l->h2, data, len);
   l->in_h2 = false;

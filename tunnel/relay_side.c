@@ -439,7 +439,6 @@ static bool goaway_is_too_many_pings(const nghttp2_goaway *g) {
 }
 
 static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
-  CM_UNUSED(h2);
   rlink *l = user;
   switch (frame->hd.type) {
   case NGHTTP2_SETTINGS:
@@ -450,13 +449,19 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
     }
     break;
   case NGHTTP2_HEADERS:
+  case NGHTTP2_DATA:
     l->ping_forgiven = true;
-    if (frame->hd.stream_id == l->events_sid && !l->events_open) {
+    if (frame->hd.stream_id != l->events_sid || !l->events_sid) break;
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+      /* The controller finished its half (trailers): our half stays open
+       * as long as we have events to send, so nghttp2 would never close
+       * the stream.  Reset ours; on_stream_close then reopens. */
+      nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, l->events_sid, NGHTTP2_NO_ERROR);
+    } else if (frame->hd.type == NGHTTP2_HEADERS && !l->events_open) {
       l->events_open = true;
       update_up(l);
     }
     break;
-  case NGHTTP2_DATA: l->ping_forgiven = true; break;
   case NGHTTP2_GOAWAY:
     cm_log(CM_LOG_INFO, "tunnel", "controller sent GOAWAY", CM_S("controller", l->controller),
            CM_I("h2_error", frame->goaway.error_code),

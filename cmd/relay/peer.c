@@ -5,15 +5,13 @@
  *
  * Flags and environment follow swsrs: --url/$SWSRS_URL, --session/
  * $SWSRS_SESSION, --token/$SWSRS_TOKEN, --role/$SWSRS_ROLE, and so on for
- * every flag (SWSRS_CA, SWSRS_INSECURE...); the RELAY_* names of cm_config
- * work too and win over SWSRS_*.  A token given on the command
+ * every flag (SWSRS_CA, SWSRS_INSECURE...: the specs' env_prefix).  A token given on the command
  * line is visible to every user (ps), so it draws a warning and is wiped
  * from our argv at once.  Exit status: 0 a clean end, 1 a refusal or an
  * error (one line on stderr), 2 usage.
  */
 #include "cmd/relay/peer.h"
 
-#include <ctype.h>
 #include <openssl/crypto.h>
 #include <signal.h>
 #include <stddef.h>
@@ -44,14 +42,12 @@ typedef struct peer_cfg {
 /* Every peer command's options, then the ones of its own. */
 #define COMMON_OPTS                                                                                \
   POPT("url", CM_CFG_STRING, url, NULL, 0, 0,                                                      \
-       "the relay, e.g. wss://relay.example.com (also $SWSRS_URL); /relay/SESSION is added",       \
-       "URL"),                                                                                     \
-      POPT("session", CM_CFG_STRING, session, NULL, 0, 0, "session id (also $SWSRS_SESSION)",      \
-           "ID"),                                                                                  \
+       "the relay, e.g. wss://relay.example.com; /relay/SESSION is added", "URL"),                 \
+      POPT("session", CM_CFG_STRING, session, NULL, 0, 0, "session id", "ID"),                     \
       POPT("token", CM_CFG_STRING, token, NULL, 0, 0,                                              \
-           "slot token; prefer $SWSRS_TOKEN: a command line is visible to every user", "TOKEN"),   \
+           "slot token; prefer SWSRS_TOKEN: a command line is visible to every user", "TOKEN"),    \
       POPT("role", CM_CFG_STRING, role, NULL, 0, 0,                                                \
-           "initiator or responder (also $SWSRS_ROLE; a hint: the token decides)", "ROLE"),        \
+           "initiator or responder (a hint: the token decides)", "ROLE"),                          \
       POPT("ca", CM_CFG_STRING, ca, NULL, 0, 0,                                                    \
            "trust only this CA bundle for the relay's certificate (default: system store)",        \
            "FILE"),                                                                                \
@@ -111,8 +107,8 @@ static const cm_cfg_opt g_udp_dial_opts[] = {
 #define PEER_FOOTER                                                                                \
   "\n\nExit status: 0 when the tunnel ended cleanly (close 1000), 1 for a refusal or an error\n"   \
   "(one line on stderr with the HTTP status or close code and the relay's message), 2 for\n"       \
-  "usage.  The token travels in Authorization: Bearer, never in the URL.  Every flag also\n"       \
-  "has swsrs's variable SWSRS_<FLAG> (SWSRS_URL, SWSRS_SESSION, SWSRS_TOKEN, SWSRS_CA...)."
+  "usage.  The token travels in Authorization: Bearer, never in the URL; give it in\n"             \
+  "SWSRS_TOKEN rather than --token, which every user can see (ps)."
 
 static const cm_cfg_spec g_peer_specs[] = {
     [RC_PEER_RAW] =
@@ -120,7 +116,7 @@ static const cm_cfg_spec g_peer_specs[] = {
          "Standard input to the peer, the peer to standard output.  EOF on stdin closes\n"
          "the tunnel (1000) once the peer has joined and everything sent is delivered; a\n"
          "side that only receives keeps stdin open or uses --keep-open." PEER_FOOTER,
-         g_raw_opts, CM_ARRAY_LEN(g_raw_opts)},
+         g_raw_opts, CM_ARRAY_LEN(g_raw_opts), "SWSRS_"},
     [RC_PEER_TCP_LISTEN] =
         {"relay tcp-listen --listen ADDR:PORT [options]",
          "Accept one TCP connection on --listen, join the session and tunnel it;\n"
@@ -128,22 +124,22 @@ static const cm_cfg_spec g_peer_specs[] = {
          "at a time; others wait).  FIN on the connection closes the tunnel 1000\n"
          "after what was sent; the peer's close half-closes the connection after\n"
          "what was received." PEER_FOOTER,
-         g_tcp_listen_opts, CM_ARRAY_LEN(g_tcp_listen_opts)},
+         g_tcp_listen_opts, CM_ARRAY_LEN(g_tcp_listen_opts), "SWSRS_"},
     [RC_PEER_TCP_DIAL] = {"relay tcp-dial --target HOST:PORT [options]",
                           "Join the session, then connect to --target and tunnel that connection\n"
                           "(what the target sends first waits at the relay for the peer).\n"
                           "--keep: re-join after each connection." PEER_FOOTER,
-                          g_tcp_dial_opts, CM_ARRAY_LEN(g_tcp_dial_opts)},
+                          g_tcp_dial_opts, CM_ARRAY_LEN(g_tcp_dial_opts), "SWSRS_"},
     [RC_PEER_UDP_LISTEN] =
         {"relay udp-listen --listen ADDR:PORT [options]",
          "Datagrams received on --listen go to the peer, one message each; the\n"
          "peer's messages go back to the first sender.  Nothing waits: a full\n"
          "queue drops and counts (logged at the end, --log-level info)." PEER_FOOTER,
-         g_udp_listen_opts, CM_ARRAY_LEN(g_udp_listen_opts)},
+         g_udp_listen_opts, CM_ARRAY_LEN(g_udp_listen_opts), "SWSRS_"},
     [RC_PEER_UDP_DIAL] = {"relay udp-dial --target HOST:PORT [options]",
                           "The peer's messages go to --target as datagrams, its answers come back\n"
                           "as messages.  A full queue drops and counts." PEER_FOOTER,
-                          g_udp_dial_opts, CM_ARRAY_LEN(g_udp_dial_opts)},
+                          g_udp_dial_opts, CM_ARRAY_LEN(g_udp_dial_opts), "SWSRS_"},
 };
 
 static const char *const g_peer_names[] = {
@@ -154,43 +150,18 @@ static const char *const g_peer_names[] = {
 
 /* ---- settings --------------------------------------------------------------------- */
 
-/* swsrs's names for every setting: SWSRS_<NAME> stands in for an unset
- * RELAY_<NAME> before cm_config reads the environment (flags still win).
- * The token is not copied into the environment: it is taken from
- * SWSRS_TOKEN after loading, if no flag or RELAY_TOKEN gave one. */
-static void peer_swsrs_env(const cm_cfg_spec *spec) {
-  for (size_t i = 0; i < spec->nopts; i++) {
-    const char *name = spec->opts[i].name;
-    if (!strcmp(name, "token")) continue;
-    char up[64], swsrs[80], relay[80];
-    size_t n = 0;
-    for (; name[n] && n + 1 < sizeof up; n++)
-      up[n] = name[n] == '-' ? '_' : (char)toupper((unsigned char)name[n]);
-    up[n] = '\0';
-    snprintf(swsrs, sizeof swsrs, "SWSRS_%s", up);
-    snprintf(relay, sizeof relay, "RELAY_%s", up);
-    const char *v = getenv(swsrs);
-    if (v && !getenv(relay)) setenv(relay, v, 0);
-  }
-}
-
 /* A --token on the command line: warn, and wipe it from argv so that ps
  * and /proc/PID/cmdline stop showing it. */
 static void peer_scrub_token_arg(int argc, char **argv, const char *cmd) {
-  for (int i = 0; i < argc; i++) {
-    char *a = argv[i], *v = NULL;
-    if (!strcmp(a, "--")) break;
-    if (!strncmp(a, "--token=", 8))
-      v = a + 8;
-    else if (!strcmp(a, "--token") && i + 1 < argc)
-      v = argv[++i];
-    if (!v) continue;
+  for (int i = 0; i < argc && strcmp(argv[i], "--"); i++) {
+    if (strcmp(argv[i], "--token") && strncmp(argv[i], "--token=", 8)) continue;
     fprintf(stderr,
             "%s: warning: --token on the command line is visible to other users (ps); "
             "set SWSRS_TOKEN instead\n",
             cmd);
-    OPENSSL_cleanse(v, strlen(v));
+    break;
   }
+  rc_argv_hide(argc, argv, "token");
 }
 
 static bool peer_role_ok(const char *r) {
@@ -324,15 +295,13 @@ static int peer_main(rc_peer_mode mode, int argc, char **argv) {
   const char *cmd = g_peer_names[mode];
   peer_cfg c;
   memset(&c, 0, sizeof c);
-  peer_swsrs_env(spec);
+  rc_init();
   int rc = cm_config_cli(spec, &c, argc, argv, cmd);
   peer_scrub_token_arg(argc, argv, cmd);
   if (rc >= 0) {
     peer_free_cfg(spec, &c);
     return rc;
   }
-  const char *tok = getenv("SWSRS_TOKEN");
-  if (!c.token && tok && *tok) c.token = strdup(tok);
   cm_log_level lvl;
   if (cm_log_level_parse(c.log_level, &lvl) != 0) {
     fprintf(stderr, "%s: --log-level must be debug, info, warn or error\n", cmd);

@@ -59,7 +59,8 @@ SCHEMAS = {
     "AdminRequest": {"op": (1, "enum"), "principal": (2, "Principal"),
                      "session_id": (3, "string"), "ttl_seconds": (4, "uint"),
                      "peer_wait_seconds": (5, "uint"), "relay_node_id": (6, "string"),
-                     "auth_disabled": (7, "bool")},
+                     "auth_disabled": (7, "bool"), "page_size": (8, "uint"),
+                     "page_token": (9, "string")},
     "SessionStatus": {"id": (1, "string"), "state": (2, "string"),
                       "created_at_unix": (3, "int64"), "expires_at_unix": (4, "int64"),
                       "last_activity_unix": (5, "int64"), "bytes_in": (6, "uint"),
@@ -71,7 +72,8 @@ SCHEMAS = {
                        "responder_url": (5, "string")},
     "AdminResponse": {"http_status": (1, "uint"), "error": (2, "string"),
                       "message": (3, "string"), "created": (4, "CreatedSession"),
-                      "sessions": (5, "repeated SessionStatus")},
+                      "sessions": (5, "repeated SessionStatus"),
+                      "next_page_token": (6, "string")},
     "RelayEvent": {"hello": (1, "Hello"), "session": (2, "SessionEvent")},
     "Hello": {"node_id": (1, "string"), "version": (2, "string"), "public_url": (3, "string"),
               "sessions": (4, "uint")},
@@ -84,6 +86,9 @@ SCHEMAS = {
     "Drain": {"grace_seconds": (1, "uint")},
     "Limits": {"max_message_bytes": (1, "uint"), "max_sessions": (2, "uint"),
                "peer_wait_seconds": (3, "uint")},
+    # proto/health.proto (grpc.health.v1): the relay's keepalive probe.
+    "HealthCheckRequest": {"service": (1, "string")},
+    "HealthCheckResponse": {"status": (1, "enum")},
 }
 
 ROLE_UNSPECIFIED, ROLE_INITIATOR, ROLE_RESPONDER = 0, 1, 2
@@ -92,10 +97,12 @@ EV_ATTACH, EV_DETACH, EV_OPEN, EV_CLOSE, EV_STATS = 1, 2, 3, 4, 5
 
 GRPC_OK, GRPC_INVALID_ARGUMENT, GRPC_NOT_FOUND = 0, 3, 5
 GRPC_UNIMPLEMENTED, GRPC_UNAVAILABLE = 12, 14
+HEALTH_SERVING = 1
 
 PATH_VALIDATE = "/relay.v1.Controller/Validate"
 PATH_ADMIN = "/relay.v1.Controller/Admin"
 PATH_EVENTS = "/relay.v1.Controller/Events"
+PATH_HEALTH = "/grpc.health.v1.Health/Check"
 
 
 def _varint(n):
@@ -303,6 +310,7 @@ class H2Peer:
         self.goaway = None
         self.remote_settings_seen = False
         self.pings_acked = 0
+        self.pings_received = []  # time.monotonic() of each PING the other side sent
         self.conn.initiate_connection()
         if settings:
             self.conn.update_settings(settings)
@@ -334,6 +342,11 @@ class H2Peer:
         for ev in self.conn.receive_data(data):
             self._on_event(ev)
         self.flush()
+
+    def poll(self, timeout):
+        """Reads and handles what arrives within `timeout` (at most one read)."""
+        if not self.closed:
+            self._read_once(timeout)
 
     def pump(self, until, timeout=TIMEOUT, what="condition"):
         """Reads and handles frames until until() is true; returns its value.
@@ -373,6 +386,8 @@ class H2Peer:
             self.remote_settings_seen = True
         elif isinstance(ev, h2.events.PingAckReceived):
             self.pings_acked += 1
+        elif isinstance(ev, h2.events.PingReceived):
+            self.pings_received.append(time.monotonic())  # h2 has queued the ACK
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = ev.error_code
             self.closed = True
@@ -455,6 +470,17 @@ class H2Peer:
         self.conn.ping(b"grpcpeer")
         self.flush()
 
+    def goaway_raw(self, last_stream_id, error_code=0, debug=b""):
+        """A GOAWAY frame written past h2's state machine, which would
+        otherwise stop us answering the streams it still covers."""
+        from hyperframe.frame import GoAwayFrame
+        f = GoAwayFrame(0)
+        f.last_stream_id = last_stream_id
+        f.error_code = error_code
+        f.additional_data = debug
+        self.flush()
+        self.sock.sendall(f.serialize())
+
     def close(self):
         try:
             self.conn.close_connection()
@@ -465,6 +491,25 @@ class H2Peer:
             self.sock.close()
         except OSError:
             pass
+
+
+def dial_relay(pki, port, cert=None, timeout=TIMEOUT):
+    """Dials a relay's tunnel port as a controller: TLS 1.3, ALPN h2, the
+    controller certificate `cert` ((crt, key); default pki's own), the
+    relay's certificate verified against the CA and its IP SAN."""
+    crt, key = cert or (pki.ctl_crt, pki.ctl_key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki.ca_crt)
+    ctx.load_cert_chain(crt, key)
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    except Exception:
+        raw.close()
+        raise
+    assert tls.selected_alpn_protocol() == "h2" and tls.version() == "TLSv1.3"
+    return tls
 
 
 def check_grpc_request(st, path):

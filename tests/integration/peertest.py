@@ -5,10 +5,10 @@ tcp-listen, tcp-dial, udp-listen, udp-dial).
   development certificate made in a temporary directory, the embedded
   controller with a state directory, ``--no-auth`` — on 127.0.0.1:0.
   ``ca`` is the certificate peers pass with ``--ca``.
-* ``create_session``: a session through the admin API, as the environment
-  ``relay create --output env`` prints (SWSRS_SESSION, SWSRS_INITIATOR_TOKEN,
-  SWSRS_RESPONDER_TOKEN); ``relay create`` itself when the binary has it,
-  else a POST with urllib, an independent client.
+* ``create_session``: a session from ``relay create --output env``, its
+  three lines read as ``eval`` would (SWSRS_SESSION, SWSRS_INITIATOR_TOKEN,
+  SWSRS_RESPONDER_TOKEN); a binary without ``relay create`` gets a POST with
+  urllib instead.
 * ``Peer``: one peer command as a child process, its token in SWSRS_TOKEN
   (never on the command line), stderr collected by a thread, stdin and
   stdout as the test wants them; ``listen_port()`` reads the port from the
@@ -58,19 +58,30 @@ def _has_create():
 
 
 def create_session(relay, ttl=600, peer_wait=None):
-    """A session as `eval $(relay create --output env)` would leave it: a dict
-    with SWSRS_SESSION, SWSRS_INITIATOR_TOKEN, SWSRS_RESPONDER_TOKEN."""
-    if peer_wait is None and _has_create():
-        p = subprocess.run([RELAY_BIN, "create", "--admin-url", "https://127.0.0.1:%d" % relay.port,
-                            "--ca", relay.ca, "--output", "env", "--ttl", "%ds" % ttl],
-                           capture_output=True, timeout=TIMEOUT)
-        if p.returncode == 0:
-            env = {}
-            for line in p.stdout.decode().splitlines():
-                k, _, v = line.partition("=")
-                env[k] = shlex.split(v)[0] if v else ""
-            if {"SWSRS_SESSION", "SWSRS_INITIATOR_TOKEN", "SWSRS_RESPONDER_TOKEN"} <= set(env):
-                return env
+    """A session as `eval $(relay create --output env)` leaves it: a dict with
+    SWSRS_SESSION, SWSRS_INITIATOR_TOKEN, SWSRS_RESPONDER_TOKEN.  With a
+    binary that has no `relay create`, a POST with urllib instead."""
+    if not _has_create():
+        return _create_with_urllib(relay, ttl, peer_wait)
+    argv = [RELAY_BIN, "create", "--admin-url", "https://127.0.0.1:%d" % relay.port,
+            "--ca", relay.ca, "--output", "env", "--ttl", "%ds" % ttl]
+    if peer_wait is not None:
+        argv += ["--peer-wait", "%ds" % peer_wait]
+    p = subprocess.run(argv, capture_output=True, timeout=TIMEOUT)
+    if p.returncode != 0:
+        raise TestError("relay create failed (%d): %s" % (p.returncode, p.stderr))
+    # What `eval` would do with each line: one shell word after the "=".
+    env = {}
+    for line in p.stdout.decode().splitlines():
+        k, _, v = line.partition("=")
+        env[k] = shlex.split(v)[0] if v else ""
+    want = {"SWSRS_SESSION", "SWSRS_INITIATOR_TOKEN", "SWSRS_RESPONDER_TOKEN"}
+    if set(env) != want:
+        raise TestError("relay create --output env printed %r" % sorted(env))
+    return env
+
+
+def _create_with_urllib(relay, ttl, peer_wait):
     body = {"ttl_seconds": ttl}
     if peer_wait is not None:
         body["peer_wait_seconds"] = peer_wait
