@@ -88,10 +88,13 @@ int rc_url_session(const rc_url *base, const char *session, const char *role, rc
 typedef struct rc_tls_opts {
   const char *ca_file; /* trust only these CAs (PEM); NULL: the system store */
   bool insecure;       /* do not verify the server at all (warns on stderr) */
+  bool bulk;           /* for data tunnels: what is read carries no secret, so
+                          decrypted records are not wiped (that costs about a
+                          tenth of a peer's CPU at full speed) */
 } rc_tls_opts;
 
 /* A client context: TLS 1.2 or 1.3, ALPN http/1.1, decrypted records wiped
- * (answers carry tokens).  The server's certificate is verified against
+ * (answers carry tokens) unless bulk.  The server's certificate is verified against
  * the trust store and its name against the host dialled (every connection
  * made by rc_http_start and rc_ws_connect sends the host as SNI and checks
  * it, DNS name or IP address).  Free with cm_tls_ctx_free. */
@@ -265,6 +268,104 @@ bool rc_ws_above_high(const rc_ws *ws);
 size_t rc_ws_write_queued(const rc_ws *ws);
 /* True between a successful upgrade and the start of a close. */
 bool rc_ws_is_open(const rc_ws *ws);
+
+/* ------------------------------------------------------------------------
+ * Peers: the pumps behind `relay raw`, `tcp-listen`, `tcp-dial`,
+ * `udp-listen` and `udp-dial`.
+ *
+ * A byte-stream tunnel (raw, TCP) joins the session and pumps both ways:
+ * each local read leaves as one binary message, each message's bytes are
+ * written locally as they arrive.  Backpressure end to end: a local output
+ * queue above `buffer` pauses the WebSocket's reading, a WebSocket queue
+ * above it pauses local reading, so a tunnel holds at most about two
+ * buffers and two reads whatever the two ends do.
+ *
+ * On joining, a byte-stream peer sends one empty binary message: nothing
+ * for a byte stream (an empty write), but it tells the other end that
+ * this one has arrived.  The relay holds a lone peer's early data and
+ * drops it if that peer leaves before its counterpart comes, so a peer
+ * whose input ended (EOF on stdin, FIN from TCP) closes 1000 only once it
+ * has heard from the other end; what it sent is then delivered before the
+ * close.  A close from the other end (1000) makes the local side finish:
+ * what is queued is written, then FIN (shutdown(SHUT_WR)) or end of
+ * output.  Any other ending resets a local TCP connection.  A local
+ * failure (a reset, a target that refuses) closes 1011 with the reason,
+ * also once the other end was seen, so that it learns why.
+ *
+ * tcp-listen takes one connection at a time (more wait in the backlog),
+ * joins for it and tunnels it; tcp-dial joins, then dials the target for
+ * the peer that comes — it dials at once, so what the target says first
+ * (an SSH banner) goes out while the other end may still be missing and
+ * waits at the relay (bounded by its --hold-bytes; past that the relay
+ * stops reading, and the target is read no further).  With keep, each
+ * re-joins the session after a connection ends; a refusal that will not
+ * change (400, 401, 403, 404) ends it, other failures are retried with
+ * backoff.
+ *
+ * UDP: one binary message is one datagram.  udp-listen answers the first
+ * address that sent to it and drops datagrams from others; udp-dial
+ * sends to the target.  Nothing is held back: a datagram that finds the
+ * WebSocket's queue above `buffer`, or the UDP send queue at udp_queue,
+ * is dropped and counted, as a router would.
+ * ---------------------------------------------------------------------- */
+typedef struct rc_peer rc_peer;
+
+typedef enum {
+  RC_PEER_RAW = 1,
+  RC_PEER_TCP_LISTEN,
+  RC_PEER_TCP_DIAL,
+  RC_PEER_UDP_LISTEN,
+  RC_PEER_UDP_DIAL,
+} rc_peer_mode;
+
+typedef struct rc_peer_opts {
+  rc_peer_mode mode;
+  const rc_url *url;  /* the session's data-plane URL (rc_url_session) */
+  cm_tls_ctx *tls;    /* for wss; kept, not owned */
+  const char *token;  /* the slot token; copied into wiped memory */
+  const char *listen; /* TCP/UDP listen: HOST:PORT (port 0: any free one) */
+  const char *target; /* TCP/UDP dial: HOST:PORT */
+  bool keep;          /* TCP: re-join after each connection */
+  bool keep_open;     /* raw: EOF on input stops sending but does not end */
+  int in_fd, out_fd;  /* raw: usually 0 and 1 */
+  size_t buffer;      /* per direction, bytes; 0: 256 KiB */
+  size_t udp_queue;   /* UDP datagrams waiting for the socket; 0: 256 */
+  rc_ws_opts ws;      /* pings, timeouts, message limit; url, tls, token set here */
+  void *ud;
+  /* The listener is bound (addr "127.0.0.1:40123"), for tcp-listen and
+   * udp-listen; may be NULL. */
+  void (*on_listening)(void *ud, const char *addr);
+} rc_peer_opts;
+
+typedef struct rc_peer_stats {
+  uint64_t bytes_up, bytes_down;       /* payload: local to relay, relay to local */
+  uint64_t messages_up, messages_down; /* messages (datagrams for UDP) */
+  uint64_t tunnels;                    /* WebSocket sessions joined */
+  uint64_t dropped_up;                 /* UDP: datagrams the WebSocket could not take */
+  uint64_t dropped_down;               /* UDP: messages the socket could not take */
+  uint64_t dropped_foreign;            /* udp-listen: from another address than the first */
+  uint64_t dropped_no_reply;           /* udp-listen: messages before anyone sent to us */
+  uint64_t dropped_oversize;           /* messages too large for a datagram */
+} rc_peer_stats;
+
+typedef struct rc_peer_result {
+  int status;          /* 0 a clean end; 1 a refusal or an error */
+  char message[300];   /* one line saying how it ended; never a secret */
+  int http_status;     /* a refusal's status, else 0 */
+  uint16_t close_code; /* the close code, else 0 */
+  rc_peer_stats stats;
+} rc_peer_result;
+
+typedef void (*rc_peer_done_cb)(void *ud, const rc_peer_result *res);
+
+/* Starts the peer; done runs once, from the loop, when it has ended and
+ * let go of everything.  NULL with a message for bad options or when the
+ * listener cannot be bound. */
+rc_peer *rc_peer_start(uv_loop_t *loop, const rc_peer_opts *o, rc_peer_done_cb done, char *err,
+                       size_t errlen);
+/* Ends it: a tunnel in progress closes 1000 (its output drained), a
+ * pending join is dropped, listeners close; done follows. */
+void rc_peer_stop(rc_peer *p);
 
 /* ==== admin commands and sign-in (h-admin: admin.c, auth.c, creds.c, login.c, format.c) ====
  *

@@ -14,6 +14,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "cmd/relay/admin_cmds.h"
+#include "cmd/relay/peer.h"
 #include "relay/relay.h"
 
 #define EXIT_USAGE 2
@@ -281,6 +282,11 @@ static const cm_subcmd g_cmds[] = {
     {"get", cmd_get, "show a session (admin API)"},
     {"delete", cmd_delete, "delete a session (admin API)"},
     {"auth", cmd_auth, "sign in for the admin commands (OAuth device flow), or --logout"},
+    {"raw", relay_cmd_raw, "peer: standard input and output through a session"},
+    {"tcp-listen", relay_cmd_tcp_listen, "peer: accept TCP connections and tunnel them"},
+    {"tcp-dial", relay_cmd_tcp_dial, "peer: tunnel the session to a TCP service"},
+    {"udp-listen", relay_cmd_udp_listen, "peer: datagrams on a local port through a session"},
+    {"udp-dial", relay_cmd_udp_dial, "peer: datagrams through a session to a UDP service"},
     {"version", cmd_version, "print version and library versions"},
 };
 
