@@ -67,6 +67,7 @@ int rly_control_start(rly_server *s, char *err, size_t errlen) {
                          .node_id = s->node_id,
                          .version = rly_version(),
                          .public_url = s->public_url,
+                         .region = cfg->region,
                          .default_timeout_ms = (uint32_t)cfg->call_timeout_ms};
   if (remote) {
     tc.cert_file = cfg->tunnel_cert;

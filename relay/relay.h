@@ -37,6 +37,7 @@ typedef struct rly_config {
   char *alpn;               /* offered ALPN list, default "http/1.1" */
   char *public_url;         /* base URL peers use; default from listen */
   char *node_id;            /* default: hostname */
+  char *region;             /* placement label told to controllers (Hello); NULL: none */
 
   /* HTTP */
   long long header_timeout_ms;

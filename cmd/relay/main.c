@@ -42,6 +42,8 @@ static const cm_cfg_opt g_serve_opts[] = {
         "base URL peers use to reach this relay (default from --listen)", "URL"),
     OPT("node-id", CM_CFG_STRING, node_id, NULL, 0, 0, "this relay's name (default hostname)",
         "NAME"),
+    OPT("region", CM_CFG_STRING, region, NULL, 0, 0,
+        "a label controllers may place sessions by ({\"region\": ...} on create)", "LABEL"),
     OPT("header-timeout", CM_CFG_DURATION, header_timeout_ms, "10s", 100, 600000,
         "time allowed for a request's headers and body", "DURATION"),
     OPT("idle-timeout", CM_CFG_DURATION, idle_timeout_ms, "60s", 100, 3600000,
