@@ -75,6 +75,7 @@
   "          s.s1, s.s2, a, b}\n"                                                                  \
   "end\n"                                                                                          \
   "local function recount(id, s)\n"                                                                \
+  "  if s.n == '' then return end\n"                                                               \
   "  if s.s1 ~= '' or s.s2 ~= '' or s.ev ~= '1' then\n"                                            \
   "    redis.call('ZADD', P .. 'load:' .. s.n, tonumber(s.e), id)\n"                               \
   "  else\n"                                                                                       \
@@ -106,8 +107,10 @@
   "redis.call('ZADD', P .. 'idx', seq, id)\n"                                                      \
   "redis.call('ZADD', P .. 'exp', e, id)\n"                                                        \
   "redis.call('HSET', P .. 'where', id, node)\n"                                                   \
-  "redis.call('ZADD', P .. 'load:' .. node, e, id)\n"                                              \
-  "redis.call('SADD', P .. 'nodes', node)\n"                                                       \
+  "if node ~= '' then\n"                                                                           \
+  "  redis.call('ZADD', P .. 'load:' .. node, e, id)\n"                                            \
+  "  redis.call('SADD', P .. 'nodes', node)\n"                                                     \
+  "end\n"                                                                                          \
   "return {201, NOW, e}\n"
 
 /* ARGV: P id hash role asker -> {404} | {401, reason} | {409} | {421} |
@@ -128,12 +131,12 @@
   "if role ~= 0 and role ~= slot then return {401, 'role_mismatch'} end\n"                         \
   "local holder = s['s' .. slot]\n"                                                                \
   "if holder ~= '' and holder ~= asker and live(holder) then return {409} end\n"                   \
-  "if asker == '' or s.n == '' or s.n == asker then\n"                                             \
+  "if asker == '' or s.n == asker then\n"                                                          \
   "  return {200, slot, tonumber(s.e), tonumber(s.pw), ''}\n"                                      \
   "end\n"                                                                                          \
-  "if live(s.n) then return {421} end\n"                                                           \
-  "local url = redis.call('HGET', P .. 'info:' .. asker, 'url') or ''\n"                           \
-  "if redis.call('ZREM', P .. 'load:' .. s.n, id) == 1 then\n"                                     \
+  "if s.n ~= '' and live(s.n) then return {421} end\n"                                             \
+  "local url = redis.call('HGET', P .. 'info:' .. asker, 'url') or s.u\n"                          \
+  "if s.n == '' or redis.call('ZREM', P .. 'load:' .. s.n, id) == 1 then\n"                        \
   "  redis.call('ZADD', P .. 'load:' .. asker, tonumber(s.e), id)\n"                               \
   "end\n"                                                                                          \
   "redis.call('HSET', skey(id), 'n', asker, 'u', url)\n"                                           \

@@ -252,7 +252,7 @@ static relay_ent *relay_get(ctl_registry *reg, const char *node);
  * peer now, or whose first peer has not come yet (just placed there).  A
  * session whose peers came and left waits on no relay in particular. */
 static void load_move(ctl_registry *reg, session *s, bool counted) {
-  if (s->counted == counted) return;
+  if (s->counted == counted || !s->node[0]) return; /* unassigned: no relay's load */
   relay_ent *r = counted ? relay_get(reg, s->node) : relay_find(reg, s->node);
   if (!r) return; /* past CTL_REG_MAX_RELAYS: not counted */
   if (counted)
@@ -752,9 +752,12 @@ int ctl_reg_validate(ctl_registry *reg, int64_t now, const char *id, const char 
   if (requested_role != CTL_REG_ROLE_ANY && requested_role != slot)
     return deny(out, 401, "role_mismatch", "token is for the other slot");
   if (s->slot_node[slot - 1]) return deny(out, 409, "slot_taken", "slot already connected");
-  bool check_relay = relay_node && relay_node[0] && s->node[0];
+  /* An unassigned session (its relays share one public URL) goes to the
+   * first relay a peer reaches; an assigned one moves only when its relay
+   * is gone. */
+  bool check_relay = relay_node && relay_node[0];
   if (check_relay && strcmp(s->node, relay_node) != 0) {
-    if (ctl_reg_relay_is_live(reg, s->node))
+    if (s->node[0] && ctl_reg_relay_is_live(reg, s->node))
       return deny(out, 421, "wrong_relay", "session is served by another relay");
     if (!ctl_text_ok(relay_node, CTL_REG_NODE_MAX))
       return deny(out, 421, "wrong_relay", "bad relay node id");

@@ -217,6 +217,13 @@ static void on_created(void *ud, int rc, ctl_reg_created *c) {
   free(p);
 }
 
+static bool url_shared(const ctl_relay_view *view, size_t n, int chosen) {
+  for (size_t k = 0; chosen >= 0 && k < n; k++)
+    if ((int)k != chosen && view[k].url[0] && strcmp(view[k].url, view[chosen].url) == 0)
+      return true;
+  return false;
+}
+
 /* Placement: the relay the request names, else the least loaded of the
  * region it names (or of all), else the relay the request came through. */
 static void admin_create(ctl_server *s, tun_ctl_call *call, const Relay__V1__AdminRequest *req) {
@@ -239,6 +246,11 @@ static void admin_create(ctl_server *s, tun_ctl_call *call, const Relay__V1__Adm
   char node[CTL_REG_NODE_MAX + 1], url[CTL_REG_URL_MAX + 1];
   snprintf(node, sizeof node, "%s", i >= 0 ? view[i].node : asker);
   snprintf(url, sizeof url, "%s", i >= 0 ? view[i].url : tun_ctl_link_public_url(link));
+  /* Relays behind one hostname (HAProxy hashing /relay/{id}) share their
+   * public URL: the URL cannot steer the peers, so unless a relay was asked
+   * for the session stays unassigned and the first relay that validates a
+   * peer takes it (atomically: a racing relay gets 421). */
+  if (!req->placement_relay[0] && url_shared(view, n, i)) node[0] = '\0';
   free(view);
   pend *p = pend_new(s, call, asker);
   if (!p) return;
