@@ -502,6 +502,29 @@ def test_controller_without_the_session_closes_its_peers(pki, tmp_path, start_re
     relay.wait_for_log(msg="session kicked", reason="session unknown")
 
 
+def test_readiness_while_the_controller_hangs(pki, tmp_path, start_relay, start_controller):
+    """A SIGSTOPped controller keeps its link up until the ping timeout,
+    but answers nothing: /readyz says so (503) once its keepalive probe is
+    overdue, and is 200 again as soon as it answers."""
+    relay, ctl = start_remote(start_relay, start_controller, pki, tmp_path,
+                              relay_extra=["--ping-interval", "500ms", "--ping-timeout", "20s"])
+    assert relay.get("/readyz").status == 200
+    os.kill(ctl.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        deadline = t0 + 10
+        while relay.get("/readyz").status == 200:
+            assert time.monotonic() < deadline, "/readyz stayed 200 for a hung controller"
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+        r = relay.get("/readyz")
+        assert r.status == 503 and r.json()["message"] == "the controller is not answering", r
+        assert took < 5.0, took  # interval + 2 s overdue, with room for a loaded machine
+    finally:
+        os.kill(ctl.proc.pid, signal.SIGCONT)
+    gp.wait_ready(relay)
+
+
 # --------------------------------------------------------------------------
 # Several controllers, several relays
 # --------------------------------------------------------------------------
