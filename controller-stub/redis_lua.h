@@ -186,7 +186,8 @@
 
 /* ARGV: P then records {id, op1, forced1, node1, op2, forced2, node2,
  * last_activity, nepochs, {epoch, in, out}...}, op N(one) A(ttach)
- * D(etach) -> number of sessions updated.  Counters keep the largest total
+ * D(etach) -> {id, relay, ...}: the ATTACHes to sessions not held
+ * (deleted, expired), whose peers are to be kicked.  Counters keep the largest total
  * of each of the last four epochs and fold older ones into retired ones
  * (as registry.c does). */
 #define LUA_EVENTS                                                                                 \
@@ -211,7 +212,7 @@
   "  end\n"                                                                                        \
   "  return table.concat(t, ' ')\n"                                                                \
   "end\n"                                                                                          \
-  "local i, done = 2, 0\n"                                                                         \
+  "local i, unknown = 2, {}\n"                                                                     \
   "while i <= #ARGV do\n"                                                                          \
   "  local id, la, nep = ARGV[i], tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])\n"                  \
   "  local s = load_s(id)\n"                                                                       \
@@ -235,11 +236,16 @@
   "    redis.call('HSET', skey(id), 's1', s.s1, 's2', s.s2, 'ev', s.ev, 'ctr', s.ctr,\n"           \
   "               'la', s.la)\n"                                                                   \
   "    recount(id, s)\n"                                                                           \
-  "    done = done + 1\n"                                                                          \
+  "  else\n"                                                                                       \
+  "    for slot = 1, 2 do\n"                                                                       \
+  "      if ARGV[i + 3 * slot - 2] == 'A' then\n"                                                  \
+  "        unknown[#unknown + 1] = id; unknown[#unknown + 1] = ARGV[i + 3 * slot]; break\n"        \
+  "      end\n"                                                                                    \
+  "    end\n"                                                                                      \
   "  end\n"                                                                                        \
   "  i = i + 9 + 3 * nep\n"                                                                        \
   "end\n"                                                                                          \
-  "return done\n"
+  "return unknown\n"
 
 /* ARGV: P me hold_ms n {node url region}*n -> {{node, url, region, load}...}
  * for every relay some controller links.  Renews this controller's claim

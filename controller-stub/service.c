@@ -412,7 +412,12 @@ static void on_session_event(ctl_server *s, const char *node, const Relay__V1__S
   ctl_store *st = s->st;
   switch (e->type) {
   case RELAY__V1__SESSION_EVENT__TYPE__ATTACH:
-    st->ops->slot(st, now, e->session_id, role, true, node);
+    /* A relay holds peers of a session we do not have: deleted while we
+     * could not tell it (killed between journaling and the Kick), or
+     * expired.  Nobody may keep relaying on it: close them.  (The Redis
+     * store learns it when its batch is written, and kicks then.) */
+    if (st->ops->slot(st, now, e->session_id, role, true, node) == -ENOENT)
+      kick(s, node, e->session_id, "session unknown");
     break;
   case RELAY__V1__SESSION_EVENT__TYPE__DETACH:
     st->ops->slot(st, now, e->session_id, role, false, node);
@@ -478,7 +483,9 @@ static void on_store_kick(void *ud, const char *id, const char *node, const char
                           bool local) {
   ctl_server *s = ud;
   if (local) {
-    cm_log(CM_LOG_INFO, "controller", "session expired", CM_S("session", id));
+    cm_log(CM_LOG_INFO, "controller",
+           strcmp(reason, "session expired") == 0 ? "session expired" : "kicking peers",
+           CM_S("session", id), CM_S("reason", reason));
     kick(s, node, id, reason);
   } else if (send_kick(s, node, id, reason)) {
     cm_log(CM_LOG_DEBUG, "controller", "kick relayed for another controller", CM_S("session", id),

@@ -131,8 +131,11 @@ typedef struct ctl_store_ops {
   void (*list_page)(ctl_store *st, int64_t now, const char *token, size_t max, ctl_store_page_cb cb,
                     void *ud);
   void (*del)(ctl_store *st, int64_t now, const char *id, ctl_store_status_cb cb, void *ud);
-  /* Relay events (role CTL_REG_ROLE_*); attach false is a detach. */
-  void (*slot)(ctl_store *st, int64_t now, const char *id, int role, bool attach, const char *node);
+  /* Relay events (role CTL_REG_ROLE_*); attach false is a detach.  slot
+   * returns -ENOENT when it knows at once that the session does not exist
+   * (a store that learns it later tells owner.kick, reason "session
+   * unknown"), else 0. */
+  int (*slot)(ctl_store *st, int64_t now, const char *id, int role, bool attach, const char *node);
   void (*stats)(ctl_store *st, int64_t now, const char *id, uint64_t epoch, uint64_t in,
                 uint64_t out, int64_t last_activity);
   /* A relay's first link to this controller came up (with what its Hello

@@ -66,12 +66,10 @@ static void j_del(ctl_store *st, int64_t now, const char *id, ctl_store_status_c
   cb(ud, rc, rc == 0 ? &closed : NULL);
 }
 
-static void j_slot(ctl_store *st, int64_t now, const char *id, int role, bool attach,
-                   const char *node) {
-  if (attach)
-    ctl_reg_on_attach(reg_of(st), now, id, role, node);
-  else
-    ctl_reg_on_detach(reg_of(st), now, id, role, node);
+static int j_slot(ctl_store *st, int64_t now, const char *id, int role, bool attach,
+                  const char *node) {
+  return attach ? ctl_reg_on_attach(reg_of(st), now, id, role, node)
+                : ctl_reg_on_detach(reg_of(st), now, id, role, node);
 }
 
 static void j_stats(ctl_store *st, int64_t now, const char *id, uint64_t epoch, uint64_t in,

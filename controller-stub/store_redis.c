@@ -553,9 +553,19 @@ static void r_list_page(ctl_store *st, int64_t now, const char *token, size_t ma
 
 /* ---- relay events: batched -------------------------------------------------------- */
 
+/* The reply lists {id, relay} for every ATTACH to a session Redis does
+ * not hold (deleted or expired): their peers must stop relaying. */
 static void on_events_reply(redisAsyncContext *ac, void *reply, void *priv) {
   CM_UNUSED(priv);
-  op_reply(ac, reply, "events");
+  const redisReply *rr = op_reply(ac, reply, "events");
+  rconn *c = ac->data;
+  if (!c || !rr || rr->type != REDIS_REPLY_ARRAY) return;
+  for (size_t i = 0; i + 1 < rr->elements; i += 2) {
+    char id[CM_TOKEN_LEN + 1], node[CTL_REG_NODE_MAX + 1];
+    rstr_at(rr, i, id, sizeof id);
+    rstr_at(rr, i + 1, node, sizeof node);
+    c->r->base.owner.kick(c->r->base.owner.ud, id, node, "session unknown", true);
+  }
 }
 
 static const char *op_name(uint8_t op) {
@@ -601,8 +611,8 @@ static void batch_full(rstore *r) {
            CM_I("dropped", r->dropped_events));
 }
 
-static void r_slot(ctl_store *st, int64_t now, const char *id, int role, bool attach,
-                   const char *node) {
+static int r_slot(ctl_store *st, int64_t now, const char *id, int role, bool attach,
+                  const char *node) {
   CM_UNUSED(now);
   rstore *r = rs(st);
   int rc = ctl_batch_slot(&r->batch, id, role, attach, node ? node : "");
@@ -611,6 +621,7 @@ static void r_slot(ctl_store *st, int64_t now, const char *id, int role, bool at
     rc = ctl_batch_slot(&r->batch, id, role, attach, node ? node : "");
   }
   if (rc == -ENOSPC) batch_full(r);
+  return 0;
 }
 
 static void r_stats(ctl_store *st, int64_t now, const char *id, uint64_t epoch, uint64_t in,

@@ -165,6 +165,18 @@ class Fleet:
         n = len(self.ctls) if n is None else n
         for r in self.relays:
             gp.wait_links(r, n)
+        if n:
+            self.wait_live()
+
+    def wait_live(self, nodes=None):
+        """The fleet knows each relay is linked (a controller's heartbeat
+        claimed it in Redis): only then may a session be said to be held."""
+        deadline = time.monotonic() + T
+        for node in nodes or [r.node for r in self.relays]:
+            while not self.redis.cli("HGETALL", "relay:live:" + node):
+                if time.monotonic() > deadline:
+                    raise relaytest.TestError("no controller claims " + node)
+                time.sleep(0.05)
 
     def by_node(self, node):
         return next(r for r in self.relays if r.node == node)

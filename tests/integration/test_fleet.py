@@ -398,6 +398,7 @@ def test_two_controllers_race_for_a_slot(tmp_path, start_relay, start_controller
             extra=["--store", redis.url()])))
     gp.wait_links(a, 1)
     gp.wait_links(b, 1)
+    fleet.wait_live()
     rounds = int(os.environ.get("RELAY_FLEET_RACES", "1000"))
 
     async def race(s):
