@@ -96,7 +96,14 @@ static const cm_cfg_opt g_run_opts[] = {
 static const cm_cfg_spec g_run_spec = {
     "relay-controller run --relay HOST:PORT [--relay ...] --ca-dir DIR [options]",
     "Dial relays over mutual TLS and serve them: mint sessions and tokens, validate every\n"
-    "slot, decide every admin request.  Redials with exponential backoff and full jitter.",
+    "slot, decide every admin request.  Redials with exponential backoff and full jitter.\n"
+    "\n"
+    "Sessions live in --state-dir (a journal: one controller), or with --store redis://...\n"
+    "in a Redis every controller of a fleet shares: each dials every relay, any answers for\n"
+    "any session, and relays pool their links.  Redis credentials come from\n"
+    "--store-password-file or RELAY_STORE_PASSWORD, never the command line.  The Redis link\n"
+    "is NOT encrypted (hiredis 0.14 has no TLS): keep Redis on loopback or a private network,\n"
+    "or reach it through a TLS tunnel (stunnel, spiped) listening on loopback.",
     g_run_opts, CM_ARRAY_LEN(g_run_opts), NULL};
 
 static int usage_error(const cm_cfg_spec *spec, const char *cmd, const char *err) {
