@@ -37,6 +37,7 @@
 sk_proc g_relay = {.name = "relay"}, g_ctl = {.name = "controller"};
 int g_relay_port, g_tunnel_port;
 char g_cert[PATH_MAX], g_key[PATH_MAX];
+char g_version[256];
 
 static char g_dir[PATH_MAX / 2]; /* the work directory */
 
@@ -94,6 +95,13 @@ void sk_enrol(void) {
   path_in(crt, "relay.crt");
   path_in(cert, "cert");
   char *ctl = (char *)opt.ctl_bin, *relay = (char *)opt.relay_bin;
+  char version[PATH_MAX];
+  path_in(version, "version.txt");
+  run_tool((char *[]){relay, W("version"), NULL}, version);
+  FILE *f = fopen(version, "r");
+  if (!f || !fgets(g_version, sizeof g_version, f)) snprintf(g_version, sizeof g_version, "?");
+  g_version[strcspn(g_version, "\n")] = '\0';
+  if (f) fclose(f);
   run_tool((char *[]){ctl, W("init-ca"), W("--dir"), ca, NULL}, NULL);
   run_tool((char *[]){relay, W("gen-csr"), W("--key"), key, W("--node-id"), W(NODE_ID), NULL}, csr);
   run_tool((char *[]){ctl, W("sign-csr"), W("--dir"), ca, W("--host"), W("127.0.0.1"), W("--csr"),

@@ -461,6 +461,7 @@ static void setup(void) {
   if (!g_tls) sk_die("%s", err);
   if (!sk_relay_start()) sk_die("the relay did not start");
   if (cm_sockaddr_from("127.0.0.1", g_relay_port, &g_relay_addr) != 0) sk_die("bad address");
+  printf("%s\n", g_version);
   printf("relay pid %d: public wss://127.0.0.1:%d (TLS, dev cert), tunnel 127.0.0.1:%d (mTLS)\n",
          (int)g_relay.pid, g_relay_port, g_tunnel_port);
   g_poller = admin_new();
@@ -1109,6 +1110,7 @@ static bool report(double wall, double gen_cpu) {
   json_object_set_new(root, "cpu_s",
                       json_pack("{s:f, s:f, s:f, s:f}", "relay", relay_cpu, "controller", g_ctl_cpu,
                                 "generator", gen_cpu, "wall", wall));
+  json_object_set_new(root, "relay_version", json_string(g_version));
   json_object_set_new(root, "outages", outages);
   json_object_set_new(root, "samples_t_gen_rsskib_fds_flowing_bytes", series);
   json_object_set_new(root, "failures", verdict);

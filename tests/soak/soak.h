@@ -102,6 +102,7 @@ typedef struct sk_proc {
 extern sk_proc g_relay, g_ctl;
 extern int g_relay_port, g_tunnel_port;
 extern char g_cert[PATH_MAX], g_key[PATH_MAX];
+extern char g_version[256]; /* `relay version`, first line */
 
 void sk_enrol(void);
 /* Starts the relay on the remembered ports (port 0 the first time, read back
