@@ -329,6 +329,7 @@ static void on_deleted(void *ud, int status, const char *body, size_t n) {
   (void)body, (void)n;
   sk_session *s = ud;
   s->delete_pending = false;
+  s->delete_status = status;
   if (status == 204 || status == 404) {
     if (status == 404) g_tot.delete_404++;
     s->drain_deadline = sk_now() + CLOSE_TIMEOUT_S; /* now: the kick's deadline */
@@ -373,11 +374,18 @@ static void churn_step(bool ending) {
     if (s->state == S_DRAINING && (sk_session_drained(s) || now > s->drain_deadline))
       churn_close(s);
     if (s->state == S_CLOSING && !sk_session_closed(s) && now > s->drain_deadline) {
-      printf("!! t=%.1f session %s: not closed %d s after its %s\n", phase_t(now), s->id,
-             CLOSE_TIMEOUT_S, s->by_delete ? "DELETE" : "initiator left");
-      g_tot.wrong_close++;
-      for (int i = 0; i < 2; i++)
-        if (s->p[i].c) sk_session_leave(s);
+      if (s->by_delete) {
+        /* The registry no longer has it, yet its peers still relay. */
+        printf("!! t=%.1f session %s: deleted (DELETE answered %d) but its peers were not "
+               "closed within %d s\n",
+               phase_t(now), s->id, s->delete_status, CLOSE_TIMEOUT_S);
+        g_tot.kick_missing++;
+      } else {
+        printf("!! t=%.1f session %s: not closed %d s after its initiator left\n", phase_t(now),
+               s->id, CLOSE_TIMEOUT_S);
+        g_tot.wrong_close++;
+      }
+      sk_session_leave(s); /* close it ourselves, with 1000 due to both */
       s->drain_deadline = now + CLOSE_TIMEOUT_S;
     }
     if (s->state == S_CLOSING && sk_session_closed(s) && !s->delete_pending) {
@@ -883,6 +891,7 @@ static const char *cell(char out[16], double v) {
 }
 
 static void print_outages(json_t *arr) {
+  int elided = 0;
   printf(
       "\noutages (t: seconds into the fault phase; restart: fault to restart; ready: restart to\n"
       "/readyz 200; unready: readiness downtime; flowing: kill to every session flowing):\n");
@@ -902,8 +911,8 @@ static void print_outages(json_t *arr) {
       printf("  %-3d %-19s %7.1f %8s %8s %9s %8s  %4ld/%-17ld %ld, %d\n", i + 1, KIND_NAME[o->kind],
              phase_t(o->t0), cell(c1, restart), cell(c2, ready), cell(c3, down), cell(c4, flowing),
              o->creates_ok, refused, up, o->dropped);
-    else if (i == 5)
-      printf("  ... (every controller kill is in the JSON report; summary below)\n");
+    else if (!elided++)
+      printf("  ... (more controller kills: all in the JSON report, summarised below)\n");
     json_t *j = json_pack(
         "{s:s, s:f, s:o, s:o, s:o, s:o, s:i, s:i, s:o, s:o, s:i, s:i}", "kind", KIND_NAME[o->kind],
         "t", phase_t(o->t0), "restart_s", num_or_null(restart), "ready_after_restart_s",
@@ -1004,9 +1013,10 @@ static bool report(double wall, double gen_cpu) {
          (unsigned long long)g_tot.corrupt_msgs, (unsigned long long)g_tot.undelivered_bytes,
          (unsigned long long)g_tot.dup_msgs);
   printf("sessions: %d long-lived; %ld short ones created (%ld deleted, %ld left by their "
-         "initiator); dropped %ld; wrong or missing close codes %ld; protocol errors %ld\n",
+         "initiator); dropped %ld; wrong or missing close codes %ld; deleted but left open %ld; "
+         "protocol errors %ld\n",
          opt.sessions, g_tot.churn_created, g_tot.churn_deleted, g_tot.churn_left, g_tot.dropped,
-         g_tot.wrong_close, g_tot.protocol_errors);
+         g_tot.wrong_close, g_tot.kick_missing, g_tot.protocol_errors);
   printf("creations: %ld answered, %ld skipped (churn at its cap or no idle admin connection); "
          "refused outside any outage: %ld\n",
          g_creates, g_create_skipped, cr_out);
@@ -1063,6 +1073,7 @@ static bool report(double wall, double gen_cpu) {
   if (fd_leak) why[nwhy++] = "fd leak";
   if (g_tot.protocol_errors) why[nwhy++] = "protocol errors";
   if (g_tot.wrong_close) why[nwhy++] = "wrong close codes";
+  if (g_tot.kick_missing) why[nwhy++] = "deleted sessions left open";
   if (g_relay.crashes || g_ctl.crashes) why[nwhy++] = "crashes";
   if (!g_clean_exit) why[nwhy++] = "unclean exit at the end";
   if (g_not_drained || g_not_closed) why[nwhy++] = "sessions stuck at the end";
@@ -1093,14 +1104,15 @@ static bool report(double wall, double gen_cpu) {
                                 "window", opt.window, "seed", (json_int_t)opt.seed));
   json_object_set_new(
       root, "totals",
-      json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+      json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
                 "bytes_checked", (json_int_t)g_tot.bytes_ok, "messages_checked",
                 (json_int_t)g_tot.msgs_ok, "bytes_sent", (json_int_t)g_tot.sent_bytes,
                 "bytes_resent", (json_int_t)g_tot.resent_bytes, "bytes_lost",
                 (json_int_t)g_tot.lost_bytes, "corrupt_messages", (json_int_t)g_tot.corrupt_msgs,
                 "duplicates", (json_int_t)g_tot.dup_msgs, "sessions_dropped",
                 (json_int_t)g_tot.dropped, "short_sessions", (json_int_t)g_tot.churn_created,
-                "wrong_close", (json_int_t)g_tot.wrong_close, "protocol_errors",
+                "wrong_close", (json_int_t)g_tot.wrong_close, "deleted_left_open",
+                (json_int_t)g_tot.kick_missing, "protocol_errors",
                 (json_int_t)g_tot.protocol_errors, "creations_refused_outside_outages",
                 (json_int_t)cr_out, "upgrades_refused_outside_outages",
                 (json_int_t)(up_all - up_in), "ctl_kills", (json_int_t)g_ctl_kills));

@@ -197,6 +197,7 @@ struct sk_session {
   bool delete_sent;      /* a DELETE was ever sent (a later 1001 is its kick) */
   bool delete_pending;   /* one is outstanding: the session must outlive its answer */
   bool kicked;           /* a peer was closed with 1001 after a DELETE */
+  int delete_status;     /* the last DELETE's answer */
   double delete_retry_at;
   cm_list link; /* in g_sessions */
 };
@@ -207,7 +208,8 @@ typedef struct sk_totals {
   uint64_t lost_bytes, lost_msgs, corrupt_msgs, dup_msgs, dup_bytes, undelivered_bytes;
   long protocol_errors;           /* bad control text, a resume the sender refuses */
   long dropped;                   /* sessions */
-  long wrong_close;               /* a planned close that arrived with another code */
+  long wrong_close;               /* a planned close that arrived with another code, or never */
+  long kick_missing;              /* a DELETEd session whose peers were not closed */
   long unexpected_close_codes[5]; /* 1000, 1001, 1011, other code, no close frame */
   long upgrades_ok, upgrade_refused[R_KINDS];
   long churn_created, churn_closed, churn_deleted, churn_left;
