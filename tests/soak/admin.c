@@ -81,9 +81,11 @@ static void parse(ac_conn *a) {
   if (!copy) sk_die("out of memory");
   memcpy(copy, p + head, body);
   copy[body] = '\0';
+  explicit_bzero((char *)p, head + body); /* a create's answer carries slot tokens */
   cm_buf_consume(&a->in, head + body);
   if (close) cm_stream_close(a->st);
   finish(a, status, copy, body);
+  explicit_bzero(copy, body);
   free(copy);
 }
 

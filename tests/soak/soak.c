@@ -282,7 +282,10 @@ static bool take_created(const char *body, size_t n, char id[32], char ti[32], c
     strcpy(ti, b);
     strcpy(tr, c);
   }
-  json_decref(o); /* jansson frees the strings; tokens leave memory with it */
+  /* Slot tokens are secrets: wiped before jansson frees its copies. */
+  if (b) explicit_bzero((char *)b, strlen(b));
+  if (c) explicit_bzero((char *)c, strlen(c));
+  json_decref(o);
   return ok;
 }
 
@@ -984,25 +987,28 @@ static double get_refused(const sk_outage *o) {
   return (double)r;
 }
 
-static bool report(double wall, double gen_cpu) {
-  judge_flatness();
-  json_t *root = json_object(), *outages = json_array(), *series = json_array();
-  print_outages(outages);
-  print_relay_kills();
-  printf("\nper-kind summary:\n");
-  summarise(O_CTL_KILL, "readiness downtime (s)", get_down);
-  summarise(O_CTL_KILL, "restart -> ready (s)", get_ready);
-  summarise(O_CTL_KILL, "creations refused per outage", get_refused);
-  summarise(O_CTL_HANG, "creations refused per outage", get_refused);
+/* What the report's parts share. */
+typedef struct summary {
+  double wall, gen_cpu;
+  long creates_refused_outside, upgrades_refused_outside;
+  bool fd_leak, rss_ok;
+  const char *why[16]; /* the verdict's reasons */
+  int nwhy;
+} summary;
 
-  long up_in = 0, cr_in = 0, cr_out = 0, up_all = 0;
+/* Refusals not attributed to any outage (expected: none). */
+static void refusals_outside(summary *m) {
+  long up_in = 0, cr_in = 0, cr_all = 0, up_all = 0;
   for (int i = 0; i < g_nout; i++)
     for (int k = 0; k < R_KINDS; k++)
       up_in += g_out[i].upgrade_refused[k], cr_in += g_out[i].create_refused[k];
   for (int k = 0; k < R_KINDS; k++)
-    cr_out += g_create_refused[k], up_all += g_tot.upgrade_refused[k];
-  cr_out -= cr_in;
+    cr_all += g_create_refused[k], up_all += g_tot.upgrade_refused[k];
+  m->creates_refused_outside = cr_all - cr_in;
+  m->upgrades_refused_outside = up_all - up_in;
+}
 
+static void print_totals(const summary *m) {
   printf("\ndata: %.3f GiB checked in %llu messages (1 B..64 KiB), %.3f GiB sent (%.1f MiB "
          "resent after relay kills)\n",
          (double)g_tot.bytes_ok / (1 << 30), (unsigned long long)g_tot.msgs_ok,
@@ -1019,7 +1025,7 @@ static bool report(double wall, double gen_cpu) {
          g_tot.wrong_close, g_tot.kick_missing, g_tot.protocol_errors);
   printf("creations: %ld answered, %ld skipped (churn at its cap or no idle admin connection); "
          "refused outside any outage: %ld\n",
-         g_creates, g_create_skipped, cr_out);
+         g_creates, g_create_skipped, m->creates_refused_outside);
   print_refusals("creations refused, all:", g_create_refused);
   /* A create whose deadline passed while the controller hung may still be
    * carried out when it wakes: a session nobody was told of (it expires). */
@@ -1030,71 +1036,78 @@ static bool report(double wall, double gen_cpu) {
            made, opt.sessions + g_tot.churn_created, made - opt.sessions - g_tot.churn_created);
   print_refusals("upgrades refused, all (redials included):", g_tot.upgrade_refused);
   printf("upgrades refused outside any outage: %ld; DELETE refused %ld (then retried), 404 %ld\n",
-         up_all - up_in, g_tot.delete_refused, g_tot.delete_404);
+         m->upgrades_refused_outside, g_tot.delete_refused, g_tot.delete_404);
   printf("faults: controller killed %d times, hung %d (%.1f s, relay --call-timeout %.1f s), "
          "relay killed %d; crashes: relay %d, controller %d\n",
          g_ctl_kills, g_hangs, opt.hang_for, opt.call_timeout, g_relay_kills, g_relay.crashes,
          g_ctl.crashes);
   printf("readiness: /readyz not 200 for %.2f s in total during the fault phase\n",
          g_unready_total);
+}
 
+static const char *flat_word(const flat *f, bool flat_) {
+  return !f->judged ? "too short to judge" : flat_ ? "flat" : "RISING";
+}
+
+/* RSS and fds: by incarnation, over time, at the end. */
+static void print_memory(summary *m) {
   printf("\nrelay RSS and fds by incarnation (fault phase; flat = last quarter's max within "
          "%.0f%% + %d KiB of the second quarter's):\n",
          (RSS_SLACK - 1) * 100, RSS_SLACK_KIB);
-  bool rss_ok = true;
+  m->rss_ok = true;
   for (int k = 0; k < g_nflat; k++) {
     const flat *f = &g_flat[k];
     printf("  incarnation %d: %.0f s; RSS min %ld max %ld KiB (Q2 max %ld, Q4 max %ld): %s; fds "
            "max %d (Q2 %d, Q4 %d): %s\n",
            f->gen, f->t1 - f->t0, f->rss_min, f->rss_max, f->rss_q2, f->rss_q4,
-           !f->judged    ? "too short to judge"
-           : f->rss_flat ? "flat"
-                         : "RISING",
-           f->fds_max, f->fds_q2, f->fds_q4,
-           !f->judged    ? "too short to judge"
-           : f->fds_flat ? "flat"
-                         : "RISING");
-    if (f->judged && (!f->rss_flat || !f->fds_flat)) rss_ok = false;
+           flat_word(f, f->rss_flat), f->fds_max, f->fds_q2, f->fds_q4, flat_word(f, f->fds_flat));
+    if (f->judged && (!f->rss_flat || !f->fds_flat)) m->rss_ok = false;
   }
   print_series();
-  bool fd_leak = g_end_fds < 0 || g_end_fds > g_base_fds;
+  m->fd_leak = g_end_fds < 0 || g_end_fds > g_base_fds;
   printf("fds: baseline %ld, after every session closed %ld: %s\n", g_base_fds, g_end_fds,
-         fd_leak ? "LEAK" : "no leak");
-  double relay_cpu = g_relay_cpu;
+         m->fd_leak ? "LEAK" : "no leak");
   printf("cpu: relay %.1f s (%.0f%% of a core), controller %.1f s, load generator %.1f s "
          "(%.0f%% of a core) over %.0f s\n",
-         relay_cpu, relay_cpu / wall * 100, g_ctl_cpu, gen_cpu, gen_cpu / wall * 100, wall);
+         g_relay_cpu, g_relay_cpu / m->wall * 100, g_ctl_cpu, m->gen_cpu,
+         m->gen_cpu / m->wall * 100, m->wall);
+}
 
-  const char *why[16];
-  int nwhy = 0;
-  if (g_tot.lost_bytes) why[nwhy++] = "bytes lost";
-  if (g_tot.dup_msgs) why[nwhy++] = "duplicates";
-  if (g_tot.dropped) why[nwhy++] = "sessions dropped";
-  if (fd_leak) why[nwhy++] = "fd leak";
-  if (g_tot.protocol_errors) why[nwhy++] = "protocol errors";
-  if (g_tot.wrong_close) why[nwhy++] = "wrong close codes";
-  if (g_tot.kick_missing) why[nwhy++] = "deleted sessions left open";
-  if (g_relay.crashes || g_ctl.crashes) why[nwhy++] = "crashes";
-  if (!g_clean_exit) why[nwhy++] = "unclean exit at the end";
-  if (g_not_drained || g_not_closed) why[nwhy++] = "sessions stuck at the end";
+static void judge(summary *m) {
+#define FAIL_IF(cond, what)                                                                        \
+  do {                                                                                             \
+    if (cond) m->why[m->nwhy++] = (what);                                                          \
+  } while (0)
+  bool unhealed = false;
   for (int i = 0; i < g_nout; i++)
-    if (g_out[i].kind == O_RELAY_KILL && g_out[i].t_flowing < 0) {
-      why[nwhy++] = "a relay kill did not heal";
-      break;
-    }
-  if (opt.check_rss && !rss_ok) why[nwhy++] = "RSS or fds rising";
-  if (opt.check_rss && (g_longest < 0 || !g_flat[g_longest].judged))
-    why[nwhy++] = "RSS not judged (run too short)";
+    unhealed |= g_out[i].kind == O_RELAY_KILL && g_out[i].t_flowing < 0;
+  FAIL_IF(g_tot.lost_bytes, "bytes lost");
+  FAIL_IF(g_tot.dup_msgs, "duplicates");
+  FAIL_IF(g_tot.dropped, "sessions dropped");
+  FAIL_IF(m->fd_leak, "fd leak");
+  FAIL_IF(g_tot.protocol_errors, "protocol errors");
+  FAIL_IF(g_tot.wrong_close, "wrong close codes");
+  FAIL_IF(g_tot.kick_missing, "deleted sessions left open");
+  FAIL_IF(g_relay.crashes || g_ctl.crashes, "crashes");
+  FAIL_IF(!g_clean_exit, "unclean exit at the end");
+  FAIL_IF(g_not_drained || g_not_closed, "sessions stuck at the end");
+  FAIL_IF(unhealed, "a relay kill did not heal");
+  FAIL_IF(opt.check_rss && !m->rss_ok, "RSS or fds rising");
+  FAIL_IF(opt.check_rss && (g_longest < 0 || !g_flat[g_longest].judged),
+          "RSS not judged (run too short)");
+#undef FAIL_IF
+}
 
+static void write_json(const summary *m, json_t *outages) {
+  json_t *root = json_object(), *series = json_array(), *failures = json_array();
   for (size_t i = 0; i < g_nsamples; i++) {
     const sample *x = &g_samples[i];
     json_array_append_new(series,
                           json_pack("[f,i,I,i,i,I]", phase_t(x->t), x->gen, (json_int_t)x->rss_kib,
                                     x->fds, x->flowing, (json_int_t)x->bytes));
   }
-  json_t *verdict = json_array();
-  for (int i = 0; i < nwhy; i++)
-    json_array_append_new(verdict, json_string(why[i]));
+  for (int i = 0; i < m->nwhy; i++)
+    json_array_append_new(failures, json_string(m->why[i]));
   json_object_set_new(root, "options",
                       json_pack("{s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:i, s:f, s:I}",
                                 "seconds", opt.seconds, "sessions", opt.sessions, "rate", opt.rate,
@@ -1114,28 +1127,47 @@ static bool report(double wall, double gen_cpu) {
                 "wrong_close", (json_int_t)g_tot.wrong_close, "deleted_left_open",
                 (json_int_t)g_tot.kick_missing, "protocol_errors",
                 (json_int_t)g_tot.protocol_errors, "creations_refused_outside_outages",
-                (json_int_t)cr_out, "upgrades_refused_outside_outages",
-                (json_int_t)(up_all - up_in), "ctl_kills", (json_int_t)g_ctl_kills));
+                (json_int_t)m->creates_refused_outside, "upgrades_refused_outside_outages",
+                (json_int_t)m->upgrades_refused_outside, "ctl_kills", (json_int_t)g_ctl_kills));
   json_object_set_new(root, "fds",
                       json_pack("{s:I, s:I, s:b}", "baseline", (json_int_t)g_base_fds, "end",
-                                (json_int_t)g_end_fds, "leak", fd_leak));
+                                (json_int_t)g_end_fds, "leak", m->fd_leak));
   json_object_set_new(root, "cpu_s",
-                      json_pack("{s:f, s:f, s:f, s:f}", "relay", relay_cpu, "controller", g_ctl_cpu,
-                                "generator", gen_cpu, "wall", wall));
+                      json_pack("{s:f, s:f, s:f, s:f}", "relay", g_relay_cpu, "controller",
+                                g_ctl_cpu, "generator", m->gen_cpu, "wall", m->wall));
   json_object_set_new(root, "relay_version", json_string(g_version));
   json_object_set_new(root, "outages", outages);
   json_object_set_new(root, "samples_t_gen_rsskib_fds_flowing_bytes", series);
-  json_object_set_new(root, "failures", verdict);
-  if (opt.json && json_dump_file(root, opt.json, JSON_COMPACT) != 0)
-    printf("!! cannot write %s\n", opt.json);
+  json_object_set_new(root, "failures", failures);
+  if (json_dump_file(root, opt.json, JSON_COMPACT) != 0) printf("!! cannot write %s\n", opt.json);
   json_decref(root);
+}
 
+static bool report(double wall, double gen_cpu) {
+  summary m = {.wall = wall, .gen_cpu = gen_cpu};
+  judge_flatness();
+  json_t *outages = json_array();
+  print_outages(outages);
+  print_relay_kills();
+  printf("\nper-kind summary:\n");
+  summarise(O_CTL_KILL, "readiness downtime (s)", get_down);
+  summarise(O_CTL_KILL, "restart -> ready (s)", get_ready);
+  summarise(O_CTL_KILL, "creations refused per outage", get_refused);
+  summarise(O_CTL_HANG, "creations refused per outage", get_refused);
+  refusals_outside(&m);
+  print_totals(&m);
+  print_memory(&m);
+  judge(&m);
+  if (opt.json)
+    write_json(&m, outages);
+  else
+    json_decref(outages);
   printf("load average at the end: %.2f (1 min; the faults' timings depend on it)\n", loadavg());
-  printf("\nverdict: %s", nwhy ? "FAIL (" : "PASS");
-  for (int i = 0; i < nwhy; i++)
-    printf("%s%s", i ? ", " : "", why[i]);
-  printf("%s\n", nwhy ? ")" : "");
-  return nwhy == 0;
+  printf("\nverdict: %s", m.nwhy ? "FAIL (" : "PASS");
+  for (int i = 0; i < m.nwhy; i++)
+    printf("%s%s", i ? ", " : "", m.why[i]);
+  printf("%s\n", m.nwhy ? ")" : "");
+  return m.nwhy == 0;
 }
 
 /* ---- options -------------------------------------------------------------------------- */
