@@ -6,10 +6,9 @@
  * durable registry; kill -9, SIGTERM with a bound, crash detection, and
  * what /proc says about a process.
  *
- * Children get SIGKILL when the harness dies (PR_SET_PDEATHSIG), so a
- * crashed or timed-out run leaves no relay behind.  Waits here run the loop
- * (sk_run_for), so they are called from the harness's driver, never from a
- * libuv callback.
+ * Children run in their own sessions and get SIGKILL when the harness dies
+ * (PR_SET_PDEATHSIG), so a crashed or timed-out run leaves no relay behind.  Waits here run the
+ * loop (sk_run_for), so they are called from the harness's driver, never from a libuv callback.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -54,6 +53,10 @@ static pid_t spawn(char *const argv[], const char *out, const char *err) {
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127); /* the harness is already gone */
+    /* Its own session, as a service manager would start it: with autogroup
+     * scheduling a session shares one CPU slice, and the relay should not
+     * share the load generator's. */
+    setsid();
     dup2(fn, 0);
     dup2(fo, 1);
     dup2(fe >= 0 ? fe : fo, 2);
@@ -241,15 +244,23 @@ static void describe_exit(const sk_proc *p, int st, const char *when) {
            WEXITSTATUS(st), when, p->log);
 }
 
-void sk_proc_kill(sk_proc *p) {
-  if (p->pid <= 0) return;
+/* A process in uninterruptible sleep (fdatasync on a busy disk) dies only
+ * when the call returns, which can take seconds: the loop runs meanwhile,
+ * so the peers keep streaming, and the caller learns how long it took. */
+#define REAP_TIMEOUT_S 30.0
+
+double sk_proc_kill(sk_proc *p) {
+  if (p->pid <= 0) return 0;
+  double t0 = sk_now();
   kill(p->pid, SIGKILL);
-  for (int i = 0; i < 5000; i++) {
-    if (waitpid(p->pid, NULL, WNOHANG) == p->pid) break;
-    usleep(1000);
+  while (waitpid(p->pid, NULL, WNOHANG) != p->pid) {
+    if (sk_now() - t0 > REAP_TIMEOUT_S)
+      sk_die("%s (pid %d) survived SIGKILL", p->name, (int)p->pid);
+    sk_run_for(0.002);
   }
   p->pid = 0;
   p->stopped = false;
+  return sk_now() - t0;
 }
 
 bool sk_proc_stop(sk_proc *p, double timeout) {

@@ -159,7 +159,7 @@ static sk_outage *outage_begin(sk_okind kind) {
   memset(o, 0, sizeof *o);
   o->kind = kind;
   o->t0 = sk_now();
-  o->t_restart = o->t_unready = o->t_ready = o->t_flowing = o->t_end = -1;
+  o->t_dead = o->t_restart = o->t_unready = o->t_ready = o->t_flowing = o->t_end = -1;
   g_cur = o;
   return o;
 }
@@ -409,8 +409,24 @@ static void churn_step(bool ending) {
 
 static bool g_ending;
 
+/* The generator's own health: a loop that does not come round for a while
+ * (machine overload, a blocking call) stalls every peer at once, and the
+ * timings around it are the generator's, not the relay's. */
+#define STALL_S 0.25
+static double g_last_tick = -1, g_stall_max, g_stall_max_at;
+static long g_stalls;
+
+static void note_stall(void) {
+  double now = sk_now(), gap = g_last_tick < 0 ? 0 : now - g_last_tick;
+  g_last_tick = now;
+  if (gap < STALL_S || g_phase0 < 0) return;
+  g_stalls++;
+  if (gap > g_stall_max) g_stall_max = gap, g_stall_max_at = phase_t(now - gap);
+}
+
 static void on_tick(uv_timer_t *t) {
   (void)t;
+  note_stall();
   sk_peers_tick();
   for (int i = 0; i < g_nacs; i++)
     ac_tick(g_acs[i]);
@@ -523,6 +539,7 @@ static void ctl_kill(void) {
   outage_begin(O_CTL_KILL);
   account_cpu(&g_ctl, &g_ctl_cpu);
   sk_proc_kill(&g_ctl);
+  g_cur->t_dead = sk_now();
   g_ctl_kills++;
 }
 
@@ -546,6 +563,7 @@ static void relay_kill(void) {
   g_relay_gen++; /* connections of the old incarnation may now die */
   account_cpu(&g_relay, &g_relay_cpu);
   sk_proc_kill(&g_relay);
+  g_cur->t_dead = sk_now();
   g_relay_kills++;
   take_sample();
   g_cur->gen_cpu = sk_self_cpu_s();
@@ -636,7 +654,7 @@ static void faults_step(double t) {
     ctl_hang();
   } else if (opt.ctl_every > 0 && t >= g_next_ctl_kill) {
     ctl_kill();
-    g_ctl_restart_at = sk_now() + opt.ctl_down;
+    g_ctl_restart_at = g_cur->t0 + opt.ctl_down; /* or at once, if reaping took longer */
     g_next_ctl_kill = t + opt.ctl_every;
   }
   if (g_cur) /* after any fault, the next kill waits for a quiet second */
@@ -924,6 +942,7 @@ static void print_outages(json_t *arr) {
         (json_int_t)o->creates_ok, "creates_refused", refusals_json(o->create_refused),
         "upgrades_refused", refusals_json(o->upgrade_refused), "reconnects",
         (json_int_t)o->reconnects, "dropped", o->dropped);
+    json_object_set_new(j, "reaped_after_s", num_or_null(span(o->t0, o->t_dead)));
     if (o->kind == O_RELAY_KILL) {
       json_object_set_new(j, "relay_cpu_s", json_real(o->relay_cpu));
       json_object_set_new(j, "generator_cpu_s", json_real(o->gen_cpu));
@@ -980,6 +999,7 @@ static double get_down(const sk_outage *o) {
   return o->t_ready - (from_kill ? o->t0 : o->t_unready);
 }
 static double get_ready(const sk_outage *o) { return span(o->t_restart, o->t_ready); }
+static double get_dead(const sk_outage *o) { return span(o->t0, o->t_dead); }
 static double get_refused(const sk_outage *o) {
   long r = 0;
   for (int k = 0; k < R_KINDS; k++)
@@ -1043,6 +1063,9 @@ static void print_totals(const summary *m) {
          g_ctl.crashes);
   printf("readiness: /readyz not 200 for %.2f s in total during the fault phase\n",
          g_unready_total);
+  printf("generator: its loop stalled over %.0f ms %ld times, longest %.2f s (at t=%.0f s); "
+         "timings there are not the relay's\n",
+         STALL_S * 1000, g_stalls, g_stall_max, g_stall_max_at);
 }
 
 static const char *flat_word(const flat *f, bool flat_) {
@@ -1136,6 +1159,9 @@ static void write_json(const summary *m, json_t *outages) {
                       json_pack("{s:f, s:f, s:f, s:f}", "relay", g_relay_cpu, "controller",
                                 g_ctl_cpu, "generator", m->gen_cpu, "wall", m->wall));
   json_object_set_new(root, "relay_version", json_string(g_version));
+  json_object_set_new(root, "generator_stalls",
+                      json_pack("{s:I, s:f, s:f}", "count", (json_int_t)g_stalls, "longest_s",
+                                g_stall_max, "at_t", g_stall_max_at));
   json_object_set_new(root, "outages", outages);
   json_object_set_new(root, "samples_t_gen_rsskib_fds_flowing_bytes", series);
   json_object_set_new(root, "failures", failures);
@@ -1152,6 +1178,7 @@ static bool report(double wall, double gen_cpu) {
   printf("\nper-kind summary:\n");
   summarise(O_CTL_KILL, "readiness downtime (s)", get_down);
   summarise(O_CTL_KILL, "restart -> ready (s)", get_ready);
+  summarise(O_CTL_KILL, "kill -9 -> reaped (s)", get_dead);
   summarise(O_CTL_KILL, "creations refused per outage", get_refused);
   summarise(O_CTL_HANG, "creations refused per outage", get_refused);
   refusals_outside(&m);

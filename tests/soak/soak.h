@@ -70,6 +70,7 @@ enum { R_503, R_404, R_409, R_429, R_CONN, R_OTHER, R_KINDS };
 typedef struct sk_outage {
   sk_okind kind;
   double t0;                /* fault injected */
+  double t_dead;            /* kill -9: the process was reaped (-1: not a kill) */
   double t_restart;         /* restarted / SIGCONT (-1: not yet) */
   double t_unready;         /* first /readyz other than 200 (-1: none seen) */
   double t_ready;           /* first 200 after it (-1: not yet) */
@@ -109,8 +110,8 @@ void sk_enrol(void);
  * from its log); false if it exits or does not listen within 15 s. */
 bool sk_relay_start(void);
 void sk_ctl_start(void);
-/* kill -9 and reap. */
-void sk_proc_kill(sk_proc *p);
+/* kill -9 and reap (running the loop); returns the seconds it took. */
+double sk_proc_kill(sk_proc *p);
 /* SIGTERM; true when it exited 0 within the bound (else says why on stdout). */
 bool sk_proc_stop(sk_proc *p, double timeout);
 /* Reaps an exit we did not cause: true (and a report) if p died. */
