@@ -287,6 +287,7 @@ static const cm_subcmd g_cmds[] = {
     {"tcp-dial", relay_cmd_tcp_dial, "peer: tunnel the session to a TCP service"},
     {"udp-listen", relay_cmd_udp_listen, "peer: datagrams on a local port through a session"},
     {"udp-dial", relay_cmd_udp_dial, "peer: datagrams through a session to a UDP service"},
+    {"pubsub-dial", relay_cmd_pubsub_dial, "peer: a session's messages to and from Redis pub/sub"},
     {"version", cmd_version, "print version and library versions"},
 };
 
