@@ -470,6 +470,8 @@ typedef struct rc_admin_opts {
   rc_output output;
   long long ttl_s;           /* CREATE; 0: the relay's default */
   long long peer_wait_s;     /* CREATE; 0: the relay's default */
+  const char *target;        /* CREATE: a target session's HOST:PORT (checked with
+                                cm_target_parse), or NULL */
   long long page_size;       /* LIST: sessions per request (1..1000) */
   const char *client_id;     /* to renew tokens; NULL: the cached client id */
   const char *client_secret; /* to renew client-credentials tokens (from the environment) */
