@@ -347,6 +347,10 @@ static void on_session_event(ctl_server *s, const char *node, const Relay__V1__S
     ctl_reg_on_detach(s->reg, now, e->session_id, role, node);
     break;
   case RELAY__V1__SESSION_EVENT__TYPE__CLOSE:
+    /* A kick we sent, TTL, or the relay's own reason (a target it could
+     * not or may not dial): the operator's record of why. */
+    cm_log(CM_LOG_INFO, "controller", "session closed by the relay", CM_S("session", e->session_id),
+           CM_S("relay", node), CM_I("code", e->close_code), CM_S("reason", e->reason));
     ctl_reg_on_detach(s->reg, now, e->session_id, CTL_REG_ROLE_INITIATOR, node);
     ctl_reg_on_detach(s->reg, now, e->session_id, CTL_REG_ROLE_RESPONDER, node);
     break;

@@ -408,9 +408,9 @@ static bool parse_create_body(admin_op *a, const rly_http_request *req) {
   cm_target parsed;
   if (t && !json_is_null(t) &&
       (!json_is_string(t) || cm_target_parse(json_string_value(t), &parsed, err, sizeof err))) {
-    json_decref(o);
-    respond_error(a, 400, "invalid_request",
-                  json_is_string(t) ? err : "target must be a string \"host:port\"", NULL);
+    const char *msg = json_is_string(t) ? err : "target must be a string \"host:port\"";
+    json_decref(o); /* t with it */
+    respond_error(a, 400, "invalid_request", msg, NULL);
     return false;
   }
   if (t && json_is_string(t)) snprintf(a->target, sizeof a->target, "%s", json_string_value(t));
