@@ -58,7 +58,7 @@
   "  end\n"                                                                                        \
   "  return r\n"                                                                                   \
   "end\n"                                                                                          \
-  "local F = {'c', 'e', 'la', 'pw', 'n', 'u', 's1', 's2', 'ctr', 'hi', 'hr', 'ev'}\n"              \
+  "local F = {'c', 'e', 'la', 'pw', 'n', 'u', 's1', 's2', 'ctr', 'hi', 'hr', 'ev', 't'}\n"         \
   "local function load_s(id)\n"                                                                    \
   "  local v = redis.call('HMGET', skey(id), unpack(F))\n"                                         \
   "  if not v[2] then return nil end\n"                                                            \
@@ -72,7 +72,7 @@
   "  local a, b = c.ri, c.ro\n"                                                                    \
   "  for i = 1, #c.ep do a = a + c.ep[i][2]; b = b + c.ep[i][3] end\n"                             \
   "  return {id, tonumber(s.c), tonumber(s.e), tonumber(s.la), tonumber(s.pw), s.n, s.u,\n"        \
-  "          s.s1, s.s2, a, b}\n"                                                                  \
+  "          s.s1, s.s2, a, b, s.t}\n"                                                             \
   "end\n"                                                                                          \
   "local function recount(id, s)\n"                                                                \
   "  if s.n == '' then return end\n"                                                               \
@@ -90,7 +90,7 @@
   "  if node ~= '' then redis.call('ZREM', P .. 'load:' .. node, id) end\n"                        \
   "end\n"
 
-/* ARGV: P id hi hr ttl pw node url max_sessions -> {201, created, expires}
+/* ARGV: P id hi hr ttl pw node url max_sessions target -> {201, created, expires}
  * | {429} | {409} (id taken). */
 #define LUA_CREATE                                                                                 \
   LUA_COMMON                                                                                       \
@@ -102,7 +102,7 @@
   "local seq = redis.call('INCR', P .. 'seq')\n"                                                   \
   "redis.call('HSET', k, 'hi', ARGV[3], 'hr', ARGV[4], 'c', NOW, 'e', e, 'la', NOW,\n"             \
   "           'pw', ARGV[6], 'n', node, 'u', ARGV[8], 's1', '', 's2', '', 'ctr', '',\n"            \
-  "           'ev', '0', 'q', seq)\n"                                                              \
+  "           'ev', '0', 'q', seq, 't', ARGV[10])\n"                                               \
   "redis.call('PEXPIREAT', k, e * 1000)\n"                                                         \
   "redis.call('ZADD', P .. 'idx', seq, id)\n"                                                      \
   "redis.call('ZADD', P .. 'exp', e, id)\n"                                                        \
@@ -129,10 +129,11 @@
   "if slot == 0 then return {401, 'invalid_token'} end\n"                                          \
   "local role = tonumber(ARGV[4])\n"                                                               \
   "if role ~= 0 and role ~= slot then return {401, 'role_mismatch'} end\n"                         \
+  "if slot == 2 and s.t ~= '' then return {403} end\n"                                             \
   "local holder = s['s' .. slot]\n"                                                                \
   "if holder ~= '' and holder ~= asker and live(holder) then return {409} end\n"                   \
   "if asker == '' or s.n == asker then\n"                                                          \
-  "  return {200, slot, tonumber(s.e), tonumber(s.pw), ''}\n"                                      \
+  "  return {200, slot, tonumber(s.e), tonumber(s.pw), '', s.t}\n"                                 \
   "end\n"                                                                                          \
   "if s.n ~= '' and live(s.n) then return {421} end\n"                                             \
   "local url = redis.call('HGET', P .. 'info:' .. asker, 'url') or s.u\n"                          \
@@ -142,7 +143,7 @@
   "redis.call('HSET', skey(id), 'n', asker, 'u', url)\n"                                           \
   "redis.call('HSET', P .. 'where', id, asker)\n"                                                  \
   "redis.call('SADD', P .. 'nodes', asker)\n"                                                      \
-  "return {200, slot, tonumber(s.e), tonumber(s.pw), s.n}\n"
+  "return {200, slot, tonumber(s.e), tonumber(s.pw), s.n, s.t}\n"
 
 /* ARGV: P id -> {1, status...} | {0} */
 #define LUA_GET                                                                                    \

@@ -123,8 +123,10 @@ typedef struct ctl_store_owner {
 } ctl_store_owner;
 
 typedef struct ctl_store_ops {
+  /* target: a target session's "host:port", allowed by the caller's
+   * policy (NULL or "": an ordinary session). */
   void (*create)(ctl_store *st, int64_t now, uint32_t ttl_s, uint32_t peer_wait_s, const char *node,
-                 const char *url, ctl_store_created_cb cb, void *ud);
+                 const char *url, const char *target, ctl_store_created_cb cb, void *ud);
   void (*validate)(ctl_store *st, int64_t now, const char *id, const char *token, int role,
                    const char *node, ctl_store_decided_cb cb, void *ud);
   void (*get)(ctl_store *st, int64_t now, const char *id, ctl_store_status_cb cb, void *ud);

@@ -20,9 +20,10 @@ typedef struct jstore {
 static ctl_registry *reg_of(ctl_store *st) { return ((jstore *)st)->reg; }
 
 static void j_create(ctl_store *st, int64_t now, uint32_t ttl_s, uint32_t peer_wait_s,
-                     const char *node, const char *url, ctl_store_created_cb cb, void *ud) {
+                     const char *node, const char *url, const char *target, ctl_store_created_cb cb,
+                     void *ud) {
   ctl_reg_created c;
-  int rc = ctl_reg_create(reg_of(st), now, ttl_s, peer_wait_s, node, url, &c);
+  int rc = ctl_reg_create_target(reg_of(st), now, ttl_s, peer_wait_s, node, url, target, &c);
   cb(ud, rc, &c);
   ctl_reg_created_wipe(&c);
 }

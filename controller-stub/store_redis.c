@@ -141,7 +141,7 @@ static void rstr_at(const redisReply *r, size_t i, char *out, size_t outlen) {
 }
 
 /* A status array of the scripts (LUA_COMMON's status()). */
-#define STATUS_FIELDS 11
+#define STATUS_FIELDS 12
 static bool status_from(const redisReply *a, ctl_reg_status *st) {
   if (!a || a->type != REDIS_REPLY_ARRAY || a->elements != STATUS_FIELDS) return false;
   memset(st, 0, sizeof *st);
@@ -157,6 +157,7 @@ static bool status_from(const redisReply *a, ctl_reg_status *st) {
   rstr_at(a, 8, s2, sizeof s2);
   st->bytes_in = (uint64_t)rint_at(a, 9);
   st->bytes_out = (uint64_t)rint_at(a, 10);
+  rstr_at(a, 11, st->target, sizeof st->target);
   st->initiator_connected = s1[0] != '\0';
   st->responder_connected = s2[0] != '\0';
   st->state = st->initiator_connected && st->responder_connected   ? CTL_REG_OPEN
@@ -309,11 +310,14 @@ static void on_create_reply(redisAsyncContext *ac, void *reply, void *priv) {
 }
 
 static void r_create(ctl_store *st, int64_t now, uint32_t ttl_s, uint32_t peer_wait_s,
-                     const char *node, const char *url, ctl_store_created_cb cb, void *ud) {
+                     const char *node, const char *url, const char *target, ctl_store_created_cb cb,
+                     void *ud) {
   rstore *r = rs(st);
   if (!node) node = "";
   if (!url) url = "";
+  if (!target) target = "";
   int rc = ctl_reg_create_args(&r->cfg, now, &ttl_s, &peer_wait_s, node, url);
+  if (rc == 0 && !ctl_text_ok(target, CTL_REG_TARGET_MAX)) rc = CTL_REG_EARG;
   rop *o = rc == 0 ? rop_new(r, (void *)cb, ud) : NULL;
   if (!o) {
     ctl_reg_created none;
@@ -337,6 +341,7 @@ static void r_create(ctl_store *st, int64_t now, uint32_t ttl_s, uint32_t peer_w
   c->status.peer_wait_s = peer_wait_s;
   snprintf(c->status.relay_node, sizeof c->status.relay_node, "%s", node);
   snprintf(c->status.public_url, sizeof c->status.public_url, "%s", url);
+  snprintf(c->status.target, sizeof c->status.target, "%s", target);
   ctl_reg_created_urls(c, url, c->status.id);
   args a;
   if (rc == 0) rc = args_init(&a, 16);
@@ -350,6 +355,7 @@ static void r_create(ctl_store *st, int64_t now, uint32_t ttl_s, uint32_t peer_w
     arg_s(&a, node);
     arg_s(&a, url);
     arg_i(&a, r->cfg.max_sessions);
+    arg_s(&a, target);
     rc = send_args(r, &a, on_create_reply, o) == 0 ? 0 : CTL_REG_EIO;
     args_free(&a);
   }
@@ -381,6 +387,7 @@ static void on_validate_reply(redisAsyncContext *ac, void *reply, void *priv) {
     d.reason = d.message = "";
     d.expires_at = rint_at(rr, 2);
     d.peer_wait_s = (uint32_t)rint_at(rr, 3);
+    rstr_at(rr, 5, d.target, sizeof d.target);
     rstr_at(rr, 4, word, sizeof word);
     if (word[0])
       cm_log(CM_LOG_INFO, log_comp, "session reassigned", CM_S("from", word),
@@ -395,6 +402,10 @@ static void on_validate_reply(redisAsyncContext *ac, void *reply, void *priv) {
       deny(&d, 401, "invalid_token", "token does not open a slot");
     break;
   case 409: deny(&d, 409, "slot_taken", "slot already connected"); break;
+  case 403:
+    deny(&d, 403, "target_session",
+         "this session's responder is the relay's own connection to its target");
+    break;
   case 421: deny(&d, 421, "wrong_relay", "session is served by another relay"); break;
   default: deny(&d, 503, "controller_error", "the registry could not be reached"); break;
   }

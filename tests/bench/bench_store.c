@@ -90,7 +90,7 @@ static void on_created(void *ud, int rc, ctl_reg_created *c) {
 
 static void next_create(void) {
   g_out++;
-  g_st->ops->create(g_st, time(NULL), 3600, 0, "bench", "wss://bench", on_created, NULL);
+  g_st->ops->create(g_st, time(NULL), 3600, 0, "bench", "wss://bench", NULL, on_created, NULL);
 }
 
 static void on_decided(void *ud, int rc, const ctl_reg_decision *d) {
