@@ -1,14 +1,13 @@
 /*
- * control.c — the relay's side of its controller: owns the tun_relay, and
- * either listens for remote controllers (mutual TLS on the tunnel port) or,
- * with no controller CA configured, starts the reference controller on its
- * own thread and links it through a socketpair (embedded mode: the same
- * HTTP/2 + gRPC path, no shortcut).  Commands from controllers are handed
- * to the data plane; /readyz reports whether any link is up.
+ * control.c — the relay's side of its controllers: owns the tun_relay,
+ * listens for remote controllers (mutual TLS on the tunnel port) when a
+ * controller CA is configured, and adopts links handed in as connected
+ * sockets (embedded mode: cmd/relay starts the reference controller and
+ * gives the relay one end of a socketpair; the same HTTP/2 + gRPC path, no
+ * shortcut).  Commands from controllers are handed to the data plane;
+ * /readyz reports whether any link is up.
  */
 #include "relay/edge.h"
-
-#include "controller-stub/controller.h"
 
 #include <errno.h>
 #include <string.h>
@@ -27,37 +26,6 @@ static void on_links(void *ud, size_t links) {
 static void on_link_up(void *ud, const char *controller) { rly_dp_on_link_up(ud, controller); }
 
 static const tun_relay_cbs g_cbs = {on_command, on_links, on_link_up};
-
-static int start_embedded(rly_server *s, char *err, size_t errlen) {
-  int fds[2];
-  int rc = tun_socketpair(fds);
-  if (rc != 0) {
-    snprintf(err, errlen, "socketpair: %s", strerror(-rc));
-    return rc;
-  }
-  const rly_config *cfg = s->cfg;
-  ctl_config cc = {.state_dir = cfg->state_dir,
-                   .max_ttl_s = (uint32_t)cfg->max_ttl_s,
-                   .max_peer_wait_s = (uint32_t)cfg->max_peer_wait_s,
-                   .default_peer_wait_s = (uint32_t)(cfg->peer_wait_ms / 1000),
-                   .accept_unauthenticated = cfg->no_auth,
-                   .ping_interval_ms = (uint32_t)cfg->ping_interval_ms,
-                   .ping_timeout_ms = (uint32_t)cfg->ping_timeout_ms};
-  s->embedded = ctl_embedded_start(&cc, fds[1], err, errlen);
-  if (!s->embedded) {
-    close(fds[0]);
-    close(fds[1]);
-    return -EINVAL;
-  }
-  rc = tun_relay_add_fd(s->tun, fds[0], "embedded");
-  if (rc != 0) {
-    snprintf(err, errlen, "in-process link: %s", uv_strerror(rc));
-    return rc;
-  }
-  cm_log(CM_LOG_INFO, "relay", "embedded controller started",
-         CM_S("state_dir", cfg->state_dir ? cfg->state_dir : "(memory)"));
-  return 0;
-}
 
 int rly_control_start(rly_server *s, char *err, size_t errlen) {
   const rly_config *cfg = s->cfg;
@@ -83,13 +51,28 @@ int rly_control_start(rly_server *s, char *err, size_t errlen) {
   s->tun = tun_relay_new(s->loop, &tc, &g_cbs, s, err, errlen);
   if (!s->tun) return -EINVAL;
   if (remote) return tun_relay_listen(s->tun, cfg->tunnel_listen, err, errlen);
-  return start_embedded(s, err, errlen);
+  return 0;
+}
+
+int rly_server_add_controller_fd(rly_server *s, int fd, const char *name, char *err,
+                                 size_t errlen) {
+  if (!s->tun) { /* before start: adopted when the tunnel side exists */
+    if (s->pending_fd >= 0) {
+      close(fd);
+      snprintf(err, errlen, "one controller socket at a time before start");
+      return -EBUSY;
+    }
+    s->pending_fd = fd;
+    snprintf(s->pending_name, sizeof s->pending_name, "%s", name);
+    return 0;
+  }
+  int rc = tun_relay_add_fd(s->tun, fd, name);
+  if (rc != 0) snprintf(err, errlen, "in-process link: %s", uv_strerror(rc));
+  return rc;
 }
 
 static void on_tun_closed(void *ud) {
   rly_server *s = ud;
-  ctl_embedded_stop(s->embedded);
-  s->embedded = NULL;
   void (*done)(void *) = s->control_done;
   s->control_done = NULL;
   if (done) done(s);
@@ -111,10 +94,17 @@ void rly_control_free(rly_server *s) {
 
 static void on_wake(uv_timer_t *t) { CM_UNUSED(t); }
 
-/* Runs the loop (before the caller's uv_run) until the in-process link is
- * up: the controller thread is already running, so this takes a few ms. */
+/* Runs the loop (before the caller's uv_run) until a link handed in before
+ * start is up: its controller is already running, so this takes a few ms. */
 int rly_control_wait_embedded(rly_server *s, char *err, size_t errlen) {
-  if (!s->embedded) return 0;
+  if (s->pending_fd < 0) return 0;
+  int fd = s->pending_fd;
+  s->pending_fd = -1;
+  int rc = tun_relay_add_fd(s->tun, fd, s->pending_name);
+  if (rc != 0) {
+    snprintf(err, errlen, "in-process link: %s", uv_strerror(rc));
+    return rc;
+  }
   uv_timer_t t;
   uv_timer_init(s->loop, &t);
   uv_timer_start(&t, on_wake, 10, 10);
@@ -124,7 +114,7 @@ int rly_control_wait_embedded(rly_server *s, char *err, size_t errlen) {
   uv_close((uv_handle_t *)&t, NULL);
   uv_run(s->loop, UV_RUN_NOWAIT);
   if (s->links == 0) {
-    snprintf(err, errlen, "the embedded controller did not link within 10 s");
+    snprintf(err, errlen, "the in-process controller did not link within 10 s");
     return -ETIMEDOUT;
   }
   return 0;

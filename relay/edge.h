@@ -17,7 +17,6 @@ typedef struct rly_session rly_session;
 typedef struct rly_auth rly_auth;
 typedef struct rly_auth_req rly_auth_req;
 typedef struct rly_principal rly_principal;
-typedef struct ctl_embedded ctl_embedded;
 
 typedef struct rly_dp_metrics {
   uint64_t upgrades, refused_4xx, refused_503, peers_closed, protocol_errors, too_big, bytes_in,
@@ -60,7 +59,8 @@ struct rly_server {
 
   /* controller link (control.c) */
   tun_relay *tun;
-  ctl_embedded *embedded;
+  int pending_fd; /* a controller socket handed in before start, or -1 */
+  char pending_name[64];
   size_t links;
   void (*control_done)(void *);
 
@@ -104,7 +104,8 @@ struct rly_conn {
 /* control.c */
 int rly_control_start(rly_server *s, char *err, size_t errlen);
 void rly_control_stop(rly_server *s, void (*done)(void *ud));
-/* Embedded mode: waits (running the loop) until the in-process link is up. */
+/* Adopts a socket handed in before start and waits (running the loop)
+ * until its link is up. */
 int rly_control_wait_embedded(rly_server *s, char *err, size_t errlen);
 void rly_control_free(rly_server *s);
 

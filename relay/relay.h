@@ -7,9 +7,11 @@
  * /relay/{id} that pair two peers and forward their frames untouched.  It
  * owns a second listener, the tunnel port, on which controllers dial in;
  * every admin decision and slot-token check is a call to a controller over
- * that link (tunnel/).  With no remote controller configured the reference
- * controller (controller-stub/) runs in a thread of this process and is
- * linked through a socketpair with the same protocol.
+ * that link (tunnel/).  A controller may also be handed in as a connected
+ * socket (rly_server_add_controller_fd): that is embedded mode, where
+ * cmd/relay starts the reference controller (controller-stub/) on its own
+ * thread and links it through a socketpair with the same protocol; this
+ * library never starts another layer's parts.
  *
  * The server runs on one libuv loop owned by the caller.  rly_server_start
  * binds; rly_server_shutdown stops accepting, closes idle connections, lets
@@ -53,7 +55,8 @@ typedef struct rly_config {
   long long call_timeout_ms;
   long long ping_interval_ms;
   long long ping_timeout_ms;
-  char *state_dir; /* embedded controller's registry */
+  /* embedded controller (read by cmd/relay, which starts it; unused here) */
+  char *state_dir; /* its registry */
 
   /* admin API and OIDC */
   bool no_auth;
@@ -66,7 +69,7 @@ typedef struct rly_config {
   long long jwks_refresh_ms;
   long long jwks_min_refetch_ms;
   cm_strlist cors_origins;
-  long long max_ttl_s, max_peer_wait_s;
+  long long max_ttl_s, max_peer_wait_s; /* embedded controller's maxima (cmd/relay) */
 
   /* data plane */
   long long max_message;  /* per message, bytes */
@@ -86,9 +89,13 @@ typedef struct rly_server rly_server;
 /* Validates cfg and builds the server (no sockets yet).  The config is
  * borrowed and must outlive the server. */
 rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, size_t errlen);
-/* Binds the listeners and starts the embedded controller if configured.
- * In embedded mode it runs the loop briefly, before accepting, until the
- * in-process link is up; call it before the caller's own uv_run. */
+/* Adopts a connected socket as a controller link named `name` (plain: the
+ * socket is trusted, e.g. one end of a socketpair to an in-process
+ * controller).  The relay owns fd from here on, also on failure. */
+int rly_server_add_controller_fd(rly_server *s, int fd, const char *name, char *err, size_t errlen);
+/* Binds the listeners.  With a controller socket added before, it runs the
+ * loop briefly, before accepting, until that link is up; call it before the
+ * caller's own uv_run. */
 int rly_server_start(rly_server *s, char *err, size_t errlen);
 /* Stops accepting and drains (see above); `done` runs on the loop. */
 void rly_server_shutdown(rly_server *s, void (*done)(void *ud), void *ud);

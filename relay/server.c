@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SWEEP_MS 250
 
@@ -94,6 +95,7 @@ rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, si
   }
   s->loop = loop;
   s->cfg = cfg;
+  s->pending_fd = -1;
   cm_list_init(&s->conns);
   cm_list_init(&s->header_wait);
   cm_list_init(&s->idle_wait);
@@ -125,6 +127,7 @@ rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, si
 
 void rly_server_free(rly_server *s) {
   if (!s) return;
+  if (s->pending_fd >= 0) close(s->pending_fd);
   rly_ip_free(s);
   rly_auth_free(s->auth);
   rly_control_free(s);
@@ -436,8 +439,8 @@ int rly_server_start(rly_server *s, char *err, size_t errlen) {
   s->started = true;
   if ((rc = rly_control_start(s, err, errlen)) != 0) return rc;
   if (s->auth && (rc = rly_auth_start(s->auth, err, errlen)) != 0) return rc;
-  /* Accept only once an embedded controller is linked, so no client ever
-   * sees a 503 that is merely start-up. */
+  /* Accept only once a controller handed in before start is linked, so no
+   * client ever sees a 503 that is merely start-up. */
   if ((rc = rly_control_wait_embedded(s, err, errlen)) != 0) return rc;
   if ((rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
     snprintf(err, errlen, "listen on %s: %s", s->cfg->listen, uv_strerror(rc));

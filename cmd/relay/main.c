@@ -8,12 +8,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <nghttp2/nghttp2.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "controller-stub/controller.h"
 #include "relay/relay.h"
+#include "tunnel/tunnel.h"
 
 #define EXIT_USAGE 2
 
@@ -129,9 +132,39 @@ static const cm_cfg_spec g_serve_spec = {
 typedef struct serve_ctx {
   uv_loop_t *loop;
   rly_server *srv;
+  ctl_embedded *embedded; /* the in-process controller, without --controller-ca */
   uv_signal_t sigint, sigterm;
   int signals;
 } serve_ctx;
+
+/* Embedded mode: the reference controller on its own thread and loop,
+ * linked to the relay by a socketpair carrying the very protocol a remote
+ * controller speaks.  The relay library knows nothing of it but the fd. */
+static int start_embedded(serve_ctx *x, const rly_config *cfg, char *err, size_t errlen) {
+  int fds[2];
+  int rc = tun_socketpair(fds);
+  if (rc != 0) {
+    snprintf(err, errlen, "socketpair: %s", strerror(-rc));
+    return rc;
+  }
+  ctl_config cc = {.state_dir = cfg->state_dir,
+                   .max_ttl_s = (uint32_t)cfg->max_ttl_s,
+                   .max_peer_wait_s = (uint32_t)cfg->max_peer_wait_s,
+                   .default_peer_wait_s = (uint32_t)(cfg->peer_wait_ms / 1000),
+                   .accept_unauthenticated = cfg->no_auth,
+                   .ping_interval_ms = (uint32_t)cfg->ping_interval_ms,
+                   .ping_timeout_ms = (uint32_t)cfg->ping_timeout_ms};
+  x->embedded = ctl_embedded_start(&cc, fds[1], err, errlen);
+  if (!x->embedded) {
+    close(fds[0]);
+    close(fds[1]);
+    return -1;
+  }
+  if ((rc = rly_server_add_controller_fd(x->srv, fds[0], "embedded", err, errlen)) != 0) return rc;
+  cm_log(CM_LOG_INFO, "relay", "embedded controller started",
+         CM_S("state_dir", cfg->state_dir ? cfg->state_dir : "(memory)"));
+  return 0;
+}
 
 static void on_shutdown_done(void *ud) {
   serve_ctx *x = ud;
@@ -181,14 +214,17 @@ static int cmd_serve(int argc, char **argv) {
   }
 
   serve_ctx x = {.loop = uv_default_loop()};
+  bool embedded = !cfg.controller_ca || !*cfg.controller_ca;
   x.srv = rly_server_new(x.loop, &cfg, err, sizeof err);
-  if (!x.srv || rly_server_start(x.srv, err, sizeof err) != 0) {
+  if (!x.srv || (embedded && start_embedded(&x, &cfg, err, sizeof err) != 0) ||
+      rly_server_start(x.srv, err, sizeof err) != 0) {
     cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
     if (x.srv) {
       rly_server_shutdown(x.srv, NULL, NULL);
       uv_run(x.loop, UV_RUN_DEFAULT);
       rly_server_free(x.srv);
     }
+    ctl_embedded_stop(x.embedded);
     cm_config_free(&g_serve_spec, &cfg);
     return 1;
   }
@@ -199,6 +235,7 @@ static int cmd_serve(int argc, char **argv) {
   uv_signal_start(&x.sigterm, on_signal, SIGTERM);
   uv_run(x.loop, UV_RUN_DEFAULT);
   rly_server_free(x.srv);
+  ctl_embedded_stop(x.embedded); /* after the relay closed its end */
   uv_loop_close(x.loop);
   cm_config_free(&g_serve_spec, &cfg);
   return 0;

@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "controller-stub/controller.h"
 #include "relay/relay.h"
 #include "testcerts.h"
 #include "testloop.h"
@@ -398,6 +399,14 @@ static void test_admin_create_body_wipes_tokens(void **st) {
   char err[256];
   rly_server *s = rly_server_new(loop, &cfg, err, sizeof err);
   if (!s) fail_msg("rly_server_new: %s", err);
+  /* Embedded mode, composed as cmd/relay does: the reference controller
+   * at the other end of a socketpair. */
+  int fds[2];
+  assert_int_equal(tun_socketpair(fds), 0);
+  ctl_config cc = {.accept_unauthenticated = true};
+  ctl_embedded *e = ctl_embedded_start(&cc, fds[1], err, sizeof err);
+  if (!e) fail_msg("ctl_embedded_start: %s", err);
+  assert_int_equal(rly_server_add_controller_fd(s, fds[0], "embedded", err, sizeof err), 0);
   if (rly_server_start(s, err, sizeof err) != 0) fail_msg("rly_server_start: %s", err);
   g_http.port = rly_server_public_port(s);
   pthread_t th;
@@ -408,6 +417,7 @@ static void test_admin_create_body_wipes_tokens(void **st) {
   rly_server_shutdown(s, on_shutdown, &down);
   assert_true(run_until(&down, 10000));
   rly_server_free(s);
+  ctl_embedded_stop(e);
   scan_stop();
 
   assert_non_null(strstr(g_http.response, "HTTP/1.1 201 "));
