@@ -20,6 +20,7 @@
 #include "common/tls_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -27,6 +28,7 @@
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define READ_CHUNK       65536
 #define LINGER_MS        1000
@@ -62,6 +64,9 @@ struct cm_stream {
   bool above_high;
   bool paused, reading, eof;
   bool open_pending; /* plain stream: on_open runs from the loop, not the constructor */
+  /* Leaving for another loop once no write is queued (cm_stream_detach). */
+  void (*detach_cb)(void *ud, cm_stream_parcel *p);
+  void *detach_ud;
   int close_err;
   char close_msg[160];
   char peer[64];
@@ -87,6 +92,8 @@ static int emit_cork(cm_stream *s);
 static void abort_now(cm_stream *s);
 static void became_open(cm_stream *s);
 static void start_reading(cm_stream *s);
+static void finish_detach(cm_stream *s);
+static void on_handle_closed(uv_handle_t *h);
 
 /* ---- custom BIO ------------------------------------------------------------ */
 
@@ -162,19 +169,7 @@ static void set_peer_addr(cm_stream *s) {
     snprintf(s->peer, sizeof s->peer, "local");
     return;
   }
-  char ip[INET6_ADDRSTRLEN] = "?";
-  int port;
-  if (ss.ss_family == AF_INET6) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    uv_ip6_name(a, ip, sizeof ip);
-    port = ntohs(a->sin6_port);
-    snprintf(s->peer, sizeof s->peer, "[%s]:%d", ip, port);
-  } else {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    uv_ip4_name(a, ip, sizeof ip);
-    port = ntohs(a->sin_port);
-    snprintf(s->peer, sizeof s->peer, "%s:%d", ip, port);
-  }
+  cm_sockaddr_text((const struct sockaddr *)&ss, s->peer, sizeof s->peer);
 }
 
 static void tune_tcp(cm_stream *s, const cm_stream_opts *o) {
@@ -277,6 +272,10 @@ static void after_write(uv_write_t *req, int status) {
   }
   if (s->state == S_CLOSING && s->queued == 0) {
     begin_close(s, s->close_err, NULL, false); /* continue the close sequence */
+    return;
+  }
+  if (s->detach_cb && s->queued == 0 && s->state == S_OPEN) {
+    finish_detach(s);
     return;
   }
   if (s->above_high && s->queued <= s->low && s->state == S_OPEN) {
@@ -610,7 +609,7 @@ void cm_stream_pause(cm_stream *s) {
 }
 
 void cm_stream_resume(cm_stream *s) {
-  if (!s->paused) return;
+  if (!s->paused || s->detach_cb) return;
   s->paused = false;
   if (s->state != S_OPEN) return;
   if (cm_buf_size(&s->in) > 0) {
@@ -649,6 +648,20 @@ static void start_session(cm_stream *s) {
   uv_timer_start(&s->timer, on_timer, 0, 0);
 }
 
+/* A server-side stream whose socket is open (rc 0): tune it and start. */
+static cm_stream *accepted(cm_stream *s, int rc, const cm_stream_opts *o, int *err) {
+  if (rc != 0) {
+    *err = rc;
+    s->cbs.on_close = NULL;
+    begin_close(s, rc, "accept failed", true);
+    return NULL;
+  }
+  tune_tcp(s, o);
+  start_session(s);
+  *err = 0;
+  return s;
+}
+
 cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o, const cm_stream_cbs *cbs,
                             void *ud, int *err) {
   cm_stream *s = stream_alloc(o, cbs, ud, true);
@@ -664,16 +677,25 @@ cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o, const 
   handles_init_common(s, server->loop);
   int rc = uv_accept(server, uvs(s));
   if (rc == 0) rc = setup_tls(s, o);
-  if (rc != 0) {
-    *err = rc;
-    s->cbs.on_close = NULL;
-    begin_close(s, rc, "accept failed", true);
+  return accepted(s, rc, o, err);
+}
+
+cm_stream *cm_stream_accept_fd(uv_loop_t *loop, int fd, const cm_stream_opts *o,
+                               const cm_stream_cbs *cbs, void *ud, int *err) {
+  cm_stream *s = stream_alloc(o, cbs, ud, true);
+  if (!s) {
+    *err = -ENOMEM;
     return NULL;
   }
-  tune_tcp(s, o);
-  start_session(s);
-  *err = 0;
-  return s;
+  s->is_tcp = true;
+  uv_tcp_init(loop, &s->h.tcp);
+  handles_init_common(s, loop);
+  int rc = uv_tcp_open(&s->h.tcp, fd);
+  if (rc != 0)
+    close(fd); /* the handle never took it */
+  else
+    rc = setup_tls(s, o);
+  return accepted(s, rc, o, err);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -731,6 +753,118 @@ cm_stream *cm_stream_open_fd(uv_loop_t *loop, int fd, bool is_server, const cm_s
     return NULL;
   }
   start_session(s);
+  *err = 0;
+  return s;
+}
+
+/* ---- moving to another loop ------------------------------------------------- */
+
+/* Everything a stream is, between two loops: the socket (a duplicate; the
+ * old handle closes its own descriptor), the TLS session with whatever
+ * OpenSSL buffers inside it, and ciphertext read but not yet decrypted. */
+struct cm_stream_parcel {
+  int fd;
+  SSL *ssl;
+  cm_buf in;
+  bool paused, is_server;
+  size_t high, low, maxq;
+  uint32_t handshake_ms;
+  char peer[64];
+  char alpn[32];
+};
+
+static void finish_detach(cm_stream *s) {
+  void (*cb)(void *, cm_stream_parcel *) = s->detach_cb;
+  void *ud = s->detach_ud;
+  s->detach_cb = NULL;
+  uv_os_fd_t fd;
+  cm_stream_parcel *p = calloc(1, sizeof *p);
+  int dup_fd = -1;
+  if (p && uv_fileno((uv_handle_t *)&s->h, &fd) == 0) dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup_fd < 0) {
+    free(p);
+    begin_close(s, -ENOMEM, "cannot move the connection", true);
+    return;
+  }
+  p->fd = dup_fd;
+  p->ssl = s->ssl;
+  s->ssl = NULL;
+  p->in = s->in; /* moved: its bytes, its (empty) cap */
+  cm_buf_init(&s->in, 0);
+  p->paused = s->paused;
+  p->is_server = s->is_server;
+  p->high = s->high;
+  p->low = s->low;
+  p->maxq = s->maxq;
+  p->handshake_ms = s->handshake_ms;
+  memcpy(p->peer, s->peer, sizeof p->peer);
+  memcpy(p->alpn, s->alpn, sizeof p->alpn);
+  /* This stream ends here without telling its owner, who moved on. */
+  s->cbs.on_close = NULL;
+  s->state = S_CLOSED;
+  uv_timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+  uv_close((uv_handle_t *)&s->h, on_handle_closed);
+  cb(ud, p);
+}
+
+int cm_stream_detach(cm_stream *s, void (*cb)(void *ud, cm_stream_parcel *p), void *ud) {
+  if (s->state != S_OPEN || !s->is_tcp || s->detach_cb || s->cork_depth > 0 ||
+      cm_buf_size(&s->cork) > 0 || cm_buf_size(&s->pre) > 0)
+    return -EINVAL;
+  stop_reading(s);
+  uv_timer_stop(&s->timer); /* a deferred delivery of stashed input moves too */
+  s->detach_cb = cb;
+  s->detach_ud = ud;
+  if (s->queued == 0) finish_detach(s); /* else after_write, once the kernel has it all */
+  return 0;
+}
+
+void cm_stream_parcel_free(cm_stream_parcel *p) {
+  if (!p) return;
+  close(p->fd);
+  SSL_free(p->ssl);
+  cm_buf_free(&p->in);
+  free(p);
+}
+
+cm_stream *cm_stream_adopt(uv_loop_t *loop, cm_stream_parcel *p, const cm_stream_cbs *cbs, void *ud,
+                           int *err) {
+  cm_stream_opts o = {.high_watermark = p->high,
+                      .low_watermark = p->low,
+                      .max_write_queue = p->maxq,
+                      .handshake_timeout_ms = p->handshake_ms};
+  cm_stream *s = stream_alloc(&o, cbs, ud, p->is_server);
+  if (!s) {
+    cm_stream_parcel_free(p);
+    *err = -ENOMEM;
+    return NULL;
+  }
+  s->is_tcp = true;
+  uv_tcp_init(loop, &s->h.tcp);
+  handles_init_common(s, loop);
+  int rc = uv_tcp_open(&s->h.tcp, p->fd);
+  if (rc != 0) {
+    cm_stream_parcel_free(p); /* the handle never took the fd */
+    *err = rc;
+    s->cbs.on_close = NULL;
+    begin_close(s, rc, "adopt failed", true);
+    return NULL;
+  }
+  if ((s->ssl = p->ssl) != NULL) BIO_set_data(SSL_get_rbio(s->ssl), s);
+  cm_buf_free(&s->in);
+  s->in = p->in;
+  s->paused = p->paused;
+  memcpy(s->peer, p->peer, sizeof s->peer);
+  memcpy(s->alpn, p->alpn, sizeof s->alpn);
+  free(p);
+  s->state = S_OPEN;
+  if (!s->paused) {
+    if (cm_buf_size(&s->in) > 0)
+      uv_timer_start(&s->timer, on_timer, 0, 0); /* deliver from the loop, as resume does */
+    else
+      start_reading(s);
+  }
   *err = 0;
   return s;
 }

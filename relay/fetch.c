@@ -6,7 +6,8 @@
  * sans-I/O parser of resp.c, which bounds the body.  One callback, exactly
  * once, unless cancelled.
  */
-#include "relay/edge.h"
+#include "relay/fetch.h"
+#include "relay/relay.h"
 #include "relay/resp.h"
 
 #include <errno.h>

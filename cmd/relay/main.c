@@ -43,6 +43,9 @@ static const cm_cfg_opt g_serve_opts[] = {
         "base URL peers use to reach this relay (default from --listen)", "URL"),
     OPT("node-id", CM_CFG_STRING, node_id, NULL, 0, 0, "this relay's name (default hostname)",
         "NAME"),
+    OPT("workers", CM_CFG_STRING, workers, "auto", 0, 0,
+        "worker threads, each with its own loop: auto (the CPUs this process may use) or 1..256",
+        "N"),
     OPT("header-timeout", CM_CFG_DURATION, header_timeout_ms, "10s", 100, 600000,
         "time allowed for a request's headers and body", "DURATION"),
     OPT("idle-timeout", CM_CFG_DURATION, idle_timeout_ms, "60s", 100, 3600000,
@@ -134,6 +137,7 @@ typedef struct serve_ctx {
   rly_server *srv;
   ctl_embedded *embedded; /* the in-process controller, without --controller-ca */
   uv_signal_t sigint, sigterm;
+  uv_async_t stopped; /* the relay's threads have drained */
   int signals;
 } serve_ctx;
 
@@ -166,10 +170,17 @@ static int start_embedded(serve_ctx *x, const rly_config *cfg, char *err, size_t
   return 0;
 }
 
-static void on_shutdown_done(void *ud) {
-  serve_ctx *x = ud;
+static void on_stopped(uv_async_t *a) {
+  serve_ctx *x = a->data;
   uv_close((uv_handle_t *)&x->sigint, NULL);
   uv_close((uv_handle_t *)&x->sigterm, NULL);
+  uv_close((uv_handle_t *)&x->stopped, NULL);
+}
+
+/* Runs on a relay thread: wake the main loop, which owns the signals. */
+static void on_shutdown_done(void *ud) {
+  serve_ctx *x = ud;
+  uv_async_send(&x->stopped);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -215,19 +226,17 @@ static int cmd_serve(int argc, char **argv) {
 
   serve_ctx x = {.loop = uv_default_loop()};
   bool embedded = !cfg.controller_ca || !*cfg.controller_ca;
-  x.srv = rly_server_new(x.loop, &cfg, err, sizeof err);
+  x.srv = rly_server_new(&cfg, err, sizeof err);
   if (!x.srv || (embedded && start_embedded(&x, &cfg, err, sizeof err) != 0) ||
       rly_server_start(x.srv, err, sizeof err) != 0) {
     cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
-    if (x.srv) {
-      rly_server_shutdown(x.srv, NULL, NULL);
-      uv_run(x.loop, UV_RUN_DEFAULT);
-      rly_server_free(x.srv);
-    }
+    rly_server_free(x.srv);
     ctl_embedded_stop(x.embedded);
     cm_config_free(&g_serve_spec, &cfg);
     return 1;
   }
+  uv_async_init(x.loop, &x.stopped, on_stopped);
+  x.stopped.data = &x;
   uv_signal_init(x.loop, &x.sigint);
   uv_signal_init(x.loop, &x.sigterm);
   x.sigint.data = x.sigterm.data = &x;

@@ -42,6 +42,13 @@ CONTROLLER_BIN = os.environ.get("RELAY_CONTROLLER_BIN") or os.path.join(
 #: Default bound, in seconds, for anything a test waits on.
 TIMEOUT = float(os.environ.get("RELAY_TEST_TIMEOUT", "20"))
 
+#: Workers of every relay a test starts.  `relay serve` reads RELAY_WORKERS
+#: as it reads --workers, so setting it here reaches every child, whichever
+#: helper starts it.  More than one by default, so that every test also
+#: exercises peers meeting across workers; RELAY_WORKERS=1 ./dev test runs
+#: the suite on one worker.
+WORKERS = os.environ.setdefault("RELAY_WORKERS", "4")
+
 
 class TestError(AssertionError):
     """A helper could not get what the test asked for (timeout, bad reply)."""
