@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <http_parser.h>
 #include <uv.h>
 
 #ifdef __cplusplus
@@ -114,7 +115,8 @@ void cm_redact_url(const char *url, char *out, size_t outlen);
  * Configuration.  A program describes its settings in a table; cm_config
  * fills a struct from, in rising precedence: defaults, a JSON file
  * (--config FILE or RELAY_CONFIG), RELAY_<NAME> environment variables and
- * --name[=value] flags.  Every value is validated; errors name the setting.
+ * --name[=value] flags (a spec may name another prefix than RELAY_).  Every
+ * value is validated; errors name the setting.
  * ---------------------------------------------------------------------- */
 typedef enum {
   CM_CFG_STRING = 1, /* char * (heap; freed by cm_config_free) */
@@ -145,6 +147,10 @@ typedef struct cm_cfg_spec {
   const char *summary; /* one paragraph shown by --help */
   const cm_cfg_opt *opts;
   size_t nopts;
+  /* Environment variables are <env_prefix><NAME> and the file variable
+   * <env_prefix>CONFIG; NULL means "RELAY_".  The client commands use
+   * "SWSRS_", the names swsrs users already have set. */
+  const char *env_prefix;
 } cm_cfg_spec;
 
 enum { CM_CFG_OK = 0, CM_CFG_HELP = 1, CM_CFG_ERROR = -1 };
@@ -270,6 +276,75 @@ void cm_buf_reset(cm_buf *b);
 /* Reserves room for n more bytes and returns where to write them. */
 uint8_t *cm_buf_reserve(cm_buf *b, size_t n);
 void cm_buf_commit(cm_buf *b, size_t n);
+
+/* ------------------------------------------------------------------------
+ * HTTP/1.1 responses, parsed sans-I/O for every client of ours (the IdP
+ * fetches, the admin client, the WebSocket upgrade).  The caller feeds the
+ * bytes it reads and says when the connection ends; out come the status,
+ * the headers and the body of the final response.
+ *
+ * Framing is libhttp-parser's: a body is delimited by Content-Length, by
+ * chunked transfer coding, or, with neither, by the end of the connection
+ * (cm_http_resp_eof); 1xx, 204 and 304 have none, nor has the answer to a
+ * HEAD (CM_HTTP_RESP_HEAD).  A status outside 100..599 is malformed.
+ * Interim 1xx responses are skipped; 101 is final and ends at the end of
+ * its head, so after the answer to an upgrade `consumed` says where the
+ * new protocol's bytes begin.  Bytes after the final response are not
+ * consumed.  Limits: the body at max_body (-EFBIG); the head at
+ * CM_HTTP_RESP_MAX_HEAD bytes of names and values and
+ * CM_HTTP_RESP_MAX_HEADERS headers, and the status line and headers at
+ * libhttp-parser's HTTP_MAX_HEADER_SIZE (80 KiB in Debian's build), each
+ * -EPROTO like any malformed response.
+ *
+ * Ownership: the caller owns the struct; cm_http_resp_free releases the
+ * body and headers (wiped first with CM_HTTP_RESP_SECRET, for answers that
+ * carry tokens).
+ * ---------------------------------------------------------------------- */
+#define CM_HTTP_RESP_MAX_HEAD    (32 * 1024)
+#define CM_HTTP_RESP_MAX_HEADERS 100
+
+enum {
+  CM_HTTP_RESP_SECRET = 1, /* body and headers are wiped when let go */
+  CM_HTTP_RESP_HEAD = 2,   /* the answer to a HEAD request: no body */
+};
+
+typedef struct cm_http_resp {
+  http_parser parser;
+  cm_buf body;        /* the body so far; complete once result is 1 */
+  cm_buf head;        /* the final response's headers: name NUL value NUL ... */
+  size_t nheaders;    /* headers in head */
+  int in;             /* private: what the last header callback gathered */
+  bool no_body;       /* CM_HTTP_RESP_HEAD */
+  int status;         /* the response's status code, once result is 1 */
+  int result;         /* 0 in progress, 1 complete, < 0 failed (negative errno) */
+  const char *errmsg; /* static text, once result < 0 */
+} cm_http_resp;
+
+void cm_http_resp_init(cm_http_resp *r, size_t max_body, unsigned flags);
+void cm_http_resp_free(cm_http_resp *r);
+
+/* Parses len more bytes.  Returns the result: 1 once the response is
+ * complete, 0 while more is needed, or -EPROTO (malformed) / -EFBIG (body
+ * over max_body) with errmsg set.  Once it is non-zero it stays so and
+ * further bytes are ignored.  An empty feed changes nothing (the end of
+ * the connection is cm_http_resp_eof).  *consumed (may be NULL) is how
+ * many of these bytes belong to the response: all of them while it is in
+ * progress, up to its end when it completes, 0 once it had a result. */
+int cm_http_resp_feed(cm_http_resp *r, const void *data, size_t len, size_t *consumed);
+
+/* The connection ended: a body delimited by the end of the connection is
+ * complete now.  Returns the result as cm_http_resp_feed; 0 means the
+ * response was cut short (the caller names the cause). */
+int cm_http_resp_eof(cm_http_resp *r);
+
+/* The final response's headers, once complete (none before): the value
+ * of the first header called name (case-insensitive; leading and
+ * trailing blanks removed) or NULL, and the i-th header in order.  The
+ * strings live as long as the parser. */
+const char *cm_http_resp_header(const cm_http_resp *r, const char *name);
+size_t cm_http_resp_header_count(const cm_http_resp *r);
+bool cm_http_resp_header_at(const cm_http_resp *r, size_t i, const char **name,
+                            const char **value);
 
 /* ------------------------------------------------------------------------
  * Files.

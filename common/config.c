@@ -211,8 +211,13 @@ static int load_json(const cm_cfg_spec *spec, void *cfg, const char *text, size_
   return rc;
 }
 
-static void env_name(const char *name, char *out, size_t outlen) {
-  size_t o = (size_t)snprintf(out, outlen, "RELAY_");
+static const char *env_prefix(const cm_cfg_spec *spec) {
+  return spec->env_prefix ? spec->env_prefix : "RELAY_";
+}
+
+static void env_name(const cm_cfg_spec *spec, const char *name, char *out, size_t outlen) {
+  size_t o = (size_t)snprintf(out, outlen, "%s", env_prefix(spec));
+  if (o >= outlen) o = outlen - 1;
   for (const char *p = name; *p && o + 1 < outlen; p++)
     out[o++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
   out[o] = '\0';
@@ -221,7 +226,7 @@ static void env_name(const char *name, char *out, size_t outlen) {
 static int load_env(const cm_cfg_spec *spec, void *cfg, char *err, size_t errlen) {
   for (size_t i = 0; i < spec->nopts; i++) {
     char name[128], src[160];
-    env_name(spec->opts[i].name, name, sizeof name);
+    env_name(spec, spec->opts[i].name, name, sizeof name);
     const char *v = getenv(name);
     if (!v) continue;
     snprintf(src, sizeof src, "environment %s", name);
@@ -234,8 +239,10 @@ static int load_env(const cm_cfg_spec *spec, void *cfg, char *err, size_t errlen
 
 /* Finds --config among the flags before anything else, so the file's
  * values can be overridden by the environment and the other flags. */
-static const char *config_path(int argc, char **argv) {
-  const char *path = getenv("RELAY_CONFIG");
+static const char *config_path(const cm_cfg_spec *spec, int argc, char **argv) {
+  char var[64];
+  env_name(spec, "config", var, sizeof var);
+  const char *path = getenv(var);
   for (int i = 0; i < argc; i++) {
     if (!strcmp(argv[i], "--config") && i + 1 < argc)
       path = argv[i + 1];
@@ -325,7 +332,7 @@ int cm_config_load_text(const cm_cfg_spec *spec, void *cfg, const char *json, si
 
 int cm_config_load(const cm_cfg_spec *spec, void *cfg, int argc, char **argv,
                    cm_strlist *positional, char *err, size_t errlen) {
-  const char *path = wants_help(argc, argv) ? NULL : config_path(argc, argv);
+  const char *path = wants_help(argc, argv) ? NULL : config_path(spec, argc, argv);
   if (!path)
     return cm_config_load_text(spec, cfg, NULL, 0, NULL, argc, argv, positional, err, errlen);
   char src[512], *text = NULL;
@@ -358,7 +365,7 @@ void cm_config_print_help(const cm_cfg_spec *spec, FILE *out) {
   for (size_t i = 0; i < spec->nopts; i++) {
     const cm_cfg_opt *o = &spec->opts[i];
     char flag[128], env[128];
-    env_name(o->name, env, sizeof env);
+    env_name(spec, o->name, env, sizeof env);
     if (o->type == CM_CFG_BOOL)
       snprintf(flag, sizeof flag, "--%s", o->name);
     else
@@ -367,8 +374,10 @@ void cm_config_print_help(const cm_cfg_spec *spec, FILE *out) {
     if (o->def && *o->def) fprintf(out, "; default %s", o->def);
     fputc('\n', out);
   }
+  char cfgvar[64];
+  env_name(spec, "config", cfgvar, sizeof cfgvar);
   fprintf(out, "  %-34s %s\n  %-34s %s\n", "--config FILE",
-          "JSON file of settings (keys as flag names)", "", "RELAY_CONFIG");
+          "JSON file of settings (keys as flag names)", "", cfgvar);
   fprintf(out, "  %-34s %s\n\nPrecedence: flags > environment > config file > defaults.\n",
           "-h, --help", "show this help");
 }

@@ -3,12 +3,11 @@
  * identity provider's discovery document and JWKS.  Names are resolved with
  * uv_getaddrinfo (off the loop), TLS verifies the server against the
  * configured trust store and name, and the response is parsed by the
- * sans-I/O parser of resp.c, which bounds the body.  One callback, exactly
+ * sans-I/O parser of common (cm_http_resp), which bounds the body.  One callback, exactly
  * once, unless cancelled.
  */
 #include "relay/fetch.h"
 #include "relay/relay.h"
-#include "relay/resp.h"
 
 #include <errno.h>
 #include <http_parser.h>
@@ -28,7 +27,7 @@ struct rly_fetch {
   cm_stream *st;
   uv_timer_t timer;
   bool timer_closed;
-  rly_resp resp;
+  cm_http_resp resp;
   bool done, cancelled;
   int early_err; /* failure found before any I/O: reported from the loop */
 };
@@ -37,7 +36,7 @@ static void fail_soon(rly_fetch *f, int err);
 
 static void fetch_release(rly_fetch *f) {
   if (!f->timer_closed || f->st || f->resolving) return;
-  rly_resp_free(&f->resp);
+  cm_http_resp_free(&f->resp);
   free(f);
 }
 
@@ -82,7 +81,7 @@ static void s_on_open(cm_stream *st) {
 static void s_on_read(cm_stream *st, uint8_t *data, size_t len) {
   rly_fetch *f = cm_stream_get_data(st);
   if (f->done) return;
-  int rc = rly_resp_feed(&f->resp, data, len);
+  int rc = cm_http_resp_feed(&f->resp, data, len, NULL);
   if (rc > 0)
     finish(f, f->resp.status, NULL);
   else if (rc < 0)
@@ -94,7 +93,7 @@ static void s_on_close(cm_stream *st, int err, const char *msg) {
   f->st = NULL;
   if (!f->done) {
     /* A body delimited by the end of the connection ends here. */
-    if (rly_resp_eof(&f->resp) > 0)
+    if (cm_http_resp_eof(&f->resp) > 0)
       finish(f, f->resp.status, NULL);
     else
       finish(f, err ? err : -ECONNRESET, msg ? msg : "connection closed early");
@@ -170,9 +169,9 @@ rly_fetch *rly_fetch_get(uv_loop_t *loop, cm_tls_ctx *tls, const char *url, size
   f->tls = tls;
   f->cb = cb;
   f->ud = ud;
-  rly_resp_init(&f->resp, max_body);
+  cm_http_resp_init(&f->resp, max_body, 0);
   if (parse_url(f, url) != 0 || (f->https && !tls)) {
-    rly_resp_free(&f->resp);
+    cm_http_resp_free(&f->resp);
     free(f);
     return NULL;
   }

@@ -63,6 +63,7 @@ typedef struct list_op {
   char refused_code[64], refused_msg[160];
   cm_buf out;                     /* body not yet handed to the connection */
   char tail[MAX_PAGE_TOKEN + 32]; /* ends the body: "]}" or the next token */
+  bool tail_added;
   uint64_t items;                 /* sessions written so far (for commas) */
 } list_op;
 
@@ -227,7 +228,10 @@ static void pump(list_op *o) {
   for (;;) {
     if (!flush(o)) return;
     if (o->cur == o->nw) {
-      cm_buf_append(&o->out, o->tail, strlen(o->tail));
+      if (!o->tail_added) {
+        o->tail_added = true;
+        cm_buf_append(&o->out, o->tail, strlen(o->tail));
+      }
       if (!flush(o)) return; /* on_drain comes back here and ends */
       rly_conn_stream_end(o->c);
       op_finish(o);

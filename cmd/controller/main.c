@@ -76,7 +76,7 @@ static const cm_cfg_spec g_run_spec = {
     "relay-controller run --relay HOST:PORT [--relay ...] --ca-dir DIR [options]",
     "Dial relays over mutual TLS and serve them: mint sessions and tokens, validate every\n"
     "slot, decide every admin request.  Redials with exponential backoff and full jitter.",
-    g_run_opts, CM_ARRAY_LEN(g_run_opts)};
+    g_run_opts, CM_ARRAY_LEN(g_run_opts), NULL};
 
 static int usage_error(const cm_cfg_spec *spec, const char *cmd, const char *err) {
   fprintf(stderr, "relay-controller %s: %s\nUsage: %s (see --help)\n", cmd, err, spec->usage);
@@ -202,7 +202,7 @@ static const cm_cfg_spec g_init_spec = {
     "Make the controller CA (ca.key, ca.crt) and the controller's client certificate\n"
     "(controller.key, controller.crt) carrying the controller identity " CM_PKI_URI_CONTROLLER ".\n"
     "Existing files are reused, never overwritten.",
-    g_init_opts, CM_ARRAY_LEN(g_init_opts)};
+    g_init_opts, CM_ARRAY_LEN(g_init_opts), NULL};
 
 static int cmd_init_ca(int argc, char **argv) {
   ca_cfg c;
@@ -246,7 +246,7 @@ static const cm_cfg_spec g_issue_spec = {
     "(CN and fingerprint): controllers sharing a relay need one each, or they are\n"
     "taken for one.  Existing files are never overwritten.  Then:\n"
     "  relay-controller run --ca-dir DIR --cert DIR/NAME.crt --key DIR/NAME.key ...",
-    g_issue_opts, CM_ARRAY_LEN(g_issue_opts)};
+    g_issue_opts, CM_ARRAY_LEN(g_issue_opts), NULL};
 
 static int cmd_issue_cert(int argc, char **argv) {
   ca_cfg c;
@@ -283,7 +283,7 @@ static const cm_cfg_spec g_sign_spec = {
     "relay-controller sign-csr --dir DIR --host NAME [--host ...] [--csr FILE]",
     "Verify a relay's CSR and print its certificate (PEM) on stdout: subject from the CSR,\n"
     "SANs from --host, identity " CM_PKI_URI_RELAY ", serverAuth only.",
-    g_sign_opts, CM_ARRAY_LEN(g_sign_opts)};
+    g_sign_opts, CM_ARRAY_LEN(g_sign_opts), NULL};
 
 static int read_csr(const char *path, char **out, char *err, size_t errlen) {
   size_t n;

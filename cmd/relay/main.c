@@ -14,6 +14,7 @@
 #include <nghttp2/nghttp2.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "cmd/relay/admin_cmds.h"
 #include "controller-stub/controller.h"
 #include "relay/relay.h"
 #include "tunnel/tunnel.h"
@@ -128,7 +129,7 @@ static const cm_cfg_spec g_serve_spec = {
     "Run the public relay: HTTPS and WebSocket on --listen (health /healthz, readiness /readyz,\n"
     "metrics /metrics, sessions on /relay/{id}).  With --controller-ca, controllers dial in on\n"
     "--tunnel-listen over mutual TLS; without it the reference controller runs in-process.",
-    g_serve_opts, CM_ARRAY_LEN(g_serve_opts)};
+    g_serve_opts, CM_ARRAY_LEN(g_serve_opts), NULL};
 
 /* ---- serve ------------------------------------------------------------------ */
 
@@ -288,7 +289,7 @@ static const cm_cfg_spec g_csr_spec = {
     "Enrolment, step 1: make (or reuse) this relay's tunnel key and print a certificate\n"
     "signing request (PEM) on stdout.  Diagnostics go to stderr.  Then, on the controller:\n"
     "  relay-controller sign-csr --dir CA_DIR --host RELAY_HOST < relay.csr > tunnel.crt",
-    g_csr_opts, CM_ARRAY_LEN(g_csr_opts)};
+    g_csr_opts, CM_ARRAY_LEN(g_csr_opts), NULL};
 
 static int cmd_gen_csr(int argc, char **argv) {
   csr_cfg c;
@@ -321,6 +322,11 @@ static int cmd_gen_csr(int argc, char **argv) {
 static const cm_subcmd g_cmds[] = {
     {"serve", cmd_serve, "run the relay"},
     {"gen-csr", cmd_gen_csr, "make the tunnel key and print a CSR for enrolment"},
+    {"create", cmd_create, "create a session (admin API)"},
+    {"list", cmd_list, "list sessions (admin API)"},
+    {"get", cmd_get, "show a session (admin API)"},
+    {"delete", cmd_delete, "delete a session (admin API)"},
+    {"auth", cmd_auth, "sign in for the admin commands (OAuth device flow), or --logout"},
     {"version", cmd_version, "print version and library versions"},
 };
 

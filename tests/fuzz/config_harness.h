@@ -47,23 +47,28 @@ enum {
   FZ_CFG_MAX = 4096,
 };
 
-static void fz_env_name(const char *name, size_t len, char *out, size_t outlen) {
-  size_t o = (size_t)snprintf(out, outlen, "RELAY_");
+/* The variable of an option: the spec's prefix (RELAY_ by default), then
+ * the name upper-cased with '-' as '_'. */
+static void fz_env_name(const cm_cfg_spec *spec, const char *name, size_t len, char *out,
+                        size_t outlen) {
+  size_t o = (size_t)snprintf(out, outlen, "%s", spec->env_prefix ? spec->env_prefix : "RELAY_");
   for (size_t i = 0; i < len && o + 1 < outlen; i++)
     out[o++] = name[i] == '-' ? '_' : (char)toupper((unsigned char)name[i]);
   out[o] = '\0';
 }
 
-/* Leaves no RELAY_* setting of these tables in the environment. */
+/* Leaves no setting of these tables in the environment. */
 static void fz_clear_env(const fz_cfg_spec *specs, size_t n) {
-  unsetenv("RELAY_CONFIG");
-  for (size_t s = 0; s < n; s++)
+  for (size_t s = 0; s < n; s++) {
+    char env[160];
+    fz_env_name(specs[s].spec, "config", 6, env, sizeof env);
+    unsetenv(env);
     for (size_t i = 0; i < specs[s].spec->nopts; i++) {
-      char env[160];
       const char *name = specs[s].spec->opts[i].name;
-      fz_env_name(name, strlen(name), env, sizeof env);
+      fz_env_name(specs[s].spec, name, strlen(name), env, sizeof env);
       unsetenv(env);
     }
+  }
 }
 
 /* A copy of data with every 0x01 k replaced by option k's name, NUL added. */
@@ -88,12 +93,13 @@ static char *fz_expand(const cm_cfg_spec *spec, const uint8_t *data, size_t size
   return out;
 }
 
-/* Puts "name=value" into the environment as RELAY_NAME=value; returns the
- * string putenv now points at (free it after fz_env_drop). */
-static char *fz_env_put(const char *tok, char *name, size_t namelen) {
+/* Puts "name=value" into the environment as RELAY_NAME=value (the spec's
+ * prefix); returns the string putenv now points at (free it after
+ * fz_env_drop). */
+static char *fz_env_put(const cm_cfg_spec *spec, const char *tok, char *name, size_t namelen) {
   const char *eq = strchr(tok, '=');
   if (!eq) return NULL;
-  fz_env_name(tok, (size_t)(eq - tok), name, namelen);
+  fz_env_name(spec, tok, (size_t)(eq - tok), name, namelen);
   size_t n = strlen(name) + strlen(eq) + 1;
   char *kv = malloc(n);
   if (!kv) abort();
@@ -170,7 +176,7 @@ static int fz_config_one(const fz_cfg_spec *specs, size_t nspecs, const uint8_t 
   int first = 0;
   if ((flags & FZ_JSON) && ntok > 0) json = tok[first++];
   char env[160], *kv = NULL;
-  if ((flags & FZ_ENV) && ntok > first) kv = fz_env_put(tok[--ntok], env, sizeof env);
+  if ((flags & FZ_ENV) && ntok > first) kv = fz_env_put(fs->spec, tok[--ntok], env, sizeof env);
 
   alignas(max_align_t) unsigned char cfg[FZ_CFG_MAX];
   memset(cfg, 0, sizeof cfg);

@@ -8,6 +8,19 @@ an ephemeral port, serving on its own thread:
   authorization, token and device-authorization endpoints (URLs only: the
   relay never calls them, it only republishes them in its discovery).
 * ``/jwks``: the public halves of the *published* keys.
+* ``POST /device`` (RFC 8628 §3.1-3.2) and ``POST /token`` (RFC 6749 §4.4
+  and §6, RFC 8628 §3.4-3.5): the OAuth side a CLI client signs in
+  through.  Clients are registered in ``clients`` (client id -> secret, or
+  None for a public client); a device grant stays ``authorization_pending``
+  until the test plays the user (``approve``/``deny``), answers
+  ``slow_down`` to a poll that comes sooner than its interval (and to the
+  next ``slow_down_next`` polls, on purpose) and raises the interval by 5 s
+  each time, and ``expired_token`` once its lifetime (``device_lifetime``,
+  which may be shorter than the ``device_expires_in`` it advertises) is
+  over.  Access tokens are JWTs signed with the first published key, for
+  ``audience`` with the scopes asked for (or ``grant_scopes``) and
+  ``access_lifetime``; refresh tokens are random, rotated on use, and can
+  be revoked.  ``token_requests`` and ``polls`` record what arrived.
 
 Keys are made with python3-cryptography (RSA 2048 for RS256, P-256 for
 ES256) and tokens signed with python3-jwt.  A test can add and rotate keys
@@ -33,10 +46,12 @@ import http.server
 import json
 import os
 import re
+import secrets
 import ssl
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 import jwt
@@ -79,6 +94,25 @@ class Key:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+class DeviceGrant:
+    """One device authorization (RFC 8628): codes, the client and scope it
+    was asked for, its interval (raised by slow_down), when it really
+    expires, and the times of its polls."""
+
+    def __init__(self, client_id, scope, interval, expires_at, audience):
+        self.device_code = secrets.token_urlsafe(24)
+        letters = "BCDFGHJKLMNPQRSTVWXZ"
+        self.user_code = "-".join("".join(secrets.choice(letters) for _ in range(4))
+                                  for _ in range(2))
+        self.client_id, self.scope, self.audience = client_id, scope, audience
+        self.interval, self.expires_at = interval, expires_at
+        self.state = "pending"  # approved, denied
+        self.sub = None
+        self.used = False
+        self.polls = []     # monotonic times of the token requests for it
+        self.too_soon = 0   # polls that came before the interval was up
+
+
 class IdP:
     """The provider.  Use as a context manager or call close()."""
 
@@ -103,6 +137,21 @@ class IdP:
         self.authorization_endpoint = self.issuer + "/authorize"
         self.token_endpoint = self.issuer + "/token"
         self.device_authorization_endpoint = self.issuer + "/device"
+        self.verification_uri = self.issuer + "/activate"
+        # The OAuth side (see the module comment).
+        self.clients = {}            # client id -> secret (None: a public client)
+        self.audience = None         # "aud" of the access tokens issued
+        self.grant_scopes = None     # scopes granted; None: those asked for
+        self.access_lifetime = 300   # seconds; also the expires_in answered
+        self.send_expires_in = True  # False: token responses leave expires_in out
+        self.issue_refresh = True    # device and refresh grants hand out refresh tokens
+        self.device_interval = 1     # seconds, as answered in "interval"
+        self.device_expires_in = 60  # seconds, as answered in "expires_in"
+        self.device_lifetime = None  # seconds the code really lives; None: as advertised
+        self.slow_down_next = 0      # polls still to answer slow_down on purpose
+        self.grants = []             # DeviceGrant, in order
+        self.refresh_tokens = {}     # refresh token -> (client id, scope, sub)
+        self.token_requests = []     # (monotonic time, grant_type, form dict)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -136,10 +185,29 @@ class IdP:
                     return self._send(404, {"error": "not_found"})
                 self._send(200, doc)
 
+            def do_POST(self):
+                path = self.path.split("?", 1)[0]
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if 0 < n <= 65536 else b""
+                form = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("latin-1")).items()}
+                with idp._lock:
+                    idp.requests.append((time.monotonic(), path))
+                    idp.host_headers.append(self.headers.get("Host"))
+                    if not idp.available:
+                        status, doc = 503, {"error": "temporarily_unavailable"}
+                    elif (self.headers.get("Content-Type") or "").split(";")[0].strip() != \
+                            "application/x-www-form-urlencoded":
+                        status, doc = 400, {"error": "invalid_request",
+                                            "error_description": "not a form"}
+                    else:
+                        status, doc = idp._post(path, form, self.headers.get("Authorization"))
+                self._send(status, doc)
+
             def _send(self, status, obj):
                 body = json.dumps(obj).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "no-store")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -174,6 +242,132 @@ class IdP:
         if path == "/jwks":
             return {"keys": [self.keys[k].jwk for k in self.published]}
         return None
+
+    # ---- the OAuth side (called with _lock held) -------------------------------
+
+    def _client(self, form, authorization):
+        """(client id, None) for an authenticated or public client, else
+        (None, (status, error document)).  Secrets come by HTTP Basic
+        (RFC 6749 §2.3.1) or in the form."""
+        cid, secret = form.get("client_id"), form.get("client_secret")
+        if authorization and authorization.lower().startswith("basic "):
+            try:
+                pair = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+            except ValueError:
+                return None, (401, {"error": "invalid_client"})
+            cid, _, secret = pair.partition(":")
+            cid, secret = urllib.parse.unquote_plus(cid), urllib.parse.unquote_plus(secret)
+        if cid not in self.clients:
+            return None, (401, {"error": "invalid_client",
+                                "error_description": "unknown client"})
+        want = self.clients[cid]
+        if want is not None and not hmac.compare_digest((secret or "").encode(), want.encode()):
+            return None, (401, {"error": "invalid_client",
+                                "error_description": "bad client secret"})
+        return cid, None
+
+    def _post(self, path, form, authorization):
+        if path == "/device":
+            return self._device_authorization(form, authorization)
+        if path != "/token":
+            return 404, {"error": "not_found"}
+        grant = form.get("grant_type")
+        self.token_requests.append((time.monotonic(), grant, dict(form)))
+        cid, refusal = self._client(form, authorization)
+        if refusal:
+            return refusal
+        if grant == "urn:ietf:params:oauth:grant-type:device_code":
+            return self._device_poll(cid, form.get("device_code"))
+        if grant == "refresh_token":
+            return self._refresh(cid, form.get("refresh_token"))
+        if grant == "client_credentials":
+            if self.clients[cid] is None:
+                return 401, {"error": "unauthorized_client"}
+            return 200, self._tokens(cid, form.get("scope", ""), cid, refresh=False)
+        return 400, {"error": "unsupported_grant_type"}
+
+    def _device_authorization(self, form, authorization):
+        cid, refusal = self._client(form, authorization)
+        if refusal:
+            return refusal
+        life = self.device_lifetime if self.device_lifetime is not None else \
+            self.device_expires_in
+        g = DeviceGrant(cid, form.get("scope", ""), self.device_interval,
+                        time.monotonic() + life, form.get("audience"))
+        self.grants.append(g)
+        return 200, {"device_code": g.device_code, "user_code": g.user_code,
+                     "verification_uri": self.verification_uri,
+                     "verification_uri_complete": self.verification_uri + "?user_code=" +
+                     g.user_code,
+                     "expires_in": self.device_expires_in, "interval": self.device_interval}
+
+    def _device_poll(self, cid, device_code):
+        g = next((g for g in self.grants if g.device_code == device_code), None)
+        if g is None or g.client_id != cid or g.used:
+            return 400, {"error": "invalid_grant"}
+        now = time.monotonic()
+        g.polls.append(now)
+        too_soon = len(g.polls) > 1 and now - g.polls[-2] < g.interval - 0.05
+        if now >= g.expires_at:
+            return 400, {"error": "expired_token"}
+        if too_soon or self.slow_down_next > 0:
+            if too_soon:
+                g.too_soon += 1
+            else:
+                self.slow_down_next -= 1
+            g.interval += 5  # RFC 8628 §3.5
+            return 400, {"error": "slow_down"}
+        if g.state == "denied":
+            return 400, {"error": "access_denied"}
+        if g.state != "approved":
+            return 400, {"error": "authorization_pending"}
+        g.used = True
+        return 200, self._tokens(cid, g.scope, g.sub, refresh=self.issue_refresh)
+
+    def _refresh(self, cid, token):
+        held = self.refresh_tokens.pop(token, None) if token else None
+        if held is None or held[0] != cid:
+            return 400, {"error": "invalid_grant",
+                         "error_description": "refresh token unknown or revoked"}
+        return 200, self._tokens(cid, held[1], held[2], refresh=True)
+
+    def _tokens(self, cid, scope, sub, refresh):
+        granted = scope if self.grant_scopes is None else self.grant_scopes
+        key = self.keys[self.published[0]]
+        access = self.token(key, self.audience, scope=granted or None, sub=sub,
+                            lifetime=self.access_lifetime, client_id=cid)
+        doc = {"access_token": access, "token_type": "Bearer", "scope": granted}
+        if self.send_expires_in:
+            doc["expires_in"] = self.access_lifetime
+        if refresh:
+            rt = secrets.token_urlsafe(24)
+            self.refresh_tokens[rt] = (cid, granted, sub)
+            doc["refresh_token"] = rt
+        return doc
+
+    # ---- the user, at a browser -----------------------------------------------------
+
+    def grant_for(self, user_code):
+        with self._lock:
+            return next(g for g in self.grants if g.user_code == user_code)
+
+    def approve(self, user_code, sub="user-approved"):
+        with self._lock:
+            g = next(g for g in self.grants if g.user_code == user_code)
+            g.state, g.sub = "approved", sub
+
+    def deny(self, user_code):
+        with self._lock:
+            next(g for g in self.grants if g.user_code == user_code).state = "denied"
+
+    def revoke_refresh_tokens(self):
+        with self._lock:
+            self.refresh_tokens.clear()
+
+    def grant_requests(self, grant_type):
+        """The forms of the token requests of one grant type, in order."""
+        with self._lock:
+            return [f for _, g, f in self.token_requests if g == grant_type]
 
     def close(self):
         """Stops serving and closes the listening socket (connections are

@@ -177,7 +177,7 @@ static const cm_cfg_opt g_opts[] = {
     {"origin", CM_CFG_LIST, offsetof(tcfg, origin), NULL, 0, 0, "origins", "URL"},
 };
 static const cm_cfg_spec g_spec = {"test [options]", "A test program.", g_opts,
-                                   CM_ARRAY_LEN(g_opts)};
+                                   CM_ARRAY_LEN(g_opts), NULL};
 
 static char g_tmpdir[256];
 
@@ -365,6 +365,16 @@ static void test_config_errors(void **state) {
   cm_config_free(&g_spec, &c);
 }
 
+/* What --help prints for spec (heap; the caller frees it). */
+static char *help_text(const cm_cfg_spec *spec) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  cm_config_print_help(spec, f);
+  fclose(f);
+  return text;
+}
+
 static void test_config_help_and_positional(void **state) {
   (void)state;
   clear_env();
@@ -384,15 +394,42 @@ static void test_config_help_and_positional(void **state) {
   cm_strlist_free(&pos);
   cm_config_free(&g_spec, &c);
   /* --help text comes from the same table. */
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  cm_config_print_help(&g_spec, f);
-  fclose(f);
+  char *text = help_text(&g_spec);
   assert_non_null(strstr(text, "Usage: test [options]"));
   assert_non_null(strstr(text, "--max-things N"));
   assert_non_null(strstr(text, "RELAY_MAX_THINGS"));
   free(text);
+}
+
+/* A spec with its own environment prefix (the client commands' SWSRS_):
+ * its variables, its file variable and its --help use that prefix, and
+ * RELAY_ variables do not reach it. */
+static void test_config_env_prefix(void **state) {
+  (void)state;
+  clear_env();
+  static const cm_cfg_spec spec = {"test [options]", "A test program.", g_opts,
+                                   CM_ARRAY_LEN(g_opts), "SWSRS_"};
+  const char *path = write_tmp("swsrs.json", "{\"max-things\": 7}");
+  setenv("SWSRS_CONFIG", path, 1);
+  setenv("SWSRS_LISTEN", "10.0.0.9:9", 1);
+  setenv("RELAY_MAX_BODY", "1MiB", 1);
+  tcfg c;
+  memset(&c, 0, sizeof c);
+  char err[512];
+  const char *argv[] = {NULL};
+  assert_int_equal(cm_config_load(&spec, &c, 0, (char **)argv, NULL, err, sizeof err), CM_CFG_OK);
+  assert_string_equal(c.listen, "10.0.0.9:9");
+  assert_int_equal(c.max_things, 7);
+  assert_int_equal(c.max_body, 65536);
+  cm_config_free(&spec, &c);
+  char *text = help_text(&spec);
+  assert_non_null(strstr(text, "SWSRS_MAX_THINGS"));
+  assert_non_null(strstr(text, "SWSRS_CONFIG"));
+  assert_null(strstr(text, "RELAY_"));
+  free(text);
+  unsetenv("SWSRS_CONFIG");
+  unsetenv("SWSRS_LISTEN");
+  clear_env();
 }
 
 /* The sans-I/O entry point: JSON from a buffer (only len bytes of it),
@@ -710,6 +747,7 @@ int main(void) {
       cmocka_unit_test(test_config_precedence),
       cmocka_unit_test(test_config_errors),
       cmocka_unit_test(test_config_help_and_positional),
+      cmocka_unit_test(test_config_env_prefix),
       cmocka_unit_test(test_config_text),
       cmocka_unit_test(test_parse_duration_size),
       cmocka_unit_test(test_parse_hostport),

@@ -1,9 +1,11 @@
 /*
- * test_resp.c — unit tests for the IdP client's sans-I/O HTTP/1.1 response
- * parser (relay/resp.h): every framing (Content-Length, chunked, end of
- * connection), fed whole and one byte at a time, the body cap at its exact
- * edge, malformed and oversized heads, responses cut short, bodiless
- * statuses, interim 1xx responses, bytes after the response, and that a
+ * test_resp.c — unit tests for the clients' sans-I/O HTTP/1.1 response
+ * parser (common/common.h, cm_http_resp): every framing (Content-Length,
+ * chunked, end of connection), fed whole and one byte at a time, the body
+ * cap at its exact edge, malformed and oversized heads, responses cut
+ * short, bodiless statuses, interim 1xx responses, bytes after the
+ * response (and how many were consumed, which after a 101 is where the
+ * WebSocket frames start), the headers kept and their limits, and that a
  * result, once reached, stays.
  */
 #include <setjmp.h>
@@ -18,23 +20,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "relay/resp.h"
+#include "common/common.h"
 
 enum { BIG = 1 << 20 };
 
 /* Feeds text whole (step 0) or in steps of `step` bytes, stopping at the
  * first result, and returns it; eof also signals the end of the
  * connection when the response is still open. */
-static int parse(rly_resp *r, size_t max_body, const char *text, size_t step, bool eof) {
-  rly_resp_init(r, max_body);
+static int parse(cm_http_resp *r, size_t max_body, const char *text, size_t step, bool eof) {
+  cm_http_resp_init(r, max_body, 0);
   size_t len = strlen(text), off = 0;
   int rc = 0;
   while (rc == 0 && off < len) {
     size_t n = step && step < len - off ? step : len - off;
-    rc = rly_resp_feed(r, text + off, n);
+    rc = cm_http_resp_feed(r, text + off, n, NULL);
     off += n;
   }
-  if (rc == 0 && eof) rc = rly_resp_eof(r);
+  if (rc == 0 && eof) rc = cm_http_resp_eof(r);
   return rc;
 }
 
@@ -42,21 +44,21 @@ static int parse(rly_resp *r, size_t max_body, const char *text, size_t step, bo
 static void expect_ok(const char *text, bool eof, int status, const char *body) {
   static const size_t steps[] = {0, 1, 7};
   for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
-    rly_resp r;
+    cm_http_resp r;
     assert_int_equal(parse(&r, BIG, text, steps[i], eof), 1);
     assert_int_equal(r.status, status);
     assert_int_equal(cm_buf_size(&r.body), strlen(body));
     assert_memory_equal(cm_buf_head(&r.body), body, strlen(body));
-    rly_resp_free(&r);
+    cm_http_resp_free(&r);
   }
 }
 
 static void expect_fail(const char *text, size_t max_body, int want) {
-  rly_resp r;
+  cm_http_resp r;
   assert_int_equal(parse(&r, max_body, text, 0, true), want);
   assert_non_null(r.errmsg);
   assert_true(cm_buf_size(&r.body) <= max_body);
-  rly_resp_free(&r);
+  cm_http_resp_free(&r);
 }
 
 static void test_content_length(void **state) {
@@ -83,16 +85,16 @@ static void test_chunked(void **state) {
 static void test_close_delimited(void **state) {
   (void)state;
   const char *text = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"issuer\": \"x\"}";
-  rly_resp r;
+  cm_http_resp r;
   /* Without the end of the connection the body is still open... */
   assert_int_equal(parse(&r, BIG, text, 0, false), 0);
   /* ...an empty read is not the end... */
-  assert_int_equal(rly_resp_feed(&r, "", 0), 0);
+  assert_int_equal(cm_http_resp_feed(&r, "", 0, NULL), 0);
   /* ...and the end completes it. */
-  assert_int_equal(rly_resp_eof(&r), 1);
+  assert_int_equal(cm_http_resp_eof(&r), 1);
   assert_int_equal(r.status, 200);
   assert_int_equal(cm_buf_size(&r.body), 15);
-  rly_resp_free(&r);
+  cm_http_resp_free(&r);
   expect_ok(text, true, 200, "{\"issuer\": \"x\"}");
   expect_ok("HTTP/1.0 200 OK\r\n\r\nold", true, 200, "old");
 }
@@ -138,15 +140,15 @@ static void test_bytes_after_response(void **state) {
 static void test_body_cap(void **state) {
   (void)state;
   const char *ten = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
-  rly_resp r;
+  cm_http_resp r;
   assert_int_equal(parse(&r, 10, ten, 0, false), 1);
   assert_int_equal(cm_buf_size(&r.body), 10);
-  rly_resp_free(&r);
+  cm_http_resp_free(&r);
   expect_fail(ten, 9, -EFBIG);
-  rly_resp_init(&r, 9);
-  assert_int_equal(rly_resp_feed(&r, ten, strlen(ten)), -EFBIG);
+  cm_http_resp_init(&r, 9, 0);
+  assert_int_equal(cm_http_resp_feed(&r, ten, strlen(ten), NULL), -EFBIG);
   assert_string_equal(r.errmsg, "response body too large");
-  rly_resp_free(&r);
+  cm_http_resp_free(&r);
   /* The cap holds for every framing. */
   expect_fail("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n"
               "0\r\n\r\n",
@@ -167,21 +169,22 @@ static void test_malformed(void **state) {
   for (size_t i = 0; i < sizeof statuses / sizeof statuses[0]; i++) {
     char text[64];
     snprintf(text, sizeof text, "HTTP/1.1 %s OK\r\nContent-Length: 0\r\n\r\n", statuses[i]);
-    rly_resp r;
+    cm_http_resp r;
     assert_int_equal(parse(&r, BIG, text, 0, true), -EPROTO);
     assert_string_equal(r.errmsg, "invalid status code");
-    rly_resp_free(&r);
+    cm_http_resp_free(&r);
   }
   expect_ok("HTTP/1.1 599 Edge\r\nContent-Length: 0\r\n\r\n", false, 599, "");
-  rly_resp r;
+  cm_http_resp r;
   assert_int_equal(parse(&r, BIG, "<html>", 0, false), -EPROTO);
   assert_string_equal(r.errmsg, "invalid constant string");
-  rly_resp_free(&r);
+  cm_http_resp_free(&r);
 }
 
 static void test_head_too_large(void **state) {
   (void)state;
-  /* One header line past libhttp-parser's 80 KiB bound on the head. */
+  /* One header line past the kept head's bound, and past libhttp-parser's
+   * 80 KiB bound on the head: the first limit reached names it. */
   size_t n = 90 * 1024;
   char *text = malloc(n + 64);
   assert_non_null(text);
@@ -189,11 +192,146 @@ static void test_head_too_large(void **state) {
   memset(text + off, 'a', n);
   strcpy(text + off + n, "\r\n\r\n");
   expect_fail(text, BIG, -EPROTO);
-  rly_resp r;
+  cm_http_resp r;
   assert_int_equal(parse(&r, BIG, text, 4096, false), -EPROTO);
-  assert_string_equal(r.errmsg, "too many header bytes seen; overflow detected");
-  rly_resp_free(&r);
+  assert_string_equal(r.errmsg, "response headers too large");
+  cm_http_resp_free(&r);
   free(text);
+}
+
+/* Exactly at the bounds passes; one more fails. */
+static void test_header_limits(void **state) {
+  (void)state;
+  cm_buf b;
+  cm_buf_init(&b, 0);
+  for (int extra = 0; extra < 2; extra++) {
+    cm_buf_reset(&b);
+    cm_buf_printf(&b, "HTTP/1.1 204 No Content\r\n");
+    for (int i = 0; i < CM_HTTP_RESP_MAX_HEADERS + extra; i++)
+      cm_buf_printf(&b, "X-H%d: %d\r\n", i, i);
+    cm_buf_printf(&b, "\r\n");
+    cm_buf_append(&b, "", 1);
+    cm_http_resp r;
+    int rc = parse(&r, BIG, (const char *)cm_buf_head(&b), 0, false);
+    if (extra == 0) {
+      assert_int_equal(rc, 1);
+      assert_int_equal(cm_http_resp_header_count(&r), CM_HTTP_RESP_MAX_HEADERS);
+      assert_string_equal(cm_http_resp_header(&r, "x-h99"), "99");
+    } else {
+      assert_int_equal(rc, -EPROTO);
+      assert_string_equal(r.errmsg, "too many headers");
+    }
+    cm_http_resp_free(&r);
+  }
+  /* Names and values: NUL-terminated pieces fill the kept head. */
+  for (int extra = 0; extra < 2; extra++) {
+    size_t fill = CM_HTTP_RESP_MAX_HEAD - 3 + (size_t)extra; /* "X\0" + fill + "\0" */
+    char *text = malloc(fill + 64);
+    assert_non_null(text);
+    int off = snprintf(text, 64, "HTTP/1.1 204 No Content\r\nX: ");
+    memset(text + off, 'v', fill);
+    strcpy(text + off + fill, "\r\n\r\n");
+    cm_http_resp r;
+    assert_int_equal(parse(&r, BIG, text, 1000, false), extra ? -EPROTO : 1);
+    if (!extra) assert_int_equal(strlen(cm_http_resp_header(&r, "x")), fill);
+    cm_http_resp_free(&r);
+    free(text);
+  }
+  cm_buf_free(&b);
+}
+
+/* Headers of the final response, fed whole and cut anywhere: looked up by
+ * name in any case, blanks around values removed, repeats in order, and
+ * nothing of an interim response's. */
+static void test_headers(void **state) {
+  (void)state;
+  const char *text = "HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n"
+                     "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+                     "WWW-Authenticate:   Bearer realm=\"relay\"  \t\r\nX-Empty:\r\n"
+                     "Set-Cookie: a=1\r\nset-cookie: b=2\r\nContent-Length: 2\r\n\r\n{}";
+  for (size_t step = 0; step < 9; step++) {
+    cm_http_resp r;
+    assert_int_equal(parse(&r, BIG, text, step, false), 1);
+    assert_int_equal(r.status, 401);
+    assert_int_equal(cm_http_resp_header_count(&r), 6);
+    assert_string_equal(cm_http_resp_header(&r, "content-type"), "application/json");
+    assert_string_equal(cm_http_resp_header(&r, "WWW-AUTHENTICATE"), "Bearer realm=\"relay\"");
+    assert_string_equal(cm_http_resp_header(&r, "X-Empty"), "");
+    assert_string_equal(cm_http_resp_header(&r, "Set-Cookie"), "a=1");
+    assert_null(cm_http_resp_header(&r, "X-Interim"));
+    assert_null(cm_http_resp_header(&r, "Content"));
+    const char *n, *v;
+    assert_true(cm_http_resp_header_at(&r, 4, &n, &v));
+    assert_string_equal(n, "set-cookie");
+    assert_string_equal(v, "b=2");
+    assert_false(cm_http_resp_header_at(&r, 6, &n, &v));
+    cm_http_resp_free(&r);
+  }
+  /* None before the response is complete. */
+  cm_http_resp r;
+  assert_int_equal(
+      parse(&r, BIG, "HTTP/1.1 200 OK\r\nA: b\r\nContent-Length: 5\r\n\r\nab", 0, false), 0);
+  assert_int_equal(cm_http_resp_header_count(&r), 0);
+  assert_null(cm_http_resp_header(&r, "A"));
+  cm_http_resp_free(&r);
+}
+
+/* The answer to an upgrade ends at its head: consumed says where the new
+ * protocol's bytes start, in whatever pieces the bytes come. */
+static void test_upgrade_consumed(void **state) {
+  (void)state;
+  static const char head[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             "Connection: Upgrade\r\nSec-WebSocket-Accept: abc=\r\n\r\n";
+  static const char frames[] = "\x82\x03"
+                               "abc\x81\x00";
+  char text[sizeof head + sizeof frames];
+  size_t hl = sizeof head - 1, total = hl + sizeof frames - 1;
+  memcpy(text, head, hl);
+  memcpy(text + hl, frames, sizeof frames - 1);
+  for (size_t step = 1; step <= total; step++) {
+    cm_http_resp r;
+    cm_http_resp_init(&r, BIG, 0);
+    size_t off = 0, used = 0;
+    int rc = 0;
+    while (rc == 0 && off < total) {
+      size_t n = CM_MIN(step, total - off);
+      rc = cm_http_resp_feed(&r, text + off, n, &used);
+      assert_true(used <= n);
+      if (rc == 0) assert_int_equal(used, n);
+      off += used;
+      if (rc != 0) break;
+    }
+    assert_int_equal(rc, 1);
+    assert_int_equal(r.status, 101);
+    assert_int_equal(off, hl); /* the frames are left for the codec */
+    assert_string_equal(cm_http_resp_header(&r, "sec-websocket-accept"), "abc=");
+    assert_int_equal(cm_buf_size(&r.body), 0);
+    /* Once complete nothing more is consumed. */
+    assert_int_equal(cm_http_resp_feed(&r, frames, 2, &used), 1);
+    assert_int_equal(used, 0);
+    cm_http_resp_free(&r);
+  }
+  /* Bytes after an ordinary response are not consumed either. */
+  const char *two = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA";
+  cm_http_resp r;
+  cm_http_resp_init(&r, BIG, 0);
+  size_t used = 0;
+  assert_int_equal(cm_http_resp_feed(&r, two, strlen(two), &used), 1);
+  assert_int_equal(used, strlen(two) - 5);
+  cm_http_resp_free(&r);
+}
+
+/* The answer to a HEAD has a Content-Length and no body. */
+static void test_head_request(void **state) {
+  (void)state;
+  cm_http_resp r;
+  cm_http_resp_init(&r, BIG, CM_HTTP_RESP_HEAD | CM_HTTP_RESP_SECRET);
+  const char *text = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+  size_t used = 0;
+  assert_int_equal(cm_http_resp_feed(&r, text, strlen(text), &used), 1);
+  assert_int_equal(used, strlen(text));
+  assert_string_equal(cm_http_resp_header(&r, "content-length"), "100");
+  cm_http_resp_free(&r);
 }
 
 static void test_cut_short(void **state) {
@@ -206,25 +344,25 @@ static void test_cut_short(void **state) {
       "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
   };
   for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
-    rly_resp r;
+    cm_http_resp r;
     assert_int_equal(parse(&r, BIG, texts[i], 0, true), 0);
-    rly_resp_free(&r);
+    cm_http_resp_free(&r);
   }
 }
 
 static void test_result_sticks(void **state) {
   (void)state;
-  rly_resp r;
+  cm_http_resp r;
   assert_int_equal(parse(&r, BIG, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0, false), 1);
-  assert_int_equal(rly_resp_feed(&r, "garbage", 7), 1);
-  assert_int_equal(rly_resp_eof(&r), 1);
+  assert_int_equal(cm_http_resp_feed(&r, "garbage", 7, NULL), 1);
+  assert_int_equal(cm_http_resp_eof(&r), 1);
   assert_int_equal(r.status, 200);
   assert_int_equal(cm_buf_size(&r.body), 2);
-  rly_resp_free(&r);
+  cm_http_resp_free(&r);
   assert_int_equal(parse(&r, BIG, "nonsense", 0, false), -EPROTO);
-  assert_int_equal(rly_resp_feed(&r, "HTTP/1.1 200 OK\r\n\r\n", 19), -EPROTO);
-  assert_int_equal(rly_resp_eof(&r), -EPROTO);
-  rly_resp_free(&r);
+  assert_int_equal(cm_http_resp_feed(&r, "HTTP/1.1 200 OK\r\n\r\n", 19, NULL), -EPROTO);
+  assert_int_equal(cm_http_resp_eof(&r), -EPROTO);
+  cm_http_resp_free(&r);
 }
 
 int main(void) {
@@ -240,6 +378,10 @@ int main(void) {
       cmocka_unit_test(test_result_sticks),
       cmocka_unit_test(test_interim_responses),
       cmocka_unit_test(test_bytes_after_response),
+      cmocka_unit_test(test_header_limits),
+      cmocka_unit_test(test_headers),
+      cmocka_unit_test(test_upgrade_consumed),
+      cmocka_unit_test(test_head_request),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

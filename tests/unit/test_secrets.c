@@ -33,79 +33,7 @@
 #include "testloop.h"
 #include "tunnel/tunnel.h"
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HAVE_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define HAVE_ASAN 1
-#endif
-
-/* ---- the freed-memory arena ------------------------------------------------------ */
-
-#define ARENA_BYTES ((size_t)1 << 30) /* address space only (MAP_NORESERVE) */
-
-static unsigned char *g_arena;
-static atomic_size_t g_used;
-static atomic_bool g_armed, g_overflow;
-
-#ifdef HAVE_ASAN
-#include <sanitizer/allocator_interface.h>
-
-static void on_malloc(const volatile void *p, size_t n) {
-  (void)p;
-  (void)n;
-}
-
-/* Runs inside free(): no allocation here, only a copy. */
-static void on_free(const volatile void *p) {
-  if (!p || !atomic_load(&g_armed)) return;
-  size_t n = __sanitizer_get_allocated_size(p);
-  size_t at = atomic_fetch_add(&g_used, n);
-  if (at + n > ARENA_BYTES) {
-    atomic_store(&g_overflow, true);
-    return;
-  }
-  const volatile unsigned char *src = p;
-  for (size_t i = 0; i < n; i++)
-    g_arena[at + i] = src[i];
-}
-#endif
-
-static void scan_start(void) {
-  atomic_store(&g_used, 0);
-  atomic_store(&g_overflow, false);
-  atomic_store(&g_armed, true);
-}
-
-static void scan_stop(void) {
-  atomic_store(&g_armed, false);
-  assert_false(atomic_load(&g_overflow)); /* else the search below proves nothing */
-}
-
-/* Whether a freed block held s. */
-static bool freed_unwiped(const char *s) {
-  size_t used = CM_MIN(atomic_load(&g_used), ARENA_BYTES);
-  return memmem(g_arena, used, s, strlen(s)) != NULL;
-}
-
-static int group_setup(void **st) {
-  (void)st;
-#ifndef HAVE_ASAN
-  return 0;
-#else
-  g_arena = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  return g_arena == MAP_FAILED ? -1 : 0;
-#endif
-}
-
-static void need_asan(void) {
-#ifndef HAVE_ASAN
-  skip();
-#endif
-}
+#include "freedscan.h"
 
 /* ---- the detector itself ------------------------------------------------------------ */
 
@@ -433,10 +361,7 @@ static void test_admin_create_body_wipes_tokens(void **st) {
 
 int main(void) {
   signal(SIGPIPE, SIG_IGN);
-#ifdef HAVE_ASAN
-  /* Before any thread starts, as the interface asks. */
-  __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
-#endif
+  freedscan_install();
   loop = uv_default_loop();
   cm_log_set_level(CM_LOG_WARN);
   const struct CMUnitTest tests[] = {
@@ -445,7 +370,7 @@ int main(void) {
       cmocka_unit_test(test_link_tls_wipes_tokens),
       cmocka_unit_test(test_admin_create_body_wipes_tokens),
   };
-  int rc = cmocka_run_group_tests(tests, group_setup, NULL);
+  int rc = cmocka_run_group_tests(tests, freedscan_setup, NULL);
   uv_loop_close(loop);
   return rc;
 }
