@@ -832,17 +832,24 @@ static void accept_peer(rly_conn *c, rly_upgrade *u) {
          CM_S("remote", c->remote), CM_I("worker", dp->w->index),
          CM_I("arrived_on", u->from_worker));
   p->st = rly_conn_detach(c, &leftover); /* c is gone from here on */
-  cm_stream_set_cbs(p->st, &g_peer_cbs);
-  cm_stream_set_data(p->st, p);
-  write_101(p->st, u);
+  cm_stream *st = p->st;
+  cm_stream_set_cbs(st, &g_peer_cbs);
+  cm_stream_set_data(st, p);
+  /* Corked until the attach is reported: the controller hears of this
+   * peer (through the control thread's mailbox, in order) before the
+   * client can see its 101 and ask anything about the session.  Data held
+   * for it follows the 101 in the same write. */
+  cm_stream_cork(st);
+  write_101(st, u);
   atomic_fetch_add(&dp->npeers, 1);
   rly_count(&dp->m.upgrades, 1);
   x->peer[slot] = p;
   rly_pair_attach(&x->pair, slot, cm_now_mono_ms(), on_pair_action, x);
-  if (cm_stream_paused(p->st)) cm_stream_resume(p->st);
+  if (cm_stream_paused(st)) cm_stream_resume(st);
   if (cm_buf_size(&leftover) > 0)
     peer_input(p, (uint8_t *)cm_buf_head(&leftover), cm_buf_size(&leftover));
   cm_buf_free(&leftover);
+  cm_stream_uncork(st);
 }
 
 /* ---- to the session's home --------------------------------------------------------------- */
