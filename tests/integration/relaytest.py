@@ -521,6 +521,18 @@ def wait_readable(sock, timeout):
     return bool(r)
 
 
+def metrics(relay):
+    """The relay's /metrics as {name: value} (labels kept in the name)."""
+    r = relay.get("/metrics")
+    assert r.status == 200, r
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, val = line.rpartition(" ")
+            out[name] = float(val)
+    return out
+
+
 def assert_error_body(resp, status, code=None):
     """The relay's error shape: JSON {"error","message"} plus Date and Server."""
     assert resp.status == status, resp

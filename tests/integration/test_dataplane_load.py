@@ -45,15 +45,7 @@ def raise_nofile(want):
         pytest.skip("RLIMIT_NOFILE hard limit %d is below %d" % (soft, want))
 
 
-def metrics(relay):
-    r = relay.get("/metrics")
-    assert r.status == 200, r
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.partition(" ")
-            out[k] = float(v)
-    return out
+metrics = relaytest.metrics
 
 
 class Peers:

@@ -25,7 +25,6 @@ import hashlib
 import os
 import select
 import signal
-import socket
 import threading
 import time
 
@@ -137,19 +136,8 @@ def test_peer_wait_reaches_lone_peers_on_every_worker(start_relay):
         lone.append(a)
     for a in lone:
         assert a.expect_close() == 1001
-    m = relaytest_metrics(relay)
+    m = relaytest.metrics(relay)
     assert m["relay_ws_peer_wait_expired_total"] == WORKERS, m
-
-
-def relaytest_metrics(relay):
-    r = relay.get("/metrics")
-    assert r.status == 200, r
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.partition(" ")
-            out[k] = float(v)
-    return out
 
 
 # ---- SIGTERM --------------------------------------------------------------------------------
@@ -207,12 +195,12 @@ def test_max_sessions_holds_across_workers(start_relay):
     # The second peer of a held session still pairs.
     b = wsraw.open_peer(relay, first[0]["id"], first[0]["responder_token"])
     echo_check(held[0], b, b"paired under the cap")
-    m = relaytest_metrics(relay)
+    m = relaytest.metrics(relay)
     assert m["relay_sessions"] == 3, m
     # One goes: there is room for exactly one more.
     held[1].close(1000)
     deadline = time.monotonic() + relaytest.TIMEOUT
-    while relaytest_metrics(relay)["relay_sessions"] != 2:
+    while relaytest.metrics(relay)["relay_sessions"] != 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     third = wsraw.open_peer(relay, by_home[3][1]["id"], by_home[3][1]["initiator_token"])
@@ -267,18 +255,6 @@ def test_conns_per_ip_hold_across_workers(start_relay):
 
 # ---- backpressure on one worker, throughput on another ------------------------------------------
 
-def raw_peer(relay, sid, token, rcvbuf=None):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(relaytest.TIMEOUT)
-    s.connect(("127.0.0.1", relay.port))
-    c = wsraw.WsConn(s)
-    r = c.handshake("/relay/" + sid, headers=[("Authorization", "Bearer " + token)])
-    assert r.status == 101, r
-    return c
-
-
 def push(tx, block, rounds, sent, stop=None):
     """Sends block rounds times as fast as the kernel takes it; a stop
     takes effect between blocks, so only whole frames are sent."""
@@ -314,8 +290,8 @@ def timed_transfer(relay, s, total):
     payload = os.urandom(MIB)
     block = frame(BINARY, payload)
     want = hashlib.sha256(payload * (total // MIB)).hexdigest()
-    tx = raw_peer(relay, s["id"], s["initiator_token"])
-    rx = raw_peer(relay, s["id"], s["responder_token"])
+    tx = wsraw.raw_peer(relay, s["id"], s["initiator_token"])
+    rx = wsraw.raw_peer(relay, s["id"], s["responder_token"])
     sent = [0]
     t0 = time.monotonic()
     th = threading.Thread(target=push, args=(tx, block, total // MIB, sent), daemon=True)
@@ -340,8 +316,8 @@ def test_paused_worker_leaves_the_other_relaying(start_relay):
     alone = min(timed_transfer(relay, busy[0], total)[0], 1e9)
 
     # Worker 0: a receiver that reads nothing, a sender the relay must stop.
-    tx = raw_peer(relay, stalled["id"], stalled["initiator_token"])
-    rx = raw_peer(relay, stalled["id"], stalled["responder_token"], rcvbuf=64 * 1024)
+    tx = wsraw.raw_peer(relay, stalled["id"], stalled["initiator_token"])
+    rx = wsraw.raw_peer(relay, stalled["id"], stalled["responder_token"], rcvbuf=64 * 1024)
     payload = os.urandom(64 * 1024)
     block = frame(BINARY, payload)
     sent, stop = [0], threading.Event()
