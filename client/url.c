@@ -80,7 +80,7 @@ int rc_url_parse(const char *text, rc_url *u, char *err, size_t errlen) {
   if (!(pu.field_set & (1 << UF_PATH))) {
     /* "http://h?x" has a query and no path: the path is "/". */
     u->path[0] = '/';
-    off = (pu.field_set & (1 << UF_QUERY)) ? pu.field_data[UF_QUERY].off - 1 : end;
+    off = (pu.field_set & (1 << UF_QUERY)) ? (size_t)pu.field_data[UF_QUERY].off - 1 : end;
     if (end - off + 1 >= sizeof u->path) goto too_long;
     memcpy(u->path + 1, text + off, end - off);
     u->path[end - off + 1] = '\0';
