@@ -343,8 +343,7 @@ int cm_http_resp_eof(cm_http_resp *r);
  * strings live as long as the parser. */
 const char *cm_http_resp_header(const cm_http_resp *r, const char *name);
 size_t cm_http_resp_header_count(const cm_http_resp *r);
-bool cm_http_resp_header_at(const cm_http_resp *r, size_t i, const char **name,
-                            const char **value);
+bool cm_http_resp_header_at(const cm_http_resp *r, size_t i, const char **name, const char **value);
 
 /* ------------------------------------------------------------------------
  * Files.
@@ -396,6 +395,11 @@ void *cm_tls_ctx_ssl_ctx(cm_tls_ctx *ctx);
  * function, including cm_stream_close, on the same stream.
  * ---------------------------------------------------------------------- */
 typedef struct cm_stream cm_stream;
+
+/* on_read's data always has this many bytes before it, in the same
+ * buffer, that the owner may overwrite: room to put a small header in
+ * front of received bytes and write both as one piece, without a copy. */
+#define CM_STREAM_HEADROOM 16
 
 typedef struct cm_stream_cbs {
   void (*on_open)(cm_stream *s);

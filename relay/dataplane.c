@@ -97,6 +97,9 @@ struct rly_peer {
   bool ping_sent;
   bool ip_held; /* inherited from the HTTP connection (iplimit.c) */
   char remote[64];
+  /* During one read: where the bytes before a payload chunk may be
+   * overwritten from (the read buffer's headroom, or consumed header). */
+  const uint8_t *writable;
 };
 
 /* What the controller granted, kept while the connection moves to the
@@ -267,7 +270,7 @@ static void peer_close(rly_peer *p, uint16_t code, const char *reason) {
 /* Writes a data frame for the other slot: to its stream when it is there,
  * else into the session's hold buffer.  Returns true when the sender should
  * stop reading (receiver above its high watermark, or hold buffer full). */
-static bool forward(rly_peer *from, bool fin, uint8_t opcode, const uint8_t *data, size_t len) {
+static bool forward(rly_peer *from, bool fin, uint8_t opcode, uint8_t *data, size_t len) {
   rly_session *x = from->sess;
   int to = 1 - from->slot;
   uint8_t hdr[WS_MAX_HEADER];
@@ -275,9 +278,18 @@ static bool forward(rly_peer *from, bool fin, uint8_t opcode, const uint8_t *dat
   rly_peer *dst = x->peer[to];
   if (dst && x->pair.state == RLY_PAIR_OPEN) {
     if (dst->closing) return false;
-    uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
-                     uv_buf_init((char *)data, (unsigned)len)};
-    cm_stream_writev(dst->st, b, len ? 2 : 1);
+    if (len && data - hl >= from->writable) {
+      /* The bytes before the chunk are its own frame's header, already
+       * parsed (a client's is longer than ours: it carries a mask), or
+       * the read buffer's headroom: the frame goes out as one piece,
+       * with no copy. */
+      memcpy(data - hl, hdr, hl);
+      cm_stream_write(dst->st, data - hl, hl + len);
+    } else {
+      uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
+                       uv_buf_init((char *)data, (unsigned)len)};
+      cm_stream_writev(dst->st, b, len ? 2 : 1);
+    }
     x->bytes[from->slot] += len;
     x->dirty = true;
     rly_count(&from->dp->m.bytes_out, len);
@@ -432,7 +444,10 @@ static void peer_protocol_error(rly_peer *p) {
   peer_leave(p, 0);
 }
 
-static void peer_input(rly_peer *p, uint8_t *data, size_t len) {
+/* headroom: data has CM_STREAM_HEADROOM writable bytes before it (it came
+ * from the stream, not from a buffer of ours). */
+static void peer_input(rly_peer *p, uint8_t *data, size_t len, bool headroom) {
+  p->writable = headroom ? data - CM_STREAM_HEADROOM : data;
   p->last_rx_ms = cm_now_mono_ms();
   p->ping_sent = false;
   if (p->closing) return;
@@ -472,7 +487,7 @@ static void peer_resume(rly_peer *p) {
 }
 
 static void p_on_read(cm_stream *st, uint8_t *data, size_t len) {
-  peer_input(cm_stream_get_data(st), data, len);
+  peer_input(cm_stream_get_data(st), data, len, true);
 }
 
 static void p_on_drain(cm_stream *st) {
@@ -847,7 +862,7 @@ static void accept_peer(rly_conn *c, rly_upgrade *u) {
   rly_pair_attach(&x->pair, slot, cm_now_mono_ms(), on_pair_action, x);
   if (cm_stream_paused(st)) cm_stream_resume(st);
   if (cm_buf_size(&leftover) > 0)
-    peer_input(p, (uint8_t *)cm_buf_head(&leftover), cm_buf_size(&leftover));
+    peer_input(p, (uint8_t *)cm_buf_head(&leftover), cm_buf_size(&leftover), false);
   cm_buf_free(&leftover);
   cm_stream_uncork(st);
 }
