@@ -31,7 +31,7 @@
 #include "relay/control.h"
 #include "relay/cors.h"
 #include "relay/mailbox.h"
-#include "relay/pair.h"
+#include "relay/session.h"
 #include "websocket/websocket.h"
 
 #include <errno.h>
@@ -62,19 +62,16 @@ struct rly_dp {
 struct rly_session {
   char id[64];
   rly_dp *dp;
-  rly_pair pair;
+  /* The decisions (session.h), with the pairing machine and the counters:
+   * payload delivered from slot s, absolute within `epoch` (random, new
+   * each time this relay starts holding the session; the controller adds
+   * epochs up, so a restart loses nothing). */
+  rly_sess core;
   rly_peer *peer[2];
   char controller[96];
-  cm_buf held[2];           /* frames for slot s sent while s was empty */
-  uint64_t held_payload[2]; /* payload bytes inside held[s] */
-  /* Payload delivered from slot s to the other one, absolute within
-   * `epoch` (random, new each time this relay starts holding the session;
-   * the controller adds epochs up, so a restart loses nothing). */
-  uint64_t bytes[2];
+  cm_buf held[2]; /* frames for slot s sent while s was empty */
   uint64_t epoch;
   int64_t last_activity;
-  uint64_t reported_ms; /* monotonic time of the last report */
-  bool dirty;
   uint64_t max_message;
   rly_session *next; /* hash chain */
   cm_list node;
@@ -121,6 +118,8 @@ typedef struct rly_upgrade {
   slot_grant grant;
   size_t from_worker; /* where the upgrade arrived */
 } rly_upgrade;
+
+static void on_sess_action(void *ud, const rly_sess_action *a);
 
 static const char *slot_name(int slot) {
   return slot == RLY_SLOT_INITIATOR ? "initiator" : "responder";
@@ -187,13 +186,19 @@ static rly_session *sess_new(rly_dp *s, const char *id, const char *controller,
   snprintf(x->id, sizeof x->id, "%s", id);
   snprintf(x->controller, sizeof x->controller, "%s", controller);
   x->dp = s;
-  rly_pair_init(&x->pair, peer_wait_ms, expires_at_ms);
+  /* A frame may complete the hold by as much as one read brings. */
+  uint64_t hold = (uint64_t)hold_bytes(s);
+  rly_sess_config sc = {.peer_wait_ms = peer_wait_ms,
+                        .expires_at_ms = expires_at_ms,
+                        .hold_cap = hold,
+                        .hold_max = hold + 65536 + 64,
+                        .stats_every_ms = STATS_EVERY_MS};
+  rly_sess_init(&x->core, &sc, on_sess_action, x);
   x->max_message = max_message;
   if (cm_random_bytes((uint8_t *)&x->epoch, sizeof x->epoch) != 0 || x->epoch == 0)
     x->epoch = (uint64_t)cm_now_wall_ms() | 1; /* unique enough; never 0 */
-  long long hold = hold_bytes(s);
-  cm_buf_init(&x->held[0], (size_t)hold + 65536 + 64);
-  cm_buf_init(&x->held[1], (size_t)hold + 65536 + 64);
+  cm_buf_init(&x->held[0], (size_t)sc.hold_max);
+  cm_buf_init(&x->held[1], (size_t)sc.hold_max);
   size_t b = hash_id(id) & (s->sess_cap - 1);
   x->next = s->sess_tab[b];
   s->sess_tab[b] = x;
@@ -232,8 +237,8 @@ static void send_event(rly_session *x, Relay__V1__SessionEvent__Type type, int s
             : slot == RLY_SLOT_RESPONDER ? RELAY__V1__ROLE__ROLE_RESPONDER
                                          : RELAY__V1__ROLE__ROLE_UNSPECIFIED;
   se.counter_epoch = x->epoch;
-  se.bytes_in = x->bytes[RLY_SLOT_INITIATOR];
-  se.bytes_out = x->bytes[RLY_SLOT_RESPONDER];
+  se.bytes_in = x->core.bytes[RLY_SLOT_INITIATOR];
+  se.bytes_out = x->core.bytes[RLY_SLOT_RESPONDER];
   se.last_activity_unix = x->last_activity;
   se.close_code = code;
   se.reason = (char *)(reason ? reason : "");
@@ -241,8 +246,6 @@ static void send_event(rly_session *x, Relay__V1__SessionEvent__Type type, int s
   ev.kind_case = RELAY__V1__RELAY_EVENT__KIND_SESSION;
   ev.session = &se;
   rly_ctl_event(x->dp->w, x->controller, &ev);
-  x->dirty = false;
-  x->reported_ms = cm_now_mono_ms();
 }
 
 /* ---- writing ----------------------------------------------------------------------- */
@@ -261,23 +264,23 @@ static void ws_send_frame(rly_peer *p, uint8_t opcode, const uint8_t *payload, s
 static void peer_close(rly_peer *p, uint16_t code, const char *reason) {
   if (p->closing) return;
   p->closing = true;
+  if (p->sess) rly_sess_closing(&p->sess->core, p->slot); /* nothing more for it */
   uint8_t payload[WS_MAX_CONTROL];
   size_t n = ws_close_payload(payload, code, reason);
   ws_send_frame(p, WS_CLOSE, payload, n);
   cm_stream_close(p->st);
 }
 
-/* Writes a data frame for the other slot: to its stream when it is there,
- * else into the session's hold buffer.  Returns true when the sender should
- * stop reading (receiver above its high watermark, or hold buffer full). */
-static bool forward(rly_peer *from, bool fin, uint8_t opcode, uint8_t *data, size_t len) {
+/* Writes a data frame where the core says: to the other peer, or into the
+ * session's hold buffer for it. */
+static void forward(rly_peer *from, bool fin, uint8_t opcode, uint8_t *data, size_t len) {
   rly_session *x = from->sess;
   int to = 1 - from->slot;
   uint8_t hdr[WS_MAX_HEADER];
   size_t hl = ws_frame_header(hdr, fin, opcode, len, NULL);
+  rly_sess_route_t route = rly_sess_route(&x->core, from->slot, hl + len, len);
   rly_peer *dst = x->peer[to];
-  if (dst && x->pair.state == RLY_PAIR_OPEN) {
-    if (dst->closing) return false;
+  if (route == RLY_ROUTE_FORWARD && dst) {
     if (len && data - hl >= from->writable) {
       /* The bytes before the chunk are its own frame's header, already
        * parsed (a client's is longer than ours: it carries a mask), or
@@ -290,23 +293,15 @@ static bool forward(rly_peer *from, bool fin, uint8_t opcode, uint8_t *data, siz
                        uv_buf_init((char *)data, (unsigned)len)};
       cm_stream_writev(dst->st, b, len ? 2 : 1);
     }
-    x->bytes[from->slot] += len;
-    x->dirty = true;
     rly_count(&from->dp->m.bytes_out, len);
-    return cm_stream_above_high(dst->st);
+  } else if (route == RLY_ROUTE_HOLD && (cm_buf_append(&x->held[to], hdr, hl) != 0 ||
+                                         cm_buf_append(&x->held[to], data, len) != 0)) {
+    /* Within the core's bound, so only out of memory. */
+    peer_close(from, 1011, "relay out of memory");
   }
-  /* Lone peer: hold it for the counterpart, up to the bound. */
-  if (cm_buf_append(&x->held[to], hdr, hl) != 0 || cm_buf_append(&x->held[to], data, len) != 0) {
-    peer_close(from, 1008, "too much data before the peer arrived");
-    return true;
-  }
-  x->held_payload[to] += len;
-  return cm_buf_size(&x->held[to]) >= (size_t)hold_bytes(from->dp);
 }
 
 /* ---- parser callbacks (one peer's incoming frames) -------------------------------- */
-
-static bool g_stop_reading; /* set by callbacks during one peer_read */
 
 static int on_frame_header(void *ud, const ws_frame *f) {
   rly_peer *p = ud;
@@ -330,7 +325,7 @@ static int on_frame_payload(void *ud, uint8_t *data, size_t len) {
   uint8_t op = next_opcode(p);
   if (fin) p->msg_started = false;
   rly_count(&p->dp->m.bytes_in, len);
-  if (forward(p, fin, op, data, len)) g_stop_reading = true;
+  forward(p, fin, op, data, len);
   return 0;
 }
 
@@ -343,7 +338,7 @@ static int on_frame_end(void *ud) {
   if (p->frame_len == 0 && p->frame_fin) {
     uint8_t op = next_opcode(p);
     p->msg_started = false;
-    if (forward(p, true, op, NULL, 0)) g_stop_reading = true;
+    forward(p, true, op, NULL, 0);
   }
   if (p->frame_fin) rly_count(&p->dp->m.messages, 1);
   return 0;
@@ -373,58 +368,63 @@ static const ws_parser_cbs g_parser_cbs = {on_frame_header, on_frame_payload, on
 
 /* ---- pairing actions -------------------------------------------------------------------- */
 
-static void flush_held(rly_session *x, int to) {
+/* The core delivered what was held for `to` (it counted it). */
+static void flush_held(rly_session *x, int to, uint64_t payload) {
   rly_peer *dst = x->peer[to];
-  if (!dst || cm_buf_size(&x->held[to]) == 0) return;
-  cm_stream_write(dst->st, cm_buf_head(&x->held[to]), cm_buf_size(&x->held[to]));
-  x->bytes[1 - to] += x->held_payload[to];
-  x->dirty = x->dirty || x->held_payload[to] > 0;
-  rly_count(&x->dp->m.bytes_out, x->held_payload[to]);
-  x->held_payload[to] = 0;
+  if (dst && cm_buf_size(&x->held[to]) > 0)
+    cm_stream_write(dst->st, cm_buf_head(&x->held[to]), cm_buf_size(&x->held[to]));
+  rly_count(&x->dp->m.bytes_out, payload);
   cm_buf_free(&x->held[to]);
-  cm_buf_init(&x->held[to], (size_t)hold_bytes(x->dp) + 65536 + 64);
+  cm_buf_init(&x->held[to], (size_t)x->core.cfg.hold_max);
 }
 
 static void peer_resume(rly_peer *p);
 
-static void on_pair_action(void *ud, const rly_pair_action *a) {
-  rly_session *x = ud;
-  switch (a->type) {
-  case RLY_ACT_CLOSE: {
-    rly_peer *p = x->peer[a->slot];
-    if (!p) break;
-    /* The slot is free at once (a rejoin need not wait for our close
-     * handshake); the closing peer no longer belongs to the session. */
-    p->released = true;
-    x->peer[a->slot] = NULL;
-    p->sess = NULL;
-    if (a->reason && strcmp(a->reason, "peer_wait expired") == 0)
-      rly_count(&x->dp->m.peer_wait_expired, 1);
-    cm_log(CM_LOG_INFO, "ws", "closing peer", CM_S("session", x->id),
-           CM_S("slot", slot_name(a->slot)), CM_I("code", a->code),
-           CM_S("reason", a->reason ? a->reason : ""));
-    peer_close(p, a->code, a->reason);
-    break;
-  }
-  case RLY_ACT_OPEN:
-    for (int s = 0; s < 2; s++)
-      flush_held(x, s);
-    for (int s = 0; s < 2; s++)
-      if (x->peer[s] && x->peer[s]->paused) peer_resume(x->peer[s]);
-    break;
-  case RLY_ACT_EV_ATTACH:
-    send_event(x, RELAY__V1__SESSION_EVENT__TYPE__ATTACH, a->slot, 0, NULL);
-    break;
-  case RLY_ACT_EV_DETACH:
-    send_event(x, RELAY__V1__SESSION_EVENT__TYPE__DETACH, a->slot, a->code, a->reason);
-    break;
-  case RLY_ACT_EV_OPEN:
+/* The slot is free at once (a rejoin need not wait for our close
+ * handshake); the closing peer no longer belongs to the session. */
+static void close_for_core(rly_session *x, const rly_sess_action *a) {
+  rly_peer *p = x->peer[a->slot];
+  if (!p) return;
+  p->released = true;
+  x->peer[a->slot] = NULL;
+  p->sess = NULL;
+  if (a->reason && strcmp(a->reason, "peer_wait expired") == 0)
+    rly_count(&x->dp->m.peer_wait_expired, 1);
+  cm_log(CM_LOG_INFO, "ws", "closing peer", CM_S("session", x->id),
+         CM_S("slot", slot_name(a->slot)), CM_I("code", a->code),
+         CM_S("reason", a->reason ? a->reason : ""));
+  peer_close(p, a->code, a->reason);
+}
+
+static void report(rly_session *x, const rly_sess_action *a) {
+  static const Relay__V1__SessionEvent__Type types[] = {
+      [RLY_SESS_EV_ATTACH] = RELAY__V1__SESSION_EVENT__TYPE__ATTACH,
+      [RLY_SESS_EV_DETACH] = RELAY__V1__SESSION_EVENT__TYPE__DETACH,
+      [RLY_SESS_EV_OPEN] = RELAY__V1__SESSION_EVENT__TYPE__OPEN,
+      [RLY_SESS_EV_CLOSE] = RELAY__V1__SESSION_EVENT__TYPE__CLOSE,
+      [RLY_SESS_EV_STATS] = RELAY__V1__SESSION_EVENT__TYPE__STATS};
+  if (a->event == RLY_SESS_EV_OPEN)
     cm_log(CM_LOG_INFO, "ws", "session open", CM_S("session", x->id));
-    send_event(x, RELAY__V1__SESSION_EVENT__TYPE__OPEN, -1, 0, NULL);
+  send_event(x, types[a->event], a->slot, a->code, a->reason);
+}
+
+/* The core decided; the glue does it. */
+static void on_sess_action(void *ud, const rly_sess_action *a) {
+  rly_session *x = ud;
+  rly_peer *p = a->slot >= 0 ? x->peer[a->slot] : NULL;
+  switch (a->type) {
+  case RLY_SESS_CLOSE: close_for_core(x, a); break;
+  case RLY_SESS_FLUSH: flush_held(x, a->slot, a->bytes); break;
+  case RLY_SESS_PAUSE:
+    if (p && !p->closing) {
+      p->paused = true;
+      cm_stream_pause(p->st);
+    }
     break;
-  case RLY_ACT_EV_CLOSE:
-    send_event(x, RELAY__V1__SESSION_EVENT__TYPE__CLOSE, -1, a->code, a->reason);
+  case RLY_SESS_RESUME:
+    if (p) peer_resume(p);
     break;
+  case RLY_SESS_EVENT: report(x, a); break;
   }
 }
 
@@ -451,13 +451,13 @@ static void peer_input(rly_peer *p, uint8_t *data, size_t len, bool headroom) {
   p->last_rx_ms = cm_now_mono_ms();
   p->ping_sent = false;
   if (p->closing) return;
-  g_stop_reading = false;
   /* Everything this read produces for either side leaves together: one
    * record and one syscall per direction instead of one per frame.  The
    * streams outlive this call even if their peers close during it. */
   rly_session *x = p->sess;
-  cm_stream *dst =
-      x && x->pair.state == RLY_PAIR_OPEN && x->peer[1 - p->slot] ? x->peer[1 - p->slot]->st : NULL;
+  cm_stream *dst = x && x->core.pair.state == RLY_PAIR_OPEN && x->peer[1 - p->slot]
+                       ? x->peer[1 - p->slot]->st
+                       : NULL;
   cm_stream *self = p->st;
   cm_stream_cork(self);
   if (dst) cm_stream_cork(dst);
@@ -465,16 +465,11 @@ static void peer_input(rly_peer *p, uint8_t *data, size_t len, bool headroom) {
   if (rc == WS_EPROTO) peer_protocol_error(p);
   if (dst) cm_stream_uncork(dst);
   cm_stream_uncork(self);
-  if (rc == WS_EPROTO) return;
-  if (p->sess) {
-    p->sess->last_activity = cm_now_wall_ms() / 1000;
-  }
+  if (rc == WS_EPROTO || !p->sess) return; /* x may be gone with it */
+  p->sess->last_activity = cm_now_wall_ms() / 1000;
   /* Cut-through wrote this whole chunk; if the receiver (or the hold
-   * buffer) is full, stop reading until it drains. */
-  if (g_stop_reading && !p->closing) {
-    p->paused = true;
-    cm_stream_pause(p->st);
-  }
+   * buffer) is full, the core stops this sender until it drains. */
+  if (!p->closing) rly_sess_read_done(&p->sess->core, p->slot, dst && cm_stream_above_high(dst));
 }
 
 static void peer_resume(rly_peer *p) {
@@ -492,15 +487,11 @@ static void p_on_read(cm_stream *st, uint8_t *data, size_t len) {
 
 static void p_on_drain(cm_stream *st) {
   rly_peer *p = cm_stream_get_data(st);
-  rly_session *x = p->sess;
-  if (!x) return;
-  rly_peer *other = x->peer[1 - p->slot];
-  if (other && other->paused && x->pair.state == RLY_PAIR_OPEN) peer_resume(other);
+  if (p->sess) rly_sess_drained(&p->sess->core, p->slot);
 }
 
 static void sess_maybe_free(rly_session *x) {
-  if (!rly_pair_empty(&x->pair) || x->peer[0] || x->peer[1]) return;
-  if (x->dirty) send_event(x, RELAY__V1__SESSION_EVENT__TYPE__STATS, -1, 0, NULL);
+  if (x->peer[0] || x->peer[1] || !rly_sess_done(&x->core)) return;
   sess_free(x);
 }
 
@@ -516,7 +507,7 @@ static void peer_leave(rly_peer *p, uint16_t code) {
   x->peer[p->slot] = NULL;
   if (!p->released) {
     p->released = true;
-    rly_pair_detach(&x->pair, p->slot, code, cm_now_mono_ms(), on_pair_action, x);
+    rly_sess_leave(&x->core, p->slot, code, cm_now_mono_ms());
   }
   sess_maybe_free(x);
 }
@@ -808,7 +799,7 @@ static void accept_peer(rly_conn *c, rly_upgrade *u) {
     return;
   }
   rly_session *x = sess_find(dp, u->id);
-  if (x && (x->pair.held[slot] || x->peer[slot])) {
+  if (x && (x->core.pair.held[slot] || x->peer[slot])) {
     refuse(c, 409, "slot_taken", "this slot is already connected");
     return;
   }
@@ -859,7 +850,7 @@ static void accept_peer(rly_conn *c, rly_upgrade *u) {
   atomic_fetch_add(&dp->npeers, 1);
   rly_count(&dp->m.upgrades, 1);
   x->peer[slot] = p;
-  rly_pair_attach(&x->pair, slot, cm_now_mono_ms(), on_pair_action, x);
+  rly_sess_attach(&x->core, slot, cm_now_mono_ms());
   if (cm_stream_paused(st)) cm_stream_resume(st);
   if (cm_buf_size(&leftover) > 0)
     peer_input(p, (uint8_t *)cm_buf_head(&leftover), cm_buf_size(&leftover), false);
@@ -907,7 +898,7 @@ static void kick_session(rly_session *x, uint16_t code, const char *reason) {
   rly_count(&x->dp->m.kicks, 1);
   cm_log(CM_LOG_INFO, "ws", "session kicked", CM_S("session", x->id), CM_I("code", code),
          CM_S("reason", reason));
-  rly_pair_kick(&x->pair, code, reason, on_pair_action, x);
+  rly_sess_kick(&x->core, code, reason);
   sess_maybe_free(x);
 }
 
@@ -915,7 +906,7 @@ void rly_dp_close_all(rly_dp *dp, uint16_t code, const char *reason) {
   for (cm_list *n = dp->sessions.next; n != &dp->sessions;) {
     rly_session *x = cm_container_of(n, rly_session, node);
     n = n->next;
-    rly_pair_kick(&x->pair, code, reason, on_pair_action, x);
+    rly_sess_kick(&x->core, code, reason);
     sess_maybe_free(x);
   }
 }
@@ -933,7 +924,8 @@ void rly_dp_on_link_up(rly_wctx *w, const char *controller) {
     rly_session *x = cm_container_of(n, rly_session, node);
     if (strcmp(x->controller, controller) != 0) continue;
     for (int slot = 0; slot < 2; slot++)
-      if (x->pair.held[slot]) send_event(x, RELAY__V1__SESSION_EVENT__TYPE__ATTACH, slot, 0, NULL);
+      if (x->core.pair.held[slot])
+        send_event(x, RELAY__V1__SESSION_EVENT__TYPE__ATTACH, slot, 0, NULL);
   }
 }
 
@@ -966,11 +958,9 @@ static void on_tick(uv_timer_t *t) {
   for (cm_list *n = dp->sessions.next; n != &dp->sessions;) {
     rly_session *x = cm_container_of(n, rly_session, node);
     n = n->next;
-    rly_pair_tick(&x->pair, now, wall, on_pair_action, x);
+    rly_sess_tick(&x->core, now, wall); /* deadlines, and changed counters reported */
     for (int slot = 0; slot < 2; slot++)
       idle_ping(dp, x->peer[slot], now);
-    if (x->dirty && now - x->reported_ms >= STATS_EVERY_MS)
-      send_event(x, RELAY__V1__SESSION_EVENT__TYPE__STATS, -1, 0, NULL);
     sess_maybe_free(x);
   }
 }
@@ -991,7 +981,7 @@ void rly_dp_shutdown(rly_dp *dp) {
   for (cm_list *n = dp->sessions.next; n != &dp->sessions;) {
     rly_session *x = cm_container_of(n, rly_session, node);
     n = n->next;
-    if (x->pair.state != RLY_PAIR_OPEN) kick_session(x, 1001, "relay shutting down");
+    if (x->core.pair.state != RLY_PAIR_OPEN) kick_session(x, 1001, "relay shutting down");
   }
 }
 
