@@ -86,6 +86,11 @@ static void take(rly_listener *l, int fd, const struct sockaddr *sa) {
   }
   k->msg.run = w_run_adopt;
   k->msg.drop = w_drop_adopt;
+  if (l->own) { /* on the worker's own loop already */
+    k->w = l->own;
+    w_run_adopt(&k->msg);
+    return;
+  }
   if (hand_over(l, k)) return;
   cm_log(CM_LOG_WARN, "http", "every worker's queue is full; refusing", CM_S("remote", k->remote));
   rly_count(&e->conns_refused, 1);
@@ -122,11 +127,19 @@ static void on_backoff(uv_timer_t *t) {
   if (!l->closing) uv_poll_start(&l->poll, UV_READABLE, on_readable);
 }
 
-int rly_listener_bind(rly_listener *l, rly_edge *e, char *err, size_t errlen) {
+int rly_listener_bind(rly_listener *l, rly_edge *e, rly_wctx *own, int port, char *err,
+                      size_t errlen) {
   memset(l, 0, sizeof *l);
   l->e = e;
   l->fd = -1;
-  return cm_tcp_bind_fd(e->cfg->listen, false, &l->fd, err, errlen);
+  l->own = own;
+  char where[300];
+  snprintf(where, sizeof where, "%s", e->cfg->listen);
+  char host[256];
+  int cfg_port;
+  if (port >= 0 && cm_parse_hostport(e->cfg->listen, "0.0.0.0", host, sizeof host, &cfg_port) == 0)
+    snprintf(where, sizeof where, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+  return cm_tcp_bind_fd(where, own != NULL, &l->fd, err, errlen);
 }
 
 int rly_listener_port(const rly_listener *l) { return l->fd >= 0 ? cm_fd_bound_port(l->fd) : -1; }

@@ -43,6 +43,7 @@ typedef struct rly_config {
   char *public_url;         /* base URL peers use; default from listen */
   char *node_id;            /* default: hostname */
   char *workers;            /* "auto" (the CPUs this process may use) or 1..256 */
+  char *accept;             /* "handoff" (one acceptor; default) or "reuseport" */
 
   /* HTTP */
   long long header_timeout_ms;

@@ -35,7 +35,9 @@ struct rly_server {
   uv_loop_t ctl_loop;
   uv_thread_t ctl_thread;
   bool ctl_loop_ok, ctl_thread_ok, started;
-  rly_listener listener;
+  rly_listener listener;    /* handoff: the one acceptor, on the control thread */
+  rly_listener *per_worker; /* reuseport: one per worker, on its loop */
+  bool reuseport;
   rly_router *router;
   rly_worker *workers[MAX_WORKERS];
   rly_wctx *wctx[MAX_WORKERS];
@@ -180,6 +182,15 @@ rly_server *rly_server_new(const rly_config *cfg, char *err, size_t errlen) {
   edge_init(e, cfg);
   e->workers = s->wctx;
   int rc = parse_workers(cfg->workers, &e->nworkers, err, errlen);
+  if (rc == 0 && cfg->accept && strcmp(cfg->accept, "reuseport") == 0) {
+    s->reuseport = true;
+    if (!(s->per_worker = calloc(e->nworkers, sizeof *s->per_worker))) rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < e->nworkers; i++)
+      s->per_worker[i].fd = -1;
+  } else if (rc == 0 && cfg->accept && *cfg->accept && strcmp(cfg->accept, "handoff") != 0) {
+    snprintf(err, errlen, "accept: want handoff or reuseport, not \"%s\"", cfg->accept);
+    rc = -EINVAL;
+  }
   if (rc == 0) rc = setup_tls(e, err, errlen);
   if (rc == 0) rc = check_no_auth(cfg, err, errlen);
   if (rc == 0 && (rc = uv_loop_init(&s->ctl_loop)) != 0)
@@ -205,7 +216,9 @@ int rly_server_add_controller_fd(rly_server *s, int fd, const char *name, char *
   return 0;
 }
 
-int rly_server_public_port(const rly_server *s) { return rly_listener_port(&s->listener); }
+int rly_server_public_port(const rly_server *s) {
+  return rly_listener_port(s->reuseport ? &s->per_worker[0] : &s->listener);
+}
 int rly_server_tunnel_port(const rly_server *s) { return rly_control_port(s->edge.ctl); }
 
 /* Without --public-url, session URLs name the address we bound (with the
@@ -271,6 +284,60 @@ static void run_start_accepting(rly_msg *m) {
   if (rc != 0) cm_log(CM_LOG_ERROR, "relay", "cannot accept", CM_S("error", uv_strerror(rc)));
 }
 
+/* reuseport: a worker starts or stops its own listener, on its loop. */
+typedef struct listener_msg {
+  rly_msg msg;
+  rly_listener *l;
+} listener_msg;
+
+static void run_worker_listen(rly_msg *m) {
+  listener_msg *k = (listener_msg *)m;
+  int rc = rly_listener_start(k->l, k->l->own->loop);
+  if (rc != 0) cm_log(CM_LOG_ERROR, "relay", "cannot accept", CM_S("error", uv_strerror(rc)));
+  free(k);
+}
+
+static void run_worker_unlisten(rly_msg *m) {
+  listener_msg *k = (listener_msg *)m;
+  rly_listener_close(k->l, NULL);
+  free(k);
+}
+
+static bool post_listener(rly_listener *l, void (*run)(rly_msg *m)) {
+  listener_msg *k = calloc(1, sizeof *k);
+  if (!k) return false;
+  k->l = l;
+  k->msg.run = run;
+  if (rly_mailbox_post(l->own->inbox, &k->msg, true)) return true;
+  free(k);
+  return false;
+}
+
+static int bind_listeners(rly_server *s, char *err, size_t errlen) {
+  rly_edge *e = &s->edge;
+  if (!s->reuseport) return rly_listener_bind(&s->listener, e, NULL, -1, err, errlen);
+  int rc = 0, port = -1;
+  for (size_t i = 0; rc == 0 && i < e->nworkers; i++) {
+    rc = rly_listener_bind(&s->per_worker[i], e, s->wctx[i], port, err, errlen);
+    if (rc == 0 && i == 0) port = rly_listener_port(&s->per_worker[0]);
+  }
+  return rc;
+}
+
+static int start_accepting(rly_server *s, char *err, size_t errlen) {
+  if (!s->reuseport) {
+    int rc = rly_listener_listen(&s->listener, err, errlen);
+    if (rc == 0 && !post_control(s, run_start_accepting)) rc = -ENOMEM;
+    return rc;
+  }
+  for (size_t i = 0; i < s->edge.nworkers; i++) {
+    int rc = rly_listener_listen(&s->per_worker[i], err, errlen);
+    if (rc == 0 && !post_listener(&s->per_worker[i], run_worker_listen)) rc = -ENOMEM;
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
 /* A controller handed in before start is already running: waiting for its
  * link takes a few ms, and spares the first clients a 503 that is merely
  * start-up. */
@@ -287,11 +354,10 @@ static int wait_for_link(rly_server *s, char *err, size_t errlen) {
 
 int rly_server_start(rly_server *s, char *err, size_t errlen) {
   rly_edge *e = &s->edge;
-  int rc = rly_listener_bind(&s->listener, e, err, errlen);
-  if (rc != 0) return rc;
+  int rc = build_workers(s, err, errlen);
+  if (rc != 0 || (rc = bind_listeners(s, err, errlen)) != 0) return rc;
   default_public_url(s);
   e->started_ms = cm_now_mono_ms();
-  if ((rc = build_workers(s, err, errlen)) != 0) return rc;
   if ((rc = rly_control_start(e->ctl, err, errlen)) != 0) return rc;
   bool linked = s->pending_fd >= 0;
   if (linked) {
@@ -309,15 +375,14 @@ int rly_server_start(rly_server *s, char *err, size_t errlen) {
   }
   s->ctl_thread_ok = true;
   if (linked && (rc = wait_for_link(s, err, errlen)) != 0) return rc;
-  if ((rc = rly_listener_listen(&s->listener, err, errlen)) != 0) return rc;
-  if (!post_control(s, run_start_accepting)) {
-    snprintf(err, errlen, "control thread: out of memory");
-    return -ENOMEM;
+  if ((rc = start_accepting(s, err, errlen)) != 0) {
+    if (rc == -ENOMEM) snprintf(err, errlen, "out of memory");
+    return rc;
   }
   cm_log(CM_LOG_INFO, "relay", "listening", CM_S("addr", e->cfg->listen),
          CM_I("port", rly_server_public_port(s)), CM_B("tls", e->tls != NULL),
          CM_S("public_url", e->public_url), CM_S("node_id", e->node_id),
-         CM_I("workers", e->nworkers));
+         CM_I("workers", e->nworkers), CM_S("accept", s->reuseport ? "reuseport" : "handoff"));
   return 0;
 }
 
@@ -347,8 +412,10 @@ static void run_shutdown(rly_msg *m) {
   cm_log(CM_LOG_INFO, "relay", "shutting down", CM_I("connections", atomic_load(&s->edge.live)),
          CM_I("workers", s->edge.nworkers), CM_I("grace_ms", s->edge.cfg->shutdown_grace_ms));
   rly_listener_close(&s->listener, NULL);
-  for (size_t i = 0; i < s->edge.nworkers; i++)
+  for (size_t i = 0; i < s->edge.nworkers; i++) {
+    if (s->reuseport) post_listener(&s->per_worker[i], run_worker_unlisten); /* before its drain */
     rly_worker_shutdown(s->workers[i]);
+  }
 }
 
 void rly_server_shutdown(rly_server *s, void (*done)(void *), void *ud) {
@@ -395,6 +462,9 @@ void rly_server_free(rly_server *s) {
   }
   if (s->pending_fd >= 0) close(s->pending_fd);
   if (s->listener.fd >= 0) close(s->listener.fd);
+  for (size_t i = 0; s->per_worker && i < s->edge.nworkers; i++)
+    if (s->per_worker[i].fd >= 0) close(s->per_worker[i].fd);
+  free(s->per_worker);
   rly_control_free(s->edge.ctl);
   rly_router_free(s->router);
   rly_ip_free(&s->edge);

@@ -47,6 +47,10 @@ static const cm_cfg_opt g_serve_opts[] = {
     OPT("workers", CM_CFG_STRING, workers, "auto", 0, 0,
         "worker threads, each with its own loop: auto (the CPUs this process may use) or 1..256",
         "N"),
+    OPT("accept", CM_CFG_STRING, accept, "handoff", 0, 0,
+        "how connections reach the workers: handoff (one acceptor) or reuseport (a socket each; "
+        "see docs/BENCHMARKS.md)",
+        "MODE"),
     OPT("header-timeout", CM_CFG_DURATION, header_timeout_ms, "10s", 100, 600000,
         "time allowed for a request's headers and body", "DURATION"),
     OPT("idle-timeout", CM_CFG_DURATION, idle_timeout_ms, "60s", 100, 3600000,

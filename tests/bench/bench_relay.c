@@ -71,7 +71,7 @@
 #define W(lit)  ((char[]){lit}) /* a writable copy, for argv */
 
 static struct {
-  const char *relay_bin, *connect, *haproxy, *tmp, *what, *cipher;
+  const char *relay_bin, *connect, *haproxy, *tmp, *what, *cipher, *relay_arg;
   int pid, sessions, rounds, workers, streams;
   bool plain;
   double secs;
@@ -258,18 +258,24 @@ static void start_relay(void) {
   static char plain[] = "--plain", noauth[] = "--no-auth", perip[] = "--max-conns-per-ip=0";
   char workers[32];
   snprintf(workers, sizeof workers, "--workers=%d", opt.workers);
-  char *argv[] = {(char *)opt.relay_bin,
-                  W("serve"),
-                  W("--listen"),
-                  W("127.0.0.1:0"),
-                  perip,
-                  workers,
-                  W("--dev-cert-dir"),
-                  dir,
-                  noauth,
-                  NULL};
-  if (opt.plain) argv[6] = plain, argv[7] = noauth, argv[8] = NULL;
-  if (opt.workers <= 0) memmove(&argv[5], &argv[6], 4 * sizeof argv[0]); /* relay's default */
+  char *argv[16];
+  int n = 0;
+  argv[n++] = (char *)opt.relay_bin;
+  argv[n++] = W("serve");
+  argv[n++] = W("--listen");
+  argv[n++] = W("127.0.0.1:0");
+  argv[n++] = perip;
+  argv[n++] = noauth;
+  if (opt.workers > 0) argv[n++] = workers; /* else the relay's default */
+  static char certdir[] = "--dev-cert-dir";
+  if (opt.plain) {
+    argv[n++] = plain;
+  } else {
+    argv[n++] = certdir;
+    argv[n++] = dir;
+  }
+  if (opt.relay_arg) argv[n++] = (char *)opt.relay_arg; /* one more flag, e.g. --accept=reuseport */
+  argv[n] = NULL;
   g_relay_pid = bench_spawn(argv, log, true);
   if (g_relay_pid < 0) die("cannot start the relay");
   /* The bound port comes from the JSON "listening" log line. */
@@ -1021,6 +1027,7 @@ static void usage(void) {
           "       [--tmp DIR] [--haproxy PATH] [--what crypto,throughput,msgs,latency,rss]\n"
           "       [--sessions N] [--secs S] [--rounds R] [--cipher aes128|aes256]\n"
           "       [--workers N] [--streams S]  (relay workers, haproxy nbthread; (a)'s sessions)\n"
+          "       [--relay-arg FLAG]           (one more flag for relay serve)\n"
           "       [--plain 1]  (no TLS anywhere: relay --plain, plain baselines, no haproxy)\n");
   exit(2);
 }
@@ -1059,6 +1066,8 @@ static void parse_args(int argc, char **argv) {
       opt.workers = atoi(v);
     else if (strcmp(a, "--streams") == 0)
       opt.streams = atoi(v);
+    else if (strcmp(a, "--relay-arg") == 0)
+      opt.relay_arg = v;
     else if (strcmp(a, "--plain") == 0)
       opt.plain = strcmp(v, "1") == 0;
     else

@@ -357,3 +357,22 @@ def test_paused_worker_leaves_the_other_relaying(start_relay):
     frames = sent[0] // len(block)
     assert sent[0] == frames * len(block) and hasher.messages == frames
     assert hasher.hexdigest() == hashlib.sha256(payload * frames).hexdigest()
+
+
+# ---- the alternative acceptor ---------------------------------------------------------------------
+
+def test_reuseport_accept_mode_relays_and_drains(start_relay):
+    """--accept reuseport (a listening socket per worker, kept to measure
+    against the one acceptor): sessions on every worker relay, moves still
+    bring peers home, and SIGTERM drains it."""
+    relay = start(start_relay, "--accept", "reuseport", "--shutdown-grace", "1s")
+    assert relay.listening["accept"] == "reuseport"
+    adm = wsraw.Admin(relay)
+    for w, (s,) in sessions_by_home(adm, 1).items():
+        a, b = pair(relay, s)
+        echo_check(a, b, os.urandom(5000))
+        echo_check(b, a, os.urandom(70000))
+        assert {x for x, _ in attached_on(relay, s["id"], 2)} == {w}
+        a.close(1000)
+        assert b.expect_close() == 1000
+    adm.close()
