@@ -21,6 +21,7 @@
 #include "relay/worker.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,6 +258,7 @@ static int build_workers(rly_server *s, char *err, size_t errlen) {
 
 static void control_main(void *arg) {
   rly_server *s = arg;
+  pthread_setname_np(pthread_self(), "relay-ctl");
   uv_run(&s->ctl_loop, UV_RUN_DEFAULT);
   cm_log(CM_LOG_INFO, "relay", "shutdown complete");
   if (s->done) s->done(s->done_ud);

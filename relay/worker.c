@@ -7,6 +7,7 @@
 #include "relay/dataplane.h"
 #include "relay/mailbox.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,6 +152,9 @@ rly_wctx *rly_worker_ctx(rly_worker *w) { return &w->ctx; }
 
 static void worker_main(void *arg) {
   rly_worker *w = arg;
+  char name[16]; /* top, perf and gdb show which worker is busy */
+  snprintf(name, sizeof name, "relay-w%zu", w->ctx.index);
+  pthread_setname_np(pthread_self(), name);
   uv_run(&w->loop, UV_RUN_DEFAULT);
 }
 
