@@ -21,7 +21,7 @@
  *    answered, client pings with a dead-peer timeout, a clean close
  *    handshake, backpressure both ways.
  *  - Peers (rc_peer_*): the pumps behind `relay raw`, `tcp-listen`,
- *    `tcp-dial`, `udp-listen` and `udp-dial`.
+ *    `tcp-dial`, `udp-listen`, `udp-dial` and `pubsub-dial`.
  *  - Admin commands and sign-in (rc_admin_run, rc_auth_run): `relay
  *    create|list|get|delete` and `relay auth`, at the end of this file.
  *
@@ -88,10 +88,13 @@ int rc_url_session(const rc_url *base, const char *session, const char *role, rc
 typedef struct rc_tls_opts {
   const char *ca_file; /* trust only these CAs (PEM); NULL: the system store */
   bool insecure;       /* do not verify the server at all (warns on stderr) */
+  bool bulk;           /* for data tunnels: what is read carries no secret, so
+                          decrypted records are not wiped (that costs about a
+                          tenth of a peer's CPU at full speed) */
 } rc_tls_opts;
 
 /* A client context: TLS 1.2 or 1.3, ALPN http/1.1, decrypted records wiped
- * (answers carry tokens).  The server's certificate is verified against
+ * (answers carry tokens) unless bulk.  The server's certificate is verified against
  * the trust store and its name against the host dialled (every connection
  * made by rc_http_start and rc_ws_connect sends the host as SNI and checks
  * it, DNS name or IP address).  Free with cm_tls_ctx_free. */
@@ -266,6 +269,158 @@ size_t rc_ws_write_queued(const rc_ws *ws);
 /* True between a successful upgrade and the start of a close. */
 bool rc_ws_is_open(const rc_ws *ws);
 
+/* ------------------------------------------------------------------------
+ * Peers: the pumps behind `relay raw`, `tcp-listen`, `tcp-dial`,
+ * `udp-listen` and `udp-dial`.
+ *
+ * A byte-stream tunnel (raw, TCP) joins the session and pumps both ways:
+ * each local read leaves as one binary message, each message's bytes are
+ * written locally as they arrive.  Backpressure end to end: a local output
+ * queue above `buffer` pauses the WebSocket's reading, a WebSocket queue
+ * above it pauses local reading, so a tunnel holds at most about two
+ * buffers and two reads whatever the two ends do.
+ *
+ * On joining, a byte-stream peer sends one empty binary message: nothing
+ * for a byte stream (an empty write), but it tells the other end that
+ * this one has arrived.  The relay holds a lone peer's early data and
+ * drops it if that peer leaves before its counterpart comes, so a peer
+ * whose input ended (EOF on stdin, FIN from TCP) closes 1000 only once it
+ * has heard from the other end; what it sent is then delivered before the
+ * close.  A close from the other end (1000) makes the local side finish:
+ * what is queued is written, then FIN (shutdown(SHUT_WR)) or end of
+ * output.  Any other ending resets a local TCP connection.  A local
+ * failure (a reset, a target that refuses) closes 1011 with the reason,
+ * also once the other end was seen, so that it learns why.
+ *
+ * tcp-listen takes one connection at a time (more wait in the backlog),
+ * joins for it and tunnels it; tcp-dial joins, then dials the target for
+ * the peer that comes — it dials at once, so what the target says first
+ * (an SSH banner) goes out while the other end may still be missing and
+ * waits at the relay (bounded by its --hold-bytes; past that the relay
+ * stops reading, and the target is read no further).  With keep, each
+ * re-joins the session after a connection ends; a refusal that will not
+ * change (400, 401, 403, 404) ends it, other failures are retried with
+ * backoff.
+ *
+ * UDP: one binary message is one datagram.  udp-listen answers the first
+ * address that sent to it and drops datagrams from others; udp-dial
+ * sends to the target.  Nothing is held back: a datagram that finds the
+ * WebSocket's queue above `buffer`, or the UDP send queue at udp_queue,
+ * is dropped and counted, as a router would.
+ * ---------------------------------------------------------------------- */
+typedef struct rc_peer rc_peer;
+
+typedef enum {
+  RC_PEER_RAW = 1,
+  RC_PEER_TCP_LISTEN,
+  RC_PEER_TCP_DIAL,
+  RC_PEER_UDP_LISTEN,
+  RC_PEER_UDP_DIAL,
+  RC_PEER_PUBSUB,
+} rc_peer_mode;
+
+typedef struct rc_peer_opts {
+  rc_peer_mode mode;
+  const rc_url *url;  /* the session's data-plane URL (rc_url_session) */
+  cm_tls_ctx *tls;    /* for wss; kept, not owned */
+  const char *token;  /* the slot token; copied into wiped memory */
+  const char *listen; /* TCP/UDP listen: HOST:PORT (port 0: any free one) */
+  const char *target; /* TCP/UDP dial: HOST:PORT */
+  bool keep;          /* TCP: re-join after each connection */
+  bool keep_open;     /* raw: EOF on input stops sending but does not end */
+  int in_fd, out_fd;  /* raw: usually 0 and 1 */
+  size_t buffer;      /* per direction, bytes; 0: 256 KiB */
+  size_t udp_queue;   /* UDP datagrams waiting for the socket; 0: 256 */
+  rc_ws_opts ws;      /* pings, timeouts, message limit; url, tls, token set here */
+  /* pubsub-dial (see "Redis pub/sub" below) */
+  const char *redis;          /* redis://HOST[:PORT][/DB] */
+  const char *session;        /* the session id, for the channel names */
+  const char *redis_user;     /* ACL user for AUTH, or NULL */
+  const char *redis_password; /* AUTH password, or NULL; copied into wiped memory */
+  const char *prefix;         /* channel prefix; NULL: "relay" */
+  uint32_t redis_timeout_ms;  /* connect, and the longest wait for an answer; 0: 5 s */
+  void *ud;
+  /* The listener is bound (addr "127.0.0.1:40123"), for tcp-listen and
+   * udp-listen; may be NULL. */
+  void (*on_listening)(void *ud, const char *addr);
+} rc_peer_opts;
+
+typedef struct rc_peer_stats {
+  uint64_t bytes_up, bytes_down;       /* payload: local to relay, relay to local */
+  uint64_t messages_up, messages_down; /* messages (datagrams for UDP) */
+  uint64_t tunnels;                    /* WebSocket sessions joined */
+  uint64_t dropped_up;                 /* UDP: datagrams the WebSocket could not take */
+  uint64_t dropped_down;               /* UDP: messages the socket could not take */
+  uint64_t dropped_foreign;            /* udp-listen: from another address than the first */
+  uint64_t dropped_no_reply;           /* udp-listen: messages before anyone sent to us */
+  uint64_t dropped_oversize;           /* messages too large for a datagram, or (pubsub)
+                                          above max_message */
+  uint64_t dropped_invalid;            /* pubsub: text that is not UTF-8 */
+  uint64_t unheard_up;                 /* pubsub: published while nobody subscribed */
+  uint64_t redis_connects;             /* pubsub: times the link to Redis came up */
+} rc_peer_stats;
+
+typedef struct rc_peer_result {
+  int status;          /* 0 a clean end; 1 a refusal or an error */
+  char message[300];   /* one line saying how it ended; never a secret */
+  int http_status;     /* a refusal's status, else 0 */
+  uint16_t close_code; /* the close code, else 0 */
+  rc_peer_stats stats;
+} rc_peer_result;
+
+typedef void (*rc_peer_done_cb)(void *ud, const rc_peer_result *res);
+
+/* Starts the peer; done runs once, from the loop, when it has ended and
+ * let go of everything.  NULL with a message for bad options or when the
+ * listener cannot be bound. */
+rc_peer *rc_peer_start(uv_loop_t *loop, const rc_peer_opts *o, rc_peer_done_cb done, char *err,
+                       size_t errlen);
+/* Ends it: a tunnel in progress closes 1000 (its output drained), a
+ * pending join is dropped, listeners close; done follows. */
+void rc_peer_stop(rc_peer *p);
+
+/* ------------------------------------------------------------------------
+ * Redis pub/sub (`relay pubsub-dial`, pubsub.c): a peer whose far end is
+ * a pair of Redis channels, so that a backend needs only a Redis client.
+ *
+ *  - Each message from the other peer is PUBLISHed as its bytes on
+ *    PREFIX:SESSION:up (binary) or PREFIX:SESSION:up:text (text).
+ *  - Each message published on PREFIX:SESSION:down goes to the other peer
+ *    as a binary message, on PREFIX:SESSION:down:text as a text message
+ *    (dropped and counted unless it is UTF-8).  The type is the channel's
+ *    suffix, never a byte of the payload.
+ *
+ * Delivery is at most once, as Redis pub/sub's own: a message published
+ * while nobody subscribes is gone (counted unheard_up); one from Redis
+ * that finds the WebSocket's queue above `buffer` (a slow peer) is
+ * dropped and counted (dropped_down), never queued.  Towards Redis the
+ * peer is paused instead while more than `buffer` bytes await Redis's
+ * answer.  While Redis is down the session stays joined: the peer
+ * reconnects with backoff (100 ms doubling to 10 s, jittered), and what
+ * comes from the other peer meanwhile is dropped and counted
+ * (dropped_up), as is a publish whose answer the link's loss cut off.
+ * With keep, the session is re-joined after each WebSocket ends.
+ * ---------------------------------------------------------------------- */
+#define RC_REDIS_DEFAULT_PORT 6379
+
+typedef struct rc_redis_url {
+  char host[RC_HOST_MAX]; /* name or IP literal; IPv6 without brackets */
+  uint16_t port;          /* RC_REDIS_DEFAULT_PORT when absent */
+  uint32_t db;            /* 0 when absent */
+} rc_redis_url;
+
+/* Parses redis://HOST[:PORT][/DB] (IPv6 in brackets).  Refused: another
+ * scheme (rediss: hiredis 0.14 has no TLS), user information (credentials
+ * never travel in URLs or argv), a query, a DB that is not a number up to
+ * 1,000,000.  Returns 0 or -EINVAL with a message that quotes nothing
+ * after an '@'. */
+int rc_redis_url_parse(const char *text, rc_redis_url *u, char *err, size_t errlen);
+
+/* The channel names of a session: "PREFIX:SESSION:up", ":up:text",
+ * ":down", ":down:text" by dir ("up" or "down") and text. */
+void rc_pubsub_channel(const char *prefix, const char *session, const char *dir, bool text,
+                       char *out, size_t outlen);
+
 /* ==== admin commands and sign-in (h-admin: admin.c, auth.c, creds.c, login.c, format.c) ====
  *
  * `relay create|list|get|delete` call the admin API with a bearer token
@@ -315,6 +470,8 @@ typedef struct rc_admin_opts {
   rc_output output;
   long long ttl_s;           /* CREATE; 0: the relay's default */
   long long peer_wait_s;     /* CREATE; 0: the relay's default */
+  const char *target;        /* CREATE: a target session's HOST:PORT (checked with
+                                cm_target_parse), or NULL */
   long long page_size;       /* LIST: sessions per request (1..1000) */
   const char *client_id;     /* to renew tokens; NULL: the cached client id */
   const char *client_secret; /* to renew client-credentials tokens (from the environment) */

@@ -76,7 +76,7 @@ int rc_url_parse(const char *text, rc_url *u, char *err, size_t errlen) {
   /* Path and query, without the fragment (never sent). */
   size_t off = (pu.field_set & (1 << UF_PATH)) ? pu.field_data[UF_PATH].off : 0;
   size_t end = len;
-  if (pu.field_set & (1 << UF_FRAGMENT)) end = pu.field_data[UF_FRAGMENT].off - 1;
+  if (pu.field_set & (1 << UF_FRAGMENT)) end = (size_t)pu.field_data[UF_FRAGMENT].off - 1;
   if (!(pu.field_set & (1 << UF_PATH))) {
     /* "http://h?x" has a query and no path: the path is "/". */
     u->path[0] = '/';

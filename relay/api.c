@@ -45,6 +45,7 @@ void *rly_status_json(const Relay__V1__SessionStatus *st) {
   json_object_set_new(o, "bytes_out", json_integer((json_int_t)st->bytes_out));
   json_object_set_new(o, "initiator_connected", json_boolean(st->initiator_connected));
   json_object_set_new(o, "responder_connected", json_boolean(st->responder_connected));
+  if (st->target && st->target[0]) json_object_set_new(o, "target", json_string(st->target));
   return o;
 }
 

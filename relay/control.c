@@ -375,24 +375,28 @@ struct rly_ctl_stats {
   rly_msg msg;
   rly_control *ctl;
   rly_wctx *w;
-  void (*cb)(void *ud, const tun_relay_stats *st);
+  void (*cb)(void *ud, const rly_link_figures *f);
   void *ud;
   bool cancelled;
-  tun_relay_stats st;
+  rly_link_figures f;
 };
 
 static void w_stats_answered(rly_msg *m) {
   rly_ctl_stats *s = (rly_ctl_stats *)m;
   s->w->outstanding--;
-  if (!s->cancelled) s->cb(s->ud, &s->st);
+  if (!s->cancelled) s->cb(s->ud, &s->f);
   free(s);
 }
 
 static void answer_stats(rly_ctl_stats *s) {
   rly_control *c = s->ctl;
-  if (c->tun) tun_relay_get_stats(c->tun, &s->st);
+  if (c->tun) {
+    tun_relay_get_stats(c->tun, &s->f.st);
+    s->f.links = tun_relay_links(c->tun);
+    s->f.answering = tun_relay_links_answering(c->tun);
+  }
   /* Ours, where tun_relay would have counted them. */
-  s->st.events_dropped += rly_counter_get(&c->events_dropped);
+  s->f.st.events_dropped += rly_counter_get(&c->events_dropped);
   s->msg.run = w_stats_answered;
   s->msg.drop = NULL;
   if (!post_to_worker(s->w, &s->msg, true)) free(s);
@@ -400,7 +404,7 @@ static void answer_stats(rly_ctl_stats *s) {
 
 static void ctl_run_stats(rly_msg *m) { answer_stats((rly_ctl_stats *)m); }
 
-rly_ctl_stats *rly_ctl_stats_get(rly_wctx *w, void (*cb)(void *ud, const tun_relay_stats *st),
+rly_ctl_stats *rly_ctl_stats_get(rly_wctx *w, void (*cb)(void *ud, const rly_link_figures *f),
                                  void *ud) {
   if (w->outstanding >= MAX_OUTSTANDING) return NULL;
   rly_ctl_stats *s = calloc(1, sizeof *s);

@@ -74,10 +74,15 @@ bool rly_ctl_auth_enabled(const rly_control *c);
 /* The swsrs-config document as last loaded; false until it is known. */
 bool rly_ctl_discovery(rly_control *c, cm_buf *out);
 
-/* The controller link's figures for /metrics: cb runs on w's loop later.
- * NULL when it cannot be queued. */
+/* The controller link's figures (/metrics, /readyz), as the control
+ * thread sees them now: cb runs on w's loop later.  NULL when it cannot be
+ * queued. */
+typedef struct rly_link_figures {
+  tun_relay_stats st;
+  size_t links, answering; /* up; up and not overdue (a hung controller's are not) */
+} rly_link_figures;
 typedef struct rly_ctl_stats rly_ctl_stats;
-rly_ctl_stats *rly_ctl_stats_get(rly_wctx *w, void (*cb)(void *ud, const tun_relay_stats *st),
+rly_ctl_stats *rly_ctl_stats_get(rly_wctx *w, void (*cb)(void *ud, const rly_link_figures *f),
                                  void *ud);
 void rly_ctl_stats_cancel(rly_ctl_stats *s);
 

@@ -106,7 +106,9 @@ typedef struct slot_grant {
   char controller[TUN_CONTROLLER_NAME_MAX];
   uint64_t peer_wait_ms; /* 0: the relay's default */
   int64_t expires_at_ms;
-  uint64_t max_message; /* 0: the relay's limit */
+  uint64_t max_message;           /* 0: the relay's limit */
+  char target[CM_TARGET_MAX + 1]; /* a target session: the relay dials its responder */
+  cm_strlist target_allow;        /* where that may go (the controller's ranges) */
 } slot_grant;
 
 typedef struct rly_upgrade {
@@ -600,6 +602,7 @@ static void find_token(const rly_http_request *req, token_offer *t) {
 }
 
 static void upgrade_free(rly_upgrade *u) {
+  cm_strlist_free(&u->grant.target_allow);
   OPENSSL_cleanse(u, sizeof *u);
   free(u);
 }
@@ -613,6 +616,7 @@ static void upgrade_cancel(void *pending) {
 
 static void accept_peer(rly_conn *c, rly_upgrade *u);
 static void to_home(rly_conn *c, rly_upgrade *u);
+static void kick_session(rly_session *x, uint16_t code, const char *reason);
 
 /* The controller said no with a gRPC status: refuse on its meaning. */
 static void refuse_status(rly_conn *c, const rly_upgrade *u, int status, const char *message) {
@@ -658,6 +662,9 @@ static void on_validate(void *ud, int status, const char *message, const Protobu
     g->peer_wait_ms = (uint64_t)d->peer_wait_seconds * 1000;
     g->expires_at_ms = d->expires_at_unix * 1000;
     g->max_message = d->max_message_bytes;
+    snprintf(g->target, sizeof g->target, "%s", d->target ? d->target : "");
+    for (size_t i = 0; i < d->n_target_allow; i++)
+      cm_strlist_push(&g->target_allow, d->target_allow[i]);
     to_home(c, u); /* takes u */
     return;
   }
@@ -856,6 +863,48 @@ static void accept_peer(rly_conn *c, rly_upgrade *u) {
     peer_input(p, (uint8_t *)cm_buf_head(&leftover), cm_buf_size(&leftover), false);
   cm_buf_free(&leftover);
   cm_stream_uncork(st);
+  /* A target session: the relay fills the responder slot itself. */
+  if (g->target[0] && slot == RLY_SLOT_INITIATOR && x->peer[RLY_SLOT_INITIATOR] == p &&
+      !x->peer[RLY_SLOT_RESPONDER] && e->start_target)
+    e->start_target(dp->w, x->id, g->target, g->target_allow.v, g->target_allow.n);
+}
+
+/* A local peer: one end of a socketpair whose other end speaks WebSocket
+ * as a client would (relay/target.c), so everything the data plane does
+ * for a peer — pairing, counters, backpressure, kick, TTL, drain — holds
+ * for it unchanged. */
+int rly_dp_attach_fd(rly_wctx *w, const char *session_id, int slot, int fd, const char *label) {
+  rly_dp *dp = w->dp;
+  rly_session *x = sess_find(dp, session_id);
+  if (!x || x->peer[slot] || x->core.pair.held[slot]) return -EBUSY;
+  rly_peer *p = calloc(1, sizeof *p);
+  if (!p) return -ENOMEM;
+  p->dp = dp;
+  p->sess = x;
+  p->slot = slot;
+  p->last_rx_ms = cm_now_mono_ms();
+  snprintf(p->remote, sizeof p->remote, "%s", label);
+  ws_parser_config pc = {.server = true, .max_message = x->max_message, .validate_utf8 = true};
+  ws_parser_init(&p->parser, &pc);
+  cm_stream_opts o = {.high_watermark = (size_t)w->edge->cfg->ws_high_watermark};
+  int err = 0;
+  p->st = cm_stream_open_fd(w->loop, fd, true, &o, &g_peer_cbs, p, &err);
+  if (!p->st) {
+    free(p);
+    return err ? err : -ENOMEM;
+  }
+  cm_log(CM_LOG_INFO, "ws", "peer attached", CM_S("session", x->id), CM_S("slot", slot_name(slot)),
+         CM_S("remote", label), CM_I("worker", w->index), CM_I("arrived_on", w->index));
+  atomic_fetch_add(&dp->npeers, 1);
+  atomic_fetch_add(&w->edge->live, 1); /* released as any peer's, when it closes */
+  x->peer[slot] = p;
+  rly_sess_attach(&x->core, slot, cm_now_mono_ms());
+  return 0;
+}
+
+void rly_dp_kick(rly_wctx *w, const char *session_id, uint16_t code, const char *reason) {
+  rly_session *x = sess_find(w->dp, session_id);
+  if (x) kick_session(x, code, reason);
 }
 
 /* ---- to the session's home --------------------------------------------------------------- */

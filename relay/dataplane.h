@@ -26,6 +26,14 @@ void rly_dp_free(rly_dp *dp);
 /* The route handler of GET /relay/{id}. */
 void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const rly_route_match *m, int arg);
 
+/* Attaches a local peer to a held session's free slot, on this worker:
+ * fd is one end of a socketpair speaking WebSocket (the other end masks,
+ * as a client: relay/target.c).  0, or -EBUSY (no such session, or the
+ * slot is taken), -ENOMEM. */
+int rly_dp_attach_fd(rly_wctx *w, const char *session_id, int slot, int fd, const char *label);
+/* Closes a session's peers with code and reason, reported as a CLOSE event. */
+void rly_dp_kick(rly_wctx *w, const char *session_id, uint16_t code, const char *reason);
+
 /* Commands for sessions of this worker (see control.h). */
 void rly_dp_on_kick(rly_wctx *w, const char *session_id, uint16_t code, const char *reason);
 void rly_dp_on_link_up(rly_wctx *w, const char *controller);

@@ -54,6 +54,11 @@ typedef struct rly_edge {
   rly_wctx **workers;
   size_t nworkers;
   rly_control *ctl;
+  /* Dials the responder of a target session (target.c), on the session's
+   * home worker, once its initiator joined; set by the composition, so the
+   * data plane needs no header of the part that uses it. */
+  void (*start_target)(rly_wctx *w, const char *session_id, const char *target, char *const *allow,
+                       size_t nallow);
 
   /* Global caps, counted across workers. */
   atomic_size_t live;     /* public connections and peers (--max-connections) */

@@ -64,7 +64,7 @@ typedef struct list_op {
   cm_buf out;                     /* body not yet handed to the connection */
   char tail[MAX_PAGE_TOKEN + 32]; /* ends the body: "]}" or the next token */
   bool tail_added;
-  uint64_t items;                 /* sessions written so far (for commas) */
+  uint64_t items; /* sessions written so far (for commas) */
 } list_op;
 
 /* ---- lifetime -------------------------------------------------------------------- */

@@ -14,25 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void readyz(rly_conn *c, const rly_http_request *req, const rly_route_match *m, int arg) {
-  CM_UNUSED(req);
-  CM_UNUSED(m);
-  CM_UNUSED(arg);
-  rly_edge *e = c->w->edge;
-  bool draining = atomic_load(&e->draining);
-  if (rly_control_links(e->ctl) == 0 || draining) {
-    rly_conn_respond_error(c, 503, "not_ready", draining ? "draining" : "no controller link is up",
-                           "Cache-Control: no-store\r\n");
-    return;
-  }
-  rly_http_response r = {.status = 200,
-                         .content_type = "text/plain; charset=utf-8",
-                         .body = (const uint8_t *)"ready",
-                         .body_len = 5,
-                         .extra_headers = "Cache-Control: no-store\r\n"};
-  rly_conn_respond(c, &r);
-}
-
 static void healthz(rly_conn *c, const rly_http_request *req, const rly_route_match *m, int arg) {
   CM_UNUSED(req);
   CM_UNUSED(m);
@@ -110,24 +91,71 @@ static void link_text(const tun_relay_stats *ts, cm_buf *b) {
 #undef COUNTER
 #undef GAUGE
 
-typedef struct metrics_op {
+/* The controller link's figures are the control thread's: a handler asks
+ * for them and answers when they come. */
+typedef struct figures_op {
   rly_conn *c;
   rly_ctl_stats *stats;
-} metrics_op;
+  void (*answer)(rly_conn *c, const rly_link_figures *f);
+} figures_op;
 
-static void metrics_cancel(void *pending) {
-  metrics_op *o = pending;
+static void figures_cancel(void *pending) {
+  figures_op *o = pending;
   rly_ctl_stats_cancel(o->stats);
   free(o);
 }
 
-/* The controller link's figures are the control thread's: asked for, then
- * everything else is read where it is. */
-static void on_stats(void *ud, const tun_relay_stats *ts) {
-  metrics_op *o = ud;
+static void on_figures(void *ud, const rly_link_figures *f) {
+  figures_op *o = ud;
   rly_conn *c = o->c;
+  void (*answer)(rly_conn *, const rly_link_figures *) = o->answer;
   rly_conn_clear_pending(c);
   free(o);
+  answer(c, f);
+}
+
+static void ask_figures(rly_conn *c, void (*answer)(rly_conn *c, const rly_link_figures *f)) {
+  figures_op *o = calloc(1, sizeof *o);
+  if (o) {
+    o->c = c;
+    o->answer = answer;
+    o->stats = rly_ctl_stats_get(c->w, on_figures, o);
+  }
+  if (!o || !o->stats) {
+    free(o);
+    rly_conn_respond_error(c, 503, "overloaded", "the relay is overloaded; retry later",
+                           "Cache-Control: no-store\r\n");
+    return;
+  }
+  rly_conn_set_pending(c, o, figures_cancel);
+}
+
+static void readyz_answer(rly_conn *c, const rly_link_figures *f) {
+  const char *why = atomic_load(&c->w->edge->draining) ? "draining"
+                    : f->links == 0                    ? "no controller link is up"
+                    : f->answering == 0                ? "the controller is not answering"
+                                                       : NULL;
+  if (why) {
+    rly_conn_respond_error(c, 503, "not_ready", why, "Cache-Control: no-store\r\n");
+    return;
+  }
+  rly_http_response r = {.status = 200,
+                         .content_type = "text/plain; charset=utf-8",
+                         .body = (const uint8_t *)"ready",
+                         .body_len = 5,
+                         .extra_headers = "Cache-Control: no-store\r\n"};
+  rly_conn_respond(c, &r);
+}
+
+static void readyz(rly_conn *c, const rly_http_request *req, const rly_route_match *m, int arg) {
+  CM_UNUSED(req);
+  CM_UNUSED(m);
+  CM_UNUSED(arg);
+  ask_figures(c, readyz_answer);
+}
+
+static void metrics_answer(rly_conn *c, const rly_link_figures *f) {
+  const tun_relay_stats *ts = &f->st;
   rly_edge *e = c->w->edge;
   cm_buf b;
   cm_buf_init(&b, 1 << 20);
@@ -150,17 +178,7 @@ static void metrics(rly_conn *c, const rly_http_request *req, const rly_route_ma
     rly_conn_respond_error(c, 404, "not_found", "no such resource", NULL);
     return;
   }
-  metrics_op *o = calloc(1, sizeof *o);
-  if (o) {
-    o->c = c;
-    o->stats = rly_ctl_stats_get(c->w, on_stats, o);
-  }
-  if (!o || !o->stats) {
-    free(o);
-    rly_conn_respond_error(c, 503, "overloaded", "the relay is overloaded; retry later", NULL);
-    return;
-  }
-  rly_conn_set_pending(c, o, metrics_cancel);
+  ask_figures(c, metrics_answer);
 }
 
 static const rly_route_def g_routes[] = {

@@ -18,6 +18,7 @@
 #include "relay/listener.h"
 #include "relay/mailbox.h"
 #include "relay/routes.h"
+#include "relay/target.h"
 #include "relay/worker.h"
 
 #include <errno.h>
@@ -182,6 +183,7 @@ rly_server *rly_server_new(const rly_config *cfg, char *err, size_t errlen) {
   rly_edge *e = &s->edge;
   edge_init(e, cfg);
   e->workers = s->wctx;
+  e->start_target = rly_target_start;
   int rc = parse_workers(cfg->workers, &e->nworkers, err, errlen);
   if (rc == 0 && cfg->accept && strcmp(cfg->accept, "reuseport") == 0) {
     s->reuseport = true;

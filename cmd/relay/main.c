@@ -15,6 +15,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "cmd/relay/admin_cmds.h"
+#include "cmd/relay/peer.h"
 #include "controller-stub/controller.h"
 #include "relay/relay.h"
 #include "tunnel/tunnel.h"
@@ -86,6 +87,10 @@ static const cm_cfg_opt g_serve_opts[] = {
         "embedded controller: longest session TTL a client may ask for", "DURATION"),
     OPT("max-peer-wait", CM_CFG_DURATION, max_peer_wait_s, "1h", 1000, 86400000,
         "embedded controller: longest peer_wait a client may ask for", "DURATION"),
+    OPT("target-allow", CM_CFG_LIST, target_allow, NULL, 0, 0,
+        "embedded controller: where target sessions may go (repeatable; unset: off); "
+        "loopback, link-local and metadata addresses only when an entry names them",
+        "CIDR:PORT[-PORT]"),
     OPT("peer-wait", CM_CFG_DURATION, peer_wait_ms, "2m", 1000, 86400000,
         "how long a lone peer waits when the controller does not say (its Limits may change it)",
         "DURATION"),
@@ -161,6 +166,7 @@ static int start_embedded(serve_ctx *x, const rly_config *cfg, char *err, size_t
                    .max_peer_wait_s = (uint32_t)cfg->max_peer_wait_s,
                    .default_peer_wait_s = (uint32_t)(cfg->peer_wait_ms / 1000),
                    .accept_unauthenticated = cfg->no_auth,
+                   .target_allow = &cfg->target_allow,
                    .ping_interval_ms = (uint32_t)cfg->ping_interval_ms,
                    .ping_timeout_ms = (uint32_t)cfg->ping_timeout_ms};
   x->embedded = ctl_embedded_start(&cc, fds[1], err, errlen);
@@ -331,6 +337,12 @@ static const cm_subcmd g_cmds[] = {
     {"get", cmd_get, "show a session (admin API)"},
     {"delete", cmd_delete, "delete a session (admin API)"},
     {"auth", cmd_auth, "sign in for the admin commands (OAuth device flow), or --logout"},
+    {"raw", relay_cmd_raw, "peer: standard input and output through a session"},
+    {"tcp-listen", relay_cmd_tcp_listen, "peer: accept TCP connections and tunnel them"},
+    {"tcp-dial", relay_cmd_tcp_dial, "peer: tunnel the session to a TCP service"},
+    {"udp-listen", relay_cmd_udp_listen, "peer: datagrams on a local port through a session"},
+    {"udp-dial", relay_cmd_udp_dial, "peer: datagrams through a session to a UDP service"},
+    {"pubsub-dial", relay_cmd_pubsub_dial, "peer: a session's messages to and from Redis pub/sub"},
     {"version", cmd_version, "print version and library versions"},
 };
 

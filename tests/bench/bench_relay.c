@@ -25,6 +25,13 @@
  *               RLIMIT_NOFILE cannot hold 2N sockets per process): the
  *               relay's VmRSS after creating the sessions and after pairing
  *               them, divided by N.  Also upgrades/s while connecting.
+ *   peers       the client pair: `relay tcp-dial` (to a TCP sink here) and
+ *               `relay tcp-listen` (fed by a TCP source here) on one
+ *               session, bytes/s from source to sink, beside (a)'s
+ *               data-plane figure measured in the same rounds; the pair
+ *               offers only the --cipher suite too (an OpenSSL config), so
+ *               every TLS leg is alike.  The ratio says whether the client
+ *               pair is the bottleneck.
  *
  * Every scenario except rss also runs against two baselines: "direct" (A
  * talks TLS straight to a WebSocket server in this process: the load
@@ -75,7 +82,7 @@ static struct {
   int pid, sessions, rounds, workers, streams;
   bool plain;
   double secs;
-} opt = {.what = "crypto,throughput,msgs,latency,rss",
+} opt = {.what = "crypto,throughput,msgs,latency,rss,peers",
          .cipher = "aes128",
          .sessions = 10000,
          .secs = 3,
@@ -161,37 +168,6 @@ static void stop_child(pid_t pid, const char *name) {
   waitpid(pid, NULL, 0);
 }
 
-static long rss_kib(pid_t pid) {
-  char path[64], line[256];
-  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  long kib = -1;
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, "VmRSS:", 6) == 0) kib = strtol(line + 6, NULL, 10);
-  fclose(f);
-  return kib;
-}
-
-/* CPU time (user + system) of a process so far, in seconds, and in *sys
- * the system part; -1 if unknown. */
-static double cpu_s(pid_t pid, double *sys) {
-  char path[64], buf[1024];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-  unsigned long ut, st;
-  if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-    return -1;
-  double tick = (double)sysconf(_SC_CLK_TCK);
-  *sys = (double)st / tick;
-  return (double)(ut + st) / tick;
-}
-
 /* Who was busy during a measurement window: the forwarder under test (the
  * relay process includes its embedded controller thread) and this load
  * generator, each as a share of one core, and the forwarder's share spent
@@ -207,16 +183,16 @@ static pid_t target_pid(int t);
 static cpu_mark cpu_begin(int t) {
   double sys;
   cpu_mark m = {.pid = target_pid(t), .t = now_s(), .fwd = -1};
-  if (m.pid > 0) m.fwd = cpu_s(m.pid, &m.fwd_sys);
-  m.self = cpu_s(getpid(), &sys);
+  if (m.pid > 0) m.fwd = bench_cpu_s(m.pid, &m.fwd_sys);
+  m.self = bench_cpu_s(getpid(), &sys);
   return m;
 }
 
 static void cpu_finish(cpu_mark *m) {
   double dt = now_s() - m->t, sys;
-  m->self = (cpu_s(getpid(), &sys) - m->self) / dt * 100;
+  m->self = (bench_cpu_s(getpid(), &sys) - m->self) / dt * 100;
   if (m->fwd < 0) return;
-  double total = cpu_s(m->pid, &sys);
+  double total = bench_cpu_s(m->pid, &sys);
   m->fwd = total < 0 ? -1 : (total - m->fwd) / dt * 100;
   m->fwd_sys = (sys - m->fwd_sys) / dt * 100;
 }
@@ -436,7 +412,7 @@ static void ep_on_close(wl_conn *c, int err, const char *msg) {
   g_closed++;
 }
 
-static const wl_cbs EP_CBS = {ep_on_ready, ep_on_message, ep_on_drain, ep_on_close};
+static const wl_cbs EP_CBS = {ep_on_ready, ep_on_message, ep_on_drain, ep_on_close, NULL};
 
 static ep *ep_new(ep_role role) {
   if (g_neps >= MAX_EPS) die("too many endpoints");
@@ -947,10 +923,10 @@ static void bench_rss(void) {
     return;
   }
   run_for(0.5);
-  long r0 = rss_kib(g_relay_pid);
+  long r0 = bench_rss_kib(g_relay_pid);
   double create_rate = create_sessions(n, 8);
   run_for(0.5);
-  long r1 = rss_kib(g_relay_pid);
+  long r1 = bench_rss_kib(g_relay_pid);
   printf("  created %d sessions at %.0f/s over 8 keep-alive connections\n", n, create_rate);
   /* Connect with a bounded number of handshakes in flight. */
   double t0 = now_s();
@@ -979,7 +955,7 @@ static void bench_rss(void) {
       }
   }
   run_for(1.5);
-  long r2 = rss_kib(g_relay_pid);
+  long r2 = bench_rss_kib(g_relay_pid);
   /* One 1 KiB message per session, A to B, then idle again. */
   uint8_t f[1024 + WS_MAX_HEADER], payload[1024];
   memset(payload, 'm', sizeof payload);
@@ -995,12 +971,12 @@ static void bench_rss(void) {
     printf("!! only %llu of %llu messages arrived\n", (unsigned long long)g_rx_msgs,
            (unsigned long long)g_want_msgs);
   run_for(1.0);
-  long r3 = rss_kib(g_relay_pid);
+  long r3 = bench_rss_kib(g_relay_pid);
   int paired = g_ready / 2;
   double upgrade_rate = g_ready / dt;
   reset_eps();
   run_for(1.5);
-  long r4 = rss_kib(g_relay_pid);
+  long r4 = bench_rss_kib(g_relay_pid);
   printf("  relay VmRSS: start %ld KiB, %d sessions created %ld KiB, paired %ld KiB,"
          " after 1 msg each %ld KiB, all closed %ld KiB\n",
          r0, n, r1, r2, r3, r4);
@@ -1021,10 +997,222 @@ static void bench_rss(void) {
 
 /* ---- main ---------------------------------------------------------------------------------- */
 
+/* ---- the client pair (peers) ----------------------------------------------------------- */
+
+/* A TCP source writes a fixed 256 KiB block again and again (the block is
+ * static, so writes need no copy) while at most PEER_INFLIGHT writes are
+ * queued; the sink counts what arrives. */
+#define PEER_BLOCK    (256 * 1024)
+#define PEER_INFLIGHT 4
+
+static uint8_t g_block[PEER_BLOCK];
+static uv_tcp_t g_sink_listener, g_src;
+static uv_tcp_t *g_sink;
+static int g_src_inflight;
+static bool g_src_on, g_src_connected;
+static uint64_t g_sink_bytes;
+static pid_t g_dial_pid, g_listen_pid;
+
+static void sink_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
+  (void)h;
+  (void)sz;
+  static char buf[256 * 1024];
+  *b = uv_buf_init(buf, sizeof buf);
+}
+
+static void sink_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
+  (void)b;
+  if (n > 0) g_sink_bytes += (uint64_t)n;
+  if (n < 0) uv_read_stop(s);
+}
+
+static void on_sink_conn(uv_stream_t *server, int status) {
+  if (status < 0) return;
+  uv_tcp_t *c = malloc(sizeof *c);
+  uv_tcp_init(g_loop, c);
+  if (uv_accept(server, (uv_stream_t *)c) != 0) {
+    uv_close((uv_handle_t *)c, (uv_close_cb)free);
+    return;
+  }
+  if (g_sink) uv_close((uv_handle_t *)g_sink, (uv_close_cb)free); /* a re-joined tunnel */
+  g_sink = c;
+  uv_read_start((uv_stream_t *)c, sink_alloc, sink_read);
+}
+
+static void src_pump(void);
+
+static void src_written(uv_write_t *w, int status) {
+  free(w);
+  g_src_inflight--;
+  if (status == 0) src_pump();
+}
+
+static void src_pump(void) {
+  while (g_src_on && g_src_connected && g_src_inflight < PEER_INFLIGHT) {
+    uv_write_t *w = malloc(sizeof *w);
+    uv_buf_t b = uv_buf_init((char *)g_block, sizeof g_block);
+    if (uv_write(w, (uv_stream_t *)&g_src, &b, 1, src_written) != 0) {
+      free(w);
+      return;
+    }
+    g_src_inflight++;
+  }
+}
+
+static void src_connected(uv_connect_t *req, int status) {
+  free(req);
+  if (status < 0) {
+    printf("!! the source could not connect to tcp-listen: %s\n", uv_strerror(status));
+    return;
+  }
+  g_src_connected = true;
+  src_pump();
+}
+
+/* The port in the peer's "listening on ADDR:PORT" line, or 0. */
+static int logged_port(const char *log) {
+  FILE *f = fopen(log, "r");
+  char line[1024];
+  int port = 0;
+  while (f && fgets(line, sizeof line, f)) {
+    const char *p = strstr(line, "listening on ");
+    if (p && (p = strrchr(p, ':'))) port = atoi(p + 1);
+  }
+  if (f) fclose(f);
+  return port;
+}
+
+/* An OpenSSL configuration that makes the peers offer only opt.cipher. */
+static void peer_openssl_conf(char *path, size_t n) {
+  snprintf(path, n, "%s/peer-openssl.cnf", opt.tmp);
+  FILE *f = fopen(path, "w");
+  if (!f) die("cannot write the peers' OpenSSL config");
+  fprintf(f,
+          "openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = sys\n"
+          "[sys]\nCiphersuites = %s\n",
+          strcmp(opt.cipher, "aes256") == 0 ? "TLS_AES_256_GCM_SHA384" : "TLS_AES_128_GCM_SHA256");
+  fclose(f);
+}
+
+static pid_t spawn_peer(const char *mode, const char *where_flag, const char *where,
+                        const char *token, const char *log) {
+  char url[64], conf[4200];
+  int port = ntohs(((struct sockaddr_in *)&g_relay_addr)->sin_port);
+  snprintf(url, sizeof url, "wss://127.0.0.1:%d", port);
+  peer_openssl_conf(conf, sizeof conf);
+  setenv("SWSRS_URL", url, 1);
+  setenv("SWSRS_SESSION", g_sess[0].id, 1);
+  setenv("SWSRS_TOKEN", token, 1); /* the environment: never argv */
+  setenv("OPENSSL_CONF", conf, 1);
+  char *argv[] = {(char *)opt.relay_bin, (char *)mode,       (char *)where_flag, (char *)where,
+                  W("--ca"),             g_cert,             W("--keep"),        W("--log-level"),
+                  W("info"),             NULL};
+  pid_t pid = bench_spawn(argv, log, false);
+  unsetenv("SWSRS_TOKEN");
+  unsetenv("OPENSSL_CONF");
+  if (pid < 0) die("cannot start a peer");
+  return pid;
+}
+
+/* Starts the sink, tcp-dial (to it) and tcp-listen; connects the source. */
+static bool peers_start(void) {
+  char err[256], log[4200], sink_addr[64];
+  if (cm_tcp_listen(g_loop, &g_sink_listener, "127.0.0.1:0", 8, on_sink_conn, err, sizeof err))
+    die(err);
+  snprintf(sink_addr, sizeof sink_addr, "127.0.0.1:%d", cm_tcp_bound_port(&g_sink_listener));
+  create_sessions(1, 1);
+  snprintf(log, sizeof log, "%s/tcp-dial.log", opt.tmp);
+  g_dial_pid = spawn_peer("tcp-dial", "--target", sink_addr, g_sess[0].tr, log);
+  snprintf(log, sizeof log, "%s/tcp-listen.log", opt.tmp);
+  g_listen_pid = spawn_peer("tcp-listen", "--listen", "127.0.0.1:0", g_sess[0].ti, log);
+  int port = 0;
+  for (int i = 0; i < 200 && !port; i++) {
+    run_for(0.05);
+    port = logged_port(log);
+    if (!child_alive(g_listen_pid, "tcp-listen") || !child_alive(g_dial_pid, "tcp-dial"))
+      return false;
+  }
+  if (!port) return false;
+  printf("tcp-dial pid %d -> sink %s; tcp-listen pid %d on 127.0.0.1:%d (logs in %s)\n",
+         (int)g_dial_pid, sink_addr, (int)g_listen_pid, port, opt.tmp);
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", port, &a);
+  uv_tcp_init(g_loop, &g_src);
+  uv_tcp_nodelay(&g_src, 1);
+  uv_connect_t *req = malloc(sizeof *req);
+  return uv_tcp_connect(req, &g_src, (struct sockaddr *)&a, src_connected) == 0;
+}
+
+static void peers_stop(void) {
+  g_src_on = false;
+  uv_close((uv_handle_t *)&g_src, NULL);
+  run_for(0.3);
+  stop_child(g_listen_pid, "tcp-listen");
+  stop_child(g_dial_pid, "tcp-dial");
+  if (g_sink) uv_close((uv_handle_t *)g_sink, (uv_close_cb)free);
+  g_sink = NULL;
+  uv_close((uv_handle_t *)&g_sink_listener, NULL);
+  run_for(0.1);
+}
+
+/* CPU seconds of a process over a window, as % of a core. */
+static double cpu_share(pid_t pid, double before, double dt) {
+  double sys;
+  double now = bench_cpu_s(pid, &sys);
+  return now < 0 || before < 0 ? -1 : (now - before) / dt * 100;
+}
+
+/* One window of the pair: warm-up, then opt.secs; returns bytes/s. */
+static double peers_run(void) {
+  g_src_on = true;
+  src_pump();
+  run_for(1.0);
+  double sys, t0 = now_s();
+  uint64_t b0 = g_sink_bytes;
+  double c_relay = bench_cpu_s(g_relay_pid, &sys), c_listen = bench_cpu_s(g_listen_pid, &sys),
+         c_dial = bench_cpu_s(g_dial_pid, &sys), c_self = bench_cpu_s(getpid(), &sys);
+  run_for(opt.secs);
+  double dt = now_s() - t0;
+  double rate = (double)(g_sink_bytes - b0) / dt;
+  printf("           cpu: relay %.0f%%, tcp-listen %.0f%%, tcp-dial %.0f%%, source+sink %.0f%% "
+         "(of one core)\n",
+         cpu_share(g_relay_pid, c_relay, dt), cpu_share(g_listen_pid, c_listen, dt),
+         cpu_share(g_dial_pid, c_dial, dt), cpu_share(getpid(), c_self, dt));
+  g_src_on = false;
+  run_for(0.3); /* let the pipe drain between windows */
+  return rate;
+}
+
+static void bench_peers(void) {
+  printf("\n== (e) the client pair: TCP source -> tcp-listen -> relay -> tcp-dial -> TCP sink, "
+         "1 connection, %.0f s, best of %d; beside (a) ==\n",
+         opt.secs, opt.rounds);
+  if (!peers_start()) {
+    printf("!! the peers did not start (see %s/tcp-*.log)\n", opt.tmp);
+    return;
+  }
+  double best_pair = 0, best_dp = 0;
+  for (int round = 0; round < opt.rounds; round++) {
+    double x[2];
+    if (!stream_run(T_RELAY, 1, 16384, 8, x)) printf("!! data-plane run had errors\n");
+    printf("  %-12s %7.2f Gbit/s  (data plane alone: WebSocket peers of this process, as (a))\n",
+           "relay", x[0] * 8 / 1e9);
+    cpu_print(&g_cpu, "relay");
+    best_dp = x[0] > best_dp ? x[0] : best_dp;
+    double r = peers_run();
+    printf("  %-12s %7.2f Gbit/s  (through tcp-listen and tcp-dial)\n", "client pair", r * 8 / 1e9);
+    best_pair = r > best_pair ? r : best_pair;
+  }
+  peers_stop();
+  printf("@@ peers | (e) tcp-listen -> relay -> tcp-dial, 1 connection, Gbit/s | %.2f | data plane "
+         "(a) alone %.2f | pair/data plane %.2f\n",
+         best_pair * 8 / 1e9, best_dp * 8 / 1e9, best_dp > 0 ? best_pair / best_dp : 0);
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: bench_relay --relay-bin PATH | --connect HOST:PORT [--pid PID]\n"
-          "       [--tmp DIR] [--haproxy PATH] [--what crypto,throughput,msgs,latency,rss]\n"
+          "       [--tmp DIR] [--haproxy PATH] [--what crypto,throughput,msgs,latency,rss,peers]\n"
           "       [--sessions N] [--secs S] [--rounds R] [--cipher aes128|aes256]\n"
           "       [--workers N] [--streams S]  (relay workers, haproxy nbthread; (a)'s sessions)\n"
           "       [--relay-arg FLAG]           (one more flag for relay serve)\n"
@@ -1153,6 +1341,7 @@ int main(int argc, char **argv) {
   if (wants("msgs")) bench_msgs();
   if (wants("latency")) bench_latency();
   if (wants("rss")) bench_rss();
+  if (wants("peers") && opt.relay_bin && !opt.plain) bench_peers();
 
   if (g_haproxy_pid > 0) stop_child(g_haproxy_pid, "haproxy");
   if (!opt.connect) stop_child(g_relay_pid, "relay");
