@@ -8,13 +8,18 @@ controllers sharing it (``--store redis://``), remote relays, HAProxy.
 * ``Fleet``: real enrolment (``Pki``), relays ``relay-a``.. with tunnel
   listeners, and controllers each with a certificate of its own
   (``issue-cert``) dialling every relay.
-* ``Haproxy``: haproxy with ``deploy/haproxy-fleet.cfg``'s balancing,
-  its servers pointed at the relays.
+* ``Sentinel``: ``redis-server --sentinel`` watching a master, for a
+  failover on loopback (a ``Redis`` made with ``replicaof`` is the replica).
+* ``Haproxy``: haproxy with ``deploy/haproxy-fleet.cfg``'s balancing, its
+  servers pointed at the relays, or ``deploy/haproxy-redis.cfg``'s master
+  check in front of Redis servers (``RedisAddr`` is its address).
+* ``report``: a line for the ctest log (pytest would swallow a print).
 
 Every wait is bounded; nothing binds a fixed port.
 """
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,41 +35,13 @@ DEPLOY = os.path.join(HERE, "..", "..", "deploy")
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
-class Redis:
-    """redis-server on 127.0.0.1:<free port>, data in `directory`."""
+class RedisAddr:
+    """A Redis-speaking address on 127.0.0.1 (a server, a Sentinel, or an
+    HAProxy in front of servers): its --store URL and one-command client."""
 
-    def __init__(self, directory, password=None, users=(), aof=False):
-        self.dir = str(directory)
-        os.makedirs(self.dir, exist_ok=True)
-        self.port = free_port()
+    def __init__(self, port, password=None):
+        self.port = port
         self.password = password
-        self.conf = os.path.join(self.dir, "redis.conf")
-        lines = ["bind 127.0.0.1", "port %d" % self.port, "dir %s" % self.dir,
-                 "save \"\"", "appendonly %s" % ("yes" if aof else "no"),
-                 "appendfsync always", "daemonize no", "logfile \"\"", "protected-mode yes"]
-        if password:
-            lines.append("requirepass %s" % password)
-        for name, pw, rules in users:
-            lines.append("user %s on >%s %s" % (name, pw, rules))
-        with open(self.conf, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(self.conf, 0o600)
-        self.proc = None
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen([REDIS_SERVER, self.conf], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + T
-        while True:
-            try:
-                if self.cli("PING") == "PONG":
-                    return
-            except (OSError, relaytest.TestError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise relaytest.TestError("redis-server did not start on %d" % self.port)
-            time.sleep(0.05)
 
     def url(self, user=None, db=0):
         return "redis://%s127.0.0.1:%d/%d" % (user + "@" if user else "", self.port, db)
@@ -81,6 +58,57 @@ class Redis:
         finally:
             s.close()
 
+
+class Redis(RedisAddr):
+    """redis-server on 127.0.0.1:<free port>, data in `directory`; a
+    replica of the server on port `replicaof` when given."""
+
+    def __init__(self, directory, password=None, users=(), aof=False, replicaof=None):
+        super().__init__(free_port(), password)
+        self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
+        self.conf = os.path.join(self.dir, "redis.conf")
+        lines = ["bind 127.0.0.1", "port %d" % self.port, "dir %s" % self.dir,
+                 "daemonize no", "logfile \"\"", "protected-mode yes"]
+        lines += self.config(password, users, aof, replicaof)
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(self.conf, 0o600)
+        self.proc = None
+        self.start()
+
+    def config(self, password, users, aof, replicaof):
+        lines = ["save \"\"", "appendonly %s" % ("yes" if aof else "no"), "appendfsync always"]
+        if password:
+            lines.append("requirepass %s" % password)
+        for name, pw, rules in users:
+            lines.append("user %s on >%s %s" % (name, pw, rules))
+        if replicaof:
+            lines.append("replicaof 127.0.0.1 %d" % replicaof)
+        return lines
+
+    def argv(self):
+        return [REDIS_SERVER, self.conf]
+
+    def start(self):
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + T
+        while True:
+            try:
+                if self.cli("PING") == "PONG":
+                    return
+            except (OSError, relaytest.TestError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise relaytest.TestError("redis-server did not start on %d" % self.port)
+            time.sleep(0.05)
+
+    def info(self, section):
+        """INFO `section` as a dict."""
+        text = self.cli("INFO", section)
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -88,6 +116,31 @@ class Redis:
 
     def kill(self):
         self.stop(signal.SIGKILL)
+
+
+class Sentinel(Redis):
+    """redis-server --sentinel (the same binary Debian's redis-sentinel
+    package links; that package would also start a system Sentinel on the
+    fixed port 26379) watching `master` as `name`, with quorum 1 and short
+    timeouts so a failover takes a second or two."""
+
+    def __init__(self, directory, master, name="fleet", down_ms=500):
+        self.master_port, self.name, self.down_ms = master.port, name, down_ms
+        super().__init__(directory)
+
+    def config(self, password, users, aof, replicaof):
+        n = self.name
+        return ["sentinel monitor %s 127.0.0.1 %d 1" % (n, self.master_port),
+                "sentinel down-after-milliseconds %s %d" % (n, self.down_ms),
+                "sentinel failover-timeout %s 5000" % n,
+                "sentinel parallel-syncs %s 1" % n]
+
+    def argv(self):
+        return [REDIS_SERVER, self.conf, "--sentinel"]
+
+    def master(self):
+        """The master's port, as this Sentinel sees it."""
+        return int(self.cli("SENTINEL", "get-master-addr-by-name", self.name)[1])
 
 
 def _resp(args):
@@ -183,13 +236,16 @@ class Fleet:
 
 
 class Haproxy:
-    """haproxy in front of the relays with deploy/haproxy-fleet.cfg's
-    balancing (the file itself, its server lines replaced)."""
+    """haproxy with the settings of a file in deploy/ (the file itself, its
+    bind, server and check timing lines replaced): haproxy-fleet.cfg in
+    front of relays, or haproxy-redis.cfg in front of Redis servers.
+    servers: (name, port) on 127.0.0.1."""
 
-    def __init__(self, directory, relays, check_ms=200, port=None):
+    def __init__(self, directory, servers, check_ms=200, port=None, cfg="haproxy-fleet.cfg"):
         self.dir = str(directory)
+        os.makedirs(self.dir, exist_ok=True)
         self.port = port or free_port()
-        with open(os.path.join(DEPLOY, "haproxy-fleet.cfg")) as f:
+        with open(os.path.join(DEPLOY, cfg)) as f:
             text = f.read()
         out = []
         for line in text.splitlines():
@@ -199,13 +255,14 @@ class Haproxy:
             elif s.startswith("server "):
                 continue
             elif s.startswith("#@servers"):
-                for r in relays:
-                    out.append("    server %s 127.0.0.1:%d" % (r.node, r.port))
+                for name, port_ in servers:
+                    out.append("    server %s 127.0.0.1:%d" % (name, port_))
                 continue
             elif s.startswith("maxconn "):
                 line = "    maxconn 4096"  # within a test's file descriptor limit
             elif s.startswith("default-server "):
-                line = "    default-server check inter %dms fall 1 rise 1" % check_ms
+                line = re.sub(r"inter \S+", "inter %dms" % check_ms, line)
+                line = re.sub(r"(fall|rise) \d+", r"\1 1", line)
             out.append(line)
         self.cfg = os.path.join(self.dir, "haproxy.cfg")
         with open(self.cfg, "w") as f:
@@ -229,3 +286,10 @@ class Haproxy:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(T)
+
+
+def report(capsys, text):
+    """Prints past pytest's capture, so ctest's log keeps the numbers a
+    test measured (Testing/Temporary/LastTest.log)."""
+    with capsys.disabled():
+        print("\n" + text, flush=True)

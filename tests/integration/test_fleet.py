@@ -14,8 +14,13 @@ relays, and HAProxy.
   open session drops (each carries bytes both ways after), every session
   made is still known, creations and upgrades go on through ctl-2.  Calls
   in flight on ctl-1's links fail 503 (the relay fails them when the link
-  drops): the test prints how many (at most 4 allowed, none after the
-  first second).
+  drops): the test reports how many, when and why in ctest's log (at most
+  4 allowed, none after the first second).
+* test_sentinel_failover — a master, a replica, a Sentinel and
+  deploy/haproxy-redis.cfg in front as the controllers' --store: the
+  master is SIGKILLed, Sentinel promotes the replica, creates come back
+  (the 503s meanwhile and the time reported), an open session keeps
+  flowing, every replicated session pairs again.
 * test_redis_restart_and_down — AOF on: Redis SIGKILLed; creates and
   upgrades answer 503 at once (< 1 s), an open session keeps flowing;
   Redis restarted: every one of 50 sessions pairs again with its tokens.
@@ -145,12 +150,22 @@ def relay_of_url(fleet, url):
     return next(r for r in fleet.relays if url.startswith("ws://127.0.0.1:%d/" % r.port))
 
 
+async def pair_each(fleet, sessions):
+    """Each session pairs (on the relay its URL names) and carries a
+    message each way, one after another."""
+    for s in sessions:
+        i, r = await open_pair(relay_of_url(fleet, s["initiator_url"]), s)
+        await i.close()
+        await r.close()
+
+
 async def acreate(relay_, **body):
     return await gi.in_thread(lambda: create(relay_, **body))
 
 
-def test_controller_killed_under_load(fleet):
-    """200 open sessions and creations running; ctl-1 is SIGKILLed."""
+def test_controller_killed_under_load(fleet, capsys):
+    """200 open sessions and creations running; ctl-1 is SIGKILLed.  The
+    failures during the switch go to ctest's log with their reasons."""
     a, b, c = fleet.relays
     stats = {"creates": 0, "create_failed": [], "upgrades": 0, "upgrade_failed": []}
 
@@ -173,7 +188,8 @@ def test_controller_killed_under_load(fleet):
                 await i.close()
                 await r.close()
             except Exception as e:  # noqa: BLE001 - counted and reported
-                stats["upgrade_failed"].append((time.monotonic(), repr(e)[:120]))
+                why = getattr(e, "status_code", None) or repr(e)[:80]  # 503: no answer
+                stats["upgrade_failed"].append((time.monotonic(), why))
 
     async def main():
         pairs = []
@@ -200,10 +216,12 @@ def test_controller_killed_under_load(fleet):
     made = []
     killed_at = gi.run(main())
     late = [f for f in stats["create_failed"] + stats["upgrade_failed"] if f[0] > killed_at + 1.0]
-    print("fleet: %d creates, %d failed; %d upgrades, %d failed; after the first second: %d"
-          % (stats["creates"], len(stats["create_failed"]), stats["upgrades"],
-             len(stats["upgrade_failed"]), len(late)))
-    print("failures:", stats["create_failed"][:5], stats["upgrade_failed"][:5])
+    ft.report(capsys, "controller killed: %d creates, %d failed; %d upgrades, %d failed; "
+              "after the first second: %d; failures (seconds after the kill, why): %s"
+              % (stats["creates"], len(stats["create_failed"]), stats["upgrades"],
+                 len(stats["upgrade_failed"]), len(late),
+                 [(round(t - killed_at, 2), why) for t, why in
+                  stats["create_failed"] + stats["upgrade_failed"]]))
     assert stats["creates"] > 20 and stats["upgrades"] > 20, stats
     assert not late, late
     # Calls in flight on the dead link fail (503); no more than were in flight.
@@ -243,17 +261,72 @@ def test_redis_restart_and_down(tmp_path, start_relay, start_controller):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         await echo_both(i, r)
-        # Every session survived the restart and still pairs.
-        for s in made[1:]:
-            i2, r2 = await open_pair(relay_of_url(fleet, s["initiator_url"]), s)
-            await i2.close()
-            await r2.close()
+        await pair_each(fleet, made[1:])  # every session survived the restart
         await i.close()
         await r.close()
     gi.run(main())
     for c in fleet.ctls:
         c.wait_for_log(msg="redis unreachable; calls fail with 503")
     redis.stop()
+
+
+def test_sentinel_failover(tmp_path, start_relay, start_controller, capsys):
+    """Redis under Sentinel: a master, a replica, one Sentinel (quorum 1),
+    and deploy/haproxy-redis.cfg in front, the controllers' --store.  The
+    master is SIGKILLed: Sentinel promotes the replica, HAProxy follows
+    role:master, the controllers reconnect; creates fail 503 until then
+    (counted and reported), an open session keeps flowing, and every
+    session written before the kill (replicated: WAIT) pairs again."""
+    master = ft.Redis(tmp_path / "redis-1")
+    replica = ft.Redis(tmp_path / "redis-2", replicaof=master.port)
+    procs = [replica, master]
+    try:
+        deadline = time.monotonic() + T
+        while replica.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica never synced"
+            time.sleep(0.05)
+        sentinel = ft.Sentinel(tmp_path / "sentinel", master)
+        procs.append(sentinel)
+        hap = ft.Haproxy(tmp_path / "haproxy", [("redis-1", master.port),
+                                                ("redis-2", replica.port)],
+                         check_ms=200, cfg="haproxy-redis.cfg")
+        procs.append(hap)
+        fleet = ft.Fleet(tmp_path, start_relay, start_controller, ft.RedisAddr(hap.port),
+                         nrelays=2)
+        fleet.wait_linked()
+        a, b = fleet.relays
+        made = [created(fleet.relays[k % 2], ttl_seconds=600) for k in range(30)]
+        assert master.cli("WAIT", 1, 5000) == 1  # all of it is on the replica
+
+        async def main():
+            s0 = made[0]
+            i, r = await open_pair(relay_of_url(fleet, s0["initiator_url"]), s0)
+            master.kill()
+            killed_at = time.monotonic()
+            failed = {}
+            while True:
+                res = await acreate(a, ttl_seconds=600)
+                if res.status == 201:
+                    break
+                failed[res.status] = failed.get(res.status, 0) + 1
+                assert time.monotonic() < killed_at + 30, failed
+                await asyncio.sleep(0.1)
+            took = time.monotonic() - killed_at
+            await echo_both(i, r)  # open sessions never noticed
+            await pair_each(fleet, made[1:])
+            await i.close()
+            await r.close()
+            return failed, took
+        failed, took = gi.run(main())
+        assert sentinel.master() == replica.port
+        assert replica.info("replication")["role"] == "master"
+        assert set(failed) <= {503}, failed
+        ft.report(capsys, "sentinel failover: creates answered again %.1f s after the master "
+                  "was killed; %d refused 503 meanwhile (Redis unreachable)"
+                  % (took, failed.get(503, 0)))
+    finally:
+        for p in procs:
+            p.stop()
 
 
 def test_redis_hung_times_out(tmp_path, start_relay, start_controller):
@@ -339,7 +412,8 @@ def test_relay_killed_behind_haproxy(tmp_path, start_relay, start_controller):
     port = ft.free_port()
     fleet = shared_url_fleet(tmp_path, start_relay, start_controller, redis, port)
     fleet.wait_linked()
-    hap = ft.Haproxy(tmp_path, fleet.relays, check_ms=200, port=port)
+    hap = ft.Haproxy(tmp_path, [(r.node, r.port) for r in fleet.relays], check_ms=200,
+                     port=port)
     front = relaytest.Relay.__new__(relaytest.Relay)  # an address, for the helpers
     front.port, front.plain, front.certs = hap.port, True, None
 
