@@ -30,6 +30,13 @@ relays, and HAProxy.
   controller works and the password is in neither its argv nor its log; a
   wrong password (from RELAY_STORE_PASSWORD) is logged as refused; a
   password file others may read is refused at start.
+* test_delete_kicks_through_the_other_controller — ctl-1 links relay-a
+  only, ctl-2 relay-b only: a session on relay-b deleted through relay-a
+  has both peers closed 1001 "session deleted" within 0.5 s (ctl-1
+  publishes the kick on Redis, ctl-2 sends it).
+* test_reaper_lease_moves_to_a_survivor — the lease stays with its live
+  holder (renewed); SIGKILL it and the other controller takes the lease
+  when it expires and reaps an expired session.
 * test_relay_killed_behind_haproxy — deploy/haproxy-fleet.cfg in front of
   three relays sharing one public URL: both peers of each of 30 sessions
   land on one relay (the hash spreads them); SIGKILL the busiest relay: its
@@ -456,6 +463,100 @@ def test_relay_killed_behind_haproxy(tmp_path, start_relay, start_controller):
     redis.stop()
 
 
+def one_controller_each(fleet, start_controller, redis):
+    """ctl-1 links relay-a only, ctl-2 relay-b only, ... (one Redis)."""
+    for i, r in enumerate(fleet.relays):
+        cert = fleet.pki.extra_controller("ctl-%d" % (i + 1))
+        fleet.ctls.append(start_controller(gp.controller_args(
+            [r], fleet.pki.ca_dir, cert=cert, log_level="warn",
+            extra=["--store", redis.url()])))
+    for r in fleet.relays:
+        gp.wait_links(r, 1)
+    fleet.wait_live()
+
+
+def test_delete_kicks_through_the_other_controller(tmp_path, start_relay, start_controller):
+    """ctl-1 links relay-a only, ctl-2 relay-b only.  A session placed on
+    relay-b is deleted through relay-a (ctl-1 answers): ctl-1 publishes the
+    kick on Redis and ctl-2, which links relay-b, sends it — both peers
+    are closed 1001 at once, and the session is gone for every relay."""
+    redis = ft.Redis(tmp_path / "redis")
+    try:
+        fleet = ft.Fleet(tmp_path, start_relay, start_controller, redis, nrelays=2, nctl=0)
+        a, b = fleet.relays
+        one_controller_each(fleet, start_controller, redis)
+        deadline = time.monotonic() + T
+        while True:  # ctl-1 sees relay-b at its next heartbeat (1 s)
+            res = create(a, relay="relay-b")
+            if res.status != 400 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert res.status == 201, res
+        s = res.json()
+        assert s["initiator_url"].startswith("ws://127.0.0.1:%d/" % b.port)
+
+        async def main():
+            i, r = await open_pair(b, s)
+            # Let ctl-2 write the attaches and the last counters: a later
+            # event about a deleted session would be kicked as "session
+            # unknown" anyway, which is not what this test is about.
+            await asyncio.sleep(1.5)
+            assert redis.cli("HMGET", "relay:s:" + s["id"], "s1", "s2") == ["relay-b"] * 2
+            t0 = time.monotonic()
+            assert gp.http(a, "DELETE", "/admin/sessions/" + s["id"]).status == 204
+            for ws in (i, r):
+                await asyncio.wait_for(ws.wait_closed(), 3.0)
+                assert (ws.close_code, ws.close_reason) == (1001, "session deleted"), ws
+            return time.monotonic() - t0
+        took = gi.run(main())
+        assert took < 0.5, took
+        for relay_ in (a, b):
+            assert gp.http(relay_, "GET", "/admin/sessions/" + s["id"]).status == 404
+    finally:
+        redis.stop()
+
+
+def test_reaper_lease_moves_to_a_survivor(tmp_path, start_relay, start_controller):
+    """One controller reaps at a time: the lease names it, and its holder
+    keeps renewing it.  SIGKILL the holder: the other takes the lease once
+    it expires (5 s) and reaps — an expired session leaves Redis's expiry
+    index."""
+    redis = ft.Redis(tmp_path / "redis")
+    try:
+        fleet = ft.Fleet(tmp_path, start_relay, start_controller, redis, nrelays=2)
+        fleet.wait_linked()
+        deadline = time.monotonic() + T
+        while not redis.cli("GET", "relay:lease"):
+            assert time.monotonic() < deadline, "no controller took the lease"
+            time.sleep(0.05)
+        holder = redis.cli("GET", "relay:lease")
+        assert holder.split("#")[0] in ("ctl-1", "ctl-2"), holder
+        # While its holder lives the lease stays with it, renewed (reaps run
+        # every second; the lease is 5 s): the other never takes it.
+        for _ in range(3):
+            time.sleep(1.0)
+            assert redis.cli("GET", "relay:lease") == holder
+            assert redis.cli("PTTL", "relay:lease") > 3500
+        dead = next(c for c in fleet.ctls if c.name == holder.split("#")[0])
+        alive = next(c for c in fleet.ctls if c is not dead)
+        s = created(fleet.relays[0], ttl_seconds=2)  # expires while nobody reaps
+        dead.proc.kill()
+        killed_at = time.monotonic()
+        while redis.cli("GET", "relay:lease") in (None, holder):
+            assert time.monotonic() < killed_at + 10, "the lease never moved"
+            time.sleep(0.1)
+        moved = time.monotonic() - killed_at
+        assert redis.cli("GET", "relay:lease").split("#")[0] == alive.name
+        assert moved < 7.0, moved
+        deadline = time.monotonic() + T
+        while redis.cli("ZSCORE", "relay:exp", s["id"]) is not None:
+            assert time.monotonic() < deadline, "the survivor never reaped"
+            time.sleep(0.1)
+        assert redis.cli("EXISTS", "relay:s:" + s["id"]) == 0
+    finally:
+        redis.stop()
+
+
 def test_two_controllers_race_for_a_slot(tmp_path, start_relay, start_controller):
     """Relays behind one hostname leave a session unassigned until a peer
     comes.  relay-a is linked to ctl-1 only and relay-b to ctl-2 only; the
@@ -467,14 +568,7 @@ def test_two_controllers_race_for_a_slot(tmp_path, start_relay, start_controller
     fleet = shared_url_fleet(tmp_path, start_relay, start_controller, redis, ft.free_port(),
                              nrelays=2, nctl=0)
     a, b = fleet.relays
-    for i, r in enumerate(fleet.relays):
-        cert = fleet.pki.extra_controller("ctl-%d" % (i + 1))
-        fleet.ctls.append(start_controller(gp.controller_args(
-            [r], fleet.pki.ca_dir, cert=cert, log_level="warn",
-            extra=["--store", redis.url()])))
-    gp.wait_links(a, 1)
-    gp.wait_links(b, 1)
-    fleet.wait_live()
+    one_controller_each(fleet, start_controller, redis)
     rounds = int(os.environ.get("RELAY_FLEET_RACES", "1000"))
 
     async def race(s):
