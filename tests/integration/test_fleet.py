@@ -399,6 +399,11 @@ def test_auth_acl_user(tmp_path, start_relay, start_controller):
     assert p.returncode == 1 and b"only its owner" in p.stderr, p
     for proc in (ctl, bad):
         assert pw not in proc.stderr
+    # --help says where credentials come from and how to protect the link.
+    h = relaytest.run([relaytest.CONTROLLER_BIN, "run", "--help"]).stdout.decode()
+    for words in ("--store-password-file", "RELAY_STORE_PASSWORD", "never the command line",
+                  "NOT encrypted", "stunnel", "loopback or a private network"):
+        assert words in " ".join(h.split()), words
     ctl.stop()
     redis.stop()
 
