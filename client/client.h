@@ -254,6 +254,13 @@ void rc_ws_set_data(rc_ws *ws, void *ud);
  * data where it lies (it is clobbered), saving a copy. */
 int rc_ws_send(rc_ws *ws, uint8_t opcode, const void *data, size_t len, bool fin);
 int rc_ws_send_inplace(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin);
+/* Bytes a caller of rc_ws_send_headroom leaves writable in front of data
+ * (a frame header's most: WS_MAX_HEADER). */
+#define RC_WS_HEADROOM 14
+/* rc_ws_send_inplace for data with RC_WS_HEADROOM writable bytes in front
+ * of it: the header is written there, and header and payload leave as one
+ * piece (no copy to join them, no record of their own for the header). */
+int rc_ws_send_headroom(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin);
 
 /* Begins the close handshake with code (1000..4999) and a reason (NULL
  * for none).  Idempotent; no effect before open (use rc_ws_abort). */

@@ -60,8 +60,8 @@ struct rc_io {
   bool duplex;
   bool connecting; /* dialling: writes wait in `pending` */
   bool reading, paused, eof;
-  uint8_t rbuf[READ_CHUNK];
-  cm_buf pending;  /* K_FILE output, and output while connecting */
+  uint8_t rbuf[RC_IO_HEADROOM + READ_CHUNK]; /* reads land after the headroom */
+  cm_buf pending;                            /* K_FILE output, and output while connecting */
   cm_buf wbuf;     /* K_FILE: the bytes of the write in flight (they must not move) */
   cm_buf gather;   /* stream output of this turn of the loop, for one write */
   uv_idle_t flush; /* runs once the turn is over */
@@ -374,7 +374,7 @@ void rc_io_finish(rc_io *io, bool graceful) {
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   CM_UNUSED(suggested);
   rc_io *io = h->data;
-  *buf = uv_buf_init((char *)io->rbuf, sizeof io->rbuf);
+  *buf = uv_buf_init((char *)io->rbuf + RC_IO_HEADROOM, READ_CHUNK);
 }
 
 static void got_eof(rc_io *io) {
@@ -419,13 +419,13 @@ static void on_file_read(uv_fs_t *req) {
     got_eof(io);
     return;
   }
-  if (io->cbs.on_read) io->cbs.on_read(io, io->rbuf, (size_t)n);
+  if (io->cbs.on_read) io->cbs.on_read(io, io->rbuf + RC_IO_HEADROOM, (size_t)n);
   start_file_read(io);
 }
 
 static void start_file_read(rc_io *io) {
   if (io->in.busy || io->paused || io->eof || io->done) return;
-  uv_buf_t b = uv_buf_init((char *)io->rbuf, sizeof io->rbuf);
+  uv_buf_t b = uv_buf_init((char *)io->rbuf + RC_IO_HEADROOM, READ_CHUNK);
   io->in.req.data = io;
   int rc = uv_fs_read(io->loop, &io->in.req, io->in.fd, &b, 1, -1, on_file_read);
   if (rc < 0)

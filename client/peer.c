@@ -164,7 +164,7 @@ static void maybe_close(tunnel *t) {
 static void io_on_read(rc_io *io, uint8_t *data, size_t len) {
   tunnel *t = rc_io_get_data(io);
   if (!t->ws) return;
-  int rc = rc_ws_send_inplace(t->ws, WS_BINARY, data, len, true);
+  int rc = rc_ws_send_headroom(t->ws, WS_BINARY, data, len, true);
   if (rc >= 0) {
     t->p->res.stats.bytes_up += len;
     t->p->res.stats.messages_up++;

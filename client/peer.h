@@ -10,15 +10,20 @@
 
 typedef struct rc_io rc_io;
 
+/* Room in front of what on_read hands over: a WebSocket frame header fits
+ * there, so the tunnel sends header and bytes as one piece. */
+#define RC_IO_HEADROOM RC_WS_HEADROOM
+
 typedef struct rc_io_opts {
   size_t high_watermark; /* output queue that asks the caller to pause; 0: 256 KiB */
 } rc_io_opts;
 
 typedef struct rc_io_cbs {
-  void (*on_open)(rc_io *io);                            /* dialled: connected */
-  void (*on_read)(rc_io *io, uint8_t *data, size_t len); /* data is modifiable */
-  void (*on_eof)(rc_io *io);                             /* input ended (FIN, end of file) */
-  void (*on_drain)(rc_io *io);                           /* output queue fell to a quarter */
+  void (*on_open)(rc_io *io); /* dialled: connected */
+  /* data is modifiable, and so are the RC_IO_HEADROOM bytes before it */
+  void (*on_read)(rc_io *io, uint8_t *data, size_t len);
+  void (*on_eof)(rc_io *io);   /* input ended (FIN, end of file) */
+  void (*on_drain)(rc_io *io); /* output queue fell to a quarter */
   /* Last: the io ended (err 0 after rc_io_finish; else the local side
    * failed, msg says how).  io is freed after. */
   void (*on_done)(rc_io *io, int err, const char *msg);

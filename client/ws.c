@@ -147,6 +147,20 @@ static int send_masked(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, boo
 
 static bool data_opcode(uint8_t op) { return op == WS_BINARY || op == WS_TEXT || op == WS_CONT; }
 
+_Static_assert(RC_WS_HEADROOM >= WS_MAX_HEADER, "room for any frame header");
+
+int rc_ws_send_headroom(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin) {
+  if (ws->state != ST_OPEN || !ws->st || cm_stream_closing(ws->st)) return CM_ECLOSED;
+  if (!data_opcode(opcode)) return -EINVAL;
+  uint8_t key[4], hdr[WS_MAX_HEADER];
+  next_mask(ws, key);
+  size_t hl = ws_frame_header(hdr, fin, opcode, len, key);
+  if (hl == 0) return -EINVAL;
+  ws_mask(data, len, key, 0);
+  memcpy(data - hl, hdr, hl);
+  return write_frame(ws, data - hl, hl + len, NULL, 0);
+}
+
 int rc_ws_send_inplace(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin) {
   if (ws->state != ST_OPEN || !ws->st || cm_stream_closing(ws->st)) return CM_ECLOSED;
   if (!data_opcode(opcode)) return -EINVAL;

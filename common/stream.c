@@ -296,7 +296,7 @@ static int setup_tls(cm_stream *s, const cm_stream_opts *o) {
 static void on_timer(uv_timer_t *t) {
   cm_stream *s = t->data;
   switch (s->state) {
-  case S_CONNECTING:
+  case S_CONNECTING: begin_close(s, CM_ETIMEOUT, "connect timed out", true); break;
   case S_HANDSHAKE: begin_close(s, CM_ETIMEOUT, "TLS handshake timed out", true); break;
   case S_OPEN:
     if (s->open_pending) {

@@ -45,7 +45,11 @@
 #include <unistd.h>
 
 #define TCP_HIGH_WATERMARK (256 * 1024)
-#define REASON_MAX         120
+/* Each address gets this long to answer the SYN: a target that drops it
+ * (a firewall, a full accept queue) ends the dial instead of holding the
+ * initiator until the kernel gives up, minutes later. */
+#define TARGET_CONNECT_TIMEOUT_MS 10000
+#define REASON_MAX                120
 
 typedef struct rly_target {
   rly_wctx *w; /* the session's home worker: everything here runs on its loop */
@@ -244,7 +248,9 @@ static void dial_next(rly_target *tg) {
   while (tg->next) {
     const struct sockaddr *sa = tg->next->ai_addr;
     tg->next = tg->next->ai_next;
-    cm_stream_opts o = {.high_watermark = TCP_HIGH_WATERMARK, .keepalive = true};
+    cm_stream_opts o = {.high_watermark = TCP_HIGH_WATERMARK,
+                        .keepalive = true,
+                        .handshake_timeout_ms = TARGET_CONNECT_TIMEOUT_MS};
     int err = 0;
     tg->tcp = cm_stream_connect(tg->w->loop, sa, &o, &g_tcp_cbs, tg, &err);
     if (tg->tcp) return;

@@ -84,13 +84,17 @@ class Collector(threading.Thread):
 
     def __init__(self, srv, channels):
         super().__init__(daemon=True)
-        self.ps = srv.client().pubsub(ignore_subscribe_messages=True)
+        # Not ignore_subscribe_messages=True: that swallows the confirmations
+        # this waits for (and the wait would run to its deadline).
+        self.ps = srv.client().pubsub()
         self.ps.subscribe(*channels)
-        for _ in channels:  # the confirmations, before anyone publishes
-            m = None
-            deadline = time.monotonic() + TIMEOUT
-            while m is None and time.monotonic() < deadline:
-                m = self.ps.get_message(ignore_subscribe_messages=False, timeout=1)
+        confirmed = 0
+        deadline = time.monotonic() + TIMEOUT
+        while confirmed < len(channels):  # before anyone publishes
+            if time.monotonic() > deadline:
+                raise TestError("Redis did not confirm the subscriptions")
+            m = self.ps.get_message(timeout=1)
+            confirmed += bool(m and m["type"] == "subscribe")
         self.got = []
         self.stop = False
         self.start()

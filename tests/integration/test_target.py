@@ -15,15 +15,19 @@ is Debian's sshd on a free loopback port (sshtest.Sshd).
 * A host name resolving to a blocked address ("localhost" with only
   0.0.0.0/0 allowed) is refused at dial time: close 1008 with the reason.
 * The target down: close 1011 "dial failed", and the controller hears the
-  CLOSE event with that code.
+  CLOSE event with that code.  A target that never answers the SYN (its
+  accept queue full) ends the same way after the dial deadline, with
+  "connect timed out".
 """
 
 import asyncio
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -36,6 +40,7 @@ from relaytest import RELAY_BIN, TIMEOUT, free_port
 from sshtest import MIB, Sshd, sha256
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DIAL_DEADLINE_S = 10  # relay/target.c: TARGET_CONNECT_TIMEOUT_MS
 
 
 @pytest.fixture
@@ -183,3 +188,32 @@ def test_target_down_closes_1011_with_an_event(tmp_path):
         assert code == 1011 and reason.startswith("dial failed"), (code, reason)
         ev = relay.wait_for_log(msg="session closed by the relay", code=1011)
         assert ev["reason"].startswith("dial failed"), ev
+
+
+def test_target_that_never_answers_times_out_1011(tmp_path):
+    # A full accept queue: the kernel drops further SYNs, so a connect
+    # neither succeeds nor fails until its deadline.
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fill = []
+    for _ in range(2):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        fill.append(c)
+    try:
+        with DevRelay(tmp_path / "relay", extra=["--target-allow", "127.0.0.1/32:%d" % port]) as relay:
+            status, s = post(relay, {"target": "127.0.0.1:%d" % port})
+            assert status == 201, s
+            t0 = time.monotonic()
+            code, reason = close_of(relay, s, timeout=DIAL_DEADLINE_S + TIMEOUT)
+            took = time.monotonic() - t0
+            assert code == 1011 and reason.startswith("dial failed"), (code, reason)
+            assert "connect timed out" in reason, reason
+            assert DIAL_DEADLINE_S - 1 <= took <= DIAL_DEADLINE_S + 5, took
+    finally:
+        for c in fill:
+            c.close()
+        lst.close()
