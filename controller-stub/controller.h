@@ -24,7 +24,14 @@
 /* ---- the controller service (service.c) ------------------------------------ */
 
 typedef struct ctl_config {
-  const char *state_dir;                      /* registry files; NULL: memory only */
+  const char *state_dir; /* registry files; NULL: memory only */
+  /* A shared registry instead (redis://[USER@]HOST[:PORT][/DB]): a fleet
+   * of controllers answering for the same sessions.  NULL: the journal. */
+  const char *store_url;
+  const char *store_password;                 /* secret: AUTH (NULL: none) */
+  const char *store_prefix;                   /* Redis key prefix; NULL: "relay:" */
+  uint32_t store_timeout_ms;                  /* a Redis command's deadline; 0: 2 s */
+  const char *name;                           /* this controller, in logs and leases */
   uint32_t default_ttl_s;                     /* 0: 3600 */
   uint32_t default_peer_wait_s;               /* 0: 120 */
   uint32_t max_ttl_s;                         /* 0: 86400 */

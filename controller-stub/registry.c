@@ -31,6 +31,8 @@ typedef struct session {
   char *node, *url;     /* assignment: the relay serving the session */
   char *target;         /* a target session's "host:port"; NULL: none */
   char *slot_node[2];   /* relay holding each attached slot; NULL when free */
+  bool ever_attached;   /* a peer came since the session was placed */
+  bool counted;         /* counted in its relay's load (see recount) */
   struct session *next; /* hash chain */
   size_t heap_idx;
   cm_list link; /* creation order */
@@ -38,7 +40,9 @@ typedef struct session {
 
 typedef struct relay_ent {
   char *node, *url;
+  char region[CTL_REGION_LABEL_MAX + 1];
   bool live;
+  uint64_t load; /* sessions counted for placement (see recount) */
 } relay_ent;
 
 struct ctl_registry {
@@ -242,6 +246,29 @@ static void heap_remove(ctl_registry *reg, session *s) {
   heap_down(reg, last->heap_idx);
 }
 
+/* ---- relay load -------------------------------------------------------------- */
+
+static relay_ent *relay_find(const ctl_registry *reg, const char *node);
+static relay_ent *relay_get(ctl_registry *reg, const char *node);
+
+/* A relay's load, for placement: the sessions assigned to it that hold a
+ * peer now, or whose first peer has not come yet (just placed there).  A
+ * session whose peers came and left waits on no relay in particular. */
+static void load_move(ctl_registry *reg, session *s, bool counted) {
+  if (s->counted == counted || !s->node[0]) return; /* unassigned: no relay's load */
+  relay_ent *r = counted ? relay_get(reg, s->node) : relay_find(reg, s->node);
+  if (!r) return; /* past CTL_REG_MAX_RELAYS: not counted */
+  if (counted)
+    r->load++;
+  else if (r->load > 0)
+    r->load--;
+  s->counted = counted;
+}
+
+static void recount(ctl_registry *reg, session *s) {
+  load_move(reg, s, s->slot_node[0] || s->slot_node[1] || !s->ever_attached);
+}
+
 /* ---- membership: table + heap + creation list, together ----------------- */
 
 /* Reserves everything an insert needs, so that after a durable write the
@@ -252,6 +279,7 @@ static int reserve_insert(ctl_registry *reg) {
 }
 
 static void insert(ctl_registry *reg, session *s) {
+  recount(reg, s);
   table_insert(reg, s);
   heap_set(reg, reg->heap_len++, s);
   heap_up(reg, s->heap_idx);
@@ -261,6 +289,7 @@ static void insert(ctl_registry *reg, session *s) {
 }
 
 static void unlink_session(ctl_registry *reg, session *s) {
+  load_move(reg, s, false);
   table_remove(reg, s);
   heap_remove(reg, s);
   cm_list_remove(&s->link);
@@ -364,10 +393,13 @@ static int replay_reassign(ctl_registry *reg, const ctl_jrec *r) {
     free(url);
     return -ENOMEM;
   }
+  bool counted = s->counted;
+  load_move(reg, s, false);
   free(s->node);
   free(s->url);
   s->node = node;
   s->url = url;
+  load_move(reg, s, counted);
   return 0;
 }
 
@@ -405,8 +437,8 @@ void ctl_registry_config_defaults(ctl_registry_config *cfg) {
   };
 }
 
-static int config_resolve(const ctl_registry_config *in, ctl_registry_config *out, char *err,
-                          size_t errlen) {
+int ctl_registry_config_resolve(const ctl_registry_config *in, ctl_registry_config *out, char *err,
+                                size_t errlen) {
   ctl_registry_config d;
   ctl_registry_config_defaults(&d);
   *out = in ? *in : d;
@@ -437,7 +469,7 @@ ctl_registry *ctl_registry_open(const char *state_dir, const ctl_registry_config
   reg->nbuckets = 64;
   reg->buckets = calloc(reg->nbuckets, sizeof *reg->buckets);
   if (!reg->buckets) snprintf(err, errlen, "registry: out of memory");
-  int rc = reg->buckets ? config_resolve(cfg, &reg->cfg, err, errlen) : -ENOMEM;
+  int rc = reg->buckets ? ctl_registry_config_resolve(cfg, &reg->cfg, err, errlen) : -ENOMEM;
   if (rc == 0 && state_dir) {
     reg->durable = true;
     rc = ctl_journal_open(&reg->j, state_dir, replay_apply, reg, err, errlen);
@@ -475,16 +507,15 @@ uint64_t ctl_reg_generation(const ctl_registry *reg) { return reg->durable ? reg
 
 /* ---- create ------------------------------------------------------------------ */
 
-static int check_create_args(const ctl_registry *reg, int64_t now, uint32_t *ttl, uint32_t *pw,
-                             const char *node, const char *url) {
-  if (*ttl == 0) *ttl = reg->cfg.default_ttl_s;
-  if (*pw == 0) *pw = reg->cfg.default_peer_wait_s;
-  if (*ttl > reg->cfg.max_ttl_s) return CTL_REG_ETTL;
-  if (*pw > reg->cfg.max_peer_wait_s) return CTL_REG_EPEERWAIT;
+int ctl_reg_create_args(const ctl_registry_config *cfg, int64_t now, uint32_t *ttl, uint32_t *pw,
+                        const char *node, const char *url) {
+  if (*ttl == 0) *ttl = cfg->default_ttl_s;
+  if (*pw == 0) *pw = cfg->default_peer_wait_s;
+  if (*ttl > cfg->max_ttl_s) return CTL_REG_ETTL;
+  if (*pw > cfg->max_peer_wait_s) return CTL_REG_EPEERWAIT;
   if (!ctl_text_ok(node, CTL_REG_NODE_MAX) || !ctl_text_ok(url, CTL_REG_URL_MAX))
     return CTL_REG_EARG;
   if (now < 0 || now > INT64_MAX - (int64_t)*ttl) return CTL_REG_EARG;
-  if (reg->count >= reg->cfg.max_sessions) return CTL_REG_EFULL;
   return 0;
 }
 
@@ -498,19 +529,25 @@ static int mint_id(const ctl_registry *reg, char id[CM_TOKEN_LEN + 1]) {
   return CTL_REG_ERANDOM;
 }
 
-/* Mints both slot tokens into out and keeps only their hashes in s. */
-static int mint_tokens(session *s, ctl_reg_created *out) {
+int ctl_reg_mint_tokens(ctl_reg_created *out, uint8_t hash[2][32]) {
   if (cm_random_token(out->initiator_token) != 0 || cm_random_token(out->responder_token) != 0)
     return CTL_REG_ERANDOM;
-  cm_sha256(out->initiator_token, CM_TOKEN_LEN, s->hash[0]);
-  cm_sha256(out->responder_token, CM_TOKEN_LEN, s->hash[1]);
+  cm_sha256(out->initiator_token, CM_TOKEN_LEN, hash[0]);
+  cm_sha256(out->responder_token, CM_TOKEN_LEN, hash[1]);
   return 0;
+}
+
+void ctl_reg_created_urls(ctl_reg_created *out, const char *url, const char *id) {
+  size_t n = strlen(url);
+  while (n > 0 && url[n - 1] == '/')
+    n--;
+  snprintf(out->initiator_url, sizeof out->initiator_url, "%.*s/relay/%s", (int)n, url, id);
+  snprintf(out->responder_url, sizeof out->responder_url, "%.*s/relay/%s", (int)n, url, id);
 }
 
 static void fill_created(const session *s, ctl_reg_created *out) {
   status_of(s, &out->status);
-  snprintf(out->initiator_url, sizeof out->initiator_url, "%s/relay/%s", s->url, s->id);
-  snprintf(out->responder_url, sizeof out->responder_url, "%s/relay/%s", s->url, s->id);
+  ctl_reg_created_urls(out, s->url, s->id);
 }
 
 int ctl_reg_create(ctl_registry *reg, int64_t now, uint32_t ttl_s, uint32_t peer_wait_s,
@@ -525,7 +562,8 @@ int ctl_reg_create_target(ctl_registry *reg, int64_t now, uint32_t ttl_s, uint32
   if (!relay_node) relay_node = "";
   if (!public_url) public_url = "";
   if (target && !target[0]) target = NULL;
-  int rc = check_create_args(reg, now, &ttl_s, &peer_wait_s, relay_node, public_url);
+  int rc = ctl_reg_create_args(&reg->cfg, now, &ttl_s, &peer_wait_s, relay_node, public_url);
+  if (rc == 0 && reg->count >= reg->cfg.max_sessions) rc = CTL_REG_EFULL;
   if (rc == 0 && target && !ctl_text_ok(target, CTL_REG_TARGET_MAX)) rc = CTL_REG_EARG;
   char id[CM_TOKEN_LEN + 1];
   if (rc == 0) rc = mint_id(reg, id);
@@ -538,7 +576,7 @@ int ctl_reg_create_target(ctl_registry *reg, int64_t now, uint32_t ttl_s, uint32
   s->created_at = s->last_activity = now;
   s->expires_at = now + (int64_t)ttl_s;
   s->peer_wait = peer_wait_s;
-  rc = target && !(s->target = strdup(target)) ? -ENOMEM : mint_tokens(s, out);
+  rc = target && !(s->target = strdup(target)) ? -ENOMEM : ctl_reg_mint_tokens(out, s->hash);
   ctl_jrec r;
   jrec_create(s, &r);
   if (rc == 0) rc = journal_one(reg, &r);
@@ -559,6 +597,7 @@ void ctl_reg_created_wipe(ctl_reg_created *c) { wipe(c, sizeof *c); }
 /* ---- relays ------------------------------------------------------------------- */
 
 static relay_ent *relay_find(const ctl_registry *reg, const char *node) {
+  if (!node) return NULL;
   for (size_t i = 0; i < reg->nrelays; i++) {
     if (strcmp(reg->relays[i].node, node) == 0) return (relay_ent *)&reg->relays[i];
   }
@@ -597,6 +636,7 @@ static void clear_slots_of(ctl_registry *reg, const char *node) {
         s->slot_node[i] = NULL;
       }
     }
+    recount(reg, s);
   }
 }
 
@@ -625,6 +665,30 @@ int ctl_reg_set_relay_url(ctl_registry *reg, const char *relay_node, const char 
   free(r->url);
   r->url = url;
   return 0;
+}
+
+int ctl_reg_set_relay_region(ctl_registry *reg, const char *relay_node, const char *region) {
+  if (!relay_node || !region || !ctl_text_ok(relay_node, CTL_REG_NODE_MAX) ||
+      !ctl_text_ok(region, CTL_REGION_LABEL_MAX))
+    return -EINVAL;
+  relay_ent *r = relay_get(reg, relay_node);
+  if (!r) return -ENOSPC;
+  snprintf(r->region, sizeof r->region, "%s", region);
+  return 0;
+}
+
+size_t ctl_reg_relays(const ctl_registry *reg, ctl_reg_relay *out, size_t max) {
+  size_t n = 0;
+  for (size_t i = 0; i < reg->nrelays && n < max; i++) {
+    const relay_ent *r = &reg->relays[i];
+    if (!r->live) continue;
+    snprintf(out[n].node, sizeof out[n].node, "%s", r->node);
+    snprintf(out[n].url, sizeof out[n].url, "%s", r->url);
+    snprintf(out[n].region, sizeof out[n].region, "%s", r->region);
+    out[n].load = r->load;
+    n++;
+  }
+  return n;
 }
 
 /* ---- validate ------------------------------------------------------------------ */
@@ -672,10 +736,13 @@ static int reassign(ctl_registry *reg, session *s, const char *relay_node) {
   }
   cm_log(CM_LOG_INFO, log_comp, "session reassigned", CM_S("session", s->id), CM_S("from", s->node),
          CM_S("to", node));
+  bool counted = s->counted;
+  load_move(reg, s, false);
   free(s->node);
   free(s->url);
   s->node = node;
   s->url = url;
+  load_move(reg, s, counted);
   maybe_compact(reg);
   return 0;
 }
@@ -706,9 +773,12 @@ int ctl_reg_validate(ctl_registry *reg, int64_t now, const char *id, const char 
     return deny(out, 403, "target_session",
                 "the responder of a target session is the relay's own connection");
   if (s->slot_node[slot - 1]) return deny(out, 409, "slot_taken", "slot already connected");
-  bool check_relay = relay_node && relay_node[0] && s->node[0];
+  /* An unassigned session (its relays share one public URL) goes to the
+   * first relay a peer reaches; an assigned one moves only when its relay
+   * is gone. */
+  bool check_relay = relay_node && relay_node[0];
   if (check_relay && strcmp(s->node, relay_node) != 0) {
-    if (ctl_reg_relay_is_live(reg, s->node))
+    if (s->node[0] && ctl_reg_relay_is_live(reg, s->node))
       return deny(out, 421, "wrong_relay", "session is served by another relay");
     if (!ctl_text_ok(relay_node, CTL_REG_NODE_MAX))
       return deny(out, 421, "wrong_relay", "bad relay node id");
@@ -835,6 +905,8 @@ int ctl_reg_on_attach(ctl_registry *reg, int64_t now, const char *id, int role,
   if (!node) return -ENOMEM;
   free(s->slot_node[role - 1]);
   s->slot_node[role - 1] = node;
+  s->ever_attached = true;
+  recount(reg, s);
   s->last_activity = CM_MAX(s->last_activity, now);
   return 0;
 }
@@ -850,6 +922,7 @@ int ctl_reg_on_detach(ctl_registry *reg, int64_t now, const char *id, int role,
   if (*slot && (!relay_node || same(*slot, relay_node))) {
     free(*slot);
     *slot = NULL;
+    recount(reg, s);
   }
   s->last_activity = CM_MAX(s->last_activity, now);
   return 0;
@@ -967,6 +1040,19 @@ static int check_table(const ctl_registry *reg) {
   return n == reg->count ? 0 : -1;
 }
 
+/* Each relay's load is the number of its sessions counted. */
+static int check_loads(const ctl_registry *reg) {
+  for (size_t i = 0; i < reg->nrelays; i++) {
+    uint64_t n = 0;
+    for (const cm_list *l = reg->all.next; l != &reg->all; l = l->next) {
+      const session *s = cm_container_of(l, session, link);
+      n += s->counted && strcmp(s->node, reg->relays[i].node) == 0;
+    }
+    if (n != reg->relays[i].load) return -1;
+  }
+  return 0;
+}
+
 int ctl_reg_check(const ctl_registry *reg) {
   size_t n = 0;
   for (const cm_list *l = reg->all.next; l != &reg->all; l = l->next) {
@@ -975,5 +1061,5 @@ int ctl_reg_check(const ctl_registry *reg) {
     n++;
   }
   if (n != reg->count || check_heap(reg) != 0 || check_table(reg) != 0) return -1;
-  return 0;
+  return check_loads(reg);
 }

@@ -115,6 +115,18 @@ typedef struct ctl_reg_decision {
 } ctl_reg_decision;
 
 void ctl_registry_config_defaults(ctl_registry_config *cfg);
+/* Fills the zeros of in with defaults into out; -EINVAL (with a message)
+ * when a default exceeds its maximum. */
+int ctl_registry_config_resolve(const ctl_registry_config *in, ctl_registry_config *out, char *err,
+                                size_t errlen);
+/* The pieces of a create that any store shares: the arguments' checks
+ * (ttl/peer_wait 0 take the defaults; 0 or CTL_REG_E*, the session limit
+ * aside), the slot tokens (into out, their SHA-256 into hash) and the
+ * session URLs <url>/relay/<id>. */
+int ctl_reg_create_args(const ctl_registry_config *cfg, int64_t now, uint32_t *ttl, uint32_t *pw,
+                        const char *node, const char *url);
+int ctl_reg_mint_tokens(ctl_reg_created *out, uint8_t hash[2][32]);
+void ctl_reg_created_urls(ctl_reg_created *out, const char *url, const char *id);
 /* Opens state_dir (created, or tightened, to mode 0700), replays snapshot
  * then journal, and returns the registry; state_dir NULL keeps memory only.
  * cfg NULL: defaults.  On failure NULL with a message in err (a corrupt
@@ -207,7 +219,21 @@ int ctl_reg_on_stats(ctl_registry *reg, int64_t now, const char *id, uint64_t ep
 #define CTL_REG_MAX_RELAYS 1024
 int ctl_reg_set_relay_live(ctl_registry *reg, const char *relay_node, bool live);
 int ctl_reg_set_relay_url(ctl_registry *reg, const char *relay_node, const char *public_url);
+/* The region label a relay announced (Hello), for placement by region. */
+#define CTL_REGION_LABEL_MAX 64
+int ctl_reg_set_relay_region(ctl_registry *reg, const char *relay_node, const char *region);
 bool ctl_reg_relay_is_live(const ctl_registry *reg, const char *relay_node);
+
+/* Live relays with their load: the sessions assigned to each that hold a
+ * peer now or whose first peer has not come yet (so a burst of creates
+ * spreads before any peer arrives).  At most max; returns how many. */
+typedef struct ctl_reg_relay {
+  char node[CTL_REG_NODE_MAX + 1];
+  char url[CTL_REG_URL_MAX + 1];
+  char region[CTL_REGION_LABEL_MAX + 1];
+  uint64_t load;
+} ctl_reg_relay;
+size_t ctl_reg_relays(const ctl_registry *reg, ctl_reg_relay *out, size_t max);
 
 /* Removes every session with expires_at <= now (durably, one fsync per
  * batch) and reports each to expired (may be NULL) after it is gone, so the

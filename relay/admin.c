@@ -30,6 +30,7 @@ typedef struct admin_op {
   int op;
   char id[MAX_ID];
   uint32_t ttl, peer_wait;
+  char relay[129], region[65]; /* create: where to place the session; "" the controller's choice */
   char target[CM_TARGET_MAX + 1]; /* CREATE: a target session's "host:port" */
   char cors[512];
   rly_ctl_auth *auth;
@@ -269,6 +270,8 @@ static void call_controller(admin_op *a, const rly_principal *p) {
   q.session_id = a->id;
   q.ttl_seconds = a->ttl;
   q.peer_wait_seconds = a->peer_wait;
+  q.placement_relay = a->relay;
+  q.placement_region = a->region;
   q.target = a->target;
   q.relay_node_id = s->node_id;
   q.auth_disabled = p == NULL;
@@ -339,6 +342,26 @@ static void on_authenticated(void *ud, int status, const rly_principal *p, const
 
 /* ---- request parsing -------------------------------------------------------------------- */
 
+/* "relay" (a node id) and "region" (a label): printable ASCII, bounded;
+ * which relays exist is the controller's to say. */
+static bool placement_field(admin_op *a, json_t *o, const char *key, char *out, size_t outlen) {
+  json_t *v = json_object_get(o, key);
+  if (!v || json_is_null(v)) return true;
+  const char *t = json_is_string(v) ? json_string_value(v) : NULL;
+  bool ok = t && t[0] && strlen(t) < outlen;
+  for (const char *p = t; ok && *p; p++)
+    ok = *p > 0x20 && *p < 0x7f;
+  if (!ok) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s must be a non-empty string of at most %zu visible characters",
+             key, outlen - 1);
+    respond_error(a, 400, "invalid_request", msg, NULL);
+    return false;
+  }
+  snprintf(out, outlen, "%s", t);
+  return true;
+}
+
 static bool parse_create_body(admin_op *a, const rly_http_request *req) {
   if (req->body_len == 0) return true;
   const char *ct = rly_http_header_get(req, "Content-Type");
@@ -382,8 +405,10 @@ static bool parse_create_body(admin_op *a, const rly_http_request *req) {
     return false;
   }
   if (t && json_is_string(t)) snprintf(a->target, sizeof a->target, "%s", json_string_value(t));
+  bool ok = placement_field(a, o, "relay", a->relay, sizeof a->relay) &&
+            placement_field(a, o, "region", a->region, sizeof a->region);
   json_decref(o);
-  return true;
+  return ok;
 }
 
 void rly_admin_request(rly_conn *c, const rly_http_request *req, const rly_route_match *m, int op) {

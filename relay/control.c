@@ -611,6 +611,7 @@ int rly_control_start(rly_control *c, char *err, size_t errlen) {
                          .node_id = c->e->node_id,
                          .version = rly_version(),
                          .public_url = c->e->public_url,
+                         .region = cfg->region,
                          .default_timeout_ms = (uint32_t)cfg->call_timeout_ms};
   if (remote) {
     tc.cert_file = cfg->tunnel_cert;

@@ -42,6 +42,7 @@ typedef struct rly_config {
   char *alpn;               /* offered ALPN list, default "http/1.1" */
   char *public_url;         /* base URL peers use; default from listen */
   char *node_id;            /* default: hostname */
+  char *region;             /* placement label told to controllers (Hello); NULL: none */
   char *workers;            /* "auto" (the CPUs this process may use) or 1..256 */
   char *accept;             /* "handoff" (one acceptor; default) or "reuseport" */
 

@@ -43,6 +43,9 @@ struct tun_ctl_call {
   int32_t sid;
   char path[64];
   bool is_events, got_end, replied;
+  bool deferred;          /* the handler answers later (tun_ctl_call_defer) */
+  void (*gone)(void *ud); /* deferred: the stream went before the answer */
+  void *gone_ud;
   tun_grpc_decoder dec;
   uint8_t *msg;
   size_t msg_len;
@@ -72,6 +75,7 @@ struct tun_ctl {
   void *ud;
   cm_tls_ctx *tls;
   cm_list links, dialers;
+  char registry[TUN_REGISTRY_ID_MAX + 1]; /* told to relays on Events; "" none */
   size_t nup;
   bool closing;
   int handles;
@@ -95,7 +99,9 @@ static int reply_trailers_only(tun_ctl_call *call, int status, const char *messa
   tun_grpc_message_encode(message ? message : "", msg, sizeof msg);
   nghttp2_nv nv[] = {TUN_NV(":status", "200"), TUN_NV("content-type", "application/grpc"),
                      TUN_NV("grpc-status", st), TUN_NV("grpc-message", msg)};
-  return nghttp2_submit_response(call->l->base.h2, call->sid, nv, msg[0] ? 4 : 3, NULL);
+  int rc = nghttp2_submit_response(call->l->base.h2, call->sid, nv, msg[0] ? 4 : 3, NULL);
+  if (call->deferred) tun_link_pump(&call->l->base);
+  return rc;
 }
 
 int tun_ctl_reply(tun_ctl_call *call, int status, const char *message,
@@ -109,7 +115,17 @@ int tun_ctl_reply(tun_ctl_call *call, int status, const char *message,
   call->out.trailers = true;
   call->out.status = TUN_GRPC_OK;
   nghttp2_data_provider p = tun_outq_provider(&call->out);
-  return submit_headers(call, &p);
+  rc = submit_headers(call, &p);
+  /* A deferred answer comes from outside nghttp2's callbacks: send it now
+   * (inside them the pump is a no-op and the caller of mem_recv pumps). */
+  if (call->deferred) tun_link_pump(&call->l->base);
+  return rc;
+}
+
+void tun_ctl_call_defer(tun_ctl_call *call, void (*gone)(void *ud), void *ud) {
+  call->deferred = true;
+  call->gone = gone;
+  call->gone_ud = ud;
 }
 
 tun_ctl_link *tun_ctl_call_link(const tun_ctl_call *call) { return (tun_ctl_link *)call->l; }
@@ -149,7 +165,8 @@ static void dispatch_unary(tun_ctl_call *call) {
     reply_trailers_only(call, TUN_GRPC_UNIMPLEMENTED, "unknown method");
     return;
   }
-  if (!call->replied) reply_trailers_only(call, TUN_GRPC_INTERNAL, "handler did not answer");
+  if (!call->replied && !call->deferred)
+    reply_trailers_only(call, TUN_GRPC_INTERNAL, "handler did not answer");
 }
 
 /* ---- link rotation (max_link_age_ms) ------------------------------------------- *
@@ -242,6 +259,7 @@ static int on_call_message(void *ud, const uint8_t *msg, size_t len) {
 /* ---- nghttp2 callbacks ------------------------------------------------------------ */
 
 static void call_free(tun_ctl_call *call) {
+  if (call->deferred && !call->replied && call->gone) call->gone(call->gone_ud);
   cm_list_remove(&call->node);
   tun_grpc_decoder_free(&call->dec);
   tun_outq_free(&call->out);
@@ -280,7 +298,13 @@ static void open_events_stream(clink *l, tun_ctl_call *call) {
   call->is_events = true;
   l->events_sid = call->sid;
   nghttp2_data_provider p = tun_outq_provider(&l->events_out);
-  submit_headers(call, &p);
+  if (!l->c->registry[0]) {
+    submit_headers(call, &p);
+    return;
+  }
+  nghttp2_nv nv[] = {TUN_NV(":status", "200"), TUN_NV("content-type", "application/grpc"),
+                     TUN_NV(TUN_HDR_REGISTRY, l->c->registry)};
+  nghttp2_submit_response(l->base.h2, call->sid, nv, CM_ARRAY_LEN(nv), &p);
 }
 
 static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user) {
@@ -602,6 +626,16 @@ const char *tun_ctl_link_public_url(const tun_ctl_link *l) {
   return ((const clink *)l)->public_url;
 }
 size_t tun_ctl_links(const tun_ctl *c) { return c->nup; }
+
+int tun_ctl_set_registry(tun_ctl *c, const char *id) {
+  size_t n = strlen(id);
+  if (n > TUN_REGISTRY_ID_MAX) return -EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.", id[i]))
+      return -EINVAL;
+  memcpy(c->registry, id, n + 1);
+  return 0;
+}
 
 /* ---- lifecycle ----------------------------------------------------------------------- */
 

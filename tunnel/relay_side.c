@@ -39,7 +39,11 @@ typedef struct rlink {
   tun_relay *r;
   cm_list node;
   cm_list calls;
-  char controller[TUN_CONTROLLER_NAME_MAX];
+  char controller[TUN_CONTROLLER_NAME_MAX]; /* identity: certificate CN#fingerprint */
+  /* The registry the controller answers from (its Events answer's
+   * relay-registry header), as "registry:<id>"; "" when it named none.
+   * Links of one registry are one controller (see group_of). */
+  char pool[TUN_CONTROLLER_NAME_MAX];
   bool up, tls;
   bool settings; /* the controller's SETTINGS arrived */
   bool goaway;   /* the controller is leaving: no new calls */
@@ -94,7 +98,7 @@ typedef struct ping_backoff {
 struct tun_relay {
   uv_loop_t *loop;
   tun_relay_config cfg;
-  char *node_id, *version, *public_url, *controller_uri;
+  char *node_id, *version, *public_url, *region, *controller_uri;
   tun_relay_cbs cbs;
   void *ud;
   cm_tls_ctx *tls;
@@ -125,10 +129,31 @@ static void deadline_tick_start(tun_relay *r);
 
 /* ---- links ------------------------------------------------------------------ */
 
+/* What a link counts as for replays, listing and events: its registry when
+ * the controller named one (controllers sharing a registry are one pool:
+ * a NOT_FOUND from one is the answer of all, and each lists every session),
+ * else its own identity. */
+static const char *group_of(const rlink *l) { return l->pool[0] ? l->pool : l->controller; }
+
+/* True when name is the link's group or its identity (a session tagged
+ * before the link's registry was known still finds it). */
+static bool link_is(const rlink *l, const char *name) {
+  return strcmp(group_of(l), name) == 0 || strcmp(l->controller, name) == 0;
+}
+
 static bool was_tried(const tun_call *c, const rlink *l) {
   for (size_t k = 0; c && k < c->ntried; k++)
-    if (strcmp(c->tried[k], l->controller) == 0) return true;
+    if (strcmp(c->tried[k], group_of(l)) == 0) return true;
   return false;
+}
+
+/* Another up link of l's group, or NULL. */
+static rlink *group_peer(const rlink *l) {
+  for (cm_list *p = l->r->links.next; p != &l->r->links; p = p->next) {
+    rlink *o = cm_container_of(p, rlink, node);
+    if (o != l && o->up && !o->base.closing && strcmp(group_of(o), group_of(l)) == 0) return o;
+  }
+  return NULL;
 }
 
 /* Round-robin over up links, skipping `exclude` and (for a NOT_FOUND
@@ -164,10 +189,14 @@ static void set_up(rlink *l, bool up) {
     r->nup--;
   cm_log(up || r->closing ? CM_LOG_INFO : CM_LOG_WARN, /* ours to close: no alarm */
          "tunnel", up ? "controller link up" : "controller link down",
-         CM_S("controller", l->controller), CM_S("peer", l->base.peer), CM_I("links", r->nup),
-         CM_S("reason", up ? "" : l->base.why));
+         CM_S("controller", l->controller), CM_S("registry", l->pool), CM_S("peer", l->base.peer),
+         CM_I("links", r->nup), CM_S("reason", up ? "" : l->base.why));
   if (r->cbs.on_links) r->cbs.on_links(r->ud, r->nup);
-  if (up && r->cbs.on_link_up) r->cbs.on_link_up(r->ud, l->controller);
+  /* A link of a pool going down moves the pool's events to another of its
+   * links: re-announce there too, since the controller that fell may have
+   * taken events it had not yet stored. */
+  if (!r->cbs.on_link_up || r->closing) return;
+  if (up || (l->pool[0] && group_peer(l))) r->cbs.on_link_up(r->ud, group_of(l));
 }
 
 /* The conditions of controller.proto's "a link counts as UP". */
@@ -182,6 +211,7 @@ static void send_hello(rlink *l) {
   hello.node_id = r->node_id;
   hello.version = r->version;
   hello.public_url = r->public_url;
+  hello.region = r->region;
   Relay__V1__RelayEvent ev = RELAY__V1__RELAY_EVENT__INIT;
   ev.kind_case = RELAY__V1__RELAY_EVENT__KIND_HELLO;
   ev.hello = &hello;
@@ -322,12 +352,33 @@ static void ping_back_off(rlink *l) {
 
 /* ---- nghttp2 callbacks ------------------------------------------------------- */
 
+/* The Events answer named the controller's registry: a value of at most
+ * TUN_REGISTRY_ID_MAX token characters, else ignored (the link stays its
+ * own group). */
+static void set_pool(rlink *l, const uint8_t *v, size_t n) {
+  bool ok = n > 0 && n <= TUN_REGISTRY_ID_MAX;
+  for (size_t i = 0; ok && i < n; i++)
+    ok = (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') ||
+         (v[i] >= '0' && v[i] <= '9') || v[i] == '-' || v[i] == '_' || v[i] == '.';
+  if (!ok) {
+    cm_log(CM_LOG_WARN, "tunnel", "ignoring a malformed registry id",
+           CM_S("controller", l->controller));
+    return;
+  }
+  snprintf(l->pool, sizeof l->pool, "registry:%.*s", (int)n, (const char *)v);
+}
+
 static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint8_t *name,
                      size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                      void *user) {
   CM_UNUSED(flags);
-  CM_UNUSED(user);
   if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+  rlink *l = user;
+  if (frame->hd.stream_id == l->events_sid && l->events_sid > 0 &&
+      tun_hdr_is(name, namelen, TUN_HDR_REGISTRY)) {
+    set_pool(l, value, valuelen);
+    return 0;
+  }
   tun_call *c = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
   if (!c) return 0;
   char v[256];
@@ -356,7 +407,7 @@ static int on_command_message(void *ud, const uint8_t *msg, size_t len) {
       &relay__v1__controller_command__descriptor, msg, len);
   if (!cmd) return -EBADMSG;
   l->r->st.commands++;
-  if (l->r->cbs.on_command) l->r->cbs.on_command(l->r->ud, l->controller, cmd);
+  if (l->r->cbs.on_command) l->r->cbs.on_command(l->r->ud, group_of(l), cmd);
   tun_grpc_free(&cmd->base);
   return 0;
 }
@@ -662,7 +713,7 @@ static void call_finish(tun_call *c, int status, const char *msg) {
     if (status == TUN_GRPC_UNAVAILABLE) r->st.calls_unavailable++;
     if (status == TUN_GRPC_DEADLINE_EXCEEDED) r->st.calls_deadline++;
   }
-  const char *ctl = c->link ? c->link->controller : "";
+  const char *ctl = c->link ? group_of(c->link) : "";
   if (c->cb) c->cb(c->ud, status, msg ? msg : "", status == TUN_GRPC_OK ? c->resp : NULL, ctl);
   call_group *g = c->group;
   call_free(c);
@@ -703,8 +754,7 @@ static int submit_call(tun_call *c, rlink *l) {
   if (sid < 0) return -EIO;
   c->sid = sid;
   c->link = l;
-  if (c->ntried < MAX_TRIED)
-    snprintf(c->tried[c->ntried++], sizeof c->tried[0], "%s", l->controller);
+  if (c->ntried < MAX_TRIED) snprintf(c->tried[c->ntried++], sizeof c->tried[0], "%s", group_of(l));
   cm_list_push_back(&l->calls, &c->lnode);
   tun_link_pump(&l->base);
   return 0;
@@ -783,7 +833,7 @@ static rlink *link_of(tun_relay *r, const char *controller) {
   rlink *fallback = NULL;
   for (cm_list *p = r->links.next; p != &r->links; p = p->next) {
     rlink *l = cm_container_of(p, rlink, node);
-    if (!l->up || l->base.closing || strcmp(l->controller, controller) != 0) continue;
+    if (!l->up || l->base.closing || !link_is(l, controller)) continue;
     if (!tun_link_overdue(&l->base)) return l;
     if (!fallback) fallback = l;
   }
@@ -818,8 +868,8 @@ size_t tun_relay_controllers(const tun_relay *r, char (*names)[TUN_CONTROLLER_NA
     if (!l->up || l->base.closing) continue;
     bool dup = false;
     for (size_t k = 0; k < n && !dup; k++)
-      dup = strcmp(names[k], l->controller) == 0;
-    if (!dup) snprintf(names[n++], TUN_CONTROLLER_NAME_MAX, "%s", l->controller);
+      dup = strcmp(names[k], group_of(l)) == 0;
+    if (!dup) snprintf(names[n++], TUN_CONTROLLER_NAME_MAX, "%s", group_of(l));
   }
   qsort(names, n, TUN_CONTROLLER_NAME_MAX, cmp_names);
   return n;
@@ -840,9 +890,9 @@ size_t tun_relay_call_all(tun_relay *r, const char *path, const ProtobufCMessage
     if (!l->up || l->base.closing) continue;
     bool dup = false;
     for (size_t k = 0; k < nseen && !dup; k++)
-      dup = strcmp(seen[k], l->controller) == 0;
+      dup = strcmp(seen[k], group_of(l)) == 0;
     if (dup || nseen == CM_ARRAY_LEN(seen)) continue;
-    snprintf(seen[nseen++], sizeof seen[0], "%s", l->controller);
+    snprintf(seen[nseen++], sizeof seen[0], "%s", group_of(l));
     tun_call *c = call_new(r, path, req, desc, timeout_ms, cb, ud);
     if (!c) continue;
     c->pinned = true;
@@ -874,7 +924,7 @@ int tun_relay_send_event(tun_relay *r, const char *controller, const Relay__V1__
   for (cm_list *p = r->links.next; p != &r->links; p = p->next) {
     rlink *l = cm_container_of(p, rlink, node);
     if (!l->up || l->events_sid <= 0) continue;
-    if (controller && strcmp(controller, l->controller) != 0) continue;
+    if (controller && !link_is(l, controller)) continue;
     if (tun_outq_push(&l->base, l->events_sid, &l->events_out, &ev->base) != 0) {
       r->st.events_dropped++;
       continue;
@@ -901,6 +951,7 @@ tun_relay *tun_relay_new(uv_loop_t *loop, const tun_relay_config *cfg, const tun
   r->node_id = strdup(cfg->node_id ? cfg->node_id : "relay");
   r->version = strdup(cfg->version ? cfg->version : "");
   r->public_url = strdup(cfg->public_url ? cfg->public_url : "");
+  r->region = strdup(cfg->region ? cfg->region : "");
   r->controller_uri = strdup(cfg->controller_uri ? cfg->controller_uri : CM_PKI_URI_CONTROLLER);
   if (cbs) r->cbs = *cbs;
   r->ud = ud;
@@ -1002,6 +1053,7 @@ void tun_relay_free(tun_relay *r) {
   free(r->node_id);
   free(r->version);
   free(r->public_url);
+  free(r->region);
   free(r->controller_uri);
   free(r);
 }

@@ -60,6 +60,12 @@ enum {
 #define TUN_PATH_VALIDATE "/relay.v1.Controller/Validate"
 #define TUN_PATH_ADMIN    "/relay.v1.Controller/Admin"
 #define TUN_PATH_EVENTS   "/relay.v1.Controller/Events"
+/* Response header on Events: the registry the controller answers from.
+ * Controllers naming the same registry share their sessions (a fleet on
+ * one Redis), so a relay treats their links as one pool: a NOT_FOUND from
+ * one is final, a listing asks one of them, events go to any of them. */
+#define TUN_HDR_REGISTRY    "relay-registry"
+#define TUN_REGISTRY_ID_MAX 64
 /* The standard gRPC health check (proto/health.proto): the relay's
  * keepalive probe where a bare PING could count against the controller. */
 #define TUN_PATH_HEALTH_CHECK "/grpc.health.v1.Health/Check"
@@ -121,6 +127,7 @@ typedef struct tun_relay_config {
   const char *node_id;
   const char *version;
   const char *public_url;
+  const char *region;          /* placement label (Hello.region); NULL: none */
   uint32_t default_timeout_ms; /* 0: 5 s */
   /* Mutual TLS for the tunnel listener.  The controller's certificate must
    * chain to ca_file and carry the URI SAN `controller_uri` (default
@@ -204,8 +211,9 @@ typedef struct tun_ctl_link tun_ctl_link;
 typedef struct tun_ctl_call tun_ctl_call;
 
 typedef struct tun_ctl_handlers {
-  /* Unary handlers must answer with tun_ctl_reply before returning;
-   * the request is valid during the call only. */
+  /* Unary handlers answer with tun_ctl_reply before returning, or call
+   * tun_ctl_call_defer and answer later; the request is valid during the
+   * handler only (a deferring handler copies what it needs). */
   void (*validate)(void *ud, tun_ctl_call *call, const Relay__V1__SlotRequest *req);
   void (*admin)(void *ud, tun_ctl_call *call, const Relay__V1__AdminRequest *req);
   void (*on_event)(void *ud, tun_ctl_link *link, const Relay__V1__RelayEvent *ev);
@@ -237,6 +245,11 @@ int tun_ctl_dial(tun_ctl *c, const char *hostport, const char *server_name, char
 int tun_ctl_add_fd(tun_ctl *c, int fd);
 int tun_ctl_reply(tun_ctl_call *call, int status, const char *message,
                   const ProtobufCMessage *resp);
+/* The handler will answer after it returns (an asynchronous store).  Until
+ * it answers, the call lives; if the stream goes first (the relay gave up,
+ * the link dropped), gone(ud) runs once and the call must not be touched
+ * again.  After tun_ctl_reply the call is not the caller's any more. */
+void tun_ctl_call_defer(tun_ctl_call *call, void (*gone)(void *ud), void *ud);
 tun_ctl_link *tun_ctl_call_link(const tun_ctl_call *call);
 /* The relay's node id and public URL (from its Hello; "" until then). */
 const char *tun_ctl_link_node(const tun_ctl_link *l);
@@ -246,6 +259,11 @@ int tun_ctl_link_send(tun_ctl_link *l, const Relay__V1__ControllerCommand *cmd);
 /* Sends to the link serving `node` (false when no such link is up). */
 bool tun_ctl_send_to_node(tun_ctl *c, const char *node, const Relay__V1__ControllerCommand *cmd);
 size_t tun_ctl_links(const tun_ctl *c);
+/* Names the registry this controller answers from (TUN_HDR_REGISTRY) on
+ * every Events stream opened from now on: relays pool the links of
+ * controllers that name the same one.  "" names none (the default).
+ * -EINVAL unless 0..TUN_REGISTRY_ID_MAX of [A-Za-z0-9._-]. */
+int tun_ctl_set_registry(tun_ctl *c, const char *id);
 void tun_ctl_close(tun_ctl *c, void (*done)(void *ud), void *ud);
 void tun_ctl_free(tun_ctl *c);
 

@@ -6,8 +6,11 @@
  *   issue-cert  give a further controller a certificate of its own
  *   sign-csr    issue a relay certificate from `relay gen-csr` output
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +25,8 @@ typedef struct run_cfg {
   char *relay_server_name;
   char *ca_dir, *cert, *key, *ca;
   char *state_dir;
+  char *store, *store_password_file, *store_prefix, *name;
+  long long store_timeout;
   long long default_ttl, default_peer_wait, max_ttl, max_peer_wait;
   long long max_sessions, max_message;
   long long ping_interval, ping_timeout, backoff_base, backoff_max, max_link_age;
@@ -46,6 +51,22 @@ static const cm_cfg_opt g_run_opts[] = {
     OPT("ca", CM_CFG_STRING, ca, NULL, 0, 0, "CA relay certificates chain to", "FILE"),
     OPT("state-dir", CM_CFG_STRING, state_dir, NULL, 0, 0,
         "session registry (journal + snapshot); unset: memory only", "DIR"),
+    OPT("store", CM_CFG_STRING, store, NULL, 0, 0,
+        "a registry shared by a fleet of controllers instead of --state-dir: "
+        "redis://[USER@]HOST[:PORT][/DB] (no TLS: loopback, a private network or a TLS tunnel)",
+        "URL"),
+    OPT("store-password-file", CM_CFG_STRING, store_password_file, NULL, 0, 0,
+        "Redis password (AUTH; with USER@ in --store, that ACL user's), from a file readable "
+        "by its owner only; or RELAY_STORE_PASSWORD in the environment",
+        "FILE"),
+    OPT("store-prefix", CM_CFG_STRING, store_prefix, "relay:", 0, 0,
+        "prefix of every Redis key and channel (one fleet per prefix)", "TEXT"),
+    OPT("store-timeout", CM_CFG_DURATION, store_timeout, "2s", 50, 60000,
+        "a Redis command unanswered this long drops the connection (calls fail 503 until back)",
+        "DURATION"),
+    OPT("name", CM_CFG_STRING, name, NULL, 0, 0,
+        "this controller's name in logs and the reaper lease (default: its certificate file)",
+        "NAME"),
     OPT("default-ttl", CM_CFG_DURATION, default_ttl, "1h", 1000, 31536000000LL,
         "session lifetime when the client asks for none", "DURATION"),
     OPT("default-peer-wait", CM_CFG_DURATION, default_peer_wait, "2m", 1000, 86400000,
@@ -80,7 +101,14 @@ static const cm_cfg_opt g_run_opts[] = {
 static const cm_cfg_spec g_run_spec = {
     "relay-controller run --relay HOST:PORT [--relay ...] --ca-dir DIR [options]",
     "Dial relays over mutual TLS and serve them: mint sessions and tokens, validate every\n"
-    "slot, decide every admin request.  Redials with exponential backoff and full jitter.",
+    "slot, decide every admin request.  Redials with exponential backoff and full jitter.\n"
+    "\n"
+    "Sessions live in --state-dir (a journal: one controller), or with --store redis://...\n"
+    "in a Redis every controller of a fleet shares: each dials every relay, any answers for\n"
+    "any session, and relays pool their links.  Redis credentials come from\n"
+    "--store-password-file or RELAY_STORE_PASSWORD, never the command line.  The Redis link\n"
+    "is NOT encrypted (hiredis 0.14 has no TLS): keep Redis on loopback or a private network,\n"
+    "or reach it through a TLS tunnel (stunnel, spiped) listening on loopback.",
     g_run_opts, CM_ARRAY_LEN(g_run_opts), NULL};
 
 static int usage_error(const cm_cfg_spec *spec, const char *cmd, const char *err) {
@@ -89,6 +117,71 @@ static int usage_error(const cm_cfg_spec *spec, const char *cmd, const char *err
 }
 
 /* ---- run ------------------------------------------------------------------------- */
+
+#define PASSWORD_MAX 4096
+#define PASSWORD_ENV "RELAY_STORE_PASSWORD"
+
+/* Reads a password file into secret memory: a regular file that only its
+ * owner may read or write (as a key file), its trailing newline dropped. */
+static int read_password_file(const char *path, char **out, char *err, size_t errlen) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  struct stat sb;
+  if (fd < 0 || fstat(fd, &sb) != 0) {
+    snprintf(err, errlen, "store-password-file: cannot open %s: %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  if (!S_ISREG(sb.st_mode) || (sb.st_mode & 077) || sb.st_size >= PASSWORD_MAX) {
+    snprintf(err, errlen,
+             "store-password-file: %s must be a regular file under 4 KiB that only its owner "
+             "may read (chmod 600)",
+             path);
+    close(fd);
+    return -1;
+  }
+  char *pw = cm_secret_alloc(PASSWORD_MAX);
+  ssize_t n = pw ? read(fd, pw, PASSWORD_MAX - 1) : -1;
+  close(fd);
+  if (n < 0) {
+    snprintf(err, errlen, "store-password-file: cannot read %s", path);
+    cm_secret_free(pw);
+    return -1;
+  }
+  while (n > 0 && (pw[n - 1] == '\n' || pw[n - 1] == '\r'))
+    n--;
+  pw[n] = '\0';
+  *out = pw;
+  return 0;
+}
+
+/* The Redis password, never from argv: the file, else the environment
+ * (taken out of it, so children and later reads do not see it). */
+static int store_password(const run_cfg *rc, char **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (rc->store_password_file) return read_password_file(rc->store_password_file, out, err, errlen);
+  const char *env = getenv(PASSWORD_ENV);
+  if (!env || !env[0]) return 0;
+  size_t n = strlen(env);
+  if (n >= PASSWORD_MAX) {
+    snprintf(err, errlen, PASSWORD_ENV " is too long");
+    return -1;
+  }
+  *out = cm_secret_alloc(n + 1);
+  if (!*out) return -1;
+  memcpy(*out, env, n + 1);
+  explicit_bzero((char *)env, n);
+  unsetenv(PASSWORD_ENV);
+  return 0;
+}
+
+/* The name in logs and leases: NAME of NAME.crt (issue-cert's), else
+ * "controller". */
+static void default_name(const char *cert, char *out, size_t outlen) {
+  const char *base = cert ? strrchr(cert, '/') : NULL;
+  base = base ? base + 1 : cert ? cert : "controller";
+  size_t n = strcspn(base, ".");
+  snprintf(out, outlen, "%.*s", (int)(n ? n : strlen(base)), base);
+}
 
 typedef struct run_ctx {
   ctl_server *srv;
@@ -125,6 +218,17 @@ static int cmd_run(int argc, char **argv) {
     cm_config_free(&g_run_spec, &rc);
     return usage_error(&g_run_spec, "run", "at least one --relay is required");
   }
+  if (rc.store && rc.state_dir) {
+    cm_config_free(&g_run_spec, &rc);
+    return usage_error(&g_run_spec, "run", "give --store or --state-dir, not both");
+  }
+  char *password = NULL;
+  if (rc.store && store_password(&rc, &password, err, sizeof err) != 0) {
+    cm_config_free(&g_run_spec, &rc);
+    fprintf(stderr, "relay-controller run: %s\n", err);
+    return 1;
+  }
+  char name[96];
   ctl_ca_paths paths;
   if (rc.ca_dir) ctl_ca_paths_for(rc.ca_dir, &paths);
   ctl_config cc = {.state_dir = rc.state_dir,
@@ -151,15 +255,26 @@ static int cmd_run(int argc, char **argv) {
                    .backoff_max_ms = (uint32_t)rc.backoff_max,
                    .max_link_age_ms = (uint32_t)rc.max_link_age,
                    .accept_unauthenticated = rc.accept_unauthenticated,
+                   .store_url = rc.store,
+                   .store_password = password,
+                   .store_prefix = rc.store_prefix,
+                   .store_timeout_ms = (uint32_t)rc.store_timeout,
+                   .name = name,
                    .target_allow = &rc.target_allow};
+  if (rc.name)
+    snprintf(name, sizeof name, "%s", rc.name);
+  else
+    default_name(cc.cert_file, name, sizeof name);
   if (!cc.cert_file || !cc.key_file || !cc.ca_file) {
     cm_config_free(&g_run_spec, &rc);
+    cm_secret_free(password);
     return usage_error(&g_run_spec, "run", "give --ca-dir, or --cert, --key and --ca");
   }
   signal(SIGPIPE, SIG_IGN);
   uv_loop_t *loop = uv_default_loop();
   run_ctx x = {0};
   x.srv = ctl_server_new(loop, &cc, err, sizeof err);
+  cm_secret_free(password); /* the store keeps its own copy, in secret memory */
   int exit_code = 0;
   if (!x.srv || ctl_server_start(x.srv, err, sizeof err) != 0) {
     cm_log(CM_LOG_ERROR, "controller", "cannot start", CM_S("error", err));

@@ -45,6 +45,8 @@ static const cm_cfg_opt g_serve_opts[] = {
         "base URL peers use to reach this relay (default from --listen)", "URL"),
     OPT("node-id", CM_CFG_STRING, node_id, NULL, 0, 0, "this relay's name (default hostname)",
         "NAME"),
+    OPT("region", CM_CFG_STRING, region, NULL, 0, 0,
+        "a label controllers may place sessions by ({\"region\": ...} on create)", "LABEL"),
     OPT("workers", CM_CFG_STRING, workers, "auto", 0, 0,
         "worker threads, each with its own loop: auto (the CPUs this process may use) or 1..256",
         "N"),
