@@ -127,7 +127,7 @@ bool rly_dp_token_ok(const char *t);
 void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const char *id);
 void rly_admin_preflight(rly_conn *c, const rly_http_request *req, const char *methods);
 void rly_admin_discovery(rly_conn *c, const rly_http_request *req);
-enum { RLY_ADMIN_CREATE = 1, RLY_ADMIN_LIST, RLY_ADMIN_GET, RLY_ADMIN_DELETE };
+enum { RLY_ADMIN_CREATE = 1, RLY_ADMIN_LIST, RLY_ADMIN_GET, RLY_ADMIN_DELETE, RLY_ADMIN_METRICS };
 /* A session status as the API's JSON object (heap text, or NULL). */
 char *rly_admin_status_text(const Relay__V1__SessionStatus *st);
 
@@ -161,6 +161,14 @@ rly_fetch *rly_fetch_get(uv_loop_t *loop, cm_tls_ctx *tls, const char *url, size
                          uint32_t timeout_ms, rly_fetch_cb cb, void *ud);
 void rly_fetch_cancel(rly_fetch *f);
 
+/* status.c: the relay's own figures beside the traffic counters: its
+ * build, its limits, the controllers linked (labelled by name). */
+void rly_status_metrics_text(rly_server *s, cm_buf *b);
+/* One labelled sample, relay_<name>{k="v",...} (HELP and TYPE first when
+ * `help` is not NULL); label values are escaped as the text format wants. */
+void rly_metric_labeled(cm_buf *b, const char *name, const char *help, bool counter,
+                        const char *const (*labels)[2], size_t nlabels, uint64_t v);
+
 /* cors.c: explicit allowlist match (false when the list is empty). */
 bool rly_origin_allowed(const cm_strlist *allow, const char *origin);
 
@@ -180,6 +188,8 @@ void rly_ip_free(rly_server *s);
 /* routes.c */
 /* Appends one Prometheus metric (relay_<name>) with its HELP and TYPE. */
 void rly_metric(cm_buf *b, const char *name, const char *help, bool counter, uint64_t v);
+/* Answers c with the whole metrics text (the caller decided c may read it). */
+void rly_metrics_respond(rly_conn *c, const char *extra_headers);
 void rly_route_request(rly_conn *c, const rly_http_request *req);
 /* A controller's gRPC status (or our own call failure, see tun_call_cb) as
  * the HTTP status to send, on its meaning; *code is the JSON error code.

@@ -5,6 +5,8 @@
  */
 #include "relay/edge.h"
 
+#include "relay/dashboard.h"
+
 #include <string.h>
 
 enum {
@@ -19,6 +21,9 @@ enum {
   R_SESSION_DELETE,
   R_SESSION_OPTIONS,
   R_DISCOVERY,
+  R_ADMIN_METRICS,
+  R_DASHBOARD,
+  R_DASHBOARD_FILE,
 };
 
 static const rly_route g_routes[] = {
@@ -33,6 +38,9 @@ static const rly_route g_routes[] = {
     [R_SESSION_DELETE] = {"DELETE", "/admin/sessions/{id}"},
     [R_SESSION_OPTIONS] = {"OPTIONS", "/admin/sessions/{id}"},
     [R_DISCOVERY] = {"GET", "/.well-known/swsrs-config"},
+    [R_ADMIN_METRICS] = {"GET", "/admin/metrics"},
+    [R_DASHBOARD] = {"GET", "/dashboard"},
+    [R_DASHBOARD_FILE] = {"GET", "/dashboard/{id}"},
 };
 
 static void readyz(rly_conn *c) {
@@ -75,11 +83,7 @@ void rly_metric(cm_buf *b, const char *name, const char *help, bool counter, uin
                 type, name, (unsigned long long)v);
 }
 
-static void metrics(rly_conn *c) {
-  if (!metrics_allowed(c)) {
-    rly_conn_respond_error(c, 404, "not_found", "no such resource", NULL);
-    return;
-  }
+void rly_metrics_respond(rly_conn *c, const char *extra_headers) {
   rly_server *s = c->srv;
   cm_buf b;
   cm_buf_init(&b, 1 << 20);
@@ -119,14 +123,26 @@ static void metrics(rly_conn *c) {
             ts.ping_backoffs);
   }
   rly_dp_metrics_text(s, &b);
+  rly_status_metrics_text(s, &b);
 #undef COUNTER
 #undef GAUGE
   rly_http_response r = {.status = 200,
                          .content_type = "text/plain; version=0.0.4; charset=utf-8",
                          .body = cm_buf_head(&b),
-                         .body_len = cm_buf_size(&b)};
+                         .body_len = cm_buf_size(&b),
+                         .extra_headers = extra_headers};
   rly_conn_respond(c, &r);
   cm_buf_free(&b);
+}
+
+/* GET /metrics, for whom --metrics lets in; an operator elsewhere reads
+ * the same text at /admin/metrics, behind the admin API's sign-in. */
+static void metrics(rly_conn *c) {
+  if (!metrics_allowed(c)) {
+    rly_conn_respond_error(c, 404, "not_found", "no such resource", NULL);
+    return;
+  }
+  rly_metrics_respond(c, NULL);
 }
 
 int rly_grpc_to_http(int grpc_status, const char **code) {
@@ -166,6 +182,9 @@ void rly_route_request(rly_conn *c, const rly_http_request *req) {
   case R_SESSIONS_OPTIONS: rly_admin_preflight(c, req, "GET, POST, OPTIONS"); return;
   case R_SESSION_OPTIONS: rly_admin_preflight(c, req, "GET, DELETE, OPTIONS"); return;
   case R_DISCOVERY: rly_admin_discovery(c, req); return;
+  case R_ADMIN_METRICS: rly_admin_request(c, req, RLY_ADMIN_METRICS, NULL); return;
+  case R_DASHBOARD: rly_dashboard_request(c, req, NULL); return;
+  case R_DASHBOARD_FILE: rly_dashboard_request(c, req, m.caps[0]); return;
   default: rly_conn_respond_error(c, 500, "internal", "unrouted request", NULL);
   }
 }

@@ -122,7 +122,7 @@ static const cm_cfg_opt g_serve_opts[] = {
 static const cm_cfg_spec g_serve_spec = {
     "relay serve [options]",
     "Run the public relay: HTTPS and WebSocket on --listen (health /healthz, readiness /readyz,\n"
-    "metrics /metrics, sessions on /relay/{id}).  With --controller-ca, controllers dial in on\n"
+    "metrics /metrics, dashboard /dashboard, sessions on /relay/{id}).  With --controller-ca, controllers dial in on\n"
     "--tunnel-listen over mutual TLS; without it the reference controller runs in-process.",
     g_serve_opts, CM_ARRAY_LEN(g_serve_opts), NULL};
 
