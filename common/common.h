@@ -343,8 +343,7 @@ int cm_http_resp_eof(cm_http_resp *r);
  * strings live as long as the parser. */
 const char *cm_http_resp_header(const cm_http_resp *r, const char *name);
 size_t cm_http_resp_header_count(const cm_http_resp *r);
-bool cm_http_resp_header_at(const cm_http_resp *r, size_t i, const char **name,
-                            const char **value);
+bool cm_http_resp_header_at(const cm_http_resp *r, size_t i, const char **name, const char **value);
 
 /* ------------------------------------------------------------------------
  * Files.
@@ -495,6 +494,20 @@ int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err,
 int cm_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, int backlog,
                   uv_connection_cb cb, char *err, size_t errlen);
 int cm_tcp_bound_port(const uv_tcp_t *tcp);
+
+/* ------------------------------------------------------------------------
+ * systemd: socket activation and readiness (activation.c).
+ * ---------------------------------------------------------------------- */
+/* The inherited listening socket (LISTEN_FDS for this pid) bound to
+ * exactly addr, made non-blocking and close-on-exec, or -1.  Each is
+ * handed out once; cm_tcp_bind asks here before it binds. */
+int cm_activation_take(const struct sockaddr_storage *addr);
+/* How many inherited sockets nobody took, their addresses (space-separated)
+ * in out. */
+size_t cm_activation_unclaimed(char *out, size_t outlen);
+/* sd_notify: state ("READY=1", "STOPPING=1", ...) to $NOTIFY_SOCKET if it
+ * is set (0 if not).  Negative on failure. */
+int cm_notify(const char *state);
 
 /* ------------------------------------------------------------------------
  * PKI for enrolment and development certificates (OpenSSL 3, ECDSA P-256).

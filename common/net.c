@@ -70,6 +70,30 @@ bool cm_host_is_loopback(const char *host) {
   return IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr);
 }
 
+/* Binds the socket ourselves: uv_tcp_bind defers EADDRINUSE to listen(),
+ * and we want the precise error now, before anything else starts. */
+static int bind_new(const struct sockaddr_storage *ss, const char *hostport, int *out, char *err,
+                    size_t errlen) {
+  int rc, fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    rc = -errno;
+    snprintf(err, errlen, "socket: %s", strerror(errno));
+    return rc;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  socklen_t sl =
+      ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  if (bind(fd, (const struct sockaddr *)ss, sl) != 0) {
+    rc = -errno;
+    snprintf(err, errlen, "bind %s: %s", hostport, uv_strerror(rc));
+    close(fd);
+    return rc;
+  }
+  *out = fd;
+  return 0;
+}
+
 int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err, size_t errlen) {
   char host[256];
   int port, rc;
@@ -79,23 +103,10 @@ int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err,
     snprintf(err, errlen, "invalid listen address %s (want IP:PORT or [IPv6]:PORT)", hostport);
     return -EINVAL;
   }
-  /* Bind the socket ourselves: uv_tcp_bind defers EADDRINUSE to listen(),
-   * and we want the precise error now, before anything else starts. */
-  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    rc = -errno;
-    snprintf(err, errlen, "socket: %s", strerror(errno));
-    return rc;
-  }
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-  if (bind(fd, (const struct sockaddr *)&ss, sl) != 0) {
-    rc = -errno;
-    snprintf(err, errlen, "bind %s: %s", hostport, uv_strerror(rc));
-    close(fd);
-    return rc;
-  }
+  /* A socket inherited from systemd (socket activation) for this very
+   * address is taken as it is: it outlives us, which is the point. */
+  int fd = cm_activation_take(&ss);
+  if (fd < 0 && (rc = bind_new(&ss, hostport, &fd, err, errlen)) != 0) return rc;
   if ((rc = uv_tcp_init(loop, tcp)) != 0) {
     snprintf(err, errlen, "tcp init: %s", uv_strerror(rc));
     close(fd);

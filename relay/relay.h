@@ -79,6 +79,7 @@ typedef struct rly_config {
 
   char *metrics; /* "public" | "loopback" | "off" */
   char *log_level;
+  char *pid_file; /* read by cmd/relay: `relay reload` signals the pid in it */
 } rly_config;
 
 typedef struct rly_server rly_server;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <nghttp2/nghttp2.h>
@@ -117,13 +118,16 @@ static const cm_cfg_opt g_serve_opts[] = {
     OPT("metrics", CM_CFG_STRING, metrics, "loopback", 0, 0,
         "who may read /metrics: public, loopback or off", "MODE"),
     OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error", "LEVEL"),
+    OPT("pid-file", CM_CFG_STRING, pid_file, NULL, 0, 0,
+        "write the process id here once listening (removed at exit)", "FILE"),
 };
 
 static const cm_cfg_spec g_serve_spec = {
     "relay serve [options]",
     "Run the public relay: HTTPS and WebSocket on --listen (health /healthz, readiness /readyz,\n"
-    "metrics /metrics, dashboard /dashboard, sessions on /relay/{id}).  With --controller-ca, controllers dial in on\n"
-    "--tunnel-listen over mutual TLS; without it the reference controller runs in-process.",
+    "metrics /metrics, dashboard /dashboard, sessions on /relay/{id}).  With --controller-ca,\n"
+    "controllers dial in on --tunnel-listen over mutual TLS; without it the reference\n"
+    "controller runs in-process.",
     g_serve_opts, CM_ARRAY_LEN(g_serve_opts), NULL};
 
 /* ---- serve ------------------------------------------------------------------ */
@@ -148,7 +152,32 @@ static void on_signal(uv_signal_t *h, int signum) {
     exit(1);
   }
   cm_log(CM_LOG_INFO, "relay", "signal received", CM_I("signal", signum));
+  cm_notify("STOPPING=1");
   rly_server_shutdown(x->srv, on_shutdown_done, x);
+}
+
+/* Once listening: every inherited socket must have found its listener (a
+ * socket unit naming an address we do not serve is a mistake to report,
+ * not to ignore), then the pid file, then systemd hears we are ready. */
+static int announce_ready(const rly_config *cfg) {
+  char left[512];
+  if (cm_activation_unclaimed(left, sizeof left) > 0) {
+    cm_log(CM_LOG_ERROR, "relay", "inherited sockets match no listener (--listen, --tunnel-listen)",
+           CM_S("sockets", left));
+    return -1;
+  }
+  if (cfg->pid_file) {
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    int rc = cm_write_file_atomic(cfg->pid_file, pid, (size_t)n, 0644, false);
+    if (rc != 0) {
+      cm_log(CM_LOG_ERROR, "relay", "cannot write the pid file", CM_S("pid_file", cfg->pid_file),
+             CM_S("error", strerror(-rc)));
+      return -1;
+    }
+  }
+  cm_notify("READY=1");
+  return 0;
 }
 
 static int cmd_serve(int argc, char **argv) {
@@ -184,8 +213,9 @@ static int cmd_serve(int argc, char **argv) {
 
   serve_ctx x = {.loop = uv_default_loop()};
   x.srv = rly_server_new(x.loop, &cfg, err, sizeof err);
-  if (!x.srv || rly_server_start(x.srv, err, sizeof err) != 0) {
-    cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
+  bool started = x.srv && rly_server_start(x.srv, err, sizeof err) == 0;
+  if (!started) cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
+  if (!started || announce_ready(&cfg) != 0) {
     if (x.srv) {
       rly_server_shutdown(x.srv, NULL, NULL);
       uv_run(x.loop, UV_RUN_DEFAULT);
@@ -202,6 +232,7 @@ static int cmd_serve(int argc, char **argv) {
   uv_run(x.loop, UV_RUN_DEFAULT);
   rly_server_free(x.srv);
   uv_loop_close(x.loop);
+  if (cfg.pid_file) unlink(cfg.pid_file);
   cm_config_free(&g_serve_spec, &cfg);
   return 0;
 }
