@@ -289,7 +289,11 @@ static void on_session_event(ctl_server *s, const char *node, const Relay__V1__S
   int role = role_in(e->role);
   switch (e->type) {
   case RELAY__V1__SESSION_EVENT__TYPE__ATTACH:
-    ctl_reg_on_attach(s->reg, now, e->session_id, role, node);
+    /* A relay holds peers of a session we do not have: deleted while we
+     * could not tell it (killed between journaling and the Kick), or
+     * expired.  Nobody may keep relaying on it: close them. */
+    if (ctl_reg_on_attach(s->reg, now, e->session_id, role, node) == -ENOENT)
+      kick(s, node, e->session_id, "session unknown");
     break;
   case RELAY__V1__SESSION_EVENT__TYPE__DETACH:
     ctl_reg_on_detach(s->reg, now, e->session_id, role, node);

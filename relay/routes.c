@@ -44,10 +44,14 @@ static const rly_route g_routes[] = {
 };
 
 static void readyz(rly_conn *c) {
-  if (c->srv->links == 0 || c->srv->draining) {
-    rly_conn_respond_error(c, 503, "not_ready",
-                           c->srv->draining ? "draining" : "no controller link is up",
-                           "Cache-Control: no-store\r\n");
+  rly_server *s = c->srv;
+  const char *why = s->draining     ? "draining"
+                    : s->links == 0 ? "no controller link is up"
+                    : s->tun && !tun_relay_links_answering(s->tun)
+                        ? "the controller is not answering"
+                        : NULL;
+  if (why) {
+    rly_conn_respond_error(c, 503, "not_ready", why, "Cache-Control: no-store\r\n");
     return;
   }
   rly_http_response r = {.status = 200,

@@ -955,6 +955,15 @@ int tun_relay_port(const tun_relay *r) {
 
 size_t tun_relay_links(const tun_relay *r) { return r->nup; }
 
+size_t tun_relay_links_answering(const tun_relay *r) {
+  size_t n = 0;
+  for (cm_list *p = r->links.next; p != &r->links; p = p->next) {
+    const rlink *l = cm_container_of(p, rlink, node);
+    if (l->up && !tun_link_overdue(&l->base)) n++;
+  }
+  return n;
+}
+
 void tun_relay_get_stats(const tun_relay *r, tun_relay_stats *out) { *out = r->st; }
 
 static void on_handle_closed(uv_handle_t *h) {

@@ -154,6 +154,9 @@ int tun_relay_port(const tun_relay *r);
  * controller named `controller`. */
 int tun_relay_add_fd(tun_relay *r, int fd, const char *controller);
 size_t tun_relay_links(const tun_relay *r);
+/* Up links whose keepalive probe is not overdue: a hung controller's link
+ * is up until its ping timeout but answers nothing. */
+size_t tun_relay_links_answering(const tun_relay *r);
 /* Starts a unary call.  Returns the call (cb runs later, exactly once, unless
  * cancelled) or NULL when it fails at once (no link up: *status is
  * UNAVAILABLE; cb is not called). */

@@ -476,6 +476,55 @@ def test_controller_killed_mid_calls(pki, tmp_path, start_relay, start_controlle
               CALLS, numbers["max_s"], numbers["p99_s"], numbers["p50_s"], numbers["relink_s"]))
 
 
+def test_controller_without_the_session_closes_its_peers(pki, tmp_path, start_relay,
+                                                         start_controller):
+    """A controller that lost a session (killed between journaling a DELETE
+    and sending its Kick; here: restarted on an empty registry) hears of
+    its live peers from the relay's re-announcement and closes them 1001,
+    instead of letting them relay until the TTL."""
+    relay, ctl = start_remote(start_relay, start_controller, pki, tmp_path, ctl_state=False)
+    args = ctl.argv[1:]
+
+    async def scenario():
+        c = await in_thread(create, relay)
+        a, b, _ = await pair(relay, c)
+        ctl.kill()
+        await exchange(a, b, sizes=(10,))  # no controller: still flowing
+        await in_thread(start_controller, args)  # memory-only: it knows nothing
+        t0 = time.monotonic()
+        await in_thread(gp.wait_ready, relay)
+        await closed_with(a, 1001)
+        await closed_with(b, 1001)
+        return time.monotonic() - t0
+
+    took = run(scenario())
+    assert took < 5.0, took
+    relay.wait_for_log(msg="session kicked", reason="session unknown")
+
+
+def test_readiness_while_the_controller_hangs(pki, tmp_path, start_relay, start_controller):
+    """A SIGSTOPped controller keeps its link up until the ping timeout,
+    but answers nothing: /readyz says so (503) once its keepalive probe is
+    overdue, and is 200 again as soon as it answers."""
+    relay, ctl = start_remote(start_relay, start_controller, pki, tmp_path,
+                              relay_extra=["--ping-interval", "500ms", "--ping-timeout", "20s"])
+    assert relay.get("/readyz").status == 200
+    os.kill(ctl.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        deadline = t0 + 10
+        while relay.get("/readyz").status == 200:
+            assert time.monotonic() < deadline, "/readyz stayed 200 for a hung controller"
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+        r = relay.get("/readyz")
+        assert r.status == 503 and r.json()["message"] == "the controller is not answering", r
+        assert took < 5.0, took  # interval + 2 s overdue, with room for a loaded machine
+    finally:
+        os.kill(ctl.proc.pid, signal.SIGCONT)
+    gp.wait_ready(relay)
+
+
 # --------------------------------------------------------------------------
 # Several controllers, several relays
 # --------------------------------------------------------------------------
