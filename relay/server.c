@@ -514,6 +514,9 @@ void rly_server_shutdown(rly_server *s, void (*done)(void *), void *ud) {
          CM_I("peers", s->npeers), CM_I("grace_ms", s->cfg->shutdown_grace_ms));
   if (s->listening) uv_close((uv_handle_t *)&s->listener, on_handle_closed);
   s->listening = false;
+  /* No more controller connections either, and controllers are told: a
+   * successor sharing our sockets gets its link now, not after the drain. */
+  if (s->tun) tun_relay_leave(s->tun);
   /* Idle keep-alive connections and ones that never sent a byte go now;
    * requests in flight finish and then close (see conn_update_wait). */
   for (cm_list *n = s->conns.next; n != &s->conns;) {

@@ -110,6 +110,7 @@ struct tun_relay {
   size_t nbackoffs;
   bool closing;
   int handles;
+  bool leaving; /* tun_relay_leave: controllers were told */
   void (*done)(void *);
   void *done_ud;
 };
@@ -188,6 +189,14 @@ static void send_hello(rlink *l) {
   tun_outq_push(&l->base, l->events_sid, &l->events_out, &ev.base);
 }
 
+static void send_leaving(rlink *l) {
+  Relay__V1__Leaving leaving = RELAY__V1__LEAVING__INIT;
+  Relay__V1__RelayEvent ev = RELAY__V1__RELAY_EVENT__INIT;
+  ev.kind_case = RELAY__V1__RELAY_EVENT__KIND_LEAVING;
+  ev.leaving = &leaving;
+  tun_outq_push(&l->base, l->events_sid, &l->events_out, &ev.base);
+}
+
 static void open_events(rlink *l) {
   nghttp2_nv nv[] = {
       TUN_NV(":method", "POST"),
@@ -213,6 +222,7 @@ static void open_events(rlink *l) {
   }
   l->events_since_ms = cm_now_mono_ms();
   send_hello(l);
+  if (l->r->leaving) send_leaving(l); /* a stream reopened while we drain */
   tun_link_wake_at(&l->base, l->events_since_ms + EVENTS_SETTLE_MS);
 }
 
@@ -978,6 +988,24 @@ static void maybe_closed(tun_relay *r) {
     r->done = NULL;
     done(r->done_ud);
   }
+}
+
+void tun_relay_leave(tun_relay *r) {
+  if (r->leaving || r->closing) return;
+  r->leaving = true;
+  if (r->listening) uv_close((uv_handle_t *)&r->listener, on_handle_closed);
+  r->listening = false;
+  size_t told = 0;
+  for (cm_list *p = r->links.next; p != &r->links; p = p->next) {
+    rlink *l = cm_container_of(p, rlink, node);
+    if (l->events_sid > 0 && !l->base.closing) {
+      send_leaving(l);
+      tun_link_pump(&l->base);
+      told++;
+    }
+  }
+  cm_log(CM_LOG_INFO, "tunnel", "leaving: no more controller connections accepted",
+         CM_I("links_told", told));
 }
 
 void tun_relay_close(tun_relay *r, void (*done)(void *), void *ud) {

@@ -187,6 +187,11 @@ void tun_call_cancel(tun_call *c);
  * counted (session counters are absolute, so the next report heals it). */
 int tun_relay_send_event(tun_relay *r, const char *controller, const Relay__V1__RelayEvent *ev);
 /* Closes every link and the listener; `done` runs once all is closed. */
+/* A restart or upgrade: stops accepting controller connections (links
+ * stay up, calls and events go on) and sends Leaving on every link, now
+ * and on any Events stream reopened later, so controllers dial the
+ * relay's address again — reaching the process that took it over. */
+void tun_relay_leave(tun_relay *r);
 void tun_relay_close(tun_relay *r, void (*done)(void *ud), void *ud);
 void tun_relay_free(tun_relay *r);
 
@@ -243,7 +248,7 @@ const char *tun_ctl_link_node(const tun_ctl_link *l);
 const char *tun_ctl_link_public_url(const tun_ctl_link *l);
 /* Sends a command on the link's Events stream. */
 int tun_ctl_link_send(tun_ctl_link *l, const Relay__V1__ControllerCommand *cmd);
-/* Sends to the link serving `node` (false when no such link is up). */
+/* Sends to every link up serving `node` (false when there is none). */
 bool tun_ctl_send_to_node(tun_ctl *c, const char *node, const Relay__V1__ControllerCommand *cmd);
 size_t tun_ctl_links(const tun_ctl *c);
 void tun_ctl_close(tun_ctl *c, void (*done)(void *ud), void *ud);

@@ -19,7 +19,9 @@ import signal
 import socket
 import time
 
+import grpcpeer as gp
 import relaytest
+import wsraw
 
 T = relaytest.TIMEOUT
 
@@ -58,7 +60,8 @@ class Notify:
 
 
 def activated_relay(certs, socks, extra=(), env=None, pid="$$", wait=True):
-    """`relay serve` with socks as fds 3.. as systemd passes them."""
+    """`relay serve` with socks as fds 3.. as systemd passes them; the
+    first is the public listener."""
     env = dict(env or {})
     env["LISTEN_FDS"] = str(len(socks))
     fds = [s.fileno() for s in socks]
@@ -70,10 +73,25 @@ def activated_relay(certs, socks, extra=(), env=None, pid="$$", wait=True):
     moves = " ".join("%d>&%d" % (3 + i, fd) for i, fd in enumerate(fds))
     shell = ["bash", "-c", 'LISTEN_PID=%s exec "$@" %s' % (pid, moves), "bash"] + argv
     p = relaytest.LoggedProcess(shell, env=env, name="relay", pass_fds=fds)
+    p.certs = certs
     if wait:
         line = p.wait_for_log(msg="listening")
         p.port = int(line["port"])
     return p
+
+
+class Address:
+    """What wsraw and grpcpeer need of a relay, for an address that two
+    relay processes share: TLS connections verified against the test CA."""
+
+    def __init__(self, certs, port):
+        self.certs, self.port = certs, port
+
+    def connect(self, timeout=T):
+        return relaytest.tls_connect(self.port, timeout=timeout, ca=self.certs.ca_crt)
+
+    def describe(self):
+        return "the shared address 127.0.0.1:%d" % self.port
 
 
 def healthz(port):
@@ -164,3 +182,67 @@ def test_listen_pid_not_ours_is_ignored(certs):
     finally:
         r.kill()
         lsock.close()
+
+
+def test_handover_gets_the_successor_its_controller_link(certs, tmp_path):
+    """With a remote controller and the tunnel socket shared too, the
+    controller's one link is to whichever relay accepted it.  The old relay
+    says Leaving when it stops accepting, so the controller dials again at
+    once and the new relay has its link while the old one still drains —
+    not only when the drain ends — and upgrades through the shared address
+    work, for sessions of the same controller."""
+    pki = gp.Pki(tmp_path / "pki")
+    crt, key = pki.relay("relay-h")
+    public, tunnel = listening_socket(), listening_socket()
+    tport = tunnel.getsockname()[1]
+    remote = ["--tunnel-listen", "127.0.0.1:%d" % tport, "--tunnel-cert", crt, "--tunnel-key", key,
+              "--controller-ca", pki.ca_crt, "--node-id", "relay-h", "--shutdown-grace", "15s"]
+    a = activated_relay(certs, [public, tunnel], extra=remote)
+    ctl = b = None
+    try:
+        ctl = relaytest.Controller(
+            ["run", "--relay", "127.0.0.1:%d" % tport, "--ca-dir", pki.ca_dir,
+             "--relay-server-name", "127.0.0.1", "--state-dir", str(tmp_path / "state"),
+             "--accept-unauthenticated", "--backoff-base", "100ms", "--backoff-max", "1s",
+             "--log-level", "debug"])
+        a.wait_for_log(msg="controller link up")
+        addr = Address(certs, public.getsockname()[1])
+        old = gp.http(addr, "POST", "/admin/sessions", b"{}").json()
+        p1 = wsraw.open_peer(addr, old["id"], old["initiator_token"])
+        p2 = wsraw.open_peer(addr, old["id"], old["responder_token"])
+
+        b = activated_relay(certs, [public, tunnel], extra=remote)
+        time.sleep(0.5)
+        assert not b.find_logs(msg="controller link up")  # the one link is a's
+        t0 = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)
+        a.wait_for_log(msg="leaving: no more controller connections accepted")
+        ctl.wait_for_log(msg="relay leaving; dialing its address again")
+        b.wait_for_log(msg="controller link up", timeout=5)
+        took = time.monotonic() - t0
+        assert a.alive(), "a should still be draining its session"
+        assert took < 3, took
+
+        # a's session still relays while it drains; new sessions open on b.
+        data = os.urandom(20000)
+        p1.send_message(data)
+        assert p2.recv_message()[1] == data
+        new = gp.http(addr, "POST", "/admin/sessions", b"{}").json()
+        q1 = wsraw.open_peer(addr, new["id"], new["initiator_token"])
+        q2 = wsraw.open_peer(addr, new["id"], new["responder_token"])
+        q1.send_message(b"through b")
+        assert q2.recv_message()[1] == b"through b"
+        p1.close(1000)
+        assert p2.expect_close() == 1000
+        assert a.wait(timeout=T) == 0
+        a.check_sanitizers()
+        for q in (q1, q2):
+            q.shutdown()
+        b.stop()
+        ctl.stop()
+    finally:
+        for p in (a, b, ctl):
+            if p:
+                p.kill()
+        public.close()
+        tunnel.close()
