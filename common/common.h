@@ -558,6 +558,10 @@ int cm_pki_issue_for_key(void *ca_key, const char *ca_cert_pem, void *subject_ke
 /* Certificate checks on an X509 *. */
 bool cm_pki_cert_has_uri(void *x509, const char *uri);
 bool cm_pki_cert_has_eku(void *x509, unsigned usage);
+/* The earliest notAfter (Unix seconds) of the PEM certificates in a file —
+ * a chain or a CA bundle is of use only until its first one ends; an error
+ * when the file has none. */
+int cm_pki_cert_file_not_after(const char *path, int64_t *not_after, char *err, size_t errlen);
 
 /* Version strings of the libraries common links. */
 const char *cm_openssl_version(void);
