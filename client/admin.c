@@ -201,13 +201,17 @@ static int print_one(admin_ctx *x, rc_call *c,
 }
 
 static int do_create(admin_ctx *x) {
-  char body[128];
+  char body[128 + CM_TARGET_MAX];
   int n = snprintf(body, sizeof body, "{");
   if (x->o->ttl_s)
     n += snprintf(body + n, sizeof body - (size_t)n, "\"ttl_seconds\":%lld", x->o->ttl_s);
   if (x->o->peer_wait_s)
     n += snprintf(body + n, sizeof body - (size_t)n, "%s\"peer_wait_seconds\":%lld",
                   x->o->ttl_s ? "," : "", x->o->peer_wait_s);
+  /* A target that cm_target_parse took has no character JSON would escape. */
+  if (x->o->target)
+    n += snprintf(body + n, sizeof body - (size_t)n, "%s\"target\":\"%s\"", n > 1 ? "," : "",
+                  x->o->target);
   snprintf(body + n, sizeof body - (size_t)n, "}");
   rc_call c;
   if (call(x, "POST", "/admin/sessions", body, &c) != 0) return fail(x, RC_EXIT_FAIL);

@@ -21,7 +21,7 @@
  *    answered, client pings with a dead-peer timeout, a clean close
  *    handshake, backpressure both ways.
  *  - Peers (rc_peer_*): the pumps behind `relay raw`, `tcp-listen`,
- *    `tcp-dial`, `udp-listen` and `udp-dial`.
+ *    `tcp-dial`, `udp-listen`, `udp-dial` and `pubsub-dial`.
  *  - Admin commands and sign-in (rc_admin_run, rc_auth_run): `relay
  *    create|list|get|delete` and `relay auth`, at the end of this file.
  *
@@ -316,6 +316,7 @@ typedef enum {
   RC_PEER_TCP_DIAL,
   RC_PEER_UDP_LISTEN,
   RC_PEER_UDP_DIAL,
+  RC_PEER_PUBSUB,
 } rc_peer_mode;
 
 typedef struct rc_peer_opts {
@@ -331,6 +332,13 @@ typedef struct rc_peer_opts {
   size_t buffer;      /* per direction, bytes; 0: 256 KiB */
   size_t udp_queue;   /* UDP datagrams waiting for the socket; 0: 256 */
   rc_ws_opts ws;      /* pings, timeouts, message limit; url, tls, token set here */
+  /* pubsub-dial (see "Redis pub/sub" below) */
+  const char *redis;          /* redis://HOST[:PORT][/DB] */
+  const char *session;        /* the session id, for the channel names */
+  const char *redis_user;     /* ACL user for AUTH, or NULL */
+  const char *redis_password; /* AUTH password, or NULL; copied into wiped memory */
+  const char *prefix;         /* channel prefix; NULL: "relay" */
+  uint32_t redis_timeout_ms;  /* connect, and the longest wait for an answer; 0: 5 s */
   void *ud;
   /* The listener is bound (addr "127.0.0.1:40123"), for tcp-listen and
    * udp-listen; may be NULL. */
@@ -345,7 +353,11 @@ typedef struct rc_peer_stats {
   uint64_t dropped_down;               /* UDP: messages the socket could not take */
   uint64_t dropped_foreign;            /* udp-listen: from another address than the first */
   uint64_t dropped_no_reply;           /* udp-listen: messages before anyone sent to us */
-  uint64_t dropped_oversize;           /* messages too large for a datagram */
+  uint64_t dropped_oversize;           /* messages too large for a datagram, or (pubsub)
+                                          above max_message */
+  uint64_t dropped_invalid;            /* pubsub: text that is not UTF-8 */
+  uint64_t unheard_up;                 /* pubsub: published while nobody subscribed */
+  uint64_t redis_connects;             /* pubsub: times the link to Redis came up */
 } rc_peer_stats;
 
 typedef struct rc_peer_result {
@@ -366,6 +378,48 @@ rc_peer *rc_peer_start(uv_loop_t *loop, const rc_peer_opts *o, rc_peer_done_cb d
 /* Ends it: a tunnel in progress closes 1000 (its output drained), a
  * pending join is dropped, listeners close; done follows. */
 void rc_peer_stop(rc_peer *p);
+
+/* ------------------------------------------------------------------------
+ * Redis pub/sub (`relay pubsub-dial`, pubsub.c): a peer whose far end is
+ * a pair of Redis channels, so that a backend needs only a Redis client.
+ *
+ *  - Each message from the other peer is PUBLISHed as its bytes on
+ *    PREFIX:SESSION:up (binary) or PREFIX:SESSION:up:text (text).
+ *  - Each message published on PREFIX:SESSION:down goes to the other peer
+ *    as a binary message, on PREFIX:SESSION:down:text as a text message
+ *    (dropped and counted unless it is UTF-8).  The type is the channel's
+ *    suffix, never a byte of the payload.
+ *
+ * Delivery is at most once, as Redis pub/sub's own: a message published
+ * while nobody subscribes is gone (counted unheard_up); one from Redis
+ * that finds the WebSocket's queue above `buffer` (a slow peer) is
+ * dropped and counted (dropped_down), never queued.  Towards Redis the
+ * peer is paused instead while more than `buffer` bytes await Redis's
+ * answer.  While Redis is down the session stays joined: the peer
+ * reconnects with backoff (100 ms doubling to 10 s, jittered), and what
+ * comes from the other peer meanwhile is dropped and counted
+ * (dropped_up), as is a publish whose answer the link's loss cut off.
+ * With keep, the session is re-joined after each WebSocket ends.
+ * ---------------------------------------------------------------------- */
+#define RC_REDIS_DEFAULT_PORT 6379
+
+typedef struct rc_redis_url {
+  char host[RC_HOST_MAX]; /* name or IP literal; IPv6 without brackets */
+  uint16_t port;          /* RC_REDIS_DEFAULT_PORT when absent */
+  uint32_t db;            /* 0 when absent */
+} rc_redis_url;
+
+/* Parses redis://HOST[:PORT][/DB] (IPv6 in brackets).  Refused: another
+ * scheme (rediss: hiredis 0.14 has no TLS), user information (credentials
+ * never travel in URLs or argv), a query, a DB that is not a number up to
+ * 1,000,000.  Returns 0 or -EINVAL with a message that quotes nothing
+ * after an '@'. */
+int rc_redis_url_parse(const char *text, rc_redis_url *u, char *err, size_t errlen);
+
+/* The channel names of a session: "PREFIX:SESSION:up", ":up:text",
+ * ":down", ":down:text" by dir ("up" or "down") and text. */
+void rc_pubsub_channel(const char *prefix, const char *session, const char *dir, bool text,
+                       char *out, size_t outlen);
 
 /* ==== admin commands and sign-in (h-admin: admin.c, auth.c, creds.c, login.c, format.c) ====
  *
@@ -416,6 +470,8 @@ typedef struct rc_admin_opts {
   rc_output output;
   long long ttl_s;           /* CREATE; 0: the relay's default */
   long long peer_wait_s;     /* CREATE; 0: the relay's default */
+  const char *target;        /* CREATE: a target session's HOST:PORT (checked with
+                                cm_target_parse), or NULL */
   long long page_size;       /* LIST: sessions per request (1..1000) */
   const char *client_id;     /* to renew tokens; NULL: the cached client id */
   const char *client_secret; /* to renew client-credentials tokens (from the environment) */

@@ -11,6 +11,7 @@
  * peer's result, or, with keep, the reason for the next join's delay.
  */
 #include "client/peer.h"
+#include "client/pubsub.h"
 #include "client/udp.h"
 #include "websocket/websocket.h"
 
@@ -55,6 +56,7 @@ struct rc_peer {
   uint32_t backoff_ms;
   tunnel *t;
   rc_udp *udp;
+  rc_pubsub *pubsub;
   bool stopping, finished;
   int handles; /* listener, retry timer */
 };
@@ -66,7 +68,7 @@ static void on_handle_closed(uv_handle_t *h);
 /* ---- results ------------------------------------------------------------------------ */
 
 /* Refusals that a retry would only repeat. */
-static bool permanent(const rc_ws_end *e) {
+bool rc_peer_refusal_permanent(const rc_ws_end *e) {
   if (e->kind != RC_WS_REFUSED) return false;
   int s = e->http_status;
   return s == 400 || s == 401 || s == 403 || s == 404 || s == 410 || s == 426;
@@ -101,6 +103,18 @@ void rc_peer_result_from_end(rc_peer_result *r, const rc_ws_end *e) {
   }
 }
 
+void rc_peer_result_end(rc_peer_result *r, const rc_ws_end *end, const char *failure) {
+  *r = (rc_peer_result){.status = 1};
+  if (end) rc_peer_result_from_end(r, end);
+  if (failure && failure[0]) {
+    r->status = 1;
+    snprintf(r->message, sizeof r->message, "%s", failure);
+  } else if (!end) {
+    r->status = 0;
+    snprintf(r->message, sizeof r->message, "stopped");
+  }
+}
+
 static void record_tunnel(rc_peer *p, const tunnel *t) {
   if (t->io_err) {
     p->res.status = 1;
@@ -120,7 +134,7 @@ static void tunnel_maybe_done(tunnel *t) {
   rc_peer *p = t->p;
   record_tunnel(p, t);
   uint64_t lived = t->ws_opened ? cm_now_mono_ms() - t->opened_at : 0;
-  bool perm = t->have_end && permanent(&t->end);
+  bool perm = t->have_end && rc_peer_refusal_permanent(&t->end);
   bool t_peer_seen = t->peer_seen;
   cm_log(CM_LOG_INFO, "peer", "tunnel ended", CM_S("how", p->res.message),
          CM_I("bytes_up", p->res.stats.bytes_up), CM_I("bytes_down", p->res.stats.bytes_down));
@@ -375,7 +389,7 @@ static void on_handle_closed(uv_handle_t *h) {
 /* Everything the peer holds is gone or going: close the handles; the
  * result is reported once they are closed. */
 static void peer_end(rc_peer *p) {
-  if (p->finished || p->t || p->udp) return;
+  if (p->finished || p->t || p->udp || p->pubsub) return;
   p->finished = true;
   if (!p->have_res) snprintf(p->res.message, sizeof p->res.message, "stopped");
   if (p->listener_open) {
@@ -391,6 +405,10 @@ void rc_peer_stop(rc_peer *p) {
   uv_timer_stop(&p->retry);
   if (p->udp) {
     rc_udp_stop(p->udp);
+    return;
+  }
+  if (p->pubsub) {
+    rc_pubsub_stop(p->pubsub);
     return;
   }
   tunnel *t = p->t;
@@ -428,13 +446,14 @@ void rc_addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen) {
   }
 }
 
-/* Called by udp.c when its pump has ended. */
-void rc_peer_udp_done(rc_peer *p, const rc_peer_result *r) {
+/* Called by udp.c and pubsub.c when their pump has ended. */
+void rc_peer_pump_done(rc_peer *p, const rc_peer_result *r) {
   rc_peer_stats st = p->res.stats;
   p->res = *r;
   p->res.stats.tunnels = st.tunnels;
   p->have_res = true;
   p->udp = NULL;
+  p->pubsub = NULL;
   peer_end(p);
 }
 
@@ -476,7 +495,7 @@ static bool opts_ok(const rc_peer_opts *o, char *err, size_t errlen) {
     cm_seterr(err, errlen, "--target HOST:PORT is needed (IPv6 in brackets)");
     return false;
   }
-  if (o->mode < RC_PEER_RAW || o->mode > RC_PEER_UDP_DIAL) {
+  if (o->mode < RC_PEER_RAW || o->mode > RC_PEER_PUBSUB) {
     cm_seterr(err, errlen, "unknown peer mode");
     return false;
   }
@@ -539,8 +558,14 @@ rc_peer *rc_peer_start(uv_loop_t *loop, const rc_peer_opts *o, rc_peer_done_cb d
     p->udp = rc_udp_start(p, err, errlen);
     rc = p->udp ? 0 : -EINVAL;
     break;
+  case RC_PEER_PUBSUB:
+    p->pubsub = rc_pubsub_start(p, err, errlen);
+    rc = p->pubsub ? 0 : -EINVAL;
+    break;
   default: break;
   }
+  /* pubsub.c took copies of its strings: nothing points into o any more. */
+  p->o.redis = p->o.session = p->o.redis_user = p->o.redis_password = p->o.prefix = NULL;
   if (rc != 0) {
     if (p->token) cm_secret_free(p->token);
     free(p->listen);

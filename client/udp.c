@@ -195,15 +195,8 @@ static const rc_ws_cbs g_ws_cbs = {
 /* ---- life cycle --------------------------------------------------------------------- */
 
 static void report(rc_udp *u) {
-  rc_peer_result r = {.status = 1};
-  if (u->have_end) rc_peer_result_from_end(&r, &u->end);
-  if (u->failure[0]) {
-    r.status = 1;
-    snprintf(r.message, sizeof r.message, "%s", u->failure);
-  } else if (!u->have_end) {
-    r.status = 0;
-    snprintf(r.message, sizeof r.message, "stopped");
-  }
+  rc_peer_result r;
+  rc_peer_result_end(&r, u->have_end ? &u->end : NULL, u->failure);
   r.stats = *u->st;
   const rc_peer_stats *s = u->st;
   cm_log(CM_LOG_INFO, "peer", "udp counters", CM_I("datagrams_up", s->messages_up),
@@ -214,7 +207,7 @@ static void report(rc_udp *u) {
          CM_I("dropped_oversize", s->dropped_oversize));
   rc_peer *p = u->p;
   free(u);
-  rc_peer_udp_done(p, &r);
+  rc_peer_pump_done(p, &r);
 }
 
 static void on_sock_closed(uv_handle_t *h) {

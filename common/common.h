@@ -201,6 +201,48 @@ int cm_sockaddr_from(const char *host, int port, struct sockaddr_storage *out);
 bool cm_host_is_loopback(const char *host);
 
 /* ------------------------------------------------------------------------
+ * Target policy (netpolicy.c, sans-I/O): where a target session may go.
+ * The target is "host:port" (a DNS name, a dotted IPv4 address, or
+ * [IPv6]); the allow list holds "CIDR:PORT" / "CIDR:LOW-HIGH" entries
+ * (10.0.0.0/8:22, [2001:db8::]/32:443); a fixed block (loopback,
+ * link-local, unspecified, multicast, cloud metadata) is refused unless an
+ * entry lying inside the block names it (127.0.0.1/32:22 does,
+ * 0.0.0.0/0:22 does not).  IPv4-mapped IPv6 addresses are checked as IPv4.
+ * ---------------------------------------------------------------------- */
+#define CM_TARGET_MAX 262 /* "[" 253 "]:" 65535 and a little */
+
+typedef struct cm_ipaddr {
+  uint8_t b[16]; /* IPv4 in the first 4 bytes when v4 */
+  bool v4;
+} cm_ipaddr;
+
+typedef struct cm_target {
+  char host[254]; /* name or IP literal, without brackets */
+  uint16_t port;
+  bool is_ip;
+  cm_ipaddr addr; /* when is_ip */
+} cm_target;
+
+/* 0, or -EINVAL with a message (names nothing of the input). */
+int cm_target_parse(const char *text, cm_target *t, char *err, size_t errlen);
+/* A strict literal (no leading zeros, no zone); mapped IPv6 becomes IPv4. */
+int cm_ipaddr_parse(const char *s, cm_ipaddr *out);
+int cm_ipaddr_from_sockaddr(const struct sockaddr *sa, cm_ipaddr *out, uint16_t *port);
+void cm_ipaddr_text(const cm_ipaddr *a, char *out, size_t outlen);
+/* What part of the fixed block a is in ("loopback", ...), or NULL. */
+const char *cm_ipaddr_blocked(const cm_ipaddr *a);
+
+typedef struct cm_netpolicy cm_netpolicy;
+typedef enum { CM_NET_ALLOWED = 0, CM_NET_NOT_LISTED, CM_NET_BLOCKED } cm_net_verdict;
+/* NULL with a message for a malformed entry or more than 256. */
+cm_netpolicy *cm_netpolicy_new(const char *const *entries, size_t n, char *err, size_t errlen);
+void cm_netpolicy_free(cm_netpolicy *p);
+size_t cm_netpolicy_count(const cm_netpolicy *p); /* 0 for NULL: the feature is off */
+cm_net_verdict cm_netpolicy_check(const cm_netpolicy *p, const cm_ipaddr *a, uint16_t port);
+/* Some entry allows the port (a name's addresses are known only at dial time). */
+bool cm_netpolicy_port_allowed(const cm_netpolicy *p, uint16_t port);
+
+/* ------------------------------------------------------------------------
  * base64url (RFC 4648 §5), no padding on output, padding tolerated on input.
  * ---------------------------------------------------------------------- */
 size_t cm_b64url_encoded_len(size_t n);

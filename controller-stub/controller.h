@@ -41,6 +41,9 @@ typedef struct ctl_config {
   uint32_t reap_interval_ms;                  /* 0: 1 s */
   bool accept_unauthenticated;                /* honour AdminRequest.auth_disabled (embedded,
                                                  or a relay run with --no-auth) */
+  const cm_strlist *target_allow;             /* where target sessions may go ("CIDR:PORT",
+                                                 see cm_netpolicy); NULL or empty: target
+                                                 sessions are refused (403) */
 } ctl_config;
 
 typedef struct ctl_server ctl_server;

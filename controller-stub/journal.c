@@ -124,6 +124,7 @@ static void encode_payload(wr *w, const ctl_jrec *r) {
     put_u32(w, r->peer_wait);
     put_str(w, r->node);
     put_str(w, r->url);
+    if (r->target[0]) put_str(w, r->target); /* older records simply end before it */
     break;
   case CTL_JREC_REASSIGN:
     put(w, r->id, CM_TOKEN_LEN);
@@ -242,6 +243,7 @@ static void decode_create(rd *r, ctl_jrec *out) {
   out->peer_wait = take_u32(r);
   take_str(r, out->node, CTL_REG_NODE_MAX);
   take_str(r, out->url, CTL_REG_URL_MAX);
+  if (r->n) take_str(r, out->target, CTL_REG_TARGET_MAX);
 }
 
 int ctl_jrec_decode(const uint8_t *p, size_t n, ctl_jrec *out) {

@@ -29,6 +29,7 @@ typedef struct session {
   uint64_t seq; /* creation order, for page tokens */
   ctl_reg_counters ctr;
   char *node, *url;     /* assignment: the relay serving the session */
+  char *target;         /* a target session's "host:port"; NULL: none */
   char *slot_node[2];   /* relay holding each attached slot; NULL when free */
   struct session *next; /* hash chain */
   size_t heap_idx;
@@ -100,12 +101,14 @@ static void status_of(const session *s, ctl_reg_status *st) {
   st->responder_connected = s->slot_node[1] != NULL;
   snprintf(st->relay_node, sizeof st->relay_node, "%s", s->node);
   snprintf(st->public_url, sizeof st->public_url, "%s", s->url);
+  snprintf(st->target, sizeof st->target, "%s", s->target ? s->target : "");
 }
 
 static void session_free(session *s) {
   if (!s) return;
   free(s->node);
   free(s->url);
+  free(s->target);
   free(s->slot_node[0]);
   free(s->slot_node[1]);
   wipe(s, sizeof *s); /* token hashes included: nothing secret lingers */
@@ -283,6 +286,7 @@ static void jrec_create(const session *s, ctl_jrec *r) {
   r->peer_wait = s->peer_wait;
   snprintf(r->node, sizeof r->node, "%s", s->node);
   snprintf(r->url, sizeof r->url, "%s", s->url);
+  snprintf(r->target, sizeof r->target, "%s", s->target ? s->target : "");
 }
 
 static int fill_snapshot(void *ud, cm_buf *out, uint32_t *count) {
@@ -343,6 +347,10 @@ static int replay_create(ctl_registry *reg, const ctl_jrec *r) {
   s->created_at = s->last_activity = r->created;
   s->expires_at = r->expires;
   s->peer_wait = r->peer_wait;
+  if (r->target[0] && !(s->target = strdup(r->target))) {
+    session_free(s);
+    return -ENOMEM;
+  }
   insert(reg, s);
   return 0;
 }
@@ -507,10 +515,18 @@ static void fill_created(const session *s, ctl_reg_created *out) {
 
 int ctl_reg_create(ctl_registry *reg, int64_t now, uint32_t ttl_s, uint32_t peer_wait_s,
                    const char *relay_node, const char *public_url, ctl_reg_created *out) {
+  return ctl_reg_create_target(reg, now, ttl_s, peer_wait_s, relay_node, public_url, NULL, out);
+}
+
+int ctl_reg_create_target(ctl_registry *reg, int64_t now, uint32_t ttl_s, uint32_t peer_wait_s,
+                          const char *relay_node, const char *public_url, const char *target,
+                          ctl_reg_created *out) {
   memset(out, 0, sizeof *out);
   if (!relay_node) relay_node = "";
   if (!public_url) public_url = "";
+  if (target && !target[0]) target = NULL;
   int rc = check_create_args(reg, now, &ttl_s, &peer_wait_s, relay_node, public_url);
+  if (rc == 0 && target && !ctl_text_ok(target, CTL_REG_TARGET_MAX)) rc = CTL_REG_EARG;
   char id[CM_TOKEN_LEN + 1];
   if (rc == 0) rc = mint_id(reg, id);
   if (rc != 0) return rc;
@@ -522,7 +538,7 @@ int ctl_reg_create(ctl_registry *reg, int64_t now, uint32_t ttl_s, uint32_t peer
   s->created_at = s->last_activity = now;
   s->expires_at = now + (int64_t)ttl_s;
   s->peer_wait = peer_wait_s;
-  rc = mint_tokens(s, out);
+  rc = target && !(s->target = strdup(target)) ? -ENOMEM : mint_tokens(s, out);
   ctl_jrec r;
   jrec_create(s, &r);
   if (rc == 0) rc = journal_one(reg, &r);
@@ -672,6 +688,8 @@ static void allow(const session *s, int slot, ctl_reg_decision *out) {
   out->message = "";
   out->expires_at = s->expires_at;
   out->peer_wait_s = s->peer_wait;
+  if (s->target && slot == CTL_REG_ROLE_INITIATOR)
+    snprintf(out->target, sizeof out->target, "%s", s->target);
 }
 
 int ctl_reg_validate(ctl_registry *reg, int64_t now, const char *id, const char *token,
@@ -684,6 +702,9 @@ int ctl_reg_validate(ctl_registry *reg, int64_t now, const char *id, const char 
   if (slot == 0) return deny(out, 401, "invalid_token", "token does not open a slot");
   if (requested_role != CTL_REG_ROLE_ANY && requested_role != slot)
     return deny(out, 401, "role_mismatch", "token is for the other slot");
+  if (s->target && slot == CTL_REG_ROLE_RESPONDER)
+    return deny(out, 403, "target_session",
+                "the responder of a target session is the relay's own connection");
   if (s->slot_node[slot - 1]) return deny(out, 409, "slot_taken", "slot already connected");
   bool check_relay = relay_node && relay_node[0] && s->node[0];
   if (check_relay && strcmp(s->node, relay_node) != 0) {

@@ -36,8 +36,9 @@
 
 #include "common/common.h"
 
-#define CTL_REG_NODE_MAX 128 /* bytes of a relay node id */
-#define CTL_REG_URL_MAX  512 /* bytes of a relay's public base URL */
+#define CTL_REG_NODE_MAX   128           /* bytes of a relay node id */
+#define CTL_REG_URL_MAX    512           /* bytes of a relay's public base URL */
+#define CTL_REG_TARGET_MAX CM_TARGET_MAX /* a target session's "host:port" */
 /* <public_url>/relay/<id> */
 #define CTL_REG_SESSION_URL_MAX (CTL_REG_URL_MAX + 7 + CM_TOKEN_LEN)
 
@@ -84,6 +85,7 @@ typedef struct ctl_reg_status {
   bool initiator_connected, responder_connected;
   char relay_node[CTL_REG_NODE_MAX + 1];
   char public_url[CTL_REG_URL_MAX + 1];
+  char target[CTL_REG_TARGET_MAX + 1]; /* "" for an ordinary session */
 } ctl_reg_status;
 
 /* What ctl_reg_create hands back.  The tokens are secrets returned exactly
@@ -102,11 +104,14 @@ typedef struct ctl_reg_decision {
   int slot;             /* CTL_REG_ROLE_INITIATOR / _RESPONDER when allowed */
   uint32_t http_status; /* when refused: 401, 404, 409, 421, 503 */
   const char *reason;   /* "unknown_session", "invalid_token", "role_mismatch",
-                           "slot_taken", "wrong_relay", "controller_error" */
+                           "slot_taken", "wrong_relay", "controller_error",
+                           "target_session" (the responder token of a target
+                           session: the relay holds that slot) */
   const char *message;
   int64_t expires_at;
   uint32_t peer_wait_s;
   uint64_t max_message_bytes;
+  char target[CTL_REG_TARGET_MAX + 1]; /* allowed initiator of a target session */
 } ctl_reg_decision;
 
 void ctl_registry_config_defaults(ctl_registry_config *cfg);
@@ -127,6 +132,12 @@ size_t ctl_reg_count(const ctl_registry *reg);   /* sessions held, expired-unrea
  * before it returns.  0 or CTL_REG_E*. */
 int ctl_reg_create(ctl_registry *reg, int64_t now, uint32_t ttl_s, uint32_t peer_wait_s,
                    const char *relay_node, const char *public_url, ctl_reg_created *out);
+/* The same for a target session: target is "host:port", already allowed by
+ * the caller's policy (NULL or "": an ordinary session); CTL_REG_EARG when
+ * it is longer than CTL_REG_TARGET_MAX or not printable. */
+int ctl_reg_create_target(ctl_registry *reg, int64_t now, uint32_t ttl_s, uint32_t peer_wait_s,
+                          const char *relay_node, const char *public_url, const char *target,
+                          ctl_reg_created *out);
 void ctl_reg_created_wipe(ctl_reg_created *c);
 
 /* Decides a slot request; always fills out.  Returns 0, or CTL_REG_EIO when
@@ -232,9 +243,10 @@ typedef struct ctl_jrec {
   uint32_t peer_wait;
   char node[CTL_REG_NODE_MAX + 1];
   char url[CTL_REG_URL_MAX + 1];
-  uint64_t gen;   /* HEADER */
-  uint32_t count; /* END */
-  bool snapshot;  /* HEADER: which kind of file */
+  char target[CTL_REG_TARGET_MAX + 1]; /* CREATE: a trailing field, absent when "" */
+  uint64_t gen;                        /* HEADER */
+  uint32_t count;                      /* END */
+  bool snapshot;                       /* HEADER: which kind of file */
 } ctl_jrec;
 
 uint32_t ctl_crc32c(uint32_t crc, const void *data, size_t n);

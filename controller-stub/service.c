@@ -5,7 +5,11 @@
  * Decisions: Validate answers from the registry (unknown sessions as gRPC
  * NOT_FOUND, so a relay linked to several controllers asks the next one);
  * Admin checks the principal's scopes (swsrs:session:create|read|delete)
- * and answers with the HTTP status the relay should return.  Events keep
+ * and answers with the HTTP status the relay should return.  A create with
+ * a target also needs swsrs:session:target and the --target-allow policy
+ * (an IP literal must be allowed, a name's port must be; its addresses are
+ * checked by the relay at dial time, against the same list, which every
+ * Validate of such a session carries).  Events keep
  * the registry's view of attached slots and counters current, and the
  * relay's Hello tells us its node id and public URL (used to build session
  * URLs).  Deleting or expiring a session sends a Kick (1001) to the relay
@@ -25,6 +29,7 @@
 #define SCOPE_CREATE "swsrs:session:create"
 #define SCOPE_READ   "swsrs:session:read"
 #define SCOPE_DELETE "swsrs:session:delete"
+#define SCOPE_TARGET "swsrs:session:target"
 /* Sessions per LIST answer: about 150 KiB of protobuf, far below the
  * link's message limit, however many sessions there are. */
 #define MAX_PAGE 1000
@@ -44,6 +49,9 @@ struct ctl_server {
   uv_loop_t *loop;
   ctl_config cfg;
   ctl_registry *reg;
+  cm_netpolicy *policy; /* --target-allow; NULL: target sessions refused */
+  char **allow;         /* its entries, for the decisions */
+  size_t nallow;
   tun_ctl *tun;
   uv_timer_t reaper;
   bool started, closing;
@@ -86,6 +94,11 @@ static void on_validate(void *ud, tun_ctl_call *call, const Relay__V1__SlotReque
   out.expires_at_unix = d.expires_at;
   out.peer_wait_seconds = d.peer_wait_s;
   out.max_message_bytes = d.max_message_bytes;
+  out.target = d.target;
+  if (d.target[0]) {
+    out.target_allow = s->allow;
+    out.n_target_allow = s->nallow;
+  }
   tun_ctl_reply(call, TUN_GRPC_OK, NULL, &out.base);
 }
 
@@ -104,6 +117,7 @@ static void status_out(const ctl_reg_status *st, Relay__V1__SessionStatus *o) {
   o->responder_connected = st->responder_connected;
   o->relay_node_id = (char *)st->relay_node;
   o->public_url = (char *)st->public_url;
+  o->target = (char *)st->target;
 }
 
 static void admin_error(tun_ctl_call *call, uint32_t http, const char *code, const char *msg) {
@@ -121,12 +135,45 @@ static bool has_scope(const Relay__V1__AdminRequest *req, const char *scope) {
   return false;
 }
 
-static void admin_create(ctl_server *s, tun_ctl_call *call, const Relay__V1__AdminRequest *req) {
+/* The policy's word on a create's target; false after answering. */
+static bool target_allowed(ctl_server *s, tun_ctl_call *call, const Relay__V1__AdminRequest *req,
+                           bool open_mode) {
+  if (!req->target[0]) return true;
+  if (!open_mode && !has_scope(req, SCOPE_TARGET)) {
+    admin_error(call, 403, "insufficient_scope", "a target session needs the scope " SCOPE_TARGET);
+    return false;
+  }
+  cm_target t;
+  char err[160];
+  if (cm_target_parse(req->target, &t, err, sizeof err) != 0) {
+    admin_error(call, 400, "invalid_target", err);
+    return false;
+  }
+  const char *why = NULL;
+  if (!s->policy)
+    why = "target sessions are off on this controller (no --target-allow)";
+  else if (t.is_ip && cm_netpolicy_check(s->policy, &t.addr, t.port) == CM_NET_BLOCKED)
+    why = "the target is a loopback, link-local or metadata address that --target-allow does "
+          "not name";
+  else if (t.is_ip && cm_netpolicy_check(s->policy, &t.addr, t.port) != CM_NET_ALLOWED)
+    why = "the target is outside --target-allow";
+  else if (!t.is_ip && !cm_netpolicy_port_allowed(s->policy, t.port))
+    why = "the target's port is outside --target-allow";
+  if (!why) return true;
+  cm_log(CM_LOG_INFO, "controller", "target refused", CM_S("target", req->target), CM_S("why", why),
+         CM_S("by", req->principal ? req->principal->subject : ""));
+  admin_error(call, 403, "target_not_allowed", why);
+  return false;
+}
+
+static void admin_create(ctl_server *s, tun_ctl_call *call, const Relay__V1__AdminRequest *req,
+                         bool open_mode) {
+  if (!target_allowed(s, call, req, open_mode)) return;
   tun_ctl_link *link = tun_ctl_call_link(call);
   const char *node = req->relay_node_id[0] ? req->relay_node_id : tun_ctl_link_node(link);
   ctl_reg_created c;
-  int rc = ctl_reg_create(s->reg, now_s(), req->ttl_seconds, req->peer_wait_seconds, node,
-                          tun_ctl_link_public_url(link), &c);
+  int rc = ctl_reg_create_target(s->reg, now_s(), req->ttl_seconds, req->peer_wait_seconds, node,
+                                 tun_ctl_link_public_url(link), req->target, &c);
   switch (rc) {
   case 0: break;
   case CTL_REG_ETTL:
@@ -158,7 +205,8 @@ static void admin_create(ctl_server *s, tun_ctl_call *call, const Relay__V1__Adm
   r.created = &cs;
   tun_ctl_reply(call, TUN_GRPC_OK, NULL, &r.base);
   cm_log(CM_LOG_INFO, "controller", "session created", CM_S("session", c.status.id),
-         CM_S("relay", node), CM_S("by", req->principal ? req->principal->subject : ""));
+         CM_S("relay", node), CM_S("by", req->principal ? req->principal->subject : ""),
+         CM_S("target", c.status.target));
   ctl_reg_created_wipe(&c);
 }
 
@@ -275,7 +323,7 @@ static void on_admin(void *ud, tun_ctl_call *call, const Relay__V1__AdminRequest
     return;
   }
   switch (req->op) {
-  case RELAY__V1__ADMIN_OP__ADMIN_OP_CREATE: admin_create(s, call, req); break;
+  case RELAY__V1__ADMIN_OP__ADMIN_OP_CREATE: admin_create(s, call, req, open_mode); break;
   case RELAY__V1__ADMIN_OP__ADMIN_OP_LIST: admin_list(s, call, req); break;
   case RELAY__V1__ADMIN_OP__ADMIN_OP_GET: admin_get(s, call, req->session_id); break;
   default: admin_delete(s, call, req); break;
@@ -299,6 +347,10 @@ static void on_session_event(ctl_server *s, const char *node, const Relay__V1__S
     ctl_reg_on_detach(s->reg, now, e->session_id, role, node);
     break;
   case RELAY__V1__SESSION_EVENT__TYPE__CLOSE:
+    /* A kick we sent, TTL, or the relay's own reason (a target it could
+     * not or may not dial): the operator's record of why. */
+    cm_log(CM_LOG_INFO, "controller", "session closed by the relay", CM_S("session", e->session_id),
+           CM_S("relay", node), CM_I("code", e->close_code), CM_S("reason", e->reason));
     ctl_reg_on_detach(s->reg, now, e->session_id, CTL_REG_ROLE_INITIATOR, node);
     ctl_reg_on_detach(s->reg, now, e->session_id, CTL_REG_ROLE_RESPONDER, node);
     break;
@@ -365,6 +417,38 @@ static void on_reap(uv_timer_t *t) {
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
+static void free_policy(ctl_server *s) {
+  for (size_t i = 0; i < s->nallow; i++)
+    free(s->allow[i]);
+  free(s->allow);
+  cm_netpolicy_free(s->policy);
+  s->allow = NULL;
+  s->nallow = 0;
+  s->policy = NULL;
+}
+
+/* Our own copy of --target-allow: embedded mode's config lives on another
+ * thread. */
+static int set_policy(ctl_server *s, const cm_strlist *l, char *err, size_t errlen) {
+  if (!l || l->n == 0) return 0;
+  s->policy = cm_netpolicy_new((const char *const *)l->v, l->n, err, errlen);
+  s->allow = calloc(l->n, sizeof *s->allow);
+  if (!s->policy || !s->allow) {
+    if (s->policy) cm_seterr(err, errlen, "out of memory");
+    free_policy(s);
+    return -EINVAL;
+  }
+  for (; s->nallow < l->n; s->nallow++) {
+    if (!(s->allow[s->nallow] = strdup(l->v[s->nallow]))) {
+      free_policy(s);
+      cm_seterr(err, errlen, "out of memory");
+      return -ENOMEM;
+    }
+  }
+  cm_log(CM_LOG_INFO, "controller", "target sessions allowed", CM_I("entries", l->n));
+  return 0;
+}
+
 ctl_server *ctl_server_new(uv_loop_t *loop, const ctl_config *cfg, char *err, size_t errlen) {
   ctl_server *s = calloc(1, sizeof *s);
   if (!s) return NULL;
@@ -378,8 +462,13 @@ ctl_server *ctl_server_new(uv_loop_t *loop, const ctl_config *cfg, char *err, si
   if (cfg->max_peer_wait_s) rc.max_peer_wait_s = cfg->max_peer_wait_s;
   if (cfg->max_sessions) rc.max_sessions = cfg->max_sessions;
   rc.max_message_bytes = cfg->max_message_bytes;
+  if (set_policy(s, cfg->target_allow, err, errlen) != 0) {
+    free(s);
+    return NULL;
+  }
   s->reg = ctl_registry_open(cfg->state_dir, &rc, err, errlen);
   if (!s->reg) {
+    free_policy(s);
     free(s);
     return NULL;
   }
@@ -394,6 +483,7 @@ ctl_server *ctl_server_new(uv_loop_t *loop, const ctl_config *cfg, char *err, si
   s->tun = tun_ctl_new(loop, &tc, &g_handlers, s, err, errlen);
   if (!s->tun) {
     ctl_registry_close(s->reg);
+    free_policy(s);
     free(s);
     return NULL;
   }
@@ -441,6 +531,7 @@ void ctl_server_free(ctl_server *s) {
   if (!s) return;
   tun_ctl_free(s->tun);
   ctl_registry_close(s->reg);
+  free_policy(s);
   free(s);
 }
 

@@ -27,6 +27,7 @@ typedef struct admin_op {
   int op;
   char id[MAX_ID];
   uint32_t ttl, peer_wait;
+  char target[CM_TARGET_MAX + 1]; /* CREATE: a target session's "host:port" */
   char cors[512];
   rly_auth_req *auth;
   tun_call *call;
@@ -98,6 +99,7 @@ static json_t *status_json(const Relay__V1__SessionStatus *st) {
   json_object_set_new(o, "bytes_out", json_integer((json_int_t)st->bytes_out));
   json_object_set_new(o, "initiator_connected", json_boolean(st->initiator_connected));
   json_object_set_new(o, "responder_connected", json_boolean(st->responder_connected));
+  if (st->target && st->target[0]) json_object_set_new(o, "target", json_string(st->target));
   return o;
 }
 
@@ -188,6 +190,7 @@ static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
                       json_string(cs->responder_url[0] ? cs->responder_url : url));
   json_object_set_new(o, "created_at", time_or_null(st->created_at_unix));
   json_object_set_new(o, "expires_at", time_or_null(st->expires_at_unix));
+  if (st->target && st->target[0]) json_object_set_new(o, "target", json_string(st->target));
   char *rest = json_dumps(o, JSON_COMPACT); /* {"id":...}: spliced in after the tokens */
   json_decref(o);
   cm_buf b;
@@ -298,6 +301,7 @@ static void call_controller(admin_op *a, const rly_principal *p) {
   q.session_id = a->id;
   q.ttl_seconds = a->ttl;
   q.peer_wait_seconds = a->peer_wait;
+  q.target = a->target;
   q.relay_node_id = s->node_id;
   q.auth_disabled = p == NULL;
   if (p) {
@@ -419,6 +423,19 @@ static bool parse_create_body(admin_op *a, const rly_http_request *req) {
     }
     *dst[i] = (uint32_t)json_integer_value(v);
   }
+  /* The syntax is checked here, where the answer is plain; whether the
+   * target may be reached is the controller's decision. */
+  json_t *t = json_object_get(o, "target");
+  char err[160];
+  cm_target parsed;
+  if (t && !json_is_null(t) &&
+      (!json_is_string(t) || cm_target_parse(json_string_value(t), &parsed, err, sizeof err))) {
+    const char *msg = json_is_string(t) ? err : "target must be a string \"host:port\"";
+    json_decref(o); /* t with it */
+    respond_error(a, 400, "invalid_request", msg, NULL);
+    return false;
+  }
+  if (t && json_is_string(t)) snprintf(a->target, sizeof a->target, "%s", json_string_value(t));
   json_decref(o);
   return true;
 }

@@ -41,6 +41,7 @@ static int start_embedded(rly_server *s, char *err, size_t errlen) {
                    .max_peer_wait_s = (uint32_t)cfg->max_peer_wait_s,
                    .default_peer_wait_s = (uint32_t)(cfg->peer_wait_ms / 1000),
                    .accept_unauthenticated = cfg->no_auth,
+                   .target_allow = &cfg->target_allow,
                    .ping_interval_ms = (uint32_t)cfg->ping_interval_ms,
                    .ping_timeout_ms = (uint32_t)cfg->ping_timeout_ms};
   s->embedded = ctl_embedded_start(&cc, fds[1], err, errlen);

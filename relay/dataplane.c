@@ -573,6 +573,7 @@ static void upgrade_cancel(void *pending) {
 
 static void accept_peer(rly_conn *c, rly_upgrade *u, const Relay__V1__SlotDecision *d,
                         const char *controller);
+static void kick_session(rly_session *x, uint16_t code, const char *reason);
 
 /* The controller said no with a gRPC status: refuse on its meaning. */
 static void refuse_status(rly_conn *c, const rly_upgrade *u, int status, const char *message) {
@@ -784,6 +785,46 @@ static void accept_peer(rly_conn *c, rly_upgrade *u, const Relay__V1__SlotDecisi
   if (cm_buf_size(&leftover) > 0)
     peer_input(p, (uint8_t *)cm_buf_head(&leftover), cm_buf_size(&leftover));
   cm_buf_free(&leftover);
+  /* A target session: the relay fills the responder slot itself. */
+  if (d->target[0] && slot == RLY_SLOT_INITIATOR && x->peer[RLY_SLOT_INITIATOR] == p &&
+      !x->peer[RLY_SLOT_RESPONDER])
+    rly_target_start(s, x->id, d);
+}
+
+/* A local peer: one end of a socketpair whose other end speaks WebSocket
+ * as a client would (relay/target.c), so everything the data plane does
+ * for a peer — pairing, counters, backpressure, kick, TTL, drain — holds
+ * for it unchanged. */
+int rly_dp_attach_fd(rly_server *s, const char *session_id, int slot, int fd, const char *label) {
+  rly_session *x = sess_find(s, session_id);
+  if (!x || x->peer[slot] || x->pair.held[slot]) return -EBUSY;
+  rly_peer *p = calloc(1, sizeof *p);
+  if (!p) return -ENOMEM;
+  p->srv = s;
+  p->sess = x;
+  p->slot = slot;
+  p->last_rx_ms = cm_now_mono_ms();
+  snprintf(p->remote, sizeof p->remote, "%s", label);
+  ws_parser_config pc = {.server = true, .max_message = x->max_message, .validate_utf8 = true};
+  ws_parser_init(&p->parser, &pc);
+  cm_stream_opts o = {.high_watermark = (size_t)s->cfg->ws_high_watermark};
+  int err = 0;
+  p->st = cm_stream_open_fd(s->loop, fd, true, &o, &g_peer_cbs, p, &err);
+  if (!p->st) {
+    free(p);
+    return err ? err : -ENOMEM;
+  }
+  cm_log(CM_LOG_INFO, "ws", "peer attached", CM_S("session", x->id), CM_S("slot", slot_name(slot)),
+         CM_S("remote", label));
+  s->npeers++;
+  x->peer[slot] = p;
+  rly_pair_attach(&x->pair, slot, cm_now_mono_ms(), on_pair_action, x);
+  return 0;
+}
+
+void rly_dp_kick(rly_server *s, const char *session_id, uint16_t code, const char *reason) {
+  rly_session *x = sess_find(s, session_id);
+  if (x) kick_session(x, code, reason);
 }
 
 /* ---- commands, sweep, shutdown ---------------------------------------------------------- */

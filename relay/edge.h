@@ -122,6 +122,16 @@ void rly_dp_metrics_text(rly_server *s, cm_buf *b);
 /* Whether t has a slot token's shape (1..256 of [A-Za-z0-9-_.~]), the
  * only tokens an upgrade accepts; such a token needs no JSON escaping. */
 bool rly_dp_token_ok(const char *t);
+/* Attaches a local peer to a held session's free slot: fd is one end of a
+ * socketpair speaking WebSocket (the other end masks, as a client).
+ * 0, or -EBUSY (no such session, or the slot is taken), -ENOMEM. */
+int rly_dp_attach_fd(rly_server *s, const char *session_id, int slot, int fd, const char *label);
+/* Closes a session's peers with code and reason, reported as a CLOSE event. */
+void rly_dp_kick(rly_server *s, const char *session_id, uint16_t code, const char *reason);
+
+/* target.c: the responder of a target session, dialled by the relay (the
+ * decision carries the target and the allowed ranges). */
+void rly_target_start(rly_server *s, const char *session_id, const Relay__V1__SlotDecision *d);
 
 /* admin.c: the admin API and discovery document. */
 void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const char *id);

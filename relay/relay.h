@@ -67,6 +67,7 @@ typedef struct rly_config {
   long long jwks_min_refetch_ms;
   cm_strlist cors_origins;
   long long max_ttl_s, max_peer_wait_s;
+  cm_strlist target_allow; /* embedded controller: where target sessions may go */
 
   /* data plane */
   long long max_message;  /* per message, bytes */

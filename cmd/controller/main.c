@@ -26,6 +26,7 @@ typedef struct run_cfg {
   long long max_sessions, max_message;
   long long ping_interval, ping_timeout, backoff_base, backoff_max, max_link_age;
   bool accept_unauthenticated;
+  cm_strlist target_allow;
   char *log_level;
 } run_cfg;
 
@@ -69,6 +70,10 @@ static const cm_cfg_opt g_run_opts[] = {
         "replace each relay link after about this long, the new link first (0: never)", "DURATION"),
     OPT("accept-unauthenticated", CM_CFG_BOOL, accept_unauthenticated, "false", 0, 0,
         "honour admin requests from relays running --no-auth", NULL),
+    OPT("target-allow", CM_CFG_LIST, target_allow, NULL, 0, 0,
+        "where target sessions may go (repeatable; unset: target sessions are off); loopback, "
+        "link-local and metadata addresses only when an entry names them",
+        "CIDR:PORT[-PORT]"),
     OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error", "LEVEL"),
 };
 
@@ -145,7 +150,8 @@ static int cmd_run(int argc, char **argv) {
                    .backoff_base_ms = (uint32_t)rc.backoff_base,
                    .backoff_max_ms = (uint32_t)rc.backoff_max,
                    .max_link_age_ms = (uint32_t)rc.max_link_age,
-                   .accept_unauthenticated = rc.accept_unauthenticated};
+                   .accept_unauthenticated = rc.accept_unauthenticated,
+                   .target_allow = &rc.target_allow};
   if (!cc.cert_file || !cc.key_file || !cc.ca_file) {
     cm_config_free(&g_run_spec, &rc);
     return usage_error(&g_run_spec, "run", "give --ca-dir, or --cert, --key and --ca");

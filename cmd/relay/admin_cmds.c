@@ -21,6 +21,7 @@ typedef struct admin_cfg {
   bool insecure;
   long long timeout_ms;
   long long ttl_ms, peer_wait_ms; /* create */
+  char *target;                   /* create */
   long long page_size;            /* list */
 } admin_cfg;
 
@@ -52,6 +53,10 @@ static const cm_cfg_opt g_create_opts[] = {
     AOPT("peer-wait", CM_CFG_DURATION, peer_wait_ms, NULL, 0, 86400000,
          "how long a lone peer waits, whole seconds (unset or 0: the relay's default, 2m)",
          "DURATION"),
+    AOPT("target", CM_CFG_STRING, target, NULL, 0, 0,
+         "a target session: the relay dials this TCP service as the responder (needs the "
+         "scope swsrs:session:target and the controller's --target-allow)",
+         "HOST:PORT"),
 };
 static const cm_cfg_opt g_list_opts[] = {
     ADMIN_COMMON_OPTS,
@@ -65,8 +70,11 @@ static const cm_cfg_opt g_id_opts[] = {ADMIN_COMMON_OPTS};
   "usage errors exit 2."
 
 static const cm_cfg_spec g_create_spec = {
-    "relay create [--ttl D] [--peer-wait D] [--admin-url URL] [--output json|env|table]",
-    "Create a session: its id, the two slot tokens and their URLs.  With --output env it\n"
+    "relay create [--ttl D] [--peer-wait D] [--target HOST:PORT] [--admin-url URL]\n"
+    "             [--output json|env|table]",
+    "Create a session: its id, the two slot tokens and their URLs.  With --target the\n"
+    "relay itself dials HOST:PORT as the responder when the initiator joins (the responder\n"
+    "token is then refused).  With --output env it\n"
     "prints SWSRS_SESSION, SWSRS_INITIATOR_TOKEN and SWSRS_RESPONDER_TOKEN, one per line, so\n"
     "that eval $(relay create --output env) sets them.\n" CREDENTIALS_NOTE,
     g_create_opts, CM_ARRAY_LEN(g_create_opts), ENV_PREFIX};
@@ -125,6 +133,12 @@ static int admin_main(rc_admin_op op, const cm_cfg_spec *spec, size_t npos, cons
     fprintf(stderr, "%s: --output must be json, env or table\n", cmd);
     rc = RC_EXIT_USAGE;
   }
+  cm_target tgt;
+  char terr[160];
+  if (rc < 0 && c.target && cm_target_parse(c.target, &tgt, terr, sizeof terr) != 0) {
+    fprintf(stderr, "%s: --target: %s\n", cmd, terr);
+    rc = RC_EXIT_USAGE;
+  }
   if (rc < 0) {
     rc_admin_opts o = {.cmd = cmd,
                        .op = op,
@@ -134,6 +148,7 @@ static int admin_main(rc_admin_op op, const cm_cfg_spec *spec, size_t npos, cons
                        .output = out,
                        .ttl_s = ms_to_s(c.ttl_ms),
                        .peer_wait_s = ms_to_s(c.peer_wait_ms),
+                       .target = c.target,
                        .page_size = c.page_size,
                        .client_secret = getenv("SWSRS_CLIENT_SECRET"),
                        .net = {.tls = {.ca_file = c.ca, .insecure = c.insecure},

@@ -78,6 +78,10 @@ static const cm_cfg_opt g_serve_opts[] = {
         "embedded controller: longest session TTL a client may ask for", "DURATION"),
     OPT("max-peer-wait", CM_CFG_DURATION, max_peer_wait_s, "1h", 1000, 86400000,
         "embedded controller: longest peer_wait a client may ask for", "DURATION"),
+    OPT("target-allow", CM_CFG_LIST, target_allow, NULL, 0, 0,
+        "embedded controller: where target sessions may go (repeatable; unset: off); "
+        "loopback, link-local and metadata addresses only when an entry names them",
+        "CIDR:PORT[-PORT]"),
     OPT("peer-wait", CM_CFG_DURATION, peer_wait_ms, "2m", 1000, 86400000,
         "how long a lone peer waits when the controller does not say (its Limits may change it)",
         "DURATION"),
@@ -318,6 +322,7 @@ static const cm_subcmd g_cmds[] = {
     {"tcp-dial", relay_cmd_tcp_dial, "peer: tunnel the session to a TCP service"},
     {"udp-listen", relay_cmd_udp_listen, "peer: datagrams on a local port through a session"},
     {"udp-dial", relay_cmd_udp_dial, "peer: datagrams through a session to a UDP service"},
+    {"pubsub-dial", relay_cmd_pubsub_dial, "peer: a session's messages to and from Redis pub/sub"},
     {"version", cmd_version, "print version and library versions"},
 };
 

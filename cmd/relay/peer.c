@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "client/client.h"
 
@@ -34,13 +35,16 @@ typedef struct peer_cfg {
   long long buffer, udp_queue;
   long long connect_timeout_ms, ping_interval_ms, ping_timeout_ms, max_message;
   char *log_level;
+  char *redis, *prefix, *redis_user, *redis_password_file;
+  long long redis_timeout_ms;
 } peer_cfg;
 
 #define POPT(n, t, f, d, lo, hi, h, mv)                                                            \
   { n, t, offsetof(peer_cfg, f), d, lo, hi, h, mv }
 
-/* Every peer command's options, then the ones of its own. */
-#define COMMON_OPTS                                                                                \
+/* Every peer command's options, then the ones of its own; MAXMSG is the
+ * default of --max-message. */
+#define COMMON_OPTS_M(MAXMSG)                                                                      \
   POPT("url", CM_CFG_STRING, url, NULL, 0, 0,                                                      \
        "the relay, e.g. wss://relay.example.com; /relay/SESSION is added", "URL"),                 \
       POPT("session", CM_CFG_STRING, session, NULL, 0, 0, "session id", "ID"),                     \
@@ -61,10 +65,11 @@ typedef struct peer_cfg {
            "ping the relay after this much silence", "DURATION"),                                  \
       POPT("ping-timeout", CM_CFG_DURATION, ping_timeout_ms, "20s", 100, 3600000,                  \
            "give up on a relay silent this long after a ping", "DURATION"),                        \
-      POPT("max-message", CM_CFG_SIZE, max_message, "64MiB", 1024, 1LL << 40,                      \
+      POPT("max-message", CM_CFG_SIZE, max_message, MAXMSG, 1024, 1LL << 40,                       \
            "largest message accepted from the peer (else close 1009)", "SIZE"),                    \
       POPT("log-level", CM_CFG_STRING, log_level, "warn", 0, 0, "debug, info, warn or error",      \
            "LEVEL")
+#define COMMON_OPTS COMMON_OPTS_M("64MiB")
 
 static const cm_cfg_opt g_raw_opts[] = {
     COMMON_OPTS,
@@ -104,6 +109,27 @@ static const cm_cfg_opt g_udp_dial_opts[] = {
          "datagrams waiting for the socket before more are dropped", "N"),
 };
 
+/* A whole message is gathered before it is published: a smaller cap. */
+static const cm_cfg_opt g_pubsub_opts[] = {
+    COMMON_OPTS_M("1MiB"),
+    POPT("redis", CM_CFG_STRING, redis, NULL, 0, 0,
+         "the Redis server (pub/sub channels are server-wide; /DB is only SELECTed)",
+         "redis://HOST[:PORT][/DB]"),
+    POPT("prefix", CM_CFG_STRING, prefix, "relay", 0, 0,
+         "channel prefix: PREFIX:SESSION:up[:text] and PREFIX:SESSION:down[:text]", "PREFIX"),
+    POPT("redis-user", CM_CFG_STRING, redis_user, NULL, 0, 0,
+         "ACL user name for AUTH (the password from the file or SWSRS_REDIS_PASSWORD)", "USER"),
+    POPT("redis-password-file", CM_CFG_STRING, redis_password_file, NULL, 0, 0,
+         "read the Redis password from this file (mode 0600 or stricter; else "
+         "$SWSRS_REDIS_PASSWORD; never a flag)",
+         "FILE"),
+    POPT("redis-timeout", CM_CFG_DURATION, redis_timeout_ms, "5s", 100, 600000,
+         "connecting to Redis, and the longest wait for its answer, before reconnecting",
+         "DURATION"),
+    POPT("keep", CM_CFG_BOOL, keep, "false", 0, 0,
+         "after the WebSocket ends, re-join the session (Redis stays connected)", NULL),
+};
+
 #define PEER_FOOTER                                                                                \
   "\n\nExit status: 0 when the tunnel ended cleanly (close 1000), 1 for a refusal or an error\n"   \
   "(one line on stderr with the HTTP status or close code and the relay's message), 2 for\n"       \
@@ -140,12 +166,24 @@ static const cm_cfg_spec g_peer_specs[] = {
                           "The peer's messages go to --target as datagrams, its answers come back\n"
                           "as messages.  A full queue drops and counts." PEER_FOOTER,
                           g_udp_dial_opts, CM_ARRAY_LEN(g_udp_dial_opts), "SWSRS_"},
+    [RC_PEER_PUBSUB] =
+        {"relay pubsub-dial --redis redis://HOST[:PORT][/DB] [options]",
+         "Join the session and map it onto Redis pub/sub: each message from the peer is\n"
+         "PUBLISHed as its bytes on PREFIX:SESSION:up (text messages on PREFIX:SESSION:up:text);\n"
+         "what is published on PREFIX:SESSION:down reaches the peer as a binary message, on\n"
+         "PREFIX:SESSION:down:text as a text message (UTF-8 only).  Delivery is at most once,\n"
+         "as Redis's own: a message for a peer whose queue is full (--buffer), or from a peer\n"
+         "while Redis is down, is dropped and counted (logged at the end, --log-level info).\n"
+         "Redis is reconnected with backoff while the session stays joined.  The password\n"
+         "comes from --redis-password-file or SWSRS_REDIS_PASSWORD, never from the command\n"
+         "line or the URL." PEER_FOOTER,
+         g_pubsub_opts, CM_ARRAY_LEN(g_pubsub_opts), "SWSRS_"},
 };
 
 static const char *const g_peer_names[] = {
     [RC_PEER_RAW] = "relay raw",           [RC_PEER_TCP_LISTEN] = "relay tcp-listen",
     [RC_PEER_TCP_DIAL] = "relay tcp-dial", [RC_PEER_UDP_LISTEN] = "relay udp-listen",
-    [RC_PEER_UDP_DIAL] = "relay udp-dial",
+    [RC_PEER_UDP_DIAL] = "relay udp-dial", [RC_PEER_PUBSUB] = "relay pubsub-dial",
 };
 
 /* ---- settings --------------------------------------------------------------------- */
@@ -178,8 +216,15 @@ static bool peer_check(const peer_cfg *c, rc_peer_mode mode, const char *cmd) {
     missing = "--listen";
   if (!missing && (mode == RC_PEER_TCP_DIAL || mode == RC_PEER_UDP_DIAL) && !c->target)
     missing = "--target";
+  if (!missing && mode == RC_PEER_PUBSUB && !c->redis) missing = "--redis (or SWSRS_REDIS)";
   if (missing) {
     fprintf(stderr, "%s: %s is required\nUsage: %s\n", cmd, missing, g_peer_specs[mode].usage);
+    return false;
+  }
+  char err[300];
+  rc_redis_url ru;
+  if (mode == RC_PEER_PUBSUB && rc_redis_url_parse(c->redis, &ru, err, sizeof err) != 0) {
+    fprintf(stderr, "%s: --redis: %s\n", cmd, err);
     return false;
   }
   if (!peer_role_ok(c->role)) {
@@ -232,6 +277,45 @@ static void peer_on_signal(uv_signal_t *h, int signum) {
   rc_peer_stop(x->peer);
 }
 
+/* The Redis password: the file (0600 or stricter, one line), else
+ * $SWSRS_REDIS_PASSWORD, else none.  *pw is secret memory or NULL. */
+static int peer_redis_password(const peer_cfg *c, const char *cmd, char **pw) {
+  *pw = NULL;
+  const char *env = getenv("SWSRS_REDIS_PASSWORD");
+  if (!c->redis_password_file) {
+    if (!env || !*env) return 0;
+    size_t n = strlen(env) + 1;
+    *pw = cm_secret_alloc(n);
+    if (!*pw) return -1;
+    memcpy(*pw, env, n);
+    return 0;
+  }
+  struct stat st;
+  if (stat(c->redis_password_file, &st) != 0 || (st.st_mode & 077)) {
+    fprintf(stderr,
+            "%s: --redis-password-file must exist and be readable by its owner only "
+            "(chmod 600)\n",
+            cmd);
+    return -1;
+  }
+  char *text = NULL;
+  size_t len = 0;
+  if (cm_read_file(c->redis_password_file, 4096, &text, &len) != 0) {
+    fprintf(stderr, "%s: cannot read --redis-password-file\n", cmd);
+    return -1;
+  }
+  while (len && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+    len--;
+  *pw = cm_secret_alloc(len + 1);
+  if (*pw) {
+    memcpy(*pw, text, len);
+    (*pw)[len] = 0;
+  }
+  OPENSSL_cleanse(text, len);
+  free(text);
+  return *pw ? 0 : -1;
+}
+
 static int peer_run(const peer_cfg *c, rc_peer_mode mode, const char *cmd) {
   char err[300];
   rc_url base, url;
@@ -249,6 +333,11 @@ static int peer_run(const peer_cfg *c, rc_peer_mode mode, const char *cmd) {
       fprintf(stderr, "%s: %s\n", cmd, err);
       return 1;
     }
+  }
+  char *redis_pw = NULL;
+  if (mode == RC_PEER_PUBSUB && peer_redis_password(c, cmd, &redis_pw) != 0) {
+    cm_tls_ctx_free(tls);
+    return 1;
   }
   uv_loop_t *loop = uv_default_loop();
   peer_run_ctx x = {.cmd = cmd};
@@ -268,9 +357,16 @@ static int peer_run(const peer_cfg *c, rc_peer_mode mode, const char *cmd) {
                            .ping_interval_ms = (uint32_t)c->ping_interval_ms,
                            .ping_timeout_ms = (uint32_t)c->ping_timeout_ms,
                            .max_message = (uint64_t)c->max_message},
+                    .redis = c->redis,
+                    .session = c->session,
+                    .redis_user = c->redis_user,
+                    .redis_password = redis_pw,
+                    .prefix = c->prefix,
+                    .redis_timeout_ms = (uint32_t)c->redis_timeout_ms,
                     .ud = &x,
                     .on_listening = peer_on_listening};
   x.peer = rc_peer_start(loop, &o, peer_on_done, err, sizeof err);
+  if (redis_pw) cm_secret_free(redis_pw); /* the peer keeps its own copy */
   if (!x.peer) {
     fprintf(stderr, "%s: %s\n", cmd, err);
     uv_run(loop, UV_RUN_DEFAULT);
@@ -328,3 +424,4 @@ int relay_cmd_udp_listen(int argc, char **argv) {
   return peer_main(RC_PEER_UDP_LISTEN, argc, argv);
 }
 int relay_cmd_udp_dial(int argc, char **argv) { return peer_main(RC_PEER_UDP_DIAL, argc, argv); }
+int relay_cmd_pubsub_dial(int argc, char **argv) { return peer_main(RC_PEER_PUBSUB, argc, argv); }

@@ -10,5 +10,6 @@ int relay_cmd_tcp_listen(int argc, char **argv);
 int relay_cmd_tcp_dial(int argc, char **argv);
 int relay_cmd_udp_listen(int argc, char **argv);
 int relay_cmd_udp_dial(int argc, char **argv);
+int relay_cmd_pubsub_dial(int argc, char **argv);
 
 #endif

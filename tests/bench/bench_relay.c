@@ -160,37 +160,6 @@ static void stop_child(pid_t pid, const char *name) {
   waitpid(pid, NULL, 0);
 }
 
-static long rss_kib(pid_t pid) {
-  char path[64], line[256];
-  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  long kib = -1;
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, "VmRSS:", 6) == 0) kib = strtol(line + 6, NULL, 10);
-  fclose(f);
-  return kib;
-}
-
-/* CPU time (user + system) of a process so far, in seconds, and in *sys
- * the system part; -1 if unknown. */
-static double cpu_s(pid_t pid, double *sys) {
-  char path[64], buf[1024];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) return -1;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-  unsigned long ut, st;
-  if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-    return -1;
-  double tick = (double)sysconf(_SC_CLK_TCK);
-  *sys = (double)st / tick;
-  return (double)(ut + st) / tick;
-}
-
 /* Who was busy during a measurement window: the forwarder under test (the
  * relay process includes its embedded controller thread) and this load
  * generator, each as a share of one core, and the forwarder's share spent
@@ -206,16 +175,16 @@ static pid_t target_pid(int t);
 static cpu_mark cpu_begin(int t) {
   double sys;
   cpu_mark m = {.pid = target_pid(t), .t = now_s(), .fwd = -1};
-  if (m.pid > 0) m.fwd = cpu_s(m.pid, &m.fwd_sys);
-  m.self = cpu_s(getpid(), &sys);
+  if (m.pid > 0) m.fwd = bench_cpu_s(m.pid, &m.fwd_sys);
+  m.self = bench_cpu_s(getpid(), &sys);
   return m;
 }
 
 static void cpu_finish(cpu_mark *m) {
   double dt = now_s() - m->t, sys;
-  m->self = (cpu_s(getpid(), &sys) - m->self) / dt * 100;
+  m->self = (bench_cpu_s(getpid(), &sys) - m->self) / dt * 100;
   if (m->fwd < 0) return;
-  double total = cpu_s(m->pid, &sys);
+  double total = bench_cpu_s(m->pid, &sys);
   m->fwd = total < 0 ? -1 : (total - m->fwd) / dt * 100;
   m->fwd_sys = (sys - m->fwd_sys) / dt * 100;
 }
@@ -425,7 +394,7 @@ static void ep_on_close(wl_conn *c, int err, const char *msg) {
   g_closed++;
 }
 
-static const wl_cbs EP_CBS = {ep_on_ready, ep_on_message, ep_on_drain, ep_on_close};
+static const wl_cbs EP_CBS = {ep_on_ready, ep_on_message, ep_on_drain, ep_on_close, NULL};
 
 static ep *ep_new(ep_role role) {
   if (g_neps >= MAX_EPS) die("too many endpoints");
@@ -912,10 +881,10 @@ static void bench_rss(void) {
     return;
   }
   run_for(0.5);
-  long r0 = rss_kib(g_relay_pid);
+  long r0 = bench_rss_kib(g_relay_pid);
   double create_rate = create_sessions(n, 8);
   run_for(0.5);
-  long r1 = rss_kib(g_relay_pid);
+  long r1 = bench_rss_kib(g_relay_pid);
   printf("  created %d sessions at %.0f/s over 8 keep-alive connections\n", n, create_rate);
   /* Connect with a bounded number of handshakes in flight. */
   double t0 = now_s();
@@ -944,7 +913,7 @@ static void bench_rss(void) {
       }
   }
   run_for(1.5);
-  long r2 = rss_kib(g_relay_pid);
+  long r2 = bench_rss_kib(g_relay_pid);
   /* One 1 KiB message per session, A to B, then idle again. */
   uint8_t f[1024 + WS_MAX_HEADER], payload[1024];
   memset(payload, 'm', sizeof payload);
@@ -960,12 +929,12 @@ static void bench_rss(void) {
     printf("!! only %llu of %llu messages arrived\n", (unsigned long long)g_rx_msgs,
            (unsigned long long)g_want_msgs);
   run_for(1.0);
-  long r3 = rss_kib(g_relay_pid);
+  long r3 = bench_rss_kib(g_relay_pid);
   int paired = g_ready / 2;
   double upgrade_rate = g_ready / dt;
   reset_eps();
   run_for(1.5);
-  long r4 = rss_kib(g_relay_pid);
+  long r4 = bench_rss_kib(g_relay_pid);
   printf("  relay VmRSS: start %ld KiB, %d sessions created %ld KiB, paired %ld KiB,"
          " after 1 msg each %ld KiB, all closed %ld KiB\n",
          r0, n, r1, r2, r3, r4);
@@ -1147,7 +1116,7 @@ static void peers_stop(void) {
 /* CPU seconds of a process over a window, as % of a core. */
 static double cpu_share(pid_t pid, double before, double dt) {
   double sys;
-  double now = cpu_s(pid, &sys);
+  double now = bench_cpu_s(pid, &sys);
   return now < 0 || before < 0 ? -1 : (now - before) / dt * 100;
 }
 
@@ -1158,8 +1127,8 @@ static double peers_run(void) {
   run_for(1.0);
   double sys, t0 = now_s();
   uint64_t b0 = g_sink_bytes;
-  double c_relay = cpu_s(g_relay_pid, &sys), c_listen = cpu_s(g_listen_pid, &sys),
-         c_dial = cpu_s(g_dial_pid, &sys), c_self = cpu_s(getpid(), &sys);
+  double c_relay = bench_cpu_s(g_relay_pid, &sys), c_listen = bench_cpu_s(g_listen_pid, &sys),
+         c_dial = bench_cpu_s(g_dial_pid, &sys), c_self = bench_cpu_s(getpid(), &sys);
   run_for(opt.secs);
   double dt = now_s() - t0;
   double rate = (double)(g_sink_bytes - b0) / dt;

@@ -1,20 +1,21 @@
 /*
  * wsload.h — a small WebSocket endpoint on cm_stream for load generation
- * (benchmarks only; header-only so each bench_*.c stays one translation
- * unit).
+ * (benchmarks and the soak harness in tests/soak; header-only so each
+ * bench_*.c stays one translation unit).
  *
  * Both ends are here: wl_connect dials (plain or TLS), sends the HTTP/1.1
  * upgrade and then speaks as a client (frames masked, server frames parsed
  * with ws_parser in client mode); wl_accept takes a connection from a
  * listener, answers the upgrade with 101 and speaks as a server (the direct
- * and haproxy baselines of bench_relay).  Incoming data is only counted:
- * payload bytes, and whole messages reported through on_message; pings are
- * answered, a close is echoed.  Outgoing data is prebuilt: wl_frame_build
- * writes one frame (header + masked payload) into a caller buffer once, and
- * the caller sends those bytes as often as it likes with wl_send, so the
- * load generator spends its CPU on TLS and syscalls, not on masking.  A
- * fixed masking key is fine for a benchmark (the relay cannot tell), and
- * it keeps prebuilt frames reusable.
+ * and haproxy baselines of bench_relay).  Incoming data is counted (payload
+ * bytes, and whole messages reported through on_message) and, for a caller
+ * that checks it, handed over chunk by chunk through on_payload; pings are
+ * answered, a close is echoed and its code kept in close_code.  Outgoing
+ * data is prebuilt: wl_frame_build writes one frame (header + masked
+ * payload) into a caller buffer once, and the caller sends those bytes as
+ * often as it likes with wl_send, so the load generator spends its CPU on
+ * TLS and syscalls, not on masking.  A fixed masking key is fine for a
+ * benchmark (the relay cannot tell), and it keeps prebuilt frames reusable.
  *
  * Ownership: a wl_conn is freed after its on_close callback, as cm_stream
  * is; callers keep their own pointer in ud.  Everything runs on one libuv
@@ -37,15 +38,21 @@ typedef struct wl_cbs {
   void (*on_message)(wl_conn *c, uint64_t len);           /* a whole data message arrived */
   void (*on_drain)(wl_conn *c);                           /* write queue fell below low watermark */
   void (*on_close)(wl_conn *c, int err, const char *msg); /* last call; c is freed after */
+  /* Optional: a chunk of a data message's payload (c->msg_opcode is its
+   * type, c->msg_len the bytes of the message before this chunk). */
+  void (*on_payload)(wl_conn *c, const uint8_t *data, size_t len);
 } wl_cbs;
 
 struct wl_conn {
   cm_stream *st;
-  bool server;     /* accepted side: server-mode parser, unmasked frames */
-  bool ready;      /* upgrade complete */
-  bool fin;        /* current frame is its message's last */
-  int http_status; /* client: status of the upgrade reply (0 until read) */
-  cm_buf hs;       /* handshake bytes until the blank line */
+  bool server;         /* accepted side: server-mode parser, unmasked frames */
+  bool ready;          /* upgrade complete */
+  bool fin;            /* current frame is its message's last */
+  uint8_t msg_opcode;  /* WS_TEXT or WS_BINARY: the current message's type */
+  uint16_t close_code; /* code of the close frame received (1005: none given), else 0 */
+  bool close_sent;     /* we sent a close frame: the peer's is its answer, not echoed */
+  int http_status;     /* client: status of the upgrade reply (0 until read) */
+  cm_buf hs;           /* handshake bytes until the blank line */
   ws_parser parser;
   uint64_t msg_len; /* payload of the message in progress */
   uint64_t rx_bytes, rx_msgs;
@@ -53,6 +60,14 @@ struct wl_conn {
   void *ud;
   char *request; /* client: the upgrade request, sent on open */
 };
+
+/* The upgrade request may carry a slot token: wiped before it is freed. */
+static void wl_free_request(wl_conn *c) {
+  if (!c->request) return;
+  explicit_bzero(c->request, strlen(c->request));
+  free(c->request);
+  c->request = NULL;
+}
 
 static const uint8_t WL_MASK[4] = {0x37, 0xfa, 0x21, 0x3d};
 
@@ -73,16 +88,27 @@ static inline int wl_send(wl_conn *c, const void *frames, size_t len) {
 static inline bool wl_above_high(const wl_conn *c) { return cm_stream_above_high(c->st); }
 static inline void wl_close(wl_conn *c) { cm_stream_close(c->st); }
 
+static void wl_send_control(wl_conn *c, uint8_t op, const uint8_t *p, size_t n);
+
+/* Starts the closing handshake: a close frame with `code`; the stream
+ * closes when the peer answers (or the peer closes it). */
+static inline void wl_close_with(wl_conn *c, uint16_t code) {
+  uint8_t p[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+  wl_send_control(c, WS_CLOSE, p, sizeof p);
+}
+
 /* ---- frame parsing -------------------------------------------------------------- */
 
 static int wl_on_frame_header(void *ud, const ws_frame *f) {
-  ((wl_conn *)ud)->fin = f->fin;
+  wl_conn *c = ud;
+  c->fin = f->fin;
+  c->msg_opcode = f->msg_opcode;
   return 0;
 }
 
 static int wl_on_payload(void *ud, uint8_t *data, size_t len) {
   wl_conn *c = ud;
-  (void)data;
+  if (c->cbs->on_payload) c->cbs->on_payload(c, data, len);
   c->msg_len += len;
   c->rx_bytes += len;
   return 0;
@@ -102,6 +128,7 @@ static void wl_send_control(wl_conn *c, uint8_t op, const uint8_t *p, size_t n) 
   uint8_t f[WS_MAX_CONTROL + WS_MAX_HEADER];
   if (n > WS_MAX_CONTROL) n = WS_MAX_CONTROL; /* the parser guarantees it */
   size_t len = wl_frame_build(f, !c->server, op, p, n);
+  if (op == WS_CLOSE) c->close_sent = true;
   cm_stream_write(c->st, f, len);
 }
 
@@ -109,7 +136,8 @@ static int wl_on_control(void *ud, uint8_t op, const uint8_t *p, size_t n) {
   wl_conn *c = ud;
   if (op == WS_PING) wl_send_control(c, WS_PONG, p, n);
   if (op == WS_CLOSE) {
-    wl_send_control(c, WS_CLOSE, p, n >= 2 ? 2 : 0);
+    c->close_code = n >= 2 ? (uint16_t)(p[0] << 8 | p[1]) : 1005;
+    if (!c->close_sent) wl_send_control(c, WS_CLOSE, p, n >= 2 ? 2 : 0);
     cm_stream_close(c->st);
     return 1;
   }
@@ -117,7 +145,7 @@ static int wl_on_control(void *ud, uint8_t op, const uint8_t *p, size_t n) {
 }
 
 static const ws_parser_cbs WL_PARSER_CBS = {wl_on_frame_header, wl_on_payload, wl_on_frame_end,
-                                            wl_on_control};
+                                                wl_on_control};
 
 static void wl_parse(wl_conn *c, uint8_t *data, size_t len) {
   if (len == 0 || cm_stream_closing(c->st)) return;
@@ -224,8 +252,7 @@ static void wl_on_open(cm_stream *s) {
   wl_conn *c = cm_stream_get_data(s);
   if (c->request) {
     cm_stream_write(s, c->request, strlen(c->request));
-    free(c->request);
-    c->request = NULL;
+    wl_free_request(c);
   }
 }
 
@@ -238,7 +265,7 @@ static void wl_on_close(cm_stream *s, int err, const char *msg) {
   wl_conn *c = cm_stream_get_data(s);
   if (c->cbs->on_close) c->cbs->on_close(c, err, msg);
   cm_buf_free(&c->hs);
-  free(c->request);
+  wl_free_request(c);
   free(c);
 }
 
@@ -255,10 +282,11 @@ static wl_conn *wl_new(bool server, const wl_cbs *cbs, void *ud) {
 }
 
 /* Dials addr and upgrades GET `path` (which carries the slot token in its
- * query, if any).  tls NULL: plain. */
-static inline wl_conn *wl_connect(uv_loop_t *loop, const struct sockaddr *addr, cm_tls_ctx *tls,
-                                  const char *host, const char *path, const wl_cbs *cbs, void *ud,
-                                  int *err) {
+ * query, if any), adding `headers` (NULL, or complete "Name: value\r\n"
+ * lines) to the request.  tls NULL: plain. */
+static inline wl_conn *wl_connect_hdr(uv_loop_t *loop, const struct sockaddr *addr, cm_tls_ctx *tls,
+                                      const char *host, const char *path, const char *headers,
+                                      const wl_cbs *cbs, void *ud, int *err) {
   wl_conn *c = wl_new(false, cbs, ud);
   if (!c) {
     *err = -ENOMEM;
@@ -272,7 +300,8 @@ static inline wl_conn *wl_connect(uv_loop_t *loop, const struct sockaddr *addr, 
   cm_b64url_encode(nonce, sizeof nonce, key, sizeof key);
   for (char *k = key; *k; k++)
     *k = *k == '-' ? '+' : *k == '_' ? '/' : *k;
-  size_t need = strlen(path) + strlen(host) + 256;
+  if (!headers) headers = "";
+  size_t need = strlen(path) + strlen(host) + strlen(headers) + 256;
   c->request = malloc(need);
   if (!c->request) {
     free(c);
@@ -281,16 +310,22 @@ static inline wl_conn *wl_connect(uv_loop_t *loop, const struct sockaddr *addr, 
   }
   snprintf(c->request, need,
            "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           "Sec-WebSocket-Key: %s==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-           path, host, key);
+           "Sec-WebSocket-Key: %s==\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
+           path, host, key, headers);
   cm_stream_opts o = {.tls = tls, .sni = host};
   c->st = cm_stream_connect(loop, addr, &o, &WL_STREAM_CBS, c, err);
   if (!c->st) {
-    free(c->request);
+    wl_free_request(c);
     free(c);
     return NULL;
   }
   return c;
+}
+
+static inline wl_conn *wl_connect(uv_loop_t *loop, const struct sockaddr *addr, cm_tls_ctx *tls,
+                                  const char *host, const char *path, const wl_cbs *cbs, void *ud,
+                                  int *err) {
+  return wl_connect_hdr(loop, addr, tls, host, path, NULL, cbs, ud, err);
 }
 
 /* Accepts a pending connection on a listener as the server end. */

@@ -28,6 +28,7 @@ static const fz_cfg_spec g_specs[] = {
     {&g_peer_specs[RC_PEER_TCP_DIAL], sizeof(peer_cfg)},
     {&g_peer_specs[RC_PEER_UDP_LISTEN], sizeof(peer_cfg)},
     {&g_peer_specs[RC_PEER_UDP_DIAL], sizeof(peer_cfg)},
+    {&g_peer_specs[RC_PEER_PUBSUB], sizeof(peer_cfg)},
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

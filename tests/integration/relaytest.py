@@ -43,6 +43,16 @@ CONTROLLER_BIN = os.environ.get("RELAY_CONTROLLER_BIN") or os.path.join(
 TIMEOUT = float(os.environ.get("RELAY_TEST_TIMEOUT", "20"))
 
 
+def free_port():
+    """A loopback TCP port free a moment ago (for servers that need one in
+    their configuration file, such as sshd and redis-server)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 class TestError(AssertionError):
     """A helper could not get what the test asked for (timeout, bad reply)."""
 

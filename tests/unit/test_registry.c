@@ -691,6 +691,47 @@ static void test_delete_and_expiry_survive_restart(void **st) {
   ctl_registry_close(r);
 }
 
+/* A target session: the target is kept (status, journal and snapshot),
+ * handed to the initiator's Validate only, and its responder token is
+ * refused; an ordinary session beside it has none. */
+static void test_target_session(void **st) {
+  fixture *f = *st;
+  ctl_registry_config cfg = test_cfg();
+  cfg.compact_bytes = 1024; /* a few records: the later rounds replay a snapshot */
+  ctl_registry *r = open_reg(f->state, &cfg);
+  ctl_reg_created t, o;
+  assert_int_equal(ctl_reg_create_target(r, T0, 0, 0, "r1", URL, "ssh.example.com:22", &t), 0);
+  create_ok(r, T0, "r1", &o);
+  assert_string_equal(t.status.target, "ssh.example.com:22");
+  assert_string_equal(o.status.target, "");
+  char longer[CTL_REG_TARGET_MAX + 8];
+  memset(longer, 'a', sizeof longer - 1);
+  longer[sizeof longer - 1] = '\0';
+  ctl_reg_created x;
+  assert_int_equal(ctl_reg_create_target(r, T0, 0, 0, "r1", URL, longer, &x), CTL_REG_EARG);
+  uint64_t gen = ctl_reg_generation(r);
+  for (int round = 0; round < 3; round++) {
+    ctl_reg_decision d = check(r, T0 + 1, t.status.id, t.initiator_token, 0, "r1");
+    assert_true(d.allow);
+    assert_string_equal(d.target, "ssh.example.com:22");
+    expect_deny(check(r, T0 + 1, t.status.id, t.responder_token, 0, "r1"), 403, "target_session");
+    d = check(r, T0 + 1, o.status.id, o.responder_token, 0, "r1");
+    assert_true(d.allow);
+    assert_string_equal(d.target, "");
+    ctl_reg_status gs;
+    assert_int_equal(ctl_reg_get(r, T0 + 1, t.status.id, &gs), 0);
+    assert_string_equal(gs.target, "ssh.example.com:22");
+    for (int i = 0; i < 8; i++) {
+      ctl_reg_created more;
+      create_ok(r, T0, "r1", &more);
+    }
+    ctl_registry_close(r);
+    r = open_reg(f->state, &cfg);
+  }
+  assert_true(ctl_reg_generation(r) > gen); /* a snapshot was written and replayed */
+  ctl_registry_close(r);
+}
+
 static bool log_has(const fixture *f, const char *needle) {
   size_t n;
   char *d = slurp(f->log, &n);
@@ -1038,6 +1079,7 @@ int main(void) {
       T(test_list_pages),
       T(test_random_ops_keep_invariants),
       T(test_durable_restart),
+      T(test_target_session),
       T(test_state_dir_mode_tightened),
       T(test_delete_and_expiry_survive_restart),
       T(test_torn_tail_garbage),
