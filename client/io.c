@@ -14,6 +14,7 @@
  * leaves, then FIN or end of file) or at once (a TCP reset).
  */
 #include "client/peer.h"
+#include "client/pump.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -12,6 +12,7 @@
  */
 #include "client/peer.h"
 #include "client/pubsub.h"
+#include "client/pump.h"
 #include "client/udp.h"
 #include "websocket/websocket.h"
 

@@ -52,10 +52,4 @@ bool rc_io_above_high(const rc_io *io);
  * at once.  on_done follows. */
 void rc_io_finish(rc_io *io, bool graceful);
 
-/* An address as "ip:port" or "[ip6]:port". */
-void rc_addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen);
-
-/* "host:port" or "[v6]:port" into its parts; -EINVAL when malformed. */
-int rc_hostport_split(const char *hp, char *host, size_t hostlen, uint16_t *port);
-
 #endif

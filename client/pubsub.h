@@ -5,7 +5,7 @@
 #ifndef RELAY_CLIENT_PUBSUB_H
 #define RELAY_CLIENT_PUBSUB_H
 
-#include "client/udp.h"
+#include "client/pump.h"
 
 typedef struct rc_pubsub rc_pubsub;
 
@@ -15,8 +15,5 @@ rc_pubsub *rc_pubsub_start(rc_peer *p, char *err, size_t errlen);
 /* Closes 1000 (or drops a pending join) and lets go of Redis;
  * rc_peer_pump_done follows. */
 void rc_pubsub_stop(rc_pubsub *ps);
-
-/* peer.c, for pubsub.c: the refusals a re-join would only repeat. */
-bool rc_peer_refusal_permanent(const rc_ws_end *e);
 
 #endif

@@ -438,6 +438,11 @@ void *cm_tls_ctx_ssl_ctx(cm_tls_ctx *ctx);
  * ---------------------------------------------------------------------- */
 typedef struct cm_stream cm_stream;
 
+/* on_read's data always has this many bytes before it, in the same
+ * buffer, that the owner may overwrite: room to put a small header in
+ * front of received bytes and write both as one piece, without a copy. */
+#define CM_STREAM_HEADROOM 16
+
 typedef struct cm_stream_cbs {
   void (*on_open)(cm_stream *s);
   void (*on_read)(
@@ -474,10 +479,29 @@ cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o, const 
 /* Connects to a numeric address; on_open after connect (+ handshake). */
 cm_stream *cm_stream_connect(uv_loop_t *loop, const struct sockaddr *addr, const cm_stream_opts *o,
                              const cm_stream_cbs *cbs, void *ud, int *err);
+/* Takes over a TCP socket accepted elsewhere (server role): as
+ * cm_stream_accept, for a listener that hands connections to other loops.
+ * fd belongs to the stream from here on, also when this fails. */
+cm_stream *cm_stream_accept_fd(uv_loop_t *loop, int fd, const cm_stream_opts *o,
+                               const cm_stream_cbs *cbs, void *ud, int *err);
 /* Wraps a connected socket fd (socketpair for the in-process transport).
  * is_server selects the TLS role when o->tls is set. */
 cm_stream *cm_stream_open_fd(uv_loop_t *loop, int fd, bool is_server, const cm_stream_opts *o,
                              const cm_stream_cbs *cbs, void *ud, int *err);
+
+/* Moving a connection to another loop (another thread), between reads:
+ * detach stops reading and, once no write is queued, calls cb (perhaps
+ * inside this call) with a parcel holding all the stream is — socket, TLS
+ * session, ciphertext not yet decrypted, whether reading is paused; the
+ * stream is then gone, without on_close.  Should it fail first (a reset
+ * while writes drain), it closes as usual and cb never runs.  Only for an
+ * open TCP stream with nothing corked.  adopt makes the stream again on
+ * `loop` (on that loop's thread); the parcel is consumed either way. */
+typedef struct cm_stream_parcel cm_stream_parcel;
+int cm_stream_detach(cm_stream *s, void (*cb)(void *ud, cm_stream_parcel *p), void *ud);
+cm_stream *cm_stream_adopt(uv_loop_t *loop, cm_stream_parcel *p, const cm_stream_cbs *cbs, void *ud,
+                           int *err);
+void cm_stream_parcel_free(cm_stream_parcel *p);
 
 void *cm_stream_get_data(const cm_stream *s);
 void cm_stream_set_data(cm_stream *s, void *ud);
@@ -533,6 +557,12 @@ const char *cm_stream_peer_addr(const cm_stream *s);
 /* Bind only (listen later with uv_listen): the port is known before the
  * socket accepts anything. */
 int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err, size_t errlen);
+/* The same as a bare non-blocking socket (for listeners not on a uv_tcp_t,
+ * or several with SO_REUSEPORT). */
+int cm_tcp_bind_fd(const char *hostport, bool reuseport, int *fd, char *err, size_t errlen);
+int cm_fd_bound_port(int fd);
+/* "ip:port" or "[ipv6]:port" ("local" for other families). */
+void cm_sockaddr_text(const struct sockaddr *sa, char *out, size_t outlen);
 int cm_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, int backlog,
                   uv_connection_cb cb, char *err, size_t errlen);
 int cm_tcp_bound_port(const uv_tcp_t *tcp);
@@ -542,7 +572,8 @@ int cm_tcp_bound_port(const uv_tcp_t *tcp);
  * ---------------------------------------------------------------------- */
 /* The inherited listening socket (LISTEN_FDS for this pid) bound to
  * exactly addr, made non-blocking and close-on-exec, or -1.  Each is
- * handed out once; cm_tcp_bind asks here before it binds. */
+ * handed out once; cm_tcp_bind_fd asks here before it binds (not for
+ * SO_REUSEPORT sockets). */
 int cm_activation_take(const struct sockaddr_storage *addr);
 /* How many inherited sockets nobody took, their addresses (space-separated)
  * in out. */

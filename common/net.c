@@ -70,31 +70,7 @@ bool cm_host_is_loopback(const char *host) {
   return IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr);
 }
 
-/* Binds the socket ourselves: uv_tcp_bind defers EADDRINUSE to listen(),
- * and we want the precise error now, before anything else starts. */
-static int bind_new(const struct sockaddr_storage *ss, const char *hostport, int *out, char *err,
-                    size_t errlen) {
-  int rc, fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    rc = -errno;
-    snprintf(err, errlen, "socket: %s", strerror(errno));
-    return rc;
-  }
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  socklen_t sl =
-      ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-  if (bind(fd, (const struct sockaddr *)ss, sl) != 0) {
-    rc = -errno;
-    snprintf(err, errlen, "bind %s: %s", hostport, uv_strerror(rc));
-    close(fd);
-    return rc;
-  }
-  *out = fd;
-  return 0;
-}
-
-int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err, size_t errlen) {
+int cm_tcp_bind_fd(const char *hostport, bool reuseport, int *fd_out, char *err, size_t errlen) {
   char host[256];
   int port, rc;
   struct sockaddr_storage ss;
@@ -104,9 +80,43 @@ int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err,
     return -EINVAL;
   }
   /* A socket inherited from systemd (socket activation) for this very
-   * address is taken as it is: it outlives us, which is the point. */
-  int fd = cm_activation_take(&ss);
-  if (fd < 0 && (rc = bind_new(&ss, hostport, &fd, err, errlen)) != 0) return rc;
+   * address is taken as it is: it outlives us, which is the point.  Not
+   * for SO_REUSEPORT groups: each member must be a socket of its own. */
+  int fd = reuseport ? -1 : cm_activation_take(&ss);
+  if (fd >= 0) {
+    *fd_out = fd;
+    return 0;
+  }
+  fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    rc = -errno;
+    snprintf(err, errlen, "socket: %s", strerror(errno));
+    return rc;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    rc = -errno;
+    snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(errno));
+    close(fd);
+    return rc;
+  }
+  socklen_t sl = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+  if (bind(fd, (const struct sockaddr *)&ss, sl) != 0) {
+    rc = -errno;
+    snprintf(err, errlen, "bind %s: %s", hostport, uv_strerror(rc));
+    close(fd);
+    return rc;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+int cm_tcp_bind(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, char *err, size_t errlen) {
+  /* Bind the socket ourselves: uv_tcp_bind defers EADDRINUSE to listen(),
+   * and we want the precise error now, before anything else starts. */
+  int fd, rc = cm_tcp_bind_fd(hostport, false, &fd, err, errlen);
+  if (rc != 0) return rc;
   if ((rc = uv_tcp_init(loop, tcp)) != 0) {
     snprintf(err, errlen, "tcp init: %s", uv_strerror(rc));
     close(fd);
@@ -139,4 +149,30 @@ int cm_tcp_bound_port(const uv_tcp_t *tcp) {
   if (uv_tcp_getsockname(tcp, (struct sockaddr *)&ss, &len) != 0) return -1;
   if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
   return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+int cm_fd_bound_port(int fd) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return -1;
+  if (ss.ss_family == AF_INET) return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+  return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+void cm_sockaddr_text(const struct sockaddr *sa, char *out, size_t outlen) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  /* Copied out: a struct sockaddr may be less aligned than the family's. */
+  if (sa->sa_family == AF_INET6) {
+    struct sockaddr_in6 a;
+    memcpy(&a, sa, sizeof a);
+    uv_ip6_name(&a, ip, sizeof ip);
+    snprintf(out, outlen, "[%s]:%d", ip, ntohs(a.sin6_port));
+  } else if (sa->sa_family == AF_INET) {
+    struct sockaddr_in a;
+    memcpy(&a, sa, sizeof a);
+    uv_ip4_name(&a, ip, sizeof ip);
+    snprintf(out, outlen, "%s:%d", ip, ntohs(a.sin_port));
+  } else {
+    snprintf(out, outlen, "local");
+  }
 }

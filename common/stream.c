@@ -1,11 +1,17 @@
 /*
  * stream.c — cm_stream: one connection, plain or TLS, on a libuv loop.
  *
- * TLS runs over a custom BIO rather than memory BIOs: OpenSSL reads
- * ciphertext straight out of libuv's read buffer (shared per thread, so an
- * idle connection holds no read buffer at all) and writes records into a
- * per-stream output buffer that is handed whole to uv_write.  Ciphertext
- * left over when the reader pauses is kept in `in` (bounded by one read).
+ * TLS runs over a custom BIO that moves ciphertext straight through the
+ * socket: libuv only says when the socket is readable (the read buffer we
+ * give it is empty, so it reads nothing and reports UV_ENOBUFS), and
+ * OpenSSL's BIO reads recv() into its own record buffer, several records a
+ * call (read-ahead); records OpenSSL writes go to send() at once while
+ * nothing is queued, and only what the kernel does not take is copied, into
+ * `out`, for uv_write.  So no ciphertext byte is copied in user space, and
+ * an idle connection holds no buffer at all (OpenSSL's are released when
+ * empty).  Records OpenSSL has read but we have not asked for stay inside
+ * it while the owner pauses (SSL_has_pending).  `in` serves only streams
+ * adopted from another loop that still carry unread ciphertext.
  *
  * Write accounting: `queued` counts bytes handed to uv_write and not yet
  * completed.  Crossing high_watermark arms on_drain, fired when the queue
@@ -20,18 +26,24 @@
 #include "common/tls_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define READ_CHUNK       65536
 #define LINGER_MS        1000
 #define CLOSE_TIMEOUT_MS 5000
 #define CORK_FLUSH       16384 /* one full TLS record */
+/* Pieces this large leave at once even while corked: coalescing them would
+ * copy more than the records it saves cost. */
+#define CORK_DIRECT 4096
 
 enum state { S_CONNECTING, S_HANDSHAKE, S_OPEN, S_CLOSING, S_SHUTDOWN, S_CLOSED };
 
@@ -62,6 +74,11 @@ struct cm_stream {
   bool above_high;
   bool paused, reading, eof;
   bool open_pending; /* plain stream: on_open runs from the loop, not the constructor */
+  int sock_err;      /* the BIO's recv() failed (negative errno) */
+  bool sock_eof;     /* the BIO's recv() saw the peer's FIN */
+  /* Leaving for another loop once no write is queued (cm_stream_detach). */
+  void (*detach_cb)(void *ud, cm_stream_parcel *p);
+  void *detach_ud;
   int close_err;
   char close_msg[160];
   char peer[64];
@@ -76,8 +93,11 @@ typedef struct write_req {
   uint8_t data[];
 } write_req;
 
+/* Reads land CM_STREAM_HEADROOM bytes into these, so an owner can put a
+ * header in front of what it was given and send both in one piece. */
 static _Thread_local uint8_t t_readbuf[READ_CHUNK];
 static _Thread_local uint8_t t_plainbuf[READ_CHUNK];
+#define READ_ROOM (READ_CHUNK - CM_STREAM_HEADROOM)
 
 static void finish_close(cm_stream *s);
 static void begin_close(cm_stream *s, int err, const char *msg, bool abrupt);
@@ -87,31 +107,71 @@ static int emit_cork(cm_stream *s);
 static void abort_now(cm_stream *s);
 static void became_open(cm_stream *s);
 static void start_reading(cm_stream *s);
+static void finish_detach(cm_stream *s);
+static void on_handle_closed(uv_handle_t *h);
 
 /* ---- custom BIO ------------------------------------------------------------ */
 
 static BIO_METHOD *g_bio_method;
 static uv_once_t g_bio_once = UV_ONCE_INIT;
 
+static int stream_fd(cm_stream *s) {
+  uv_os_fd_t fd;
+  return uv_fileno((uv_handle_t *)&s->h, &fd) == 0 ? fd : -1;
+}
+
+/* A record straight to the kernel when nothing waits before it; what it
+ * does not take (or anything behind queued bytes) goes to `out`, in order.
+ * A hard error is left for flush_out's write to find and report. */
 static int bio_write(BIO *b, const char *data, int len) {
   cm_stream *s = BIO_get_data(b);
   BIO_clear_retry_flags(b);
-  if (cm_buf_append(&s->out, data, (size_t)len) != 0) return -1;
+  size_t done = 0;
+  int fd;
+  if (s->queued == 0 && cm_buf_size(&s->out) == 0 && s->state < S_CLOSED &&
+      (fd = stream_fd(s)) >= 0) {
+    ssize_t n;
+    do
+      n = send(fd, data, (size_t)len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n > 0) done = (size_t)n;
+  }
+  if (done < (size_t)len && cm_buf_append(&s->out, data + done, (size_t)len - done) != 0) return -1;
   return len;
 }
 
+/* Ciphertext for OpenSSL: what an adopted stream still carries, else the
+ * socket itself, into OpenSSL's own buffer. */
 static int bio_read(BIO *b, char *buf, int len) {
   cm_stream *s = BIO_get_data(b);
   BIO_clear_retry_flags(b);
-  if (s->in_len == 0) {
-    BIO_set_retry_read(b);
-    return -1;
+  if (s->in_len > 0) {
+    size_t n = CM_MIN((size_t)len, s->in_len);
+    memcpy(buf, s->in_ptr, n);
+    s->in_ptr += n;
+    s->in_len -= n;
+    return (int)n;
   }
-  size_t n = CM_MIN((size_t)len, s->in_len);
-  memcpy(buf, s->in_ptr, n);
-  s->in_ptr += n;
-  s->in_len -= n;
-  return (int)n;
+  int fd = s->sock_eof || s->sock_err || s->state >= S_CLOSING ? -1 : stream_fd(s);
+  if (fd < 0) {
+    if (!s->sock_eof && !s->sock_err) BIO_set_retry_read(b);
+    return s->sock_eof ? 0 : -1;
+  }
+  ssize_t n;
+  do
+    n = recv(fd, buf, (size_t)len, 0);
+  while (n < 0 && errno == EINTR);
+  if (n > 0) return (int)n;
+  if (n == 0) {
+    s->sock_eof = true;
+    return 0;
+  }
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    BIO_set_retry_read(b);
+  } else {
+    s->sock_err = -errno;
+  }
+  return -1;
 }
 
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
@@ -162,19 +222,7 @@ static void set_peer_addr(cm_stream *s) {
     snprintf(s->peer, sizeof s->peer, "local");
     return;
   }
-  char ip[INET6_ADDRSTRLEN] = "?";
-  int port;
-  if (ss.ss_family == AF_INET6) {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    uv_ip6_name(a, ip, sizeof ip);
-    port = ntohs(a->sin6_port);
-    snprintf(s->peer, sizeof s->peer, "[%s]:%d", ip, port);
-  } else {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    uv_ip4_name(a, ip, sizeof ip);
-    port = ntohs(a->sin_port);
-    snprintf(s->peer, sizeof s->peer, "%s:%d", ip, port);
-  }
+  cm_sockaddr_text((const struct sockaddr *)&ss, s->peer, sizeof s->peer);
 }
 
 static void tune_tcp(cm_stream *s, const cm_stream_opts *o) {
@@ -222,6 +270,10 @@ static int setup_tls(cm_stream *s, const cm_stream_opts *o) {
   if (!b) return -ENOMEM;
   BIO_set_data(b, s);
   SSL_set_bio(s->ssl, b, b);
+  /* Up to this much ciphertext per recv(): several records a syscall, as
+   * one libuv read of this size used to bring. */
+  SSL_set_read_ahead(s->ssl, 1);
+  SSL_set_default_read_buffer_len(s->ssl, READ_CHUNK);
   if (s->is_server) {
     SSL_set_accept_state(s->ssl);
   } else {
@@ -277,6 +329,10 @@ static void after_write(uv_write_t *req, int status) {
   }
   if (s->state == S_CLOSING && s->queued == 0) {
     begin_close(s, s->close_err, NULL, false); /* continue the close sequence */
+    return;
+  }
+  if (s->detach_cb && s->queued == 0 && s->state == S_OPEN) {
+    finish_detach(s);
     return;
   }
   if (s->above_high && s->queued <= s->low && s->state == S_OPEN) {
@@ -356,6 +412,10 @@ static int tls_write(cm_stream *s, const uint8_t *p, size_t n) {
 /* Hands plaintext to the kernel (or TLS) now. */
 static int emit(cm_stream *s, const uv_buf_t *bufs, size_t n) {
   if (!s->ssl) return raw_write(s, bufs, (unsigned)n);
+  if (n == 1) { /* nothing to coalesce with: no copy */
+    int rc = tls_write(s, (const uint8_t *)bufs[0].base, bufs[0].len);
+    return rc == 0 ? flush_out(s) : rc;
+  }
   /* Coalesce small pieces so one record carries them, not one each. */
   uint8_t small[16384];
   size_t fill = 0;
@@ -388,14 +448,15 @@ static int emit_cork(cm_stream *s) {
 }
 
 /* While corked, small writes gather and leave together (one record, one
- * syscall) at uncork or every CORK_FLUSH bytes; big pieces go at once. */
+ * syscall) at uncork or every CORK_FLUSH bytes; big pieces go at once,
+ * uncopied, after what was gathered before them. */
 static int corked_write(cm_stream *s, const uv_buf_t *bufs, size_t n) {
   int rc = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
     size_t len = bufs[i].len;
-    if (cm_buf_size(&s->cork) + len > CORK_FLUSH) rc = emit_cork(s);
+    if (cm_buf_size(&s->cork) + len > CORK_FLUSH || len >= CORK_DIRECT) rc = emit_cork(s);
     if (rc != 0) break;
-    if (len >= CORK_FLUSH)
+    if (len >= CORK_DIRECT)
       rc = emit(s, &bufs[i], 1);
     else if (cm_buf_append(&s->cork, bufs[i].base, len) != 0)
       rc = -ENOMEM;
@@ -455,10 +516,16 @@ bool cm_stream_above_high(const cm_stream *s) {
 
 /* ---- reads ---------------------------------------------------------------- */
 
+/* A TLS stream reads through its BIO: libuv gets no buffer, reads nothing
+ * and reports UV_ENOBUFS, which is our "readable".  Plain streams, and TLS
+ * ones lingering after close (discarding), read into the thread's buffer. */
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  CM_UNUSED(h);
   CM_UNUSED(suggested);
-  *buf = uv_buf_init((char *)t_readbuf, sizeof t_readbuf);
+  cm_stream *s = h->data;
+  if (s->ssl && s->state <= S_OPEN)
+    *buf = uv_buf_init(NULL, 0);
+  else
+    *buf = uv_buf_init((char *)t_readbuf + CM_STREAM_HEADROOM, READ_ROOM);
 }
 
 static void stop_reading(cm_stream *s) {
@@ -491,6 +558,31 @@ static void became_open(cm_stream *s) {
   if (s->state == S_OPEN && s->cbs.on_open) s->cbs.on_open(s);
 }
 
+static int pending_socket_error(cm_stream *s);
+
+/* The BIO's recv() saw the connection end: close as a libuv read of EOF
+ * or of an error would have.  False when it did not. */
+static bool socket_ended(cm_stream *s) {
+  if (s->sock_err) {
+    ERR_clear_error();
+    begin_close(s, s->sock_err, uv_strerror(s->sock_err), true);
+    return true;
+  }
+  if (!s->sock_eof) return false;
+  ERR_clear_error();
+  int soerr = pending_socket_error(s);
+  if (soerr) {
+    begin_close(s, soerr, uv_strerror(soerr), true);
+    return true;
+  }
+  bool clean = SSL_get_shutdown(s->ssl) & SSL_RECEIVED_SHUTDOWN;
+  s->eof = true;
+  stop_reading(s);
+  begin_close(s, clean ? 0 : UV_EOF, clean ? "peer closed" : "peer closed without close_notify",
+              !clean);
+  return true;
+}
+
 /* Runs the handshake and reads records while not paused.  Input comes from
  * in_ptr/in_len (the current uv read), else from the stash `in`. */
 static void tls_pump(cm_stream *s) {
@@ -500,6 +592,8 @@ static void tls_pump(cm_stream *s) {
     if (r != 1) {
       int e = SSL_get_error(s->ssl, r);
       if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
+      if (s->sock_err || s->sock_eof) ERR_clear_error();
+      if (socket_ended(s)) return;
       char msg[200];
       tls_error_msg(s, "TLS handshake failed", msg, sizeof msg);
       begin_close(s, CM_EHANDSHAKE, msg, true);
@@ -509,9 +603,9 @@ static void tls_pump(cm_stream *s) {
     became_open(s);
   }
   while (s->state == S_OPEN && !s->paused) {
-    int r = SSL_read(s->ssl, t_plainbuf, sizeof t_plainbuf);
+    int r = SSL_read(s->ssl, t_plainbuf + CM_STREAM_HEADROOM, READ_ROOM);
     if (r > 0) {
-      s->cbs.on_read(s, t_plainbuf, (size_t)r);
+      s->cbs.on_read(s, t_plainbuf + CM_STREAM_HEADROOM, (size_t)r);
       continue;
     }
     int e = SSL_get_error(s->ssl, r);
@@ -519,7 +613,7 @@ static void tls_pump(cm_stream *s) {
     if (e == SSL_ERROR_WANT_READ) break;
     if (e == SSL_ERROR_ZERO_RETURN) {
       begin_close(s, 0, "peer sent close_notify", false);
-    } else {
+    } else if (!socket_ended(s)) {
       char msg[200];
       tls_error_msg(s, "TLS error", msg, sizeof msg);
       begin_close(s, CM_ETLS, msg, true);
@@ -541,8 +635,14 @@ static void stash_unread(cm_stream *s) {
   s->in_ptr = NULL;
 }
 
+static bool has_pending_input(cm_stream *s) {
+  return cm_buf_size(&s->in) > 0 || (s->ssl && SSL_has_pending(s->ssl));
+}
+
 static void process_input(cm_stream *s) {
   if (!s->ssl || s->state >= S_CLOSING) return;
+  if (cm_buf_size(&s->in) == 0 && !s->paused) tls_pump(s); /* what OpenSSL holds */
+  if (s->state >= S_CLOSING) return;
   if (cm_buf_size(&s->in) > 0 && s->in_len == 0) {
     s->in_ptr = cm_buf_head(&s->in);
     s->in_len = cm_buf_size(&s->in);
@@ -571,6 +671,10 @@ static int pending_socket_error(cm_stream *s) {
 static void read_cb(uv_stream_t *h, ssize_t nread, const uv_buf_t *buf) {
   cm_stream *s = h->data;
   if (nread == 0) return;
+  if (nread == UV_ENOBUFS) { /* readable: OpenSSL reads for itself */
+    if (s->ssl && s->state <= S_OPEN && !s->paused) tls_pump(s);
+    return;
+  }
   if (nread < 0) {
     int soerr = nread == UV_EOF && s->state != S_SHUTDOWN ? pending_socket_error(s) : 0;
     if (s->state == S_SHUTDOWN) {
@@ -610,10 +714,10 @@ void cm_stream_pause(cm_stream *s) {
 }
 
 void cm_stream_resume(cm_stream *s) {
-  if (!s->paused) return;
+  if (!s->paused || s->detach_cb) return;
   s->paused = false;
   if (s->state != S_OPEN) return;
-  if (cm_buf_size(&s->in) > 0) {
+  if (has_pending_input(s)) {
     /* Deliver stashed records from the loop, not from inside the
      * caller's callback (which may belong to another stream). */
     uv_timer_start(&s->timer, on_timer, 0, 0);
@@ -649,6 +753,20 @@ static void start_session(cm_stream *s) {
   uv_timer_start(&s->timer, on_timer, 0, 0);
 }
 
+/* A server-side stream whose socket is open (rc 0): tune it and start. */
+static cm_stream *accepted(cm_stream *s, int rc, const cm_stream_opts *o, int *err) {
+  if (rc != 0) {
+    *err = rc;
+    s->cbs.on_close = NULL;
+    begin_close(s, rc, "accept failed", true);
+    return NULL;
+  }
+  tune_tcp(s, o);
+  start_session(s);
+  *err = 0;
+  return s;
+}
+
 cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o, const cm_stream_cbs *cbs,
                             void *ud, int *err) {
   cm_stream *s = stream_alloc(o, cbs, ud, true);
@@ -664,16 +782,25 @@ cm_stream *cm_stream_accept(uv_stream_t *server, const cm_stream_opts *o, const 
   handles_init_common(s, server->loop);
   int rc = uv_accept(server, uvs(s));
   if (rc == 0) rc = setup_tls(s, o);
-  if (rc != 0) {
-    *err = rc;
-    s->cbs.on_close = NULL;
-    begin_close(s, rc, "accept failed", true);
+  return accepted(s, rc, o, err);
+}
+
+cm_stream *cm_stream_accept_fd(uv_loop_t *loop, int fd, const cm_stream_opts *o,
+                               const cm_stream_cbs *cbs, void *ud, int *err) {
+  cm_stream *s = stream_alloc(o, cbs, ud, true);
+  if (!s) {
+    *err = -ENOMEM;
     return NULL;
   }
-  tune_tcp(s, o);
-  start_session(s);
-  *err = 0;
-  return s;
+  s->is_tcp = true;
+  uv_tcp_init(loop, &s->h.tcp);
+  handles_init_common(s, loop);
+  int rc = uv_tcp_open(&s->h.tcp, fd);
+  if (rc != 0)
+    close(fd); /* the handle never took it */
+  else
+    rc = setup_tls(s, o);
+  return accepted(s, rc, o, err);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
@@ -731,6 +858,118 @@ cm_stream *cm_stream_open_fd(uv_loop_t *loop, int fd, bool is_server, const cm_s
     return NULL;
   }
   start_session(s);
+  *err = 0;
+  return s;
+}
+
+/* ---- moving to another loop ------------------------------------------------- */
+
+/* Everything a stream is, between two loops: the socket (a duplicate; the
+ * old handle closes its own descriptor), the TLS session with whatever
+ * OpenSSL buffers inside it, and ciphertext read but not yet decrypted. */
+struct cm_stream_parcel {
+  int fd;
+  SSL *ssl;
+  cm_buf in;
+  bool paused, is_server;
+  size_t high, low, maxq;
+  uint32_t handshake_ms;
+  char peer[64];
+  char alpn[32];
+};
+
+static void finish_detach(cm_stream *s) {
+  void (*cb)(void *, cm_stream_parcel *) = s->detach_cb;
+  void *ud = s->detach_ud;
+  s->detach_cb = NULL;
+  uv_os_fd_t fd;
+  cm_stream_parcel *p = calloc(1, sizeof *p);
+  int dup_fd = -1;
+  if (p && uv_fileno((uv_handle_t *)&s->h, &fd) == 0) dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup_fd < 0) {
+    free(p);
+    begin_close(s, -ENOMEM, "cannot move the connection", true);
+    return;
+  }
+  p->fd = dup_fd;
+  p->ssl = s->ssl;
+  s->ssl = NULL;
+  p->in = s->in; /* moved: its bytes, its (empty) cap */
+  cm_buf_init(&s->in, 0);
+  p->paused = s->paused;
+  p->is_server = s->is_server;
+  p->high = s->high;
+  p->low = s->low;
+  p->maxq = s->maxq;
+  p->handshake_ms = s->handshake_ms;
+  memcpy(p->peer, s->peer, sizeof p->peer);
+  memcpy(p->alpn, s->alpn, sizeof p->alpn);
+  /* This stream ends here without telling its owner, who moved on. */
+  s->cbs.on_close = NULL;
+  s->state = S_CLOSED;
+  uv_timer_stop(&s->timer);
+  uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+  uv_close((uv_handle_t *)&s->h, on_handle_closed);
+  cb(ud, p);
+}
+
+int cm_stream_detach(cm_stream *s, void (*cb)(void *ud, cm_stream_parcel *p), void *ud) {
+  if (s->state != S_OPEN || !s->is_tcp || s->detach_cb || s->cork_depth > 0 ||
+      cm_buf_size(&s->cork) > 0 || cm_buf_size(&s->pre) > 0)
+    return -EINVAL;
+  stop_reading(s);
+  uv_timer_stop(&s->timer); /* a deferred delivery of stashed input moves too */
+  s->detach_cb = cb;
+  s->detach_ud = ud;
+  if (s->queued == 0) finish_detach(s); /* else after_write, once the kernel has it all */
+  return 0;
+}
+
+void cm_stream_parcel_free(cm_stream_parcel *p) {
+  if (!p) return;
+  close(p->fd);
+  SSL_free(p->ssl);
+  cm_buf_free(&p->in);
+  free(p);
+}
+
+cm_stream *cm_stream_adopt(uv_loop_t *loop, cm_stream_parcel *p, const cm_stream_cbs *cbs, void *ud,
+                           int *err) {
+  cm_stream_opts o = {.high_watermark = p->high,
+                      .low_watermark = p->low,
+                      .max_write_queue = p->maxq,
+                      .handshake_timeout_ms = p->handshake_ms};
+  cm_stream *s = stream_alloc(&o, cbs, ud, p->is_server);
+  if (!s) {
+    cm_stream_parcel_free(p);
+    *err = -ENOMEM;
+    return NULL;
+  }
+  s->is_tcp = true;
+  uv_tcp_init(loop, &s->h.tcp);
+  handles_init_common(s, loop);
+  int rc = uv_tcp_open(&s->h.tcp, p->fd);
+  if (rc != 0) {
+    cm_stream_parcel_free(p); /* the handle never took the fd */
+    *err = rc;
+    s->cbs.on_close = NULL;
+    begin_close(s, rc, "adopt failed", true);
+    return NULL;
+  }
+  if ((s->ssl = p->ssl) != NULL) BIO_set_data(SSL_get_rbio(s->ssl), s);
+  cm_buf_free(&s->in);
+  s->in = p->in;
+  s->paused = p->paused;
+  memcpy(s->peer, p->peer, sizeof s->peer);
+  memcpy(s->alpn, p->alpn, sizeof s->alpn);
+  free(p);
+  s->state = S_OPEN;
+  if (!s->paused) {
+    if (has_pending_input(s))
+      uv_timer_start(&s->timer, on_timer, 0, 0); /* deliver from the loop, as resume does */
+    else
+      start_reading(s);
+  }
   *err = 0;
   return s;
 }

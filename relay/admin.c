@@ -9,44 +9,42 @@
  * their sessions.  Responses that carry slot tokens are never cached, and
  * their bodies are built in memory that is wiped when freed.
  */
-#include "relay/edge.h"
+#include "relay/admin.h"
+
+#include "relay/api.h"
+#include "relay/control.h"
+#include "relay/cors.h"
 #include "relay/jwt.h"
+#include "relay/listing.h"
+#include "relay/status.h"
 
 #include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_ID 64
+#define MAX_ID RLY_MAX_ID
 /* The scope that reads sessions, and so the relay's figures too. */
 #define RLY_SCOPE_READ "swsrs:session:read"
 
 typedef struct admin_op {
   rly_conn *c; /* if it goes first, op_cancel frees the op */
-  rly_server *srv;
+  rly_edge *edge;
   int op;
   char id[MAX_ID];
   uint32_t ttl, peer_wait;
   char target[CM_TARGET_MAX + 1]; /* CREATE: a target session's "host:port" */
   char cors[512];
-  rly_auth_req *auth;
-  tun_call *call;
+  rly_ctl_auth *auth;
+  rly_ctl_call *call;
   const rly_http_request *req; /* valid until we answer */
 } admin_op;
 
-static bool valid_id(const char *id) {
-  size_t n = strlen(id);
-  if (n == 0 || n >= MAX_ID) return false;
-  for (const char *p = id; *p; p++)
-    if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-          *p == '-' || *p == '_'))
-      return false;
-  return true;
-}
+static bool valid_id(const char *id) { return rly_session_id_ok(id); }
 
 /* ---- CORS ---------------------------------------------------------------------- */
 
-static void cors_headers(rly_server *s, const rly_http_request *req, char *out, size_t outlen) {
+static void cors_headers(rly_edge *s, const rly_http_request *req, char *out, size_t outlen) {
   const char *origin = rly_http_header_get(req, "Origin");
   if (origin && rly_origin_allowed(&s->cfg->cors_origins, origin) && strlen(origin) < 256 &&
       !strpbrk(origin, "\r\n")) {
@@ -59,8 +57,11 @@ static void cors_headers(rly_server *s, const rly_http_request *req, char *out, 
   }
 }
 
-void rly_admin_preflight(rly_conn *c, const rly_http_request *req, const char *methods) {
-  rly_server *s = c->srv;
+void rly_admin_preflight(rly_conn *c, const rly_http_request *req, const rly_route_match *m,
+                         int arg) {
+  CM_UNUSED(m);
+  rly_edge *s = c->w->edge;
+  const char *methods = arg == RLY_ADMIN_ONE ? "GET, DELETE, OPTIONS" : "GET, POST, OPTIONS";
   const char *origin = rly_http_header_get(req, "Origin");
   const char *want = rly_http_header_get(req, "Access-Control-Request-Method");
   if (!origin || !want || !rly_origin_allowed(&s->cfg->cors_origins, origin) ||
@@ -79,36 +80,7 @@ void rly_admin_preflight(rly_conn *c, const rly_http_request *req, const char *m
   rly_conn_respond(c, &r);
 }
 
-/* ---- JSON --------------------------------------------------------------------- */
-
-static json_t *time_or_null(int64_t t) {
-  if (t <= 0) return json_null();
-  char buf[32];
-  cm_rfc3339(t, buf, sizeof buf);
-  return json_string(buf);
-}
-
-static json_t *status_json(const Relay__V1__SessionStatus *st) {
-  json_t *o = json_object();
-  json_object_set_new(o, "id", json_string(st->id));
-  json_object_set_new(o, "state", json_string(st->state));
-  json_object_set_new(o, "created_at", time_or_null(st->created_at_unix));
-  json_object_set_new(o, "expires_at", time_or_null(st->expires_at_unix));
-  json_object_set_new(o, "last_activity", time_or_null(st->last_activity_unix));
-  json_object_set_new(o, "bytes_in", json_integer((json_int_t)st->bytes_in));
-  json_object_set_new(o, "bytes_out", json_integer((json_int_t)st->bytes_out));
-  json_object_set_new(o, "initiator_connected", json_boolean(st->initiator_connected));
-  json_object_set_new(o, "responder_connected", json_boolean(st->responder_connected));
-  if (st->target && st->target[0]) json_object_set_new(o, "target", json_string(st->target));
-  return o;
-}
-
-char *rly_admin_status_text(const Relay__V1__SessionStatus *st) {
-  json_t *o = status_json(st);
-  char *text = json_dumps(o, JSON_COMPACT);
-  json_decref(o);
-  return text;
-}
+/* ---- responses -------------------------------------------------------------------- */
 
 static void respond_text(admin_op *a, int status, const char *text, size_t len,
                          const char *more_headers) {
@@ -145,14 +117,13 @@ static void op_free(admin_op *a) { free(a); }
  * once cancelled). */
 static void op_cancel(void *pending) {
   admin_op *a = pending;
-  if (a->auth) rly_auth_cancel(a->auth);
-  if (a->call) tun_call_cancel(a->call);
+  if (a->auth) rly_ctl_auth_cancel(a->auth);
+  if (a->call) rly_ctl_call_cancel(a->call);
   op_free(a);
 }
 
 static void op_done(admin_op *a) {
-  a->c->pending = NULL;
-  a->c->pending_cancel = NULL;
+  rly_conn_clear_pending(a->c);
   op_free(a);
 }
 
@@ -173,7 +144,7 @@ static int append_token(cm_buf *b, const char *key, const char *token) {
  * and the whole text is put together in a secret buffer (wiped when freed).
  * Tokens the data plane would refuse are refused here too. */
 static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
-  if (!rly_dp_token_ok(cs->initiator_token) || !rly_dp_token_ok(cs->responder_token)) {
+  if (!rly_token_ok(cs->initiator_token) || !rly_token_ok(cs->responder_token)) {
     respond_error(a, 502, "bad_controller_answer", "the controller's slot tokens are malformed",
                   NULL);
     return;
@@ -182,14 +153,14 @@ static void created_json(admin_op *a, const Relay__V1__CreatedSession *cs) {
   json_t *o = json_object();
   json_object_set_new(o, "id", json_string(st->id));
   /* A controller that leaves the URLs out gets ours: the relay it asked. */
-  char url[sizeof a->srv->public_url + MAX_ID + 8];
-  snprintf(url, sizeof url, "%s/relay/%s", a->srv->public_url, st->id);
+  char url[sizeof a->edge->public_url + MAX_ID + 8];
+  snprintf(url, sizeof url, "%s/relay/%s", a->edge->public_url, st->id);
   json_object_set_new(o, "initiator_url",
                       json_string(cs->initiator_url[0] ? cs->initiator_url : url));
   json_object_set_new(o, "responder_url",
                       json_string(cs->responder_url[0] ? cs->responder_url : url));
-  json_object_set_new(o, "created_at", time_or_null(st->created_at_unix));
-  json_object_set_new(o, "expires_at", time_or_null(st->expires_at_unix));
+  json_object_set_new(o, "created_at", rly_time_json(st->created_at_unix));
+  json_object_set_new(o, "expires_at", rly_time_json(st->expires_at_unix));
   if (st->target && st->target[0]) json_object_set_new(o, "target", json_string(st->target));
   char *rest = json_dumps(o, JSON_COMPACT); /* {"id":...}: spliced in after the tokens */
   json_decref(o);
@@ -279,7 +250,7 @@ static void on_admin_answer(void *ud, int status, const char *message, const Pro
   } else if (a->op == RLY_ADMIN_CREATE) {
     created_json(a, r->created);
   } else if (a->op == RLY_ADMIN_GET) {
-    respond_json(a, 200, status_json(r->sessions[0]), NULL);
+    respond_json(a, 200, rly_status_json(r->sessions[0]), NULL);
   } else {
     respond_json(a, 204, NULL, NULL);
   }
@@ -289,7 +260,7 @@ static void on_admin_answer(void *ud, int status, const char *message, const Pro
 /* ---- issuing the call ------------------------------------------------------------------ */
 
 static void call_controller(admin_op *a, const rly_principal *p) {
-  rly_server *s = a->srv;
+  rly_edge *s = a->edge;
   static const Relay__V1__AdminOp ops[] = {
       [RLY_ADMIN_CREATE] = RELAY__V1__ADMIN_OP__ADMIN_OP_CREATE,
       [RLY_ADMIN_LIST] = RELAY__V1__ADMIN_OP__ADMIN_OP_LIST,
@@ -313,15 +284,13 @@ static void call_controller(admin_op *a, const rly_principal *p) {
   }
   if (a->op == RLY_ADMIN_LIST) { /* listing.c takes it from here */
     rly_conn *c = a->c;
-    c->pending = NULL;
-    c->pending_cancel = NULL;
+    rly_conn_clear_pending(c);
     rly_list_sessions(c, a->req, p, a->cors);
     op_free(a);
     return;
   }
-  int status;
-  a->call = tun_relay_call(s->tun, TUN_PATH_ADMIN, &q.base, &relay__v1__admin_response__descriptor,
-                           0, on_admin_answer, a, &status);
+  a->call = rly_ctl_call_start(a->c->w, NULL, TUN_PATH_ADMIN, &q.base,
+                               &relay__v1__admin_response__descriptor, on_admin_answer, a);
   if (!a->call) {
     respond_error(a, 503, "controller_unavailable", "no controller link is up", NULL);
     op_done(a);
@@ -357,7 +326,7 @@ static void proceed(admin_op *a, const rly_principal *p) {
     op_done(a);
     return;
   }
-  if (a->srv->links == 0) {
+  if (rly_control_links(a->edge->ctl) == 0) {
     respond_error(a, 503, "controller_unavailable", "no controller link is up", NULL);
     op_done(a);
     return;
@@ -440,15 +409,16 @@ static bool parse_create_body(admin_op *a, const rly_http_request *req) {
   return true;
 }
 
-void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const char *id) {
-  rly_server *s = c->srv;
+void rly_admin_request(rly_conn *c, const rly_http_request *req, const rly_route_match *m, int op) {
+  rly_edge *s = c->w->edge;
+  const char *id = op == RLY_ADMIN_GET || op == RLY_ADMIN_DELETE ? m->caps[0] : NULL;
   admin_op *a = calloc(1, sizeof *a);
   if (!a) {
     rly_conn_respond_error(c, 503, "overloaded", "out of memory", NULL);
     return;
   }
   a->c = c;
-  a->srv = s;
+  a->edge = s;
   a->op = op;
   cors_headers(s, req, a->cors, sizeof a->cors);
   if (id && !valid_id(id)) {
@@ -458,9 +428,8 @@ void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const c
   }
   snprintf(a->id, sizeof a->id, "%s", id ? id : "");
   a->req = req;
-  c->pending = a;
-  c->pending_cancel = op_cancel;
-  if (!s->auth) { /* --no-auth: the controller sees auth_disabled */
+  rly_conn_set_pending(c, a, op_cancel);
+  if (!rly_ctl_auth_enabled(s->ctl)) { /* --no-auth: the controller sees auth_disabled */
     proceed(a, NULL);
     return;
   }
@@ -473,26 +442,30 @@ void rly_admin_request(rly_conn *c, const rly_http_request *req, int op, const c
     op_done(a);
     return;
   }
-  /* NULL means cb already ran and may have freed a: only a pending check
-   * (cb not yet run, so a is alive) is stored. */
-  rly_auth_req *r = rly_auth_check(s->auth, authz + 7, on_authenticated, a);
-  if (r) a->auth = r;
+  /* The check runs on the control thread; its answer comes back here. */
+  if (!(a->auth = rly_ctl_auth_check(c->w, authz + 7, on_authenticated, a))) {
+    respond_error(a, 503, "auth_unavailable", "the relay is overloaded; retry later", NULL);
+    op_done(a);
+  }
 }
 
 /* ---- discovery ------------------------------------------------------------------------------ */
 
-void rly_admin_discovery(rly_conn *c, const rly_http_request *req) {
-  rly_server *s = c->srv;
+void rly_admin_discovery(rly_conn *c, const rly_http_request *req, const rly_route_match *m,
+                         int arg) {
+  CM_UNUSED(m);
+  CM_UNUSED(arg);
+  rly_edge *s = c->w->edge;
   char cors[512];
   cors_headers(s, req, cors, sizeof cors);
-  if (!s->auth) {
+  if (!rly_ctl_auth_enabled(s->ctl)) {
     rly_conn_respond_error(c, 404, "auth_disabled",
                            "this relay runs without authentication (--no-auth)", cors);
     return;
   }
   cm_buf b;
   cm_buf_init(&b, 1 << 16);
-  if (!rly_auth_discovery_json(s->auth, &b)) {
+  if (!rly_ctl_discovery(s->ctl, &b)) {
     cm_buf_free(&b);
     rly_conn_respond_error(c, 503, "auth_unavailable",
                            "the identity provider's discovery document is not loaded yet", cors);

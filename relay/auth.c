@@ -11,8 +11,8 @@
  * last good key set keeps working.  The relay only authenticates: scopes
  * travel to the controller, which decides.
  */
-#include "relay/edge.h"
-#include "relay/jwt.h"
+#include "relay/auth.h"
+#include "relay/fetch.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -35,8 +35,10 @@ struct rly_auth_req {
 };
 
 struct rly_auth {
-  rly_server *srv;
+  const rly_config *cfg;
   uv_loop_t *loop;
+  void (*on_change)(void *ud);
+  void *change_ud;
   cm_tls_ctx *tls;
   rly_jwt_policy pol;
   uint64_t refresh_ms, min_refetch_ms;
@@ -208,6 +210,7 @@ static void on_discovery(void *ud, int status, const char *body, size_t len, con
       if (a->have_disc) rly_oidc_discovery_free(&a->disc);
       a->disc = d;
       a->have_disc = true;
+      if (a->on_change) a->on_change(a->change_ud);
       fetch_jwks(a);
       return;
     }
@@ -235,8 +238,8 @@ static void fetch_discovery(rly_auth *a) {
 
 /* ---- public ---------------------------------------------------------------------------- */
 
-rly_auth *rly_auth_new(rly_server *s, char *err, size_t errlen) {
-  const rly_config *cfg = s->cfg;
+rly_auth *rly_auth_new(const rly_config *cfg, uv_loop_t *loop, void (*on_change)(void *ud),
+                       void *ud, char *err, size_t errlen) {
   if (!cfg->oidc_issuer || !cfg->oidc_audience) {
     snprintf(err, errlen,
              "oidc-issuer/oidc-audience: the admin API needs an OIDC issuer and "
@@ -245,8 +248,10 @@ rly_auth *rly_auth_new(rly_server *s, char *err, size_t errlen) {
   }
   rly_auth *a = calloc(1, sizeof *a);
   if (!a) return NULL;
-  a->srv = s;
-  a->loop = s->loop;
+  a->cfg = cfg;
+  a->loop = loop;
+  a->on_change = on_change;
+  a->change_ud = ud;
   a->pol.issuer = cfg->oidc_issuer;
   a->pol.audience = cfg->oidc_audience;
   a->pol.leeway_s = cfg->jwt_leeway_ms / 1000;
@@ -296,7 +301,7 @@ rly_auth_req *rly_auth_check(rly_auth *a, const char *token, rly_auth_cb cb, voi
     answer(r, 401, NULL, "invalid_token", "token too large");
     return NULL;
   }
-  uint32_t wait_ms = (uint32_t)(a->srv->cfg->call_timeout_ms ? a->srv->cfg->call_timeout_ms : 5000);
+  uint32_t wait_ms = (uint32_t)(a->cfg->call_timeout_ms ? a->cfg->call_timeout_ms : 5000);
   if (!a->jwks) {
     /* Keys not loaded yet (start-up, or the IdP has been down since). */
     if (a->nwaiting >= MAX_WAITING || a->stopping) {
@@ -334,7 +339,7 @@ bool rly_auth_discovery_json(rly_auth *a, cm_buf *out) {
                           {"device_authorization_endpoint", a->disc.device_authorization_endpoint}};
   for (size_t i = 0; i < CM_ARRAY_LEN(eps); i++)
     json_object_set_new(o, eps[i][0], eps[i][1] ? json_string(eps[i][1]) : json_null());
-  const char *hint = a->srv->cfg->client_id_hint;
+  const char *hint = a->cfg->client_id_hint;
   json_object_set_new(o, "client_id_hint", hint ? json_string(hint) : json_null());
   char *text = json_dumps(o, JSON_COMPACT);
   json_decref(o);

@@ -6,7 +6,7 @@
  * a.b.example.com but not example.com); wildcard ports
  * ("http://localhost:*"); or "*" for any origin.
  */
-#include "relay/edge.h"
+#include "relay/cors.h"
 
 #include <string.h>
 

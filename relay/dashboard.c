@@ -12,7 +12,7 @@
  */
 #include "relay/dashboard.h"
 
-#include "relay/edge.h"
+#include "relay/control.h"
 
 #include <http_parser.h>
 #include <jansson.h>
@@ -97,10 +97,10 @@ void rly_dashboard_csp(const char *discovery, size_t len, char *out, size_t outl
            origin);
 }
 
-static void csp_for(rly_server *s, char *out, size_t outlen) {
+static void csp_for(rly_edge *e, char *out, size_t outlen) {
   cm_buf b;
   cm_buf_init(&b, DISCOVERY_MAX);
-  bool have = s->auth && rly_auth_discovery_json(s->auth, &b);
+  bool have = rly_ctl_auth_enabled(e->ctl) && rly_ctl_discovery(e->ctl, &b);
   rly_dashboard_csp(have ? (const char *)cm_buf_head(&b) : NULL, have ? cm_buf_size(&b) : 0, out,
                     outlen);
   cm_buf_free(&b);
@@ -108,7 +108,7 @@ static void csp_for(rly_server *s, char *out, size_t outlen) {
 
 static void respond_file(rly_conn *c, const char *type, const void *data, size_t len) {
   char csp[CSP_MAX], hdr[HEADERS_MAX];
-  csp_for(c->srv, csp, sizeof csp);
+  csp_for(c->w->edge, csp, sizeof csp);
   /* no-cache: revalidated each time, so an upgraded relay's page is seen
    * at once; the files are small. */
   snprintf(hdr, sizeof hdr,
@@ -125,12 +125,15 @@ static void respond_file(rly_conn *c, const char *type, const void *data, size_t
   rly_conn_respond(c, &r);
 }
 
-void rly_dashboard_request(rly_conn *c, const rly_http_request *req, const char *name) {
+void rly_dashboard_request(rly_conn *c, const rly_http_request *req, const rly_route_match *m,
+                           int file) {
   CM_UNUSED(req);
+  const char *name = file ? m->caps[0] : NULL;
   /* How the page is to sign in, without a refusal that a browser would
    * report as an error: the discovery document answers 404 under --no-auth. */
   if (name && strcmp(name, CONFIG) == 0) {
-    const char *cfg = c->srv->auth ? "{\"auth\":\"oidc\"}" : "{\"auth\":\"none\"}";
+    const char *cfg =
+        rly_ctl_auth_enabled(c->w->edge->ctl) ? "{\"auth\":\"oidc\"}" : "{\"auth\":\"none\"}";
     respond_file(c, "application/json", cfg, strlen(cfg));
     return;
   }

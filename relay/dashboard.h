@@ -9,7 +9,7 @@
 #ifndef RELAY_DASHBOARD_H
 #define RELAY_DASHBOARD_H
 
-#include <stddef.h>
+#include "relay/conn.h"
 
 typedef struct rly_asset {
   const char *name; /* file name under relay/dashboard/ */
@@ -20,11 +20,10 @@ typedef struct rly_asset {
 extern const rly_asset rly_assets[];
 extern const size_t rly_nassets;
 
-typedef struct rly_conn rly_conn;
-typedef struct rly_http_request rly_http_request;
-
-/* GET /dashboard (name NULL: the page) and /dashboard/{name}. */
-void rly_dashboard_request(rly_conn *c, const rly_http_request *req, const char *name);
+/* GET /dashboard (file 0: the page) and /dashboard/{name} (file 1), a
+ * route handler (conn.h). */
+void rly_dashboard_request(rly_conn *c, const rly_http_request *req, const rly_route_match *m,
+                           int file);
 
 /* The Content-Security-Policy of the dashboard's files into out; the
  * token endpoint's origin (from the discovery document `discovery`, JSON,

@@ -6,7 +6,8 @@
  * sans-I/O parser of common (cm_http_resp), which bounds the body.  One callback, exactly
  * once, unless cancelled.
  */
-#include "relay/edge.h"
+#include "relay/fetch.h"
+#include "relay/relay.h"
 
 #include <errno.h>
 #include <http_parser.h>

@@ -607,15 +607,22 @@ size_t rly_http_format_error(char *out, size_t outlen, int status, const char *c
   return n < 0 ? 0 : CM_MIN((size_t)n, outlen - 1);
 }
 
-int rly_http_respond_error(rly_http_conn *c, int status, const char *code, const char *msg,
-                           const char *extra_headers) {
-  char body[512];
-  size_t n = rly_http_format_error(body, sizeof body, status, code, msg);
+rly_http_response rly_http_error_response(char *body, size_t bodylen, int status, const char *code,
+                                          const char *msg, const char *extra_headers) {
+  size_t n = rly_http_format_error(body, bodylen, status, code, msg);
   rly_http_response r = {.status = status,
                          .content_type = "application/json",
                          .body = (const uint8_t *)body,
                          .body_len = n,
                          .extra_headers = extra_headers};
+  return r;
+}
+
+int rly_http_respond_error(rly_http_conn *c, int status, const char *code, const char *msg,
+                           const char *extra_headers) {
+  char body[512];
+  rly_http_response r =
+      rly_http_error_response(body, sizeof body, status, code, msg, extra_headers);
   return rly_http_respond(c, &r);
 }
 

@@ -105,6 +105,10 @@ bool rly_http_streaming(const rly_http_conn *c);
 /* Formats {"error":code,"message":msg} (msg escaped; NULL: status text). */
 size_t rly_http_format_error(char *out, size_t outlen, int status, const char *code,
                              const char *msg);
+/* A response with the JSON error body {"error":code,"message":msg},
+ * formatted into body (bodylen bytes). */
+rly_http_response rly_http_error_response(char *body, size_t bodylen, int status, const char *code,
+                                          const char *msg, const char *extra_headers);
 /* Convenience: JSON error body {"error":code,"message":msg}. */
 int rly_http_respond_error(rly_http_conn *c, int status, const char *code, const char *msg,
                            const char *extra_headers);

@@ -5,6 +5,8 @@
  * zero are removed, so the table holds only addresses with live
  * connections.  Off (nothing tracked) when the limit is 0, which suits a
  * relay behind a proxy where every connection comes from the proxy.
+ * Shared by every worker (and the acceptor) under one mutex, taken when a
+ * connection comes or goes and never per frame.
  */
 #include "relay/edge.h"
 
@@ -34,18 +36,12 @@ static void addr_ip(const char *addr, char *ip, size_t iplen) {
   ip[n] = '\0';
 }
 
-static ip_entry **bucket(rly_server *s, const char *ip) {
-  uint64_t h = 1469598103934665603ULL;
-  for (const unsigned char *p = (const unsigned char *)ip; *p; p++)
-    h = (h ^ *p) * 1099511628211ULL;
-  return &((ip_entry **)s->ip_tab)[h % BUCKETS];
+static ip_entry **bucket(rly_edge *s, const char *ip) {
+  return &((ip_entry **)s->ip_tab)[rly_hash(ip) % BUCKETS];
 }
 
-bool rly_ip_acquire(rly_server *s, const char *addr) {
-  if (s->cfg->max_conns_per_ip <= 0) return true;
+static bool acquire_locked(rly_edge *s, const char *ip) {
   if (!s->ip_tab && !(s->ip_tab = calloc(BUCKETS, sizeof(ip_entry *)))) return true;
-  char ip[48];
-  addr_ip(addr, ip, sizeof ip);
   ip_entry **b = bucket(s, ip);
   ip_entry *e = *b;
   while (e && strcmp(e->ip, ip) != 0)
@@ -61,10 +57,18 @@ bool rly_ip_acquire(rly_server *s, const char *addr) {
   return true;
 }
 
-void rly_ip_release(rly_server *s, const char *addr) {
-  if (!s->ip_tab) return;
+bool rly_ip_acquire(rly_edge *s, const char *addr) {
+  if (s->cfg->max_conns_per_ip <= 0) return true;
   char ip[48];
   addr_ip(addr, ip, sizeof ip);
+  uv_mutex_lock(&s->ip_lock);
+  bool ok = acquire_locked(s, ip);
+  uv_mutex_unlock(&s->ip_lock);
+  return ok;
+}
+
+static void release_locked(rly_edge *s, const char *ip) {
+  if (!s->ip_tab) return;
   for (ip_entry **pp = bucket(s, ip); *pp; pp = &(*pp)->next) {
     ip_entry *e = *pp;
     if (strcmp(e->ip, ip) != 0) continue;
@@ -76,7 +80,15 @@ void rly_ip_release(rly_server *s, const char *addr) {
   }
 }
 
-void rly_ip_free(rly_server *s) {
+void rly_ip_release(rly_edge *s, const char *addr) {
+  char ip[48];
+  addr_ip(addr, ip, sizeof ip);
+  uv_mutex_lock(&s->ip_lock);
+  release_locked(s, ip);
+  uv_mutex_unlock(&s->ip_lock);
+}
+
+void rly_ip_free(rly_edge *s) {
   if (!s->ip_tab) return;
   ip_entry **tab = s->ip_tab;
   for (size_t i = 0; i < BUCKETS; i++)

@@ -18,8 +18,10 @@
  * page.  A relay page token carries the controller's name and that
  * controller's own token, so paging goes on across several controllers.
  */
-#include "relay/edge.h"
-#include "relay/jwt.h"
+#include "relay/listing.h"
+
+#include "relay/api.h"
+#include "relay/control.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -37,7 +39,7 @@
 
 typedef struct ctl_walk {
   char name[TUN_CONTROLLER_NAME_MAX];
-  tun_call *call;
+  rly_ctl_call *call;
   cm_buf first; /* streaming: the first page's items, until sent */
   uint64_t first_items;
   char next[MAX_CTL_TOKEN]; /* its token for the page after; "": done */
@@ -46,7 +48,7 @@ typedef struct ctl_walk {
 
 typedef struct list_op {
   rly_conn *c;
-  rly_server *srv;
+  rly_edge *edge;
   bool paged;
   uint32_t limit;
   /* The principal, copied: pages are asked for long after the token check. */
@@ -62,14 +64,14 @@ typedef struct list_op {
   cm_buf out;                     /* body not yet handed to the connection */
   char tail[MAX_PAGE_TOKEN + 32]; /* ends the body: "]}" or the next token */
   bool tail_added;
-  uint64_t items;                 /* sessions written so far (for commas) */
+  uint64_t items; /* sessions written so far (for commas) */
 } list_op;
 
 /* ---- lifetime -------------------------------------------------------------------- */
 
 static void op_free(list_op *o) {
   for (size_t i = 0; i < o->nw; i++) {
-    if (o->w[i].call) tun_call_cancel(o->w[i].call);
+    if (o->w[i].call) rly_ctl_call_cancel(o->w[i].call);
     cm_buf_free(&o->w[i].first);
   }
   free(o->subject);
@@ -83,8 +85,7 @@ static void op_cancel(void *pending) { op_free(pending); }
 
 /* Done with the connection (answered, or reset): it no longer waits on us. */
 static void op_finish(list_op *o) {
-  o->c->pending = NULL;
-  o->c->pending_cancel = NULL;
+  rly_conn_clear_pending(o->c);
   rly_conn_on_drain(o->c, NULL, NULL);
   op_free(o);
 }
@@ -148,7 +149,7 @@ static bool ask_page(list_op *o, ctl_walk *w, const char *token, uint32_t size) 
   Relay__V1__Principal pr = RELAY__V1__PRINCIPAL__INIT;
   Relay__V1__AdminRequest q = RELAY__V1__ADMIN_REQUEST__INIT;
   q.op = RELAY__V1__ADMIN_OP__ADMIN_OP_LIST;
-  q.relay_node_id = o->srv->node_id;
+  q.relay_node_id = o->edge->node_id;
   q.auth_disabled = o->anonymous;
   q.page_size = size;
   q.page_token = (char *)token;
@@ -159,9 +160,8 @@ static bool ask_page(list_op *o, ctl_walk *w, const char *token, uint32_t size) 
     pr.scopes = o->scopes.v;
     q.principal = &pr;
   }
-  int st;
-  w->call = tun_relay_call_to(o->srv->tun, w->name, TUN_PATH_ADMIN, &q.base,
-                              &relay__v1__admin_response__descriptor, 0, on_page, o, &st);
+  w->call = rly_ctl_call_start(o->c->w, w->name, TUN_PATH_ADMIN, &q.base,
+                               &relay__v1__admin_response__descriptor, on_page, o);
   return w->call != NULL;
 }
 
@@ -169,7 +169,7 @@ static bool ask_page(list_op *o, ctl_walk *w, const char *token, uint32_t size) 
  * *count already in b's array. */
 static void page_items(cm_buf *b, uint64_t *count, const Relay__V1__AdminResponse *r) {
   for (size_t i = 0; i < r->n_sessions; i++) {
-    char *text = rly_admin_status_text(r->sessions[i]);
+    char *text = rly_status_text(r->sessions[i]);
     if (!text) continue;
     if ((*count)++ > 0) cm_buf_append(b, ",", 1);
     cm_buf_append(b, text, strlen(text));
@@ -339,7 +339,7 @@ static void on_one_page(list_op *o, ctl_walk *w, int status, const char *message
     page_token_make(w->name, r->next_page_token, next, sizeof next);
   } else {
     char names[MAX_CONTROLLERS][TUN_CONTROLLER_NAME_MAX];
-    size_t n = tun_relay_controllers(o->srv->tun, names, MAX_CONTROLLERS);
+    size_t n = rly_ctl_controllers(o->edge->ctl, names, MAX_CONTROLLERS);
     for (size_t i = 0; i < n && !next[0]; i++)
       if (strcmp(names[i], w->name) > 0) page_token_make(names[i], "", next, sizeof next);
   }
@@ -389,14 +389,14 @@ static bool parse_query(list_op *o, const rly_http_request *req, char *ctl, char
 
 void rly_list_sessions(rly_conn *c, const rly_http_request *req, const rly_principal *p,
                        const char *cors) {
-  rly_server *s = c->srv;
+  rly_edge *s = c->w->edge;
   list_op *o = calloc(1, sizeof *o);
   if (!o) {
     rly_conn_respond_error(c, 503, "overloaded", "out of memory", NULL);
     return;
   }
   o->c = c;
-  o->srv = s;
+  o->edge = s;
   snprintf(o->cors, sizeof o->cors, "%s", cors);
   snprintf(o->tail, sizeof o->tail, "]}");
   cm_buf_init(&o->out, 0);
@@ -407,8 +407,7 @@ void rly_list_sessions(rly_conn *c, const rly_http_request *req, const rly_princ
     for (size_t i = 0; i < p->scopes.n; i++)
       cm_strlist_push(&o->scopes, p->scopes.v[i]);
   }
-  c->pending = o;
-  c->pending_cancel = op_cancel;
+  rly_conn_set_pending(c, o, op_cancel);
   char ctl[TUN_CONTROLLER_NAME_MAX] = "", ctl_token[MAX_CTL_TOKEN] = "";
   bool have_token;
   if (!parse_query(o, req, ctl, ctl_token, &have_token)) {
@@ -417,7 +416,7 @@ void rly_list_sessions(rly_conn *c, const rly_http_request *req, const rly_princ
     return;
   }
   char names[MAX_CONTROLLERS][TUN_CONTROLLER_NAME_MAX];
-  size_t n = tun_relay_controllers(s->tun, names, MAX_CONTROLLERS);
+  size_t n = rly_ctl_controllers(s->ctl, names, MAX_CONTROLLERS);
   if (o->paged) {
     const char *want = have_token ? ctl : n ? names[0] : NULL;
     if (!want) {

@@ -7,15 +7,20 @@
  * /relay/{id} that pair two peers and forward their frames untouched.  It
  * owns a second listener, the tunnel port, on which controllers dial in;
  * every admin decision and slot-token check is a call to a controller over
- * that link (tunnel/).  With no remote controller configured the reference
- * controller (controller-stub/) runs in a thread of this process and is
- * linked through a socketpair with the same protocol.
+ * that link (tunnel/).  A controller may also be handed in as a connected
+ * socket (rly_server_add_controller_fd): that is embedded mode, where
+ * cmd/relay starts the reference controller (controller-stub/) on its own
+ * thread and links it through a socketpair with the same protocol; this
+ * library never starts another layer's parts.
  *
- * The server runs on one libuv loop owned by the caller.  rly_server_start
- * binds; rly_server_shutdown stops accepting, closes idle connections, lets
- * live sessions finish for a grace period, then closes them with 1001 and
- * calls `done`; after that the loop has no more handles of the server and
- * rly_server_free releases it.
+ * The server runs on threads of its own: one control thread (the
+ * controller link and the acceptor) and `workers` workers, each with its
+ * own libuv loop, owning the connections and sessions handed to it; it
+ * never touches the caller's loop.  rly_server_start binds and starts them;
+ * rly_server_shutdown (from any thread) stops accepting, closes idle
+ * connections, lets live sessions finish for a grace period on every
+ * worker, then closes them with 1001 and calls `done` from a relay thread;
+ * rly_server_free joins the threads and releases it.
  */
 #ifndef RELAY_RELAY_H
 #define RELAY_RELAY_H
@@ -37,6 +42,8 @@ typedef struct rly_config {
   char *alpn;               /* offered ALPN list, default "http/1.1" */
   char *public_url;         /* base URL peers use; default from listen */
   char *node_id;            /* default: hostname */
+  char *workers;            /* "auto" (the CPUs this process may use) or 1..256 */
+  char *accept;             /* "handoff" (one acceptor; default) or "reuseport" */
 
   /* HTTP */
   long long header_timeout_ms;
@@ -53,7 +60,8 @@ typedef struct rly_config {
   long long call_timeout_ms;
   long long ping_interval_ms;
   long long ping_timeout_ms;
-  char *state_dir; /* embedded controller's registry */
+  /* embedded controller (read by cmd/relay, which starts it; unused here) */
+  char *state_dir; /* its registry */
 
   /* admin API and OIDC */
   bool no_auth;
@@ -66,8 +74,8 @@ typedef struct rly_config {
   long long jwks_refresh_ms;
   long long jwks_min_refetch_ms;
   cm_strlist cors_origins;
-  long long max_ttl_s, max_peer_wait_s;
-  cm_strlist target_allow; /* embedded controller: where target sessions may go */
+  long long max_ttl_s, max_peer_wait_s; /* embedded controller's maxima (cmd/relay) */
+  cm_strlist target_allow;              /* embedded controller: where target sessions may go */
 
   /* data plane */
   long long max_message;  /* per message, bytes */
@@ -85,15 +93,23 @@ typedef struct rly_config {
 
 typedef struct rly_server rly_server;
 
-/* Validates cfg and builds the server (no sockets yet).  The config is
- * borrowed and must outlive the server. */
-rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, size_t errlen);
-/* Binds the listeners and starts the embedded controller if configured.
- * In embedded mode it runs the loop briefly, before accepting, until the
- * in-process link is up; call it before the caller's own uv_run. */
+/* Validates cfg and builds the server (no sockets, no threads yet).  The
+ * config is borrowed and must outlive the server. */
+rly_server *rly_server_new(const rly_config *cfg, char *err, size_t errlen);
+/* Before start: adopts a connected socket as a controller link named
+ * `name` (plain: the socket is trusted, e.g. one end of a socketpair to an
+ * in-process controller).  The relay owns fd from here on, also on
+ * failure. */
+int rly_server_add_controller_fd(rly_server *s, int fd, const char *name, char *err, size_t errlen);
+/* Binds the listeners and starts the threads.  With a controller socket
+ * added before, it waits (at most 10 s) until that link is up before
+ * accepting.  On failure, rly_server_free still cleans up. */
 int rly_server_start(rly_server *s, char *err, size_t errlen);
-/* Stops accepting and drains (see above); `done` runs on the loop. */
+/* From any thread: stops accepting and drains (see above); `done` (may be
+ * NULL) runs once, on a relay thread, or at once if nothing was started. */
 void rly_server_shutdown(rly_server *s, void (*done)(void *ud), void *ud);
+/* Shuts down (if that was not asked for, waiting for the drain), joins the
+ * threads and frees. */
 void rly_server_free(rly_server *s);
 
 /* Ports actually bound (useful with port 0). */

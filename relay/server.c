@@ -1,28 +1,86 @@
 /*
- * server.c — the public listener: accepts connections, runs the HTTP core
- * on each, keeps request and idle deadlines, and shuts down gracefully.
+ * server.c — the edge composed: the shared state, the control thread (the
+ * controller link and the acceptor), and the workers.  This file owns the
+ * threads and their order of life; each part's work is in its own module.
  *
- * Deadlines: every connection waiting for request headers sits in one FIFO
- * list and every idle keep-alive connection in another.  All entries of a
- * list share one timeout, so insertion order is deadline order and a single
- * sweep timer pops expired entries from the heads: O(1) per connection,
- * with no timer handle per connection.  A header deadline is set when a
- * request begins and is not extended by trickled bytes (slowloris).
+ *   start:    bind; build every part on this thread; start the workers'
+ *             threads and the control thread; wait for a controller handed
+ *             in before start; listen and start accepting.
+ *   shutdown: (any thread) the control thread stops accepting and tells
+ *             every worker to drain; once all have drained it closes the
+ *             controller link (calls in flight fail and their answers go
+ *             back first), then tells the workers to exit; the control
+ *             loop ends and `done` runs.
  */
+#include "relay/control.h"
+#include "relay/dataplane.h"
 #include "relay/edge.h"
+#include "relay/listener.h"
+#include "relay/mailbox.h"
+#include "relay/routes.h"
+#include "relay/target.h"
+#include "relay/worker.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#define SWEEP_MS 250
+#define MAX_WORKERS  256
+#define LINK_WAIT_MS 10000
+#define LINK_POLL_MS 5
 
-static void conn_update_wait(rly_conn *c);
+struct rly_server {
+  rly_edge edge;
+  uv_loop_t ctl_loop;
+  uv_thread_t ctl_thread;
+  bool ctl_loop_ok, ctl_thread_ok, started;
+  rly_listener listener;    /* handoff: the one acceptor, on the control thread */
+  rly_listener *per_worker; /* reuseport: one per worker, on its loop */
+  bool reuseport;
+  rly_router *router;
+  rly_worker *workers[MAX_WORKERS];
+  rly_wctx *wctx[MAX_WORKERS];
+  int pending_fd; /* a controller socket handed in before start, or -1 */
+  char pending_name[64];
+  /* shutdown, on the control thread */
+  atomic_bool shutdown_asked;
+  bool closing_link;
+  void (*done)(void *);
+  void *done_ud;
+};
 
-/* ---- TLS material ------------------------------------------------------- */
+/* ---- configuration ------------------------------------------------------------ */
 
-static int setup_tls(rly_server *s, char *err, size_t errlen) {
-  const rly_config *cfg = s->cfg;
+/* The CPUs this process may run on (its affinity mask), not the machine's:
+ * a relay pinned to two CPUs wants two workers. */
+static size_t cpus_allowed(void) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    return (size_t)CPU_COUNT(&set);
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (size_t)n : 1;
+}
+
+static int parse_workers(const char *v, size_t *n, char *err, size_t errlen) {
+  if (!v || !*v || strcmp(v, "auto") == 0) {
+    *n = CM_MIN(cpus_allowed(), (size_t)MAX_WORKERS);
+    return 0;
+  }
+  char *end;
+  long k = strtol(v, &end, 10);
+  if (*end || k < 1 || k > MAX_WORKERS) {
+    snprintf(err, errlen, "workers: want auto or 1..%d, not \"%s\"", MAX_WORKERS, v);
+    return -EINVAL;
+  }
+  *n = (size_t)k;
+  return 0;
+}
+
+static int setup_tls(rly_edge *e, char *err, size_t errlen) {
+  const rly_config *cfg = e->cfg;
   char host[256];
   int port;
   if (cm_parse_hostport(cfg->listen, "0.0.0.0", host, sizeof host, &port) != 0) {
@@ -57,18 +115,14 @@ static int setup_tls(rly_server *s, char *err, size_t errlen) {
   } else {
     tc.verify_peer = false;
   }
-  s->tls = cm_tls_ctx_new_server(&tc, err, errlen);
-  return s->tls ? 0 : -EINVAL;
+  e->tls = cm_tls_ctx_new_server(&tc, err, errlen);
+  return e->tls ? 0 : -EINVAL;
 }
 
 /* --no-auth opens the admin API to anyone who can connect: loopback only,
  * unless the operator says otherwise in so many words. */
-static int setup_auth(rly_server *s, char *err, size_t errlen) {
-  const rly_config *cfg = s->cfg;
-  if (!cfg->no_auth) {
-    s->auth = rly_auth_new(s, err, errlen);
-    return s->auth ? 0 : -EINVAL;
-  }
+static int check_no_auth(const rly_config *cfg, char *err, size_t errlen) {
+  if (!cfg->no_auth) return 0;
   char host[256];
   int port;
   if (cm_parse_hostport(cfg->listen, "0.0.0.0", host, sizeof host, &port) != 0 ||
@@ -84,449 +138,344 @@ static int setup_auth(rly_server *s, char *err, size_t errlen) {
   return 0;
 }
 
-/* ---- lifecycle -------------------------------------------------------------- */
+static void edge_init(rly_edge *e, const rly_config *cfg) {
+  e->cfg = cfg;
+  rly_http_limits_default(&e->limits);
+  if (cfg->max_header_bytes) e->limits.max_header_bytes = (size_t)cfg->max_header_bytes;
+  if (cfg->max_headers) e->limits.max_headers = (size_t)cfg->max_headers;
+  if (cfg->max_body) e->limits.max_body = (size_t)cfg->max_body;
+  if (cfg->max_url) e->limits.max_url = (size_t)cfg->max_url;
+  snprintf(e->server_header, sizeof e->server_header, "relay/%s", rly_version());
+  if (cfg->node_id && *cfg->node_id) {
+    snprintf(e->node_id, sizeof e->node_id, "%s", cfg->node_id);
+  } else {
+    size_t n = sizeof e->node_id;
+    if (uv_os_gethostname(e->node_id, &n) != 0) snprintf(e->node_id, sizeof e->node_id, "relay");
+  }
+  if (cfg->public_url && *cfg->public_url) {
+    snprintf(e->public_url, sizeof e->public_url, "%s", cfg->public_url);
+    size_t ul = strlen(e->public_url);
+    while (ul > 0 && e->public_url[ul - 1] == '/')
+      e->public_url[--ul] = '\0';
+  }
+  atomic_init(&e->live, 0);
+  atomic_init(&e->sessions, 0);
+  atomic_init(&e->draining, false);
+  atomic_init(&e->drain_deadline_ms, 0);
+  atomic_init(&e->max_message, cfg->max_message ? (uint64_t)cfg->max_message : 64u << 20);
+  atomic_init(&e->max_sessions, (uint64_t)cfg->max_sessions);
+  atomic_init(&e->peer_wait_ms, cfg->peer_wait_ms > 0 ? (uint64_t)cfg->peer_wait_ms : 120000);
+  uv_mutex_init(&e->ip_lock);
+}
 
-rly_server *rly_server_new(uv_loop_t *loop, const rly_config *cfg, char *err, size_t errlen) {
+/* ---- lifecycle ------------------------------------------------------------------ */
+
+static const rly_ctl_hooks g_hooks = {rly_dp_on_kick, rly_dp_on_link_up};
+
+rly_server *rly_server_new(const rly_config *cfg, char *err, size_t errlen) {
   rly_server *s = calloc(1, sizeof *s);
   if (!s) {
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
-  s->loop = loop;
-  s->cfg = cfg;
-  cm_list_init(&s->conns);
-  cm_list_init(&s->header_wait);
-  cm_list_init(&s->idle_wait);
-  rly_http_limits_default(&s->limits);
-  if (cfg->max_header_bytes) s->limits.max_header_bytes = (size_t)cfg->max_header_bytes;
-  if (cfg->max_headers) s->limits.max_headers = (size_t)cfg->max_headers;
-  if (cfg->max_body) s->limits.max_body = (size_t)cfg->max_body;
-  if (cfg->max_url) s->limits.max_url = (size_t)cfg->max_url;
-  snprintf(s->server_header, sizeof s->server_header, "relay/%s", rly_version());
-  if (cfg->node_id && *cfg->node_id) {
-    snprintf(s->node_id, sizeof s->node_id, "%s", cfg->node_id);
-  } else {
-    size_t n = sizeof s->node_id;
-    if (uv_os_gethostname(s->node_id, &n) != 0) snprintf(s->node_id, sizeof s->node_id, "relay");
+  s->pending_fd = -1;
+  s->listener.fd = -1;
+  rly_edge *e = &s->edge;
+  edge_init(e, cfg);
+  e->workers = s->wctx;
+  e->start_target = rly_target_start;
+  int rc = parse_workers(cfg->workers, &e->nworkers, err, errlen);
+  if (rc == 0 && cfg->accept && strcmp(cfg->accept, "reuseport") == 0) {
+    s->reuseport = true;
+    if (!(s->per_worker = calloc(e->nworkers, sizeof *s->per_worker))) rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < e->nworkers; i++)
+      s->per_worker[i].fd = -1;
+  } else if (rc == 0 && cfg->accept && *cfg->accept && strcmp(cfg->accept, "handoff") != 0) {
+    snprintf(err, errlen, "accept: want handoff or reuseport, not \"%s\"", cfg->accept);
+    rc = -EINVAL;
   }
-  if (setup_tls(s, err, errlen) != 0 || setup_auth(s, err, errlen) != 0) {
-    cm_tls_ctx_free(s->tls);
-    free(s);
+  if (rc == 0) rc = setup_tls(e, err, errlen);
+  if (rc == 0) rc = check_no_auth(cfg, err, errlen);
+  if (rc == 0 && (rc = uv_loop_init(&s->ctl_loop)) != 0)
+    snprintf(err, errlen, "loop: %s", uv_strerror(rc));
+  if (rc == 0) s->ctl_loop_ok = true;
+  if (rc == 0 && !(e->ctl = rly_control_new(e, &s->ctl_loop, &g_hooks, err, errlen))) rc = -EINVAL;
+  if (rc != 0) {
+    rly_server_free(s);
     return NULL;
-  }
-  if (cfg->public_url && *cfg->public_url) {
-    snprintf(s->public_url, sizeof s->public_url, "%s", cfg->public_url);
-    size_t ul = strlen(s->public_url);
-    while (ul > 0 && s->public_url[ul - 1] == '/')
-      s->public_url[--ul] = '\0';
   }
   return s;
 }
 
-void rly_server_free(rly_server *s) {
-  if (!s) return;
-  rly_ip_free(s);
-  rly_auth_free(s->auth);
-  rly_control_free(s);
-  cm_tls_ctx_free(s->tls);
-  free(s);
-}
-
-int rly_server_public_port(const rly_server *s) { return cm_tcp_bound_port(&s->listener); }
-int rly_server_tunnel_port(const rly_server *s) { return s->tun ? tun_relay_port(s->tun) : -1; }
-
-/* ---- connections -------------------------------------------------------------- */
-
-static void conn_set_wait(rly_conn *c, enum conn_wait w, long long timeout_ms) {
-  if (c->waiting == w) return; /* keep the original deadline */
-  cm_list_remove(&c->wait);
-  c->waiting = w;
-  if (w == W_NONE) return;
-  c->deadline = cm_now_mono_ms() + (uint64_t)timeout_ms;
-  cm_list_push_back(w == W_HEADER ? &c->srv->header_wait : &c->srv->idle_wait, &c->wait);
-}
-
-static void conn_update_wait(rly_conn *c) {
-  if (!c->http || cm_stream_closing(c->st) || rly_http_busy(c->http)) {
-    conn_set_wait(c, W_NONE, 0); /* gone, or awaiting our answer: no deadline */
-  } else if (rly_http_in_request(c->http)) {
-    conn_set_wait(c, W_HEADER, c->srv->cfg->header_timeout_ms);
-  } else {
-    if (c->srv->shutting_down) {
-      cm_stream_close(c->st); /* idle during shutdown: done */
-      conn_set_wait(c, W_NONE, 0);
-      return;
-    }
-    conn_set_wait(c, W_IDLE, c->srv->cfg->idle_timeout_ms);
+int rly_server_add_controller_fd(rly_server *s, int fd, const char *name, char *err,
+                                 size_t errlen) {
+  if (s->started || s->pending_fd >= 0) {
+    close(fd);
+    snprintf(err, errlen, "one controller socket, before start");
+    return -EBUSY;
   }
+  s->pending_fd = fd;
+  snprintf(s->pending_name, sizeof s->pending_name, "%s", name);
+  return 0;
 }
 
-static int http_send(void *ud, const void *data, size_t len) {
-  rly_conn *c = ud;
-  return cm_stream_write(c->st, data, len);
+int rly_server_public_port(const rly_server *s) {
+  return rly_listener_port(s->reuseport ? &s->per_worker[0] : &s->listener);
 }
-
-static void http_close(void *ud) {
-  rly_conn *c = ud;
-  cm_stream_close(c->st);
-}
-
-static void log_request(rly_conn *c, const rly_http_request *req, int status) {
-  uint64_t ms = cm_now_mono_ms() - c->req_start_ms;
-  cm_log_level lvl = status >= 500 ? CM_LOG_WARN : CM_LOG_INFO;
-  if (strcmp(req->path, "/healthz") == 0 || strcmp(req->path, "/readyz") == 0 ||
-      strcmp(req->path, "/metrics") == 0)
-    lvl = CM_LOG_DEBUG;
-  cm_log(lvl, "http", "request", CM_S("method", req->method), CM_URL("target", req->target),
-         CM_I("status", status), CM_I("ms", ms), CM_S("remote", c->remote));
-}
-
-static void http_on_request(void *ud, const rly_http_request *req) {
-  rly_conn *c = ud;
-  c->srv->m.http_requests++;
-  c->req_start_ms = cm_now_mono_ms();
-  conn_set_wait(c, W_NONE, 0);
-  c->req = req;
-  if (c->over_limit) {
-    rly_http_response r = {.status = 429, .close = true};
-    char body[200];
-    r.body_len = rly_http_format_error(body, sizeof body, 429, "too_many_connections",
-                                       "too many connections from this address");
-    r.body = (const uint8_t *)body;
-    r.content_type = "application/json";
-    r.extra_headers = "Retry-After: 1\r\n";
-    rly_conn_respond(c, &r);
-    return;
-  }
-  rly_route_request(c, req);
-}
-
-/* Room for the head: status line, Date, Server, and the caller's headers. */
-#define HEAD_ROOM 4096
-
-int rly_conn_respond(rly_conn *c, const rly_http_response *r) {
-  /* A body the write queue cannot take whole would be cut after its
-   * status line; refuse it before any byte goes (bodies this large are
-   * streamed instead). */
-  if (!r->chunked && r->body_len + HEAD_ROOM > cm_stream_write_room(c->st)) {
-    cm_log(CM_LOG_ERROR, "http", "response too large for the write queue; refusing it",
-           CM_I("status", r->status), CM_I("bytes", r->body_len));
-    return rly_conn_respond_error(c, 503, "response_too_large",
-                                  "the response is too large to send; retry later", NULL);
-  }
-  if (r->status >= 500)
-    c->srv->m.http_errors_5xx++;
-  else if (r->status >= 400)
-    c->srv->m.http_errors_4xx++;
-  if (c->req) log_request(c, c->req, r->status);
-  c->req = NULL;
-  rly_http_response rr = *r;
-  if (c->srv->shutting_down) rr.close = true;
-  int rc = rly_http_respond(c->http, &rr);
-  if (cm_stream_closing(c->st)) return rc;
-  if (cm_stream_paused(c->st) && !rly_http_busy(c->http)) cm_stream_resume(c->st);
-  conn_update_wait(c);
-  return rc;
-}
-
-int rly_conn_stream(rly_conn *c, const void *data, size_t len) {
-  int rc = rly_http_respond_chunk(c->http, data, len);
-  if (rc != 0) return rc;
-  return cm_stream_above_high(c->st) ? 1 : 0;
-}
-
-int rly_conn_stream_end(rly_conn *c) {
-  c->on_drain = NULL;
-  int rc = rly_http_respond_end(c->http);
-  if (cm_stream_closing(c->st)) return rc;
-  if (cm_stream_paused(c->st) && !rly_http_busy(c->http)) cm_stream_resume(c->st);
-  conn_update_wait(c);
-  return rc;
-}
-
-void rly_conn_on_drain(rly_conn *c, void (*cb)(void *ud), void *ud) {
-  c->on_drain = cb;
-  c->drain_ud = ud;
-}
-
-void rly_conn_abort(rly_conn *c) { cm_stream_abort(c->st); }
-
-int rly_conn_respond_json(rly_conn *c, int status, const char *json, const char *extra) {
-  rly_http_response r = {.status = status,
-                         .content_type = "application/json",
-                         .body = (const uint8_t *)json,
-                         .body_len = json ? strlen(json) : 0,
-                         .extra_headers = extra};
-  return rly_conn_respond(c, &r);
-}
-
-int rly_conn_respond_error(rly_conn *c, int status, const char *code, const char *msg,
-                           const char *extra) {
-  char body[512];
-  size_t n = rly_http_format_error(body, sizeof body, status, code, msg);
-  rly_http_response r = {.status = status,
-                         .content_type = "application/json",
-                         .body = (const uint8_t *)body,
-                         .body_len = n,
-                         .extra_headers = extra};
-  return rly_conn_respond(c, &r);
-}
-
-static void on_read(cm_stream *st, uint8_t *data, size_t len) {
-  rly_conn *c = cm_stream_get_data(st);
-  int rc = rly_http_feed(c->http, data, len);
-  if (rc < 0) {
-    cm_stream_abort(st);
-    return;
-  }
-  if (rc == 1) cm_stream_pause(st); /* resumed by rly_conn_respond */
-  if (!cm_stream_closing(st)) conn_update_wait(c);
-}
-
-static void on_drain(cm_stream *st) {
-  rly_conn *c = cm_stream_get_data(st);
-  if (c->on_drain) c->on_drain(c->drain_ud);
-}
-
-static void on_open(cm_stream *st) {
-  rly_conn *c = cm_stream_get_data(st);
-  snprintf(c->remote, sizeof c->remote, "%s", cm_stream_peer_addr(st));
-}
-
-static void on_close(cm_stream *st, int err, const char *msg) {
-  rly_conn *c = cm_stream_get_data(st);
-  rly_server *s = c->srv;
-  if (err == CM_EHANDSHAKE || err == CM_ETIMEOUT) {
-    s->m.tls_handshake_failures++;
-    cm_log(CM_LOG_DEBUG, "tls", "handshake failed", CM_S("remote", cm_stream_peer_addr(st)),
-           CM_S("error", msg));
-  }
-  if (c->pending_cancel) c->pending_cancel(c->pending); /* e.g. a Validate in flight */
-  if (c->ip_held) rly_ip_release(s, c->remote);
-  cm_list_remove(&c->wait);
-  cm_list_remove(&c->all);
-  s->nconns--;
-  rly_http_conn_free(c->http);
-  free(c);
-  rly_server_maybe_finish(s);
-}
-
-cm_stream *rly_conn_detach(rly_conn *c, cm_buf *leftover) {
-  rly_server *s = c->srv;
-  size_t n;
-  const uint8_t *rest = rly_http_take_upgrade(c->http, &n);
-  if (n) cm_buf_append(leftover, rest, n);
-  cm_stream *st = c->st;
-  cm_list_remove(&c->wait);
-  cm_list_remove(&c->all);
-  s->nconns--;
-  rly_http_conn_free(c->http);
-  free(c);
-  return st;
-}
-
-static const cm_stream_cbs g_conn_cbs = {
-    .on_open = on_open, .on_read = on_read, .on_drain = on_drain, .on_close = on_close};
-
-static void on_connection(uv_stream_t *server, int status) {
-  rly_server *s = server->data;
-  if (status < 0) {
-    cm_log(CM_LOG_WARN, "http", "accept failed", CM_S("error", uv_strerror(status)));
-    return;
-  }
-  rly_conn *c = calloc(1, sizeof *c);
-  if (!c) return;
-  c->srv = s;
-  cm_list_init(&c->wait);
-  /* Any connection may become a WebSocket peer: its write queue's high
-   * watermark is the one that pauses the other peer. */
-  cm_stream_opts o = {.tls = s->tls,
-                      .handshake_timeout_ms = (uint32_t)s->cfg->header_timeout_ms,
-                      .high_watermark = (size_t)s->cfg->ws_high_watermark};
-  int err;
-  c->st = cm_stream_accept(server, &o, &g_conn_cbs, c, &err);
-  if (!c->st) {
-    free(c);
-    return;
-  }
-  static const rly_http_cbs hcbs = {
-      .on_request = http_on_request, .send = http_send, .on_close = http_close};
-  c->http = rly_http_conn_new(&s->limits, &hcbs, c, s->server_header);
-  cm_list_push_back(&s->conns, &c->all);
-  s->nconns++;
-  s->m.conns_accepted++;
-  snprintf(c->remote, sizeof c->remote, "%s", cm_stream_peer_addr(c->st));
-  if (rly_ip_acquire(s, c->remote)) {
-    c->ip_held = true;
-  } else {
-    c->over_limit = true; /* told so, with a 429, at its first request */
-    s->m.conns_refused++;
-  }
-  if (!c->http ||
-      (s->cfg->max_connections && (long long)(s->nconns + s->npeers) > s->cfg->max_connections)) {
-    s->m.conns_refused++;
-    cm_log(CM_LOG_WARN, "http", "connection limit reached; refusing",
-           CM_I("max_connections", s->cfg->max_connections), CM_S("remote", c->remote));
-    cm_stream_abort(c->st);
-    return;
-  }
-  conn_set_wait(c, W_HEADER, s->cfg->header_timeout_ms);
-}
-
-/* ---- deadlines ------------------------------------------------------------------ */
-
-static void expire(cm_list *head, uint64_t now, bool header) {
-  while (!cm_list_empty(head)) {
-    rly_conn *c = cm_container_of(head->next, rly_conn, wait);
-    if (c->deadline > now) break;
-    conn_set_wait(c, W_NONE, 0);
-    if (header) {
-      c->srv->m.http_timeouts++;
-      cm_log(CM_LOG_INFO, "http", "request timeout", CM_S("remote", c->remote));
-      if (rly_http_in_request(c->http))
-        rly_http_timeout(c->http);
-      else
-        cm_stream_close(c->st); /* never sent a byte */
-    } else {
-      rly_http_timeout(c->http); /* idle keep-alive: close quietly */
-    }
-  }
-}
-
-static void on_sweep(uv_timer_t *t) {
-  rly_server *s = t->data;
-  uint64_t now = cm_now_mono_ms();
-  expire(&s->header_wait, now, true);
-  expire(&s->idle_wait, now, false);
-}
-
-/* ---- start and shutdown ---------------------------------------------------------- */
+int rly_server_tunnel_port(const rly_server *s) { return rly_control_port(s->edge.ctl); }
 
 /* Without --public-url, session URLs name the address we bound (with the
  * real port when the listener asked for port 0).  A wildcard address is no
  * URL anyone can dial: say so. */
 static void default_public_url(rly_server *s) {
-  if (s->public_url[0]) return;
+  rly_edge *e = &s->edge;
+  if (e->public_url[0]) return;
   char host[256];
   int port;
-  if (cm_parse_hostport(s->cfg->listen, "0.0.0.0", host, sizeof host, &port) != 0) return;
+  if (cm_parse_hostport(e->cfg->listen, "0.0.0.0", host, sizeof host, &port) != 0) return;
   bool v6 = strchr(host, ':') != NULL;
-  snprintf(s->public_url, sizeof s->public_url, "%s://%s%s%s:%d", s->tls ? "wss" : "ws",
+  snprintf(e->public_url, sizeof e->public_url, "%s://%s%s%s:%d", e->tls ? "wss" : "ws",
            v6 ? "[" : "", host, v6 ? "]" : "", rly_server_public_port(s));
   if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0)
     cm_log(CM_LOG_WARN, "relay", "no --public-url: session URLs will name a wildcard address",
-           CM_S("public_url", s->public_url));
+           CM_S("public_url", e->public_url));
 }
 
-int rly_server_start(rly_server *s, char *err, size_t errlen) {
-  int rc = cm_tcp_bind(s->loop, &s->listener, s->cfg->listen, err, errlen);
-  if (rc != 0) return rc;
-  s->listener.data = s;
-  s->listening = true;
-  default_public_url(s);
-  s->handles_open = 3; /* listener, sweep, grace; dp_tick below */
-  uv_timer_init(s->loop, &s->sweep);
-  s->sweep.data = s;
-  uv_timer_start(&s->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
-  uv_timer_init(s->loop, &s->grace);
-  s->grace.data = s;
-  s->started_ms = cm_now_mono_ms();
-  rly_dp_init(s);
-  s->handles_open++; /* dp_tick */
-  s->started = true;
-  if ((rc = rly_control_start(s, err, errlen)) != 0) return rc;
-  if (s->auth && (rc = rly_auth_start(s->auth, err, errlen)) != 0) return rc;
-  /* Accept only once an embedded controller is linked, so no client ever
-   * sees a 503 that is merely start-up. */
-  if ((rc = rly_control_wait_embedded(s, err, errlen)) != 0) return rc;
-  if ((rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)) != 0) {
-    snprintf(err, errlen, "listen on %s: %s", s->cfg->listen, uv_strerror(rc));
-    return rc;
+static void on_worker_drained(void *ud);
+
+static int build_workers(rly_server *s, char *err, size_t errlen) {
+  size_t n;
+  const rly_route_def *defs = rly_routes(&n);
+  if (!(s->router = rly_router_new(defs, n))) {
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
   }
-  cm_log(CM_LOG_INFO, "relay", "listening", CM_S("addr", s->cfg->listen),
-         CM_I("port", rly_server_public_port(s)), CM_B("tls", s->tls != NULL),
-         CM_S("public_url", s->public_url), CM_S("node_id", s->node_id));
+  for (size_t i = 0; i < s->edge.nworkers; i++) {
+    s->workers[i] = rly_worker_new(&s->edge, i, s->router, on_worker_drained, s, err, errlen);
+    if (!s->workers[i]) return -ENOMEM;
+    s->wctx[i] = rly_worker_ctx(s->workers[i]);
+  }
   return 0;
 }
 
-static void finish_if_done(rly_server *s) {
-  if (s->handles_open == 0 && s->control_stopped && s->done) {
-    void (*done)(void *) = s->done;
-    s->done = NULL;
-    cm_log(CM_LOG_INFO, "relay", "shutdown complete");
-    done(s->done_ud);
+static void control_main(void *arg) {
+  rly_server *s = arg;
+  pthread_setname_np(pthread_self(), "relay-ctl");
+  uv_run(&s->ctl_loop, UV_RUN_DEFAULT);
+  cm_log(CM_LOG_INFO, "relay", "shutdown complete");
+  if (s->done) s->done(s->done_ud);
+}
+
+typedef struct server_msg {
+  rly_msg msg;
+  rly_server *s;
+} server_msg;
+
+static bool post_control(rly_server *s, void (*run)(rly_msg *m)) {
+  server_msg *k = calloc(1, sizeof *k);
+  if (!k) return false;
+  k->s = s;
+  k->msg.run = run;
+  if (rly_control_post(s->edge.ctl, &k->msg, true)) return true;
+  free(k);
+  return false;
+}
+
+static void run_start_accepting(rly_msg *m) {
+  rly_server *s = ((server_msg *)m)->s;
+  free(m);
+  int rc = rly_listener_start(&s->listener, &s->ctl_loop);
+  if (rc != 0) cm_log(CM_LOG_ERROR, "relay", "cannot accept", CM_S("error", uv_strerror(rc)));
+}
+
+/* reuseport: a worker starts or stops its own listener, on its loop. */
+typedef struct listener_msg {
+  rly_msg msg;
+  rly_listener *l;
+} listener_msg;
+
+static void run_worker_listen(rly_msg *m) {
+  listener_msg *k = (listener_msg *)m;
+  int rc = rly_listener_start(k->l, k->l->own->loop);
+  if (rc != 0) cm_log(CM_LOG_ERROR, "relay", "cannot accept", CM_S("error", uv_strerror(rc)));
+  free(k);
+}
+
+static void run_worker_unlisten(rly_msg *m) {
+  listener_msg *k = (listener_msg *)m;
+  rly_listener_close(k->l, NULL);
+  free(k);
+}
+
+static bool post_listener(rly_listener *l, void (*run)(rly_msg *m)) {
+  listener_msg *k = calloc(1, sizeof *k);
+  if (!k) return false;
+  k->l = l;
+  k->msg.run = run;
+  if (rly_mailbox_post(l->own->inbox, &k->msg, true)) return true;
+  free(k);
+  return false;
+}
+
+static int bind_listeners(rly_server *s, char *err, size_t errlen) {
+  rly_edge *e = &s->edge;
+  if (!s->reuseport) return rly_listener_bind(&s->listener, e, NULL, -1, err, errlen);
+  int rc = 0, port = -1;
+  for (size_t i = 0; rc == 0 && i < e->nworkers; i++) {
+    rc = rly_listener_bind(&s->per_worker[i], e, s->wctx[i], port, err, errlen);
+    if (rc == 0 && i == 0) port = rly_listener_port(&s->per_worker[0]);
   }
+  return rc;
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  rly_server *s = h->data;
-  s->handles_open--;
-  finish_if_done(s);
+static int start_accepting(rly_server *s, char *err, size_t errlen) {
+  if (!s->reuseport) {
+    int rc = rly_listener_listen(&s->listener, err, errlen);
+    if (rc == 0 && !post_control(s, run_start_accepting)) rc = -ENOMEM;
+    return rc;
+  }
+  for (size_t i = 0; i < s->edge.nworkers; i++) {
+    int rc = rly_listener_listen(&s->per_worker[i], err, errlen);
+    if (rc == 0 && !post_listener(&s->per_worker[i], run_worker_listen)) rc = -ENOMEM;
+    if (rc != 0) return rc;
+  }
+  return 0;
 }
 
-static void on_auth_stopped(void *ud) {
+/* A controller handed in before start is already running: waiting for its
+ * link takes a few ms, and spares the first clients a 503 that is merely
+ * start-up. */
+static int wait_for_link(rly_server *s, char *err, size_t errlen) {
+  for (int waited = 0; rly_control_links(s->edge.ctl) == 0; waited += LINK_POLL_MS) {
+    if (waited >= LINK_WAIT_MS) {
+      snprintf(err, errlen, "the in-process controller did not link within 10 s");
+      return -ETIMEDOUT;
+    }
+    usleep(LINK_POLL_MS * 1000);
+  }
+  return 0;
+}
+
+int rly_server_start(rly_server *s, char *err, size_t errlen) {
+  rly_edge *e = &s->edge;
+  int rc = build_workers(s, err, errlen);
+  if (rc != 0 || (rc = bind_listeners(s, err, errlen)) != 0) return rc;
+  default_public_url(s);
+  e->started_ms = cm_now_mono_ms();
+  if ((rc = rly_control_start(e->ctl, err, errlen)) != 0) return rc;
+  bool linked = s->pending_fd >= 0;
+  if (linked) {
+    int fd = s->pending_fd;
+    s->pending_fd = -1;
+    if ((rc = rly_control_add_fd(e->ctl, fd, s->pending_name, err, errlen)) != 0) return rc;
+  }
+  /* Everything is built: from here on each loop belongs to its thread. */
+  s->started = true;
+  for (size_t i = 0; i < e->nworkers; i++)
+    if ((rc = rly_worker_start(s->workers[i], err, errlen)) != 0) return rc;
+  if ((rc = uv_thread_create(&s->ctl_thread, control_main, s)) != 0) {
+    snprintf(err, errlen, "control thread: %s", uv_strerror(rc));
+    return rc;
+  }
+  s->ctl_thread_ok = true;
+  if (linked && (rc = wait_for_link(s, err, errlen)) != 0) return rc;
+  if ((rc = start_accepting(s, err, errlen)) != 0) {
+    if (rc == -ENOMEM) snprintf(err, errlen, "out of memory");
+    return rc;
+  }
+  cm_log(CM_LOG_INFO, "relay", "listening", CM_S("addr", e->cfg->listen),
+         CM_I("port", rly_server_public_port(s)), CM_B("tls", e->tls != NULL),
+         CM_S("public_url", e->public_url), CM_S("node_id", e->node_id),
+         CM_I("workers", e->nworkers), CM_S("accept", s->reuseport ? "reuseport" : "handoff"));
+  return 0;
+}
+
+/* ---- shutdown (on the control thread) ----------------------------------------------- */
+
+static void on_control_closed(void *ud) {
   rly_server *s = ud;
-  s->handles_open--;
-  finish_if_done(s);
+  /* Every answer is posted: the workers may go.  The control loop ends
+   * once its last handle is closed. */
+  for (size_t i = 0; i < s->edge.nworkers; i++)
+    rly_worker_exit(s->workers[i]);
 }
 
-static void on_control_stopped(void *ud) {
+/* A worker holds nothing any more.  The edge is empty when nothing is
+ * live anywhere — a connection moving between workers still counts — and
+ * only then may the controller link go. */
+static void on_worker_drained(void *ud) {
   rly_server *s = ud;
-  s->control_stopped = true;
-  finish_if_done(s);
+  if (s->closing_link || atomic_load(&s->edge.live) > 0) return;
+  s->closing_link = true;
+  rly_control_close(s->edge.ctl, on_control_closed, s);
 }
 
-void rly_server_maybe_finish(rly_server *s) {
-  if (!s->shutting_down || s->nconns > 0 || s->npeers > 0 || s->finishing) return;
-  s->finishing = true;
-  if (s->started) {
-    uv_timer_stop(&s->grace);
-    uv_close((uv_handle_t *)&s->sweep, on_handle_closed);
-    uv_close((uv_handle_t *)&s->grace, on_handle_closed);
-    rly_dp_stop(s);
-    uv_close((uv_handle_t *)&s->dp_tick, on_handle_closed);
+static void run_shutdown(rly_msg *m) {
+  rly_server *s = ((server_msg *)m)->s;
+  free(m);
+  cm_log(CM_LOG_INFO, "relay", "shutting down", CM_I("connections", atomic_load(&s->edge.live)),
+         CM_I("workers", s->edge.nworkers), CM_I("grace_ms", s->edge.cfg->shutdown_grace_ms));
+  rly_listener_close(&s->listener, NULL);
+  /* No more controller connections either, and controllers are told: a
+   * successor sharing our sockets gets its link now, not after the drain. */
+  rly_control_leave(s->edge.ctl);
+  for (size_t i = 0; i < s->edge.nworkers; i++) {
+    if (s->reuseport) post_listener(&s->per_worker[i], run_worker_unlisten); /* before its drain */
+    rly_worker_shutdown(s->workers[i]);
   }
-  if (s->auth) {
-    s->handles_open++;
-    rly_auth_stop(s->auth, on_auth_stopped, s);
-  }
-  rly_control_stop(s, on_control_stopped);
-}
-
-static void on_grace(uv_timer_t *t) {
-  rly_server *s = t->data;
-  cm_log(CM_LOG_WARN, "relay", "grace period over; closing remaining connections",
-         CM_I("connections", s->nconns), CM_I("peers", s->npeers));
-  for (cm_list *n = s->conns.next; n != &s->conns;) {
-    rly_conn *c = cm_container_of(n, rly_conn, all);
-    n = n->next;
-    cm_stream_abort(c->st);
-  }
-  rly_dp_close_all(s, 1001, "relay shutting down");
 }
 
 void rly_server_shutdown(rly_server *s, void (*done)(void *), void *ud) {
-  if (s->shutting_down) return;
-  s->shutting_down = true;
+  if (atomic_exchange(&s->shutdown_asked, true)) return;
   s->done = done;
   s->done_ud = ud;
-  cm_log(CM_LOG_INFO, "relay", "shutting down", CM_I("connections", s->nconns),
-         CM_I("peers", s->npeers), CM_I("grace_ms", s->cfg->shutdown_grace_ms));
-  if (s->listening) uv_close((uv_handle_t *)&s->listener, on_handle_closed);
-  s->listening = false;
-  /* No more controller connections either, and controllers are told: a
-   * successor sharing our sockets gets its link now, not after the drain. */
-  if (s->tun) tun_relay_leave(s->tun);
-  /* Idle keep-alive connections and ones that never sent a byte go now;
-   * requests in flight finish and then close (see conn_update_wait). */
-  for (cm_list *n = s->conns.next; n != &s->conns;) {
-    rly_conn *c = cm_container_of(n, rly_conn, all);
-    n = n->next;
-    if (!rly_http_busy(c->http) && !rly_http_in_request(c->http)) cm_stream_close(c->st);
+  if (!s->ctl_thread_ok || !post_control(s, run_shutdown)) {
+    /* Nothing runs (never started, or start failed early). */
+    if (done) done(ud);
   }
-  if (s->started) {
-    rly_dp_shutdown(s);
-    uv_timer_start(&s->grace, on_grace, (uint64_t)s->cfg->shutdown_grace_ms, 0);
+}
+
+static void close_one(uv_handle_t *h, void *arg) {
+  CM_UNUSED(arg);
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+void rly_server_free(rly_server *s) {
+  if (!s) return;
+  if (s->ctl_thread_ok) {
+    rly_server_shutdown(s, NULL, NULL); /* if nobody did */
+    uv_thread_join(&s->ctl_thread);
+  } else if (s->started) {
+    /* Workers may run without a control thread (it failed to start):
+     * with no controller to drain through, they just exit. */
+    for (size_t i = 0; i < s->edge.nworkers; i++)
+      if (s->workers[i]) rly_worker_exit(s->workers[i]);
   }
-  rly_server_maybe_finish(s);
+  /* Every thread ends before any mailbox goes: one may post to another
+   * until it has. */
+  for (size_t i = 0; i < s->edge.nworkers; i++)
+    rly_worker_join(s->workers[i]);
+  for (size_t i = 0; i < s->edge.nworkers; i++)
+    rly_worker_free(s->workers[i]);
+  if (s->ctl_loop_ok) {
+    if (!s->ctl_thread_ok) {
+      /* Built, never run: close what the parts opened. */
+      if (s->edge.ctl) rly_control_close(s->edge.ctl, NULL, NULL);
+      rly_listener_close(&s->listener, NULL);
+      uv_walk(&s->ctl_loop, close_one, NULL);
+      uv_run(&s->ctl_loop, UV_RUN_DEFAULT);
+    }
+    uv_loop_close(&s->ctl_loop);
+  }
+  if (s->pending_fd >= 0) close(s->pending_fd);
+  if (s->listener.fd >= 0) close(s->listener.fd);
+  for (size_t i = 0; s->per_worker && i < s->edge.nworkers; i++)
+    if (s->per_worker[i].fd >= 0) close(s->per_worker[i].fd);
+  free(s->per_worker);
+  rly_control_free(s->edge.ctl);
+  rly_router_free(s->router);
+  rly_ip_free(&s->edge);
+  uv_mutex_destroy(&s->edge.ip_lock);
+  cm_tls_ctx_free(s->edge.tls);
+  free(s);
 }

@@ -32,7 +32,9 @@
  * FIN and a short linger (cm_stream_close); a TCP error after the
  * connection stood closes the session 1011 with the reason.
  */
-#include "relay/edge.h"
+#include "relay/target.h"
+
+#include "relay/dataplane.h"
 #include "relay/pair.h"
 #include "websocket/websocket.h"
 
@@ -46,7 +48,7 @@
 #define REASON_MAX         120
 
 typedef struct rly_target {
-  rly_server *srv;
+  rly_wctx *w; /* the session's home worker: everything here runs on its loop */
   char session[64];
   cm_target t;
   cm_netpolicy *policy;
@@ -108,7 +110,7 @@ static void fail(rly_target *tg, uint16_t code, const char *reason) {
          CM_I("code", code), CM_S("reason", reason));
   char r[REASON_MAX];
   snprintf(r, sizeof r, "%s", reason);
-  rly_dp_kick(tg->srv, tg->session, code, r); /* closes the virtual peer (and the initiator) */
+  rly_dp_kick(tg->w, tg->session, code, r); /* closes the virtual peer (and the initiator) */
   if (tg->tcp) cm_stream_abort(tg->tcp);
   if (tg->ws && !tg->ws_closing) {
     tg->ws_closing = true;
@@ -244,7 +246,7 @@ static void dial_next(rly_target *tg) {
     tg->next = tg->next->ai_next;
     cm_stream_opts o = {.high_watermark = TCP_HIGH_WATERMARK, .keepalive = true};
     int err = 0;
-    tg->tcp = cm_stream_connect(tg->srv->loop, sa, &o, &g_tcp_cbs, tg, &err);
+    tg->tcp = cm_stream_connect(tg->w->loop, sa, &o, &g_tcp_cbs, tg, &err);
     if (tg->tcp) return;
     snprintf(tg->why, sizeof tg->why, "%s", uv_strerror(err));
   }
@@ -318,32 +320,32 @@ static void target_maybe_free(rly_target *tg) {
   free(tg);
 }
 
-static cm_netpolicy *policy_of(const Relay__V1__SlotDecision *d, char *err, size_t errlen) {
-  if (d->n_target_allow == 0) {
+static cm_netpolicy *policy_of(char *const *allow, size_t nallow, char *err, size_t errlen) {
+  if (nallow == 0) {
     cm_seterr(err, errlen, "target not allowed: the controller allows no ranges");
     return NULL;
   }
-  cm_netpolicy *p =
-      cm_netpolicy_new((const char *const *)d->target_allow, d->n_target_allow, err, errlen);
+  cm_netpolicy *p = cm_netpolicy_new((const char *const *)allow, nallow, err, errlen);
   if (!p) cm_seterr(err, errlen, "target not allowed: the controller's ranges are malformed");
   return p;
 }
 
-void rly_target_start(rly_server *s, const char *session_id, const Relay__V1__SlotDecision *d) {
+void rly_target_start(rly_wctx *w, const char *session_id, const char *target, char *const *allow,
+                      size_t nallow) {
   rly_target *tg = calloc(1, sizeof *tg);
   char err[REASON_MAX];
   if (!tg) {
-    rly_dp_kick(s, session_id, 1011, "relay error: out of memory");
+    rly_dp_kick(w, session_id, 1011, "relay error: out of memory");
     return;
   }
-  tg->srv = s;
+  tg->w = w;
   snprintf(tg->session, sizeof tg->session, "%s", session_id);
-  if (cm_target_parse(d->target, &tg->t, err, sizeof err) != 0 ||
-      !(tg->policy = policy_of(d, err, sizeof err))) {
+  if (cm_target_parse(target, &tg->t, err, sizeof err) != 0 ||
+      !(tg->policy = policy_of(allow, nallow, err, sizeof err))) {
     tg->ended = true;
     cm_log(CM_LOG_WARN, "target", "target refused", CM_S("session", session_id),
            CM_S("reason", err));
-    rly_dp_kick(s, session_id, 1008, err);
+    rly_dp_kick(w, session_id, 1008, err);
     target_maybe_free(tg);
     return;
   }
@@ -354,8 +356,8 @@ void rly_target_start(rly_server *s, const char *session_id, const Relay__V1__Sl
     return;
   }
   char label[CM_TARGET_MAX + 8];
-  snprintf(label, sizeof label, "target %s", d->target);
-  if (rly_dp_attach_fd(s, session_id, RLY_SLOT_RESPONDER, fds[0], label) != 0) {
+  snprintf(label, sizeof label, "target %s", target);
+  if (rly_dp_attach_fd(w, session_id, RLY_SLOT_RESPONDER, fds[0], label) != 0) {
     close(fds[0]);
     close(fds[1]);
     fail(tg, 1011, "relay error: cannot attach the target");
@@ -364,9 +366,9 @@ void rly_target_start(rly_server *s, const char *session_id, const Relay__V1__Sl
   }
   ws_parser_config pc = {.server = false, .max_message = 0, .validate_utf8 = false};
   ws_parser_init(&tg->parser, &pc);
-  cm_stream_opts o = {.high_watermark = (size_t)s->cfg->ws_high_watermark};
+  cm_stream_opts o = {.high_watermark = (size_t)w->edge->cfg->ws_high_watermark};
   int e = 0;
-  tg->ws = cm_stream_open_fd(s->loop, fds[1], false, &o, &g_ws_cbs, tg, &e);
+  tg->ws = cm_stream_open_fd(w->loop, fds[1], false, &o, &g_ws_cbs, tg, &e);
   if (!tg->ws) {
     close(fds[1]);
     fail(tg, 1011, "relay error: cannot open the target's link");
@@ -378,7 +380,7 @@ void rly_target_start(rly_server *s, const char *session_id, const Relay__V1__Sl
   snprintf(port, sizeof port, "%u", (unsigned)tg->t.port);
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
   tg->gai.data = tg;
-  int rc = uv_getaddrinfo(s->loop, &tg->gai, on_resolved, tg->t.host, port, &hints);
+  int rc = uv_getaddrinfo(w->loop, &tg->gai, on_resolved, tg->t.host, port, &hints);
   if (rc != 0) {
     char r[REASON_MAX];
     snprintf(r, sizeof r, "dial failed: cannot resolve %.60s: %s", tg->t.host, uv_strerror(rc));

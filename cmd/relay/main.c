@@ -16,7 +16,9 @@
 
 #include "cmd/relay/admin_cmds.h"
 #include "cmd/relay/peer.h"
+#include "controller-stub/controller.h"
 #include "relay/relay.h"
+#include "tunnel/tunnel.h"
 
 #define EXIT_USAGE 2
 
@@ -43,6 +45,13 @@ static const cm_cfg_opt g_serve_opts[] = {
         "base URL peers use to reach this relay (default from --listen)", "URL"),
     OPT("node-id", CM_CFG_STRING, node_id, NULL, 0, 0, "this relay's name (default hostname)",
         "NAME"),
+    OPT("workers", CM_CFG_STRING, workers, "auto", 0, 0,
+        "worker threads, each with its own loop: auto (the CPUs this process may use) or 1..256",
+        "N"),
+    OPT("accept", CM_CFG_STRING, accept, "handoff", 0, 0,
+        "how connections reach the workers: handoff (one acceptor) or reuseport (a socket each; "
+        "see docs/BENCHMARKS.md)",
+        "MODE"),
     OPT("header-timeout", CM_CFG_DURATION, header_timeout_ms, "10s", 100, 600000,
         "time allowed for a request's headers and body", "DURATION"),
     OPT("idle-timeout", CM_CFG_DURATION, idle_timeout_ms, "60s", 100, 3600000,
@@ -139,14 +148,53 @@ static const cm_cfg_spec g_serve_spec = {
 typedef struct serve_ctx {
   uv_loop_t *loop;
   rly_server *srv;
+  ctl_embedded *embedded; /* the in-process controller, without --controller-ca */
   uv_signal_t sigint, sigterm;
+  uv_async_t stopped; /* the relay's threads have drained */
   int signals;
 } serve_ctx;
 
-static void on_shutdown_done(void *ud) {
-  serve_ctx *x = ud;
+/* Embedded mode: the reference controller on its own thread and loop,
+ * linked to the relay by a socketpair carrying the very protocol a remote
+ * controller speaks.  The relay library knows nothing of it but the fd. */
+static int start_embedded(serve_ctx *x, const rly_config *cfg, char *err, size_t errlen) {
+  int fds[2];
+  int rc = tun_socketpair(fds);
+  if (rc != 0) {
+    snprintf(err, errlen, "socketpair: %s", strerror(-rc));
+    return rc;
+  }
+  ctl_config cc = {.state_dir = cfg->state_dir,
+                   .max_ttl_s = (uint32_t)cfg->max_ttl_s,
+                   .max_peer_wait_s = (uint32_t)cfg->max_peer_wait_s,
+                   .default_peer_wait_s = (uint32_t)(cfg->peer_wait_ms / 1000),
+                   .accept_unauthenticated = cfg->no_auth,
+                   .target_allow = &cfg->target_allow,
+                   .ping_interval_ms = (uint32_t)cfg->ping_interval_ms,
+                   .ping_timeout_ms = (uint32_t)cfg->ping_timeout_ms};
+  x->embedded = ctl_embedded_start(&cc, fds[1], err, errlen);
+  if (!x->embedded) {
+    close(fds[0]);
+    close(fds[1]);
+    return -1;
+  }
+  if ((rc = rly_server_add_controller_fd(x->srv, fds[0], "embedded", err, errlen)) != 0) return rc;
+  cm_log(CM_LOG_INFO, "relay", "embedded controller started",
+         CM_S("state_dir", cfg->state_dir ? cfg->state_dir : "(memory)"));
+  return 0;
+}
+
+static void on_stopped(uv_async_t *a) {
+  serve_ctx *x = a->data;
   uv_close((uv_handle_t *)&x->sigint, NULL);
   uv_close((uv_handle_t *)&x->sigterm, NULL);
+  uv_close((uv_handle_t *)&x->stopped, NULL);
+}
+
+/* Runs on a relay thread: wake the main loop, which owns the signals. */
+static void on_shutdown_done(void *ud) {
+  serve_ctx *x = ud;
+  uv_async_send(&x->stopped);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -216,18 +264,19 @@ static int cmd_serve(int argc, char **argv) {
   }
 
   serve_ctx x = {.loop = uv_default_loop()};
-  x.srv = rly_server_new(x.loop, &cfg, err, sizeof err);
-  bool started = x.srv && rly_server_start(x.srv, err, sizeof err) == 0;
+  bool embedded = !cfg.controller_ca || !*cfg.controller_ca;
+  x.srv = rly_server_new(&cfg, err, sizeof err);
+  bool started = x.srv && (!embedded || start_embedded(&x, &cfg, err, sizeof err) == 0) &&
+                 rly_server_start(x.srv, err, sizeof err) == 0;
   if (!started) cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
   if (!started || announce_ready(&cfg) != 0) {
-    if (x.srv) {
-      rly_server_shutdown(x.srv, NULL, NULL);
-      uv_run(x.loop, UV_RUN_DEFAULT);
-      rly_server_free(x.srv);
-    }
+    rly_server_free(x.srv);
+    ctl_embedded_stop(x.embedded);
     cm_config_free(&g_serve_spec, &cfg);
     return 1;
   }
+  uv_async_init(x.loop, &x.stopped, on_stopped);
+  x.stopped.data = &x;
   uv_signal_init(x.loop, &x.sigint);
   uv_signal_init(x.loop, &x.sigterm);
   x.sigint.data = x.sigterm.data = &x;
@@ -235,6 +284,7 @@ static int cmd_serve(int argc, char **argv) {
   uv_signal_start(&x.sigterm, on_signal, SIGTERM);
   uv_run(x.loop, UV_RUN_DEFAULT);
   rly_server_free(x.srv);
+  ctl_embedded_stop(x.embedded); /* after the relay closed its end */
   uv_loop_close(x.loop);
   if (cfg.pid_file) unlink(cfg.pid_file);
   cm_config_free(&g_serve_spec, &cfg);

@@ -40,6 +40,13 @@
  * server — one open and one seal per byte per direction, like the relay.
  * Clients offer only one TLS 1.3 suite (--cipher), so all legs use it.
  *
+ * --workers N runs the relay with N workers and haproxy with nbthread N;
+ * (a) then uses --streams sessions (default N), since one session lives on
+ * one worker.  Throughput and messages/s also print each forwarder's
+ * efficiency: payload per CPU-second it used (Gbit/s or msg/s divided by
+ * its CPU share in cores), and its total CPU share (over 100 % is more
+ * than one core).
+ *
  * Throughput, messages/s and latency run --rounds times (default 2), the
  * targets interleaved (relay, direct, haproxy, relay, ...), and each target
  * reports its best round: on a shared machine a burst of unrelated load
@@ -71,8 +78,8 @@
 #define W(lit)  ((char[]){lit}) /* a writable copy, for argv */
 
 static struct {
-  const char *relay_bin, *connect, *haproxy, *tmp, *what, *cipher;
-  int pid, sessions, rounds;
+  const char *relay_bin, *connect, *haproxy, *tmp, *what, *cipher, *relay_arg;
+  int pid, sessions, rounds, workers, streams;
   bool plain;
   double secs;
 } opt = {.what = "crypto,throughput,msgs,latency,rss,peers",
@@ -91,7 +98,8 @@ static int g_haproxy_port;
 static uv_tcp_t g_listener;
 static int g_listen_port;
 
-#define AREA (opt.plain ? "data plane, plain" : "data plane")
+static char g_area[64];
+#define AREA g_area
 
 static double now_s(void) {
   struct timespec ts;
@@ -224,16 +232,26 @@ static void start_relay(void) {
   snprintf(dir, sizeof dir, "%s/cert", opt.tmp);
   /* Every load-generator connection comes from 127.0.0.1: no per-address cap. */
   static char plain[] = "--plain", noauth[] = "--no-auth", perip[] = "--max-conns-per-ip=0";
-  char *argv[] = {(char *)opt.relay_bin,
-                  W("serve"),
-                  W("--listen"),
-                  W("127.0.0.1:0"),
-                  perip,
-                  W("--dev-cert-dir"),
-                  dir,
-                  noauth,
-                  NULL};
-  if (opt.plain) argv[5] = plain, argv[6] = noauth, argv[7] = NULL;
+  char workers[32];
+  snprintf(workers, sizeof workers, "--workers=%d", opt.workers);
+  char *argv[16];
+  int n = 0;
+  argv[n++] = (char *)opt.relay_bin;
+  argv[n++] = W("serve");
+  argv[n++] = W("--listen");
+  argv[n++] = W("127.0.0.1:0");
+  argv[n++] = perip;
+  argv[n++] = noauth;
+  if (opt.workers > 0) argv[n++] = workers; /* else the relay's default */
+  static char certdir[] = "--dev-cert-dir";
+  if (opt.plain) {
+    argv[n++] = plain;
+  } else {
+    argv[n++] = certdir;
+    argv[n++] = dir;
+  }
+  if (opt.relay_arg) argv[n++] = (char *)opt.relay_arg; /* one more flag, e.g. --accept=reuseport */
+  argv[n] = NULL;
   g_relay_pid = bench_spawn(argv, log, true);
   if (g_relay_pid < 0) die("cannot start the relay");
   /* The bound port comes from the JSON "listening" log line. */
@@ -277,13 +295,13 @@ static void start_haproxy(void) {
       strcmp(opt.cipher, "aes256") == 0 ? "TLS_AES_256_GCM_SHA384" : "TLS_AES_128_GCM_SHA256";
   f = fopen(cfg, "w");
   fprintf(f,
-          "global\n  nbthread 1\n  maxconn 4000\n"
+          "global\n  nbthread %d\n  maxconn 4000\n"
           "  ssl-default-bind-ciphersuites %s\n  ssl-default-server-ciphersuites %s\n"
           "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n"
           "  timeout server 120s\n"
           "frontend fe\n  bind 127.0.0.1:%d ssl crt %s\n  default_backend be\n"
           "backend be\n  server b 127.0.0.1:%d ssl verify none\n",
-          suite, suite, g_haproxy_port, pem, g_listen_port);
+          opt.workers > 0 ? opt.workers : 1, suite, suite, g_haproxy_port, pem, g_listen_port);
   fclose(f);
   char *argv[] = {(char *)opt.haproxy, W("-db"), W("-f"), cfg, NULL};
   g_haproxy_pid = bench_spawn(argv, log, true);
@@ -295,8 +313,8 @@ static void start_haproxy(void) {
       return;
     }
     if (tcp_accepts(g_haproxy_port)) {
-      printf("haproxy pid %d on 127.0.0.1:%d -> TLS -> 127.0.0.1:%d (nbthread 1)\n",
-             (int)g_haproxy_pid, g_haproxy_port, g_listen_port);
+      printf("haproxy pid %d on 127.0.0.1:%d -> TLS -> 127.0.0.1:%d (nbthread %d)\n",
+             (int)g_haproxy_pid, g_haproxy_port, g_listen_port, opt.workers > 0 ? opt.workers : 1);
       return;
     }
   }
@@ -731,53 +749,77 @@ static bool stream_run(target t, int pairs, size_t msg, int per_write, double ou
   return ok;
 }
 
-static void bench_throughput(void) {
-  printf("\n== (a) throughput: 1 session, 16 KiB binary messages, %.0f s, best of %d ==\n",
-         opt.secs, opt.rounds);
-  double r[3][2] = {{0}};
+/* The best round of each target: its rate and the forwarder's CPU share
+ * (cores) in that round. */
+typedef struct best_run {
+  double rate[2]; /* bytes/s, messages/s */
+  double cores;   /* -1: unknown (direct) */
+} best_run;
+
+/* Rate per CPU-second of the forwarder; 0 when unknown. */
+static double per_cpu(const best_run *b, int k) { return b->cores > 0 ? b->rate[k] / b->cores : 0; }
+
+/* Runs every target opt.rounds times, interleaved, keeping each one's best
+ * round by rate k (0 bytes/s, 1 messages/s). */
+static void stream_rounds(int pairs, size_t msg, int per_write, int k, best_run r[3]) {
+  memset(r, 0, 3 * sizeof *r);
   for (int round = 0; round < opt.rounds; round++)
     for (int t = 0; t < 3; t++) {
       if (!target_available((target)t)) continue;
       double x[2];
-      if (!stream_run((target)t, 1, 16384, 8, x)) printf("!! %s run had errors\n", TARGET_NAME[t]);
-      printf("  %-8s %7.2f Gbit/s  (%.0f msg/s) = %.2f of the ceiling E\n", TARGET_NAME[t],
-             x[0] * 8 / 1e9, x[1], g_ceiling > 0 ? x[0] / g_ceiling : 0);
+      if (!stream_run((target)t, pairs, msg, per_write, x))
+        printf("!! %s run had errors\n", TARGET_NAME[t]);
+      double cores = g_cpu.fwd >= 0 ? g_cpu.fwd / 100 : -1;
+      if (k == 0)
+        printf("  %-8s %7.2f Gbit/s  (%.0f msg/s) = %.2f of the ceiling E", TARGET_NAME[t],
+               x[0] * 8 / 1e9, x[1], g_ceiling > 0 ? x[0] / g_ceiling : 0);
+      else
+        printf("  %-8s %10.0f msg/s  (%.2f Gbit/s payload)", TARGET_NAME[t], x[1], x[0] * 8 / 1e9);
+      if (cores > 0 && k == 0) printf("; %.2f Gbit/s per CPU-second", x[0] * 8 / 1e9 / cores);
+      if (cores > 0 && k == 1) printf("; %.0f msg/s per CPU-second", x[1] / cores);
+      printf("\n");
       cpu_print(&g_cpu, TARGET_NAME[t]);
-      if (x[0] > r[t][0]) memcpy(r[t], x, sizeof x);
+      if (x[k] > r[t].rate[k]) r[t] = (best_run){{x[0], x[1]}, cores};
       if (t == T_RELAY && g_relay_pid > 0 && !child_alive(g_relay_pid, "relay")) die("relay died");
     }
-  char base[128], ratio[64] = "";
-  snprintf(base, sizeof base, "direct %.2f; haproxy %s", r[1][0] * 8 / 1e9, "n/a");
-  if (r[2][0] > 0) {
-    snprintf(base, sizeof base, "direct %.2f; haproxy %.2f", r[1][0] * 8 / 1e9, r[2][0] * 8 / 1e9);
-    snprintf(ratio, sizeof ratio, "relay/haproxy %.2f", r[0][0] / r[2][0]);
-  }
-  printf("@@ %s | (a) 1 session, 16 KiB msgs, Gbit/s | %.2f (%.2f of E) | %s | %s\n", AREA,
-         r[0][0] * 8 / 1e9, g_ceiling > 0 ? r[0][0] / g_ceiling : 0, base, ratio);
+}
+
+/* "relay/haproxy R, per CPU-second R'; relay CPU C %" */
+static void ratios(const best_run r[3], int k, char *out, size_t n) {
+  int o = snprintf(out, n, "relay CPU %.0f%%", r[0].cores * 100);
+  if (r[2].rate[k] > 0)
+    o += snprintf(out + o, n - (size_t)o, "; relay/haproxy %.2f", r[0].rate[k] / r[2].rate[k]);
+  if (per_cpu(&r[2], k) > 0)
+    snprintf(out + o, n - (size_t)o, "; per CPU-second relay/haproxy %.2f (haproxy CPU %.0f%%)",
+             per_cpu(&r[0], k) / per_cpu(&r[2], k), r[2].cores * 100);
+}
+
+static void bench_throughput(void) {
+  int pairs = opt.streams;
+  printf("\n== (a) throughput: %d session%s, 16 KiB binary messages, %.0f s, best of %d ==\n",
+         pairs, pairs == 1 ? "" : "s", opt.secs, opt.rounds);
+  best_run r[3];
+  stream_rounds(pairs, 16384, 8, 0, r);
+  char base[160], ratio[192];
+  snprintf(base, sizeof base, "direct %.2f; haproxy %.2f (%.2f per CPU-s)", r[1].rate[0] * 8 / 1e9,
+           r[2].rate[0] * 8 / 1e9, per_cpu(&r[2], 0) * 8 / 1e9);
+  ratios(r, 0, ratio, sizeof ratio);
+  printf(
+      "@@ %s | (a) %d session(s), 16 KiB msgs, Gbit/s (per relay CPU-s) | %.2f (%.2f) | %s | %s\n",
+      AREA, pairs, r[0].rate[0] * 8 / 1e9, per_cpu(&r[0], 0) * 8 / 1e9, base, ratio);
 }
 
 static void bench_msgs(void) {
   printf("\n== (b) messages/s: 100 sessions, 512-byte messages, %.0f s, best of %d ==\n", opt.secs,
          opt.rounds);
-  double r[3][2] = {{0}};
-  for (int round = 0; round < opt.rounds; round++)
-    for (int t = 0; t < 3; t++) {
-      if (!target_available((target)t)) continue;
-      double x[2];
-      if (!stream_run((target)t, 100, 512, 32, x)) printf("!! %s run had errors\n", TARGET_NAME[t]);
-      printf("  %-8s %10.0f msg/s  (%.2f Gbit/s payload)\n", TARGET_NAME[t], x[1], x[0] * 8 / 1e9);
-      cpu_print(&g_cpu, TARGET_NAME[t]);
-      if (x[1] > r[t][1]) memcpy(r[t], x, sizeof x);
-      if (t == T_RELAY && g_relay_pid > 0 && !child_alive(g_relay_pid, "relay")) die("relay died");
-    }
-  char base[128], ratio[64] = "";
-  snprintf(base, sizeof base, "direct %.0f; haproxy %s", r[1][1], "n/a");
-  if (r[2][1] > 0) {
-    snprintf(base, sizeof base, "direct %.0f; haproxy %.0f", r[1][1], r[2][1]);
-    snprintf(ratio, sizeof ratio, "relay/haproxy %.2f", r[0][1] / r[2][1]);
-  }
-  printf("@@ %s | (b) 100 sessions, 512 B msgs, msg/s | %.0f | %s | %s\n", AREA, r[0][1], base,
-         ratio);
+  best_run r[3];
+  stream_rounds(100, 512, 32, 1, r);
+  char base[160], ratio[192];
+  snprintf(base, sizeof base, "direct %.0f; haproxy %.0f (%.0f per CPU-s)", r[1].rate[1],
+           r[2].rate[1], per_cpu(&r[2], 1));
+  ratios(r, 1, ratio, sizeof ratio);
+  printf("@@ %s | (b) 100 sessions, 512 B msgs, msg/s (per relay CPU-s) | %.0f (%.0f) | %s | %s\n",
+         AREA, r[0].rate[1], per_cpu(&r[0], 1), base, ratio);
 }
 
 /* ---- latency ----------------------------------------------------------------------------- */
@@ -1172,6 +1214,8 @@ static void usage(void) {
           "usage: bench_relay --relay-bin PATH | --connect HOST:PORT [--pid PID]\n"
           "       [--tmp DIR] [--haproxy PATH] [--what crypto,throughput,msgs,latency,rss,peers]\n"
           "       [--sessions N] [--secs S] [--rounds R] [--cipher aes128|aes256]\n"
+          "       [--workers N] [--streams S]  (relay workers, haproxy nbthread; (a)'s sessions)\n"
+          "       [--relay-arg FLAG]           (one more flag for relay serve)\n"
           "       [--plain 1]  (no TLS anywhere: relay --plain, plain baselines, no haproxy)\n");
   exit(2);
 }
@@ -1206,12 +1250,23 @@ static void parse_args(int argc, char **argv) {
       opt.cipher = v;
     else if (strcmp(a, "--rounds") == 0)
       opt.rounds = atoi(v);
+    else if (strcmp(a, "--workers") == 0)
+      opt.workers = atoi(v);
+    else if (strcmp(a, "--streams") == 0)
+      opt.streams = atoi(v);
+    else if (strcmp(a, "--relay-arg") == 0)
+      opt.relay_arg = v;
     else if (strcmp(a, "--plain") == 0)
       opt.plain = strcmp(v, "1") == 0;
     else
       usage();
   }
   if ((!opt.relay_bin && !opt.connect) || opt.rounds < 1) usage();
+  if (opt.streams <= 0) opt.streams = opt.workers > 0 ? opt.workers : 1;
+  int o = snprintf(g_area, sizeof g_area, "%s", opt.plain ? "data plane, plain" : "data plane");
+  if (opt.workers > 0)
+    snprintf(g_area + o, sizeof g_area - (size_t)o, ", %d worker%s", opt.workers,
+             opt.workers == 1 ? "" : "s");
   if (strcmp(opt.cipher, "aes128") != 0 && strcmp(opt.cipher, "aes256") != 0) usage();
 }
 

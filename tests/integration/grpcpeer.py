@@ -643,16 +643,7 @@ def http(relay, method, path, body=None, timeout=TIMEOUT):
         s.close()
 
 
-def metrics(relay):
-    """/metrics as {name: value} (labels kept in the name)."""
-    r = relay.get("/metrics")
-    assert r.status == 200, r
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, val = line.rpartition(" ")
-            out[name] = float(val)
-    return out
+metrics = relaytest.metrics
 
 
 def wait_ready(relay, want=200, timeout=TIMEOUT):

@@ -42,6 +42,13 @@ CONTROLLER_BIN = os.environ.get("RELAY_CONTROLLER_BIN") or os.path.join(
 #: Default bound, in seconds, for anything a test waits on.
 TIMEOUT = float(os.environ.get("RELAY_TEST_TIMEOUT", "20"))
 
+#: Workers of every relay a test starts.  `relay serve` reads RELAY_WORKERS
+#: as it reads --workers, so setting it here reaches every child, whichever
+#: helper starts it.  More than one by default, so that every test also
+#: exercises peers meeting across workers; RELAY_WORKERS=1 ./dev test runs
+#: the suite on one worker.
+WORKERS = os.environ.setdefault("RELAY_WORKERS", "4")
+
 
 def free_port():
     """A loopback TCP port free a moment ago (for servers that need one in
@@ -523,6 +530,18 @@ def recv_until_closed(sock, timeout=TIMEOUT):
 def wait_readable(sock, timeout):
     r, _, _ = select.select([sock], [], [], timeout)
     return bool(r)
+
+
+def metrics(relay):
+    """The relay's /metrics as {name: value} (labels kept in the name)."""
+    r = relay.get("/metrics")
+    assert r.status == 200, r
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, val = line.rpartition(" ")
+            out[name] = float(val)
+    return out
 
 
 def assert_error_body(resp, status, code=None):

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import os
 import select
-import socket
 import termios
 import threading
 import time
@@ -50,18 +49,6 @@ def outq(sock):
     return int.from_bytes(buf, "little")
 
 
-def raw_peer(relay, sid, token, rcvbuf=None):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(relaytest.TIMEOUT)
-    s.connect(("127.0.0.1", relay.port))
-    c = wsraw.WsConn(s)
-    r = c.handshake("/relay/" + sid, headers=[("Authorization", "Bearer " + token)])
-    assert r.status == 101, r
-    return c
-
-
 def test_slow_receiver_throttles_sender_and_rss_stays_flat(start_relay):
     relay = start_relay(plain=True, log_level="info",
                         env={"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0:"
@@ -69,8 +56,8 @@ def test_slow_receiver_throttles_sender_and_rss_stays_flat(start_relay):
     adm = wsraw.Admin(relay)
     s = adm.create()
     adm.close()
-    tx = raw_peer(relay, s["id"], s["initiator_token"])
-    rx = raw_peer(relay, s["id"], s["responder_token"], rcvbuf=64 * 1024)
+    tx = wsraw.raw_peer(relay, s["id"], s["initiator_token"])
+    rx = wsraw.raw_peer(relay, s["id"], s["responder_token"], rcvbuf=64 * 1024)
     assert not rx.reader.buf, "no data may precede the first message"
 
     payloads = [os.urandom(MSG) for _ in range(DISTINCT)]

@@ -1,9 +1,13 @@
 """The data plane under load and across a controller outage, with Python
 `websockets` peers over TLS (verified against the test CA).
 
-* 1,000 sessions open at once on one relay (2,000 TLS WebSockets), each
-  moving 1 MiB in each direction; every byte SHA-256-checked per session
-  and direction, zero errors, and the relay's own counters agree.
+* 1,000 sessions open at once on one relay with 4 workers (2,000 TLS
+  WebSockets), each moving 1 MiB in each direction; every byte
+  SHA-256-checked per session and direction, zero errors, and the relay's
+  own counters agree.  The acceptor spreads connections over the workers,
+  so most sessions have a peer that landed away from the session's home
+  worker and moved there: the logs show both peers of every session on
+  one worker, and how many moved.
 * 100 open sessions survive the controller being SIGKILLed: they keep
   relaying, new connections and admin calls get 503, and once the
   controller is back (same --state-dir) fresh and old sessions pair again.
@@ -41,15 +45,7 @@ def raise_nofile(want):
         pytest.skip("RLIMIT_NOFILE hard limit %d is below %d" % (soft, want))
 
 
-def metrics(relay):
-    r = relay.get("/metrics")
-    assert r.status == 200, r
-    out = {}
-    for line in r.body.decode().splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.partition(" ")
-            out[k] = float(v)
-    return out
+metrics = relaytest.metrics
 
 
 class Peers:
@@ -118,7 +114,8 @@ N_SESSIONS = 1000
 
 def test_thousand_concurrent_sessions_one_mib_each_way(certs):
     raise_nofile(2 * N_SESSIONS + 1024)
-    relay = relaytest.Relay(certs=certs, log_level="info", extra=["--shutdown-grace", "2s"])
+    relay = relaytest.Relay(certs=certs, log_level="info",
+                            extra=["--shutdown-grace", "2s", "--workers", "4"])
     try:
         adm = wsraw.Admin(relay)
         sessions = [adm.create() for _ in range(N_SESSIONS)]
@@ -170,6 +167,19 @@ def test_thousand_concurrent_sessions_one_mib_each_way(certs):
         assert m["relay_ws_bytes_in_total"] == 2 * MIB * N_SESSIONS, m
         assert m["relay_ws_bytes_out_total"] == 2 * MIB * N_SESSIONS, m
         assert m["relay_ws_protocol_errors_total"] == 0, m
+        # Both peers of each session met on one worker, whichever worker
+        # each connection landed on; many landed elsewhere and moved.
+        where = {}
+        for l in relay.find_logs(msg="peer attached"):
+            where.setdefault(l["session"], []).append((l["worker"], l["arrived_on"]))
+        assert len(where) == N_SESSIONS
+        assert all(len(v) == 2 and v[0][0] == v[1][0] for v in where.values()), where
+        moved = sum(w != a for v in where.values() for w, a in v)
+        split = sum(v[0][1] != v[1][1] for v in where.values())
+        assert moved == m["relay_ws_moves_total"] and moved > N_SESSIONS // 2, (moved, m)
+        assert len({v[0][0] for v in where.values()}) == 4
+        print("load: %d of %d peers moved to their session's home worker; %d sessions' peers "
+              "landed on different workers" % (moved, 2 * N_SESSIONS, split))
         adm.close()
     finally:
         try:

@@ -26,6 +26,7 @@ import base64
 import hashlib
 import json
 import os
+import socket
 import ssl
 import struct
 import time
@@ -342,6 +343,20 @@ def open_peer(relay, session_id, token=None, how="bearer", protocols=None, heade
     r = c.handshake(path, headers=hdrs, protocols=protos or None, timeout=timeout)
     if expect is not None:
         assert r.status == expect, (r, relay.describe() if r.status != expect else "")
+    return c
+
+
+def raw_peer(relay, sid, token, rcvbuf=None):
+    """A plain peer on its own socket (rcvbuf: a small receive buffer, for a
+    reader that falls behind); asserts the 101."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(relaytest.TIMEOUT)
+    s.connect(("127.0.0.1", relay.port))
+    c = WsConn(s)
+    r = c.handshake("/relay/" + sid, headers=[("Authorization", "Bearer " + token)])
+    assert r.status == 101, r
     return c
 
 

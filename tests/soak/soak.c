@@ -799,6 +799,11 @@ static void end_phase(void) {
   sk_run_until(admin_closed, 5);
   /* Closed connections linger up to a second in the relay (close_notify). */
   sk_run_until(fds_at_baseline, FD_SETTLE_S);
+  if (g_end_fds > g_base_fds) {
+    printf("!! the relay holds %ld fds, %ld more than at the start:\n", g_end_fds,
+           g_end_fds - g_base_fds);
+    sk_fd_list(g_relay.pid, stdout);
+  }
   g_end_rss = sk_rss_kib(g_relay.pid);
   take_sample();
   /* Counters of the long-lived sessions join the totals. */

@@ -119,7 +119,10 @@ bool sk_proc_died(sk_proc *p);
 /* Lines of a log that contain needle (-1: unreadable). */
 long sk_log_count(const char *path, const char *needle);
 long sk_rss_kib(pid_t pid);
+/* Open fds of pid, leaving out libuv's per-loop /dev/null reserve. */
 int sk_fd_count(pid_t pid);
+/* What each of pid's fds points at, one per line (for a leak's report). */
+void sk_fd_list(pid_t pid, FILE *out);
 double sk_cpu_s(pid_t pid); /* user + system CPU seconds, -1 if unknown */
 double sk_self_cpu_s(void); /* this process's */
 

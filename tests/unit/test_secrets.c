@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "controller-stub/controller.h"
 #include "relay/relay.h"
 #include "testcerts.h"
 #include "testloop.h"
@@ -292,8 +293,6 @@ static bool json_field(const char *body, const char *key, char *out, size_t outl
   return true;
 }
 
-static void on_shutdown(void *ud) { *(bool *)ud = true; }
-
 static void wait_thread_done(const http_client *h, uint64_t ms) {
   uint64_t end = cm_now_mono_ms() + ms;
   bool done = false;
@@ -324,18 +323,24 @@ static void test_admin_create_body_wipes_tokens(void **st) {
   memset(&g_http, 0, sizeof g_http);
   scan_start();
   char err[256];
-  rly_server *s = rly_server_new(loop, &cfg, err, sizeof err);
+  rly_server *s = rly_server_new(&cfg, err, sizeof err);
   if (!s) fail_msg("rly_server_new: %s", err);
+  /* Embedded mode, composed as cmd/relay does: the reference controller
+   * at the other end of a socketpair. */
+  int fds[2];
+  assert_int_equal(tun_socketpair(fds), 0);
+  ctl_config cc = {.accept_unauthenticated = true};
+  ctl_embedded *e = ctl_embedded_start(&cc, fds[1], err, sizeof err);
+  if (!e) fail_msg("ctl_embedded_start: %s", err);
+  assert_int_equal(rly_server_add_controller_fd(s, fds[0], "embedded", err, sizeof err), 0);
   if (rly_server_start(s, err, sizeof err) != 0) fail_msg("rly_server_start: %s", err);
   g_http.port = rly_server_public_port(s);
   pthread_t th;
   assert_int_equal(pthread_create(&th, NULL, post_create, &g_http), 0);
   wait_thread_done(&g_http, 15000);
   pthread_join(th, NULL);
-  bool down = false;
-  rly_server_shutdown(s, on_shutdown, &down);
-  assert_true(run_until(&down, 10000));
-  rly_server_free(s);
+  rly_server_free(s); /* shuts down, waits for the drain, joins */
+  ctl_embedded_stop(e);
   scan_stop();
 
   assert_non_null(strstr(g_http.response, "HTTP/1.1 201 "));

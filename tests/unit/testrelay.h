@@ -1,7 +1,8 @@
 /*
- * testrelay.h — a relay server in the test's own process and loop, for
- * client tests: loopback, an ephemeral port, the embedded controller,
- * --no-auth, plain or TLS with a given certificate.  Test code only.
+ * testrelay.h — a relay server in the test's own process (on the relay's
+ * own threads), for client tests: loopback, an ephemeral port, the
+ * embedded controller composed as cmd/relay does, --no-auth, plain or TLS
+ * with a given certificate.  Test code only.
  */
 #ifndef RELAY_TESTS_TESTRELAY_H
 #define RELAY_TESTS_TESTRELAY_H
@@ -9,11 +10,14 @@
 #include <cmocka.h>
 #include <string.h>
 
+#include "controller-stub/controller.h"
 #include "relay/relay.h"
 #include "testloop.h"
+#include "tunnel/tunnel.h"
 
 typedef struct tr_relay {
   rly_server *srv;
+  ctl_embedded *ctl;
   rly_config cfg; /* the server keeps a pointer to it */
   int port;
 } tr_relay;
@@ -46,20 +50,24 @@ static void tr_start(tr_relay *r, const char *cert, const char *key, long long h
                         .max_sessions = 1000,
                         .metrics = (char *)"off"};
   char err[256];
-  r->srv = rly_server_new(loop, &r->cfg, err, sizeof err);
+  r->srv = rly_server_new(&r->cfg, err, sizeof err);
   if (!r->srv) fail_msg("rly_server_new: %s", err);
+  int fds[2];
+  if (tun_socketpair(fds) != 0) fail_msg("socketpair");
+  ctl_config cc = {.accept_unauthenticated = true};
+  if (!(r->ctl = ctl_embedded_start(&cc, fds[1], err, sizeof err)))
+    fail_msg("ctl_embedded_start: %s", err);
+  if (rly_server_add_controller_fd(r->srv, fds[0], "embedded", err, sizeof err) != 0)
+    fail_msg("rly_server_add_controller_fd: %s", err);
   if (rly_server_start(r->srv, err, sizeof err) != 0) fail_msg("rly_server_start: %s", err);
   r->port = rly_server_public_port(r->srv);
 }
 
-static void tr_on_down(void *ud) { *(bool *)ud = true; }
-
 static void tr_stop(tr_relay *r) {
-  bool down = false;
-  rly_server_shutdown(r->srv, tr_on_down, &down);
-  assert_true(run_until(&down, 15000));
-  rly_server_free(r->srv);
+  rly_server_free(r->srv); /* shuts down, waits for the drain, joins */
   r->srv = NULL;
+  ctl_embedded_stop(r->ctl);
+  r->ctl = NULL;
 }
 
 #endif
