@@ -13,6 +13,8 @@
  */
 #include "relay/proxy.h"
 
+#include "common/common.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -460,4 +462,25 @@ bool rly_forwarded_client(const rly_cidrs *trusted, const struct sockaddr *peer,
   }
   free(h);
   return replaced;
+}
+
+bool rly_cidrs_match_text(const rly_cidrs *l, const char *hostport) {
+  char host[64];
+  int port;
+  struct sockaddr_storage ss;
+  if (l->n == 0 || cm_parse_hostport(hostport, NULL, host, sizeof host, &port) != 0 ||
+      cm_sockaddr_from(host, port, &ss) != 0)
+    return false;
+  return rly_cidrs_match(l, (const struct sockaddr *)&ss);
+}
+
+void rly_proxy_addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen) {
+  const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+  if (ss->ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = a6->sin6_port};
+    memcpy(&a4.sin_addr, a6->sin6_addr.s6_addr + 12, 4);
+    cm_sockaddr_text((const struct sockaddr *)&a4, out, outlen);
+    return;
+  }
+  cm_sockaddr_text((const struct sockaddr *)ss, out, outlen);
 }

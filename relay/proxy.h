@@ -74,6 +74,12 @@ int rly_cidrs_parse(const char *const *texts, size_t n, rly_cidrs *out, const ch
 void rly_cidrs_free(rly_cidrs *l);
 /* IPv4-mapped IPv6 addresses (a dual-stack listener's) match as IPv4. */
 bool rly_cidrs_match(const rly_cidrs *l, const struct sockaddr *sa);
+/* The same for an address as text, "ip:port" or "[ipv6]:port" (false for
+ * anything else). */
+bool rly_cidrs_match_text(const rly_cidrs *l, const char *hostport);
+/* An address as the text the rest of the relay uses ("ip:port",
+ * "[ipv6]:port"), IPv4-mapped IPv6 written as IPv4. */
+void rly_proxy_addr_text(const struct sockaddr_storage *ss, char *out, size_t outlen);
 
 /* ---- forwarding headers --------------------------------------------------- */
 

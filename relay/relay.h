@@ -33,17 +33,19 @@
 
 typedef struct rly_config {
   /* public listener */
-  char *listen;             /* "127.0.0.1:8443" */
-  char *tls_cert, *tls_key; /* PEM; with neither, see dev_cert_dir / plain */
-  char *dev_cert_dir;       /* make (once) and use a self-signed P-256 cert here */
-  bool plain;               /* no TLS on the public listener */
-  bool allow_public_plain;  /* plain on a non-loopback address (behind a proxy) */
-  char *client_ca;          /* request client certificates verified by this CA */
-  char *alpn;               /* offered ALPN list, default "http/1.1" */
-  char *public_url;         /* base URL peers use; default from listen */
-  char *node_id;            /* default: hostname */
-  char *workers;            /* "auto" (the CPUs this process may use) or 1..256 */
-  char *accept;             /* "handoff" (one acceptor; default) or "reuseport" */
+  char *listen;               /* "127.0.0.1:8443" */
+  char *tls_cert, *tls_key;   /* PEM; with neither, see dev_cert_dir / plain */
+  char *dev_cert_dir;         /* make (once) and use a self-signed P-256 cert here */
+  bool plain;                 /* no TLS on the public listener */
+  bool allow_public_plain;    /* plain on a non-loopback address (behind a proxy) */
+  char *client_ca;            /* request client certificates verified by this CA */
+  char *alpn;                 /* offered ALPN list, default "http/1.1" */
+  char *public_url;           /* base URL peers use; default from listen */
+  char *node_id;              /* default: hostname */
+  char *workers;              /* "auto" (the CPUs this process may use) or 1..256 */
+  char *accept;               /* "handoff" (one acceptor; default) or "reuseport" */
+  bool proxy_protocol;        /* a PROXY v1/v2 header from every trusted proxy */
+  cm_strlist trusted_proxies; /* CIDRs that may name the client */
 
   /* HTTP */
   long long header_timeout_ms;

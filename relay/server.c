@@ -138,6 +138,25 @@ static int check_no_auth(const rly_config *cfg, char *err, size_t errlen) {
   return 0;
 }
 
+/* --trusted-proxies and --proxy-protocol: the header is only believed from
+ * a list, so one without the other is a mistake to report. */
+static int setup_proxies(rly_edge *e, char *err, size_t errlen) {
+  const cm_strlist *l = &e->cfg->trusted_proxies;
+  const char *bad = NULL;
+  if (rly_cidrs_parse((const char *const *)l->v, l->n, &e->trusted, &bad) != 0) {
+    snprintf(err, errlen,
+             "trusted-proxies: \"%s\" is not an address or CIDR block (host bits zero)",
+             bad ? bad : "?");
+    return -EINVAL;
+  }
+  e->proxy_protocol = e->cfg->proxy_protocol;
+  if (e->proxy_protocol && e->trusted.n == 0) {
+    snprintf(err, errlen, "proxy-protocol: needs --trusted-proxies (whose headers to believe)");
+    return -EINVAL;
+  }
+  return 0;
+}
+
 static void edge_init(rly_edge *e, const rly_config *cfg) {
   e->cfg = cfg;
   rly_http_limits_default(&e->limits);
@@ -194,6 +213,7 @@ rly_server *rly_server_new(const rly_config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "accept: want handoff or reuseport, not \"%s\"", cfg->accept);
     rc = -EINVAL;
   }
+  if (rc == 0) rc = setup_proxies(e, err, errlen);
   if (rc == 0) rc = setup_tls(e, err, errlen);
   if (rc == 0) rc = check_no_auth(cfg, err, errlen);
   if (rc == 0 && (rc = uv_loop_init(&s->ctl_loop)) != 0)
@@ -475,6 +495,7 @@ void rly_server_free(rly_server *s) {
   rly_control_free(s->edge.ctl);
   rly_router_free(s->router);
   rly_ip_free(&s->edge);
+  rly_cidrs_free(&s->edge.trusted);
   uv_mutex_destroy(&s->edge.ip_lock);
   cm_tls_ctx_free(s->edge.tls);
   free(s);

@@ -37,6 +37,13 @@ static const cm_cfg_opt g_serve_opts[] = {
         "serve plain HTTP/WS (loopback only unless --allow-public-plain)", NULL),
     OPT("allow-public-plain", CM_CFG_BOOL, allow_public_plain, "false", 0, 0,
         "allow --plain on a non-loopback address (TLS terminated by a proxy)", NULL),
+    OPT("proxy-protocol", CM_CFG_BOOL, proxy_protocol, "false", 0, 0,
+        "connections from --trusted-proxies open with a PROXY v1/v2 header naming the client "
+        "(required from them, refused from anyone else)",
+        NULL),
+    OPT("trusted-proxies", CM_CFG_LIST, trusted_proxies, NULL, 0, 0,
+        "proxies whose PROXY header, Forwarded or X-Forwarded-For name the client (repeatable)",
+        "CIDR"),
     OPT("client-ca", CM_CFG_STRING, client_ca, NULL, 0, 0,
         "request client certificates verified by this CA; fingerprints go to the controller",
         "FILE"),
