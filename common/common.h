@@ -422,6 +422,9 @@ typedef struct cm_tls_config {
 void cm_tls_config_init(cm_tls_config *c);
 cm_tls_ctx *cm_tls_ctx_new_server(const cm_tls_config *c, char *err, size_t errlen);
 cm_tls_ctx *cm_tls_ctx_new_client(const cm_tls_config *c, char *err, size_t errlen);
+/* Drops the caller's reference: connections made from ctx keep it (and
+ * their handshakes working) until they end, so a server may replace its
+ * context while connections from the old one live. */
 void cm_tls_ctx_free(cm_tls_ctx *ctx);
 /* Underlying SSL_CTX (for callers that need extra verification hooks). */
 void *cm_tls_ctx_ssl_ctx(cm_tls_ctx *ctx);

@@ -678,6 +678,32 @@ static void on_auth_stopped(void *ud) {
   close_inbox(c);
 }
 
+int rly_control_tls_new(const rly_config *cfg, cm_tls_ctx **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (!cfg->controller_ca || !*cfg->controller_ca) return 0; /* embedded: no tunnel listener */
+  if (!cfg->tunnel_cert || !cfg->tunnel_key) {
+    snprintf(err, errlen,
+             "tunnel-cert/tunnel-key: a remote controller needs the relay's "
+             "enrolled certificate (see `relay gen-csr`)");
+    return -EINVAL;
+  }
+  tun_relay_config tc = {
+      .cert_file = cfg->tunnel_cert, .key_file = cfg->tunnel_key, .ca_file = cfg->controller_ca};
+  char why[400];
+  if (!(*out = tun_relay_tls_new(&tc, why, sizeof why))) {
+    snprintf(err, errlen, "tunnel-cert/tunnel-key/controller-ca: %s", why);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+void rly_control_set_tls(rly_control *c, cm_tls_ctx *tls) {
+  if (c->tun && tls)
+    tun_relay_set_tls(c->tun, tls);
+  else
+    cm_tls_ctx_free(tls);
+}
+
 void rly_control_leave(rly_control *c) {
   if (c->tun) tun_relay_leave(c->tun);
 }

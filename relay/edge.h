@@ -44,9 +44,19 @@ static inline uint64_t rly_counter_get(const rly_counter *c) {
   return atomic_load_explicit(c, memory_order_relaxed);
 }
 
+typedef struct rly_reloads rly_reloads; /* reload.h */
+
+/* Which certificate an expiry gauge is of (reload.h). */
+enum { RLY_CERT_PUBLIC, RLY_CERT_TUNNEL, RLY_CERT_CONTROLLER_CA, RLY_CERT_N };
+
 typedef struct rly_edge {
-  const rly_config *cfg;
-  cm_tls_ctx *tls; /* public listener's; NULL: plain */
+  /* The settings and the public listener's TLS context (NULL: plain): a
+   * reload swaps them (reload.h), so each use loads the pointer afresh and
+   * keeps it no longer than the callback it runs in. */
+  const rly_config *_Atomic cfg;
+  cm_tls_ctx *_Atomic tls;
+  rly_reloads *reloads;
+  _Atomic int64_t cert_not_after[RLY_CERT_N]; /* Unix seconds; 0: none */
   rly_http_limits limits;
   char server_header[64];
   char public_url[256];

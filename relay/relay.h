@@ -110,6 +110,15 @@ int rly_server_start(rly_server *s, char *err, size_t errlen);
 /* From any thread: stops accepting and drains (see above); `done` (may be
  * NULL) runs once, on a relay thread, or at once if nothing was started. */
 void rly_server_shutdown(rly_server *s, void (*done)(void *ud), void *ud);
+/* Once started (any thread): new settings and certificates (SIGHUP).
+ * Every certificate and key is loaded first; a failure changes nothing,
+ * names the setting in err, and cfg stays the caller's.  On success the
+ * server owns cfg (freed with cfg_free once replaced, or at free) and new
+ * connections use it; open sessions and controller links are untouched.
+ * The caller decides which settings may change at all (the listeners,
+ * workers and OIDC verifier are built once). */
+int rly_server_reload(rly_server *s, rly_config *cfg, void (*cfg_free)(rly_config *cfg), char *err,
+                      size_t errlen);
 /* Shuts down (if that was not asked for, waiting for the drain), joins the
  * threads and frees. */
 void rly_server_free(rly_server *s);

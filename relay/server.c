@@ -17,6 +17,7 @@
 #include "relay/edge.h"
 #include "relay/listener.h"
 #include "relay/mailbox.h"
+#include "relay/reload.h"
 #include "relay/routes.h"
 #include "relay/target.h"
 #include "relay/worker.h"
@@ -97,26 +98,10 @@ static int setup_tls(rly_edge *e, char *err, size_t errlen) {
     }
     return 0;
   }
-  if (!cfg->tls_cert || !cfg->tls_key) {
-    snprintf(err, errlen,
-             "tls-cert/tls-key: a certificate and key are required "
-             "(or --dev-cert-dir for a development certificate, or --plain)");
-    return -EINVAL;
-  }
-  cm_tls_config tc;
-  cm_tls_config_init(&tc);
-  tc.cert_file = cfg->tls_cert;
-  tc.key_file = cfg->tls_key;
-  tc.alpn = cfg->alpn && *cfg->alpn ? cfg->alpn : "http/1.1";
-  if (cfg->client_ca) {
-    tc.ca_file = cfg->client_ca;
-    tc.verify_peer = true;
-    tc.require_peer_cert = false; /* browsers connect without one */
-  } else {
-    tc.verify_peer = false;
-  }
-  e->tls = cm_tls_ctx_new_server(&tc, err, errlen);
-  return e->tls ? 0 : -EINVAL;
+  cm_tls_ctx *tls;
+  int rc = rly_public_tls_new(cfg, &tls, err, errlen);
+  atomic_init(&e->tls, tls);
+  return rc;
 }
 
 /* --no-auth opens the admin API to anyone who can connect: loopback only,
@@ -219,6 +204,8 @@ rly_server *rly_server_new(const rly_config *cfg, char *err, size_t errlen) {
   if (rc == 0 && (rc = uv_loop_init(&s->ctl_loop)) != 0)
     snprintf(err, errlen, "loop: %s", uv_strerror(rc));
   if (rc == 0) s->ctl_loop_ok = true;
+  if (rc == 0 && (rc = rly_reload_init(e, &s->ctl_loop)) != 0)
+    snprintf(err, errlen, "reload: %s", uv_strerror(rc));
   if (rc == 0 && !(e->ctl = rly_control_new(e, &s->ctl_loop, &g_hooks, err, errlen))) rc = -EINVAL;
   if (rc != 0) {
     rly_server_free(s);
@@ -436,6 +423,7 @@ static void run_shutdown(rly_msg *m) {
   cm_log(CM_LOG_INFO, "relay", "shutting down", CM_I("connections", atomic_load(&s->edge.live)),
          CM_I("workers", s->edge.nworkers), CM_I("grace_ms", s->edge.cfg->shutdown_grace_ms));
   rly_listener_close(&s->listener, NULL);
+  rly_reload_stop(&s->edge);
   /* No more controller connections either, and controllers are told: a
    * successor sharing our sockets gets its link now, not after the drain. */
   rly_control_leave(s->edge.ctl);
@@ -443,6 +431,15 @@ static void run_shutdown(rly_msg *m) {
     if (s->reuseport) post_listener(&s->per_worker[i], run_worker_unlisten); /* before its drain */
     rly_worker_shutdown(s->workers[i]);
   }
+}
+
+int rly_server_reload(rly_server *s, rly_config *cfg, void (*cfg_free)(rly_config *cfg), char *err,
+                      size_t errlen) {
+  if (!s->ctl_thread_ok || atomic_load(&s->shutdown_asked)) {
+    snprintf(err, errlen, "the relay is not running");
+    return -EAGAIN;
+  }
+  return rly_reload(&s->edge, cfg, cfg_free, err, errlen);
 }
 
 void rly_server_shutdown(rly_server *s, void (*done)(void *), void *ud) {
@@ -496,6 +493,7 @@ void rly_server_free(rly_server *s) {
   rly_router_free(s->router);
   rly_ip_free(&s->edge);
   rly_cidrs_free(&s->edge.trusted);
+  rly_reload_free(&s->edge);
   uv_mutex_destroy(&s->edge.ip_lock);
   cm_tls_ctx_free(s->edge.tls);
   free(s);

@@ -8,6 +8,7 @@
 
 #include "relay/api.h"
 #include "relay/dataplane.h"
+#include "relay/reload.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -68,32 +69,6 @@ static void link_text(const tun_relay_stats *ts, cm_buf *b) {
 }
 #undef COUNTER
 #undef GAUGE
-
-/* The text format's label escapes: backslash, double quote, line feed. */
-static void label_value(cm_buf *b, const char *v) {
-  for (const char *p = v; *p; p++) {
-    if (*p == '\\' || *p == '"')
-      cm_buf_printf(b, "\\%c", *p);
-    else if (*p == '\n')
-      cm_buf_printf(b, "\\n");
-    else
-      cm_buf_append(b, p, 1);
-  }
-}
-
-void rly_metric_labeled(cm_buf *b, const char *name, const char *help, bool counter,
-                        const char *const (*labels)[2], size_t nlabels, uint64_t v) {
-  if (help)
-    cm_buf_printf(b, "# HELP relay_%s %s\n# TYPE relay_%s %s\n", name, help, name,
-                  counter ? "counter" : "gauge");
-  cm_buf_printf(b, "relay_%s{", name);
-  for (size_t i = 0; i < nlabels; i++) {
-    cm_buf_printf(b, "%s%s=\"", i ? "," : "", labels[i][0]);
-    label_value(b, labels[i][1]);
-    cm_buf_append(b, "\"", 1);
-  }
-  cm_buf_printf(b, "} %llu\n", (unsigned long long)v);
-}
 
 static void build_info(const rly_edge *s, cm_buf *b) {
   const char *const labels[][2] = {
@@ -187,6 +162,7 @@ static void metrics_answer(rly_conn *c, const rly_link_figures *f, const char *e
   link_text(&f->st, &b);
   rly_dp_metrics_text(e, &b);
   status_text(e, &b);
+  rly_certs_metrics_text(e, &b);
   rly_http_response r = {.status = 200,
                          .content_type = "text/plain; version=0.0.4; charset=utf-8",
                          .body = cm_buf_head(&b),

@@ -25,9 +25,4 @@ void rly_status_ask(rly_conn *c, rly_status_answer answer, const char *extra);
  * the caller decided c may read it. */
 void rly_metrics_respond(rly_conn *c, const char *extra_headers);
 
-/* One labelled sample, relay_<name>{k="v",...} (HELP and TYPE first when
- * `help` is not NULL); label values are escaped as the text format wants. */
-void rly_metric_labeled(cm_buf *b, const char *name, const char *help, bool counter,
-                        const char *const (*labels)[2], size_t nlabels, uint64_t v);
-
 #endif

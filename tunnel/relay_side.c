@@ -919,29 +919,34 @@ tun_relay *tun_relay_new(uv_loop_t *loop, const tun_relay_config *cfg, const tun
   uv_timer_init(loop, &r->tick);
   r->tick.data = r;
   r->handles = 1;
-  if (cfg->cert_file) {
-    cm_tls_config tc;
-    cm_tls_config_init(&tc);
-    tc.cert_file = cfg->cert_file;
-    tc.key_file = cfg->key_file;
-    tc.ca_file = cfg->ca_file;
-    tc.verify_peer = true;
-    tc.require_peer_cert = true;
-    tc.alpn = "h2";
-    tc.tls13_only = true; /* both ends are ours */
-    tc.cleanse_plaintext = true;
-    if (!cfg->ca_file) {
-      snprintf(err, errlen, "controller-ca: the tunnel needs the controller CA to verify peers");
-      tun_relay_free(r);
-      return NULL;
-    }
-    r->tls = cm_tls_ctx_new_server(&tc, err, errlen);
-    if (!r->tls) {
-      tun_relay_free(r);
-      return NULL;
-    }
+  if (cfg->cert_file && !(r->tls = tun_relay_tls_new(cfg, err, errlen))) {
+    tun_relay_free(r);
+    return NULL;
   }
   return r;
+}
+
+cm_tls_ctx *tun_relay_tls_new(const tun_relay_config *cfg, char *err, size_t errlen) {
+  cm_tls_config tc;
+  cm_tls_config_init(&tc);
+  tc.cert_file = cfg->cert_file;
+  tc.key_file = cfg->key_file;
+  tc.ca_file = cfg->ca_file;
+  tc.verify_peer = true;
+  tc.require_peer_cert = true;
+  tc.alpn = "h2";
+  tc.tls13_only = true; /* both ends are ours */
+  tc.cleanse_plaintext = true;
+  if (!cfg->ca_file) {
+    snprintf(err, errlen, "controller-ca: the tunnel needs the controller CA to verify peers");
+    return NULL;
+  }
+  return cm_tls_ctx_new_server(&tc, err, errlen);
+}
+
+void tun_relay_set_tls(tun_relay *r, cm_tls_ctx *tls) {
+  cm_tls_ctx_free(r->tls); /* links made from it keep it while they live */
+  r->tls = tls;
 }
 
 int tun_relay_listen(tun_relay *r, const char *hostport, char *err, size_t errlen) {

@@ -147,6 +147,13 @@ typedef void (*tun_call_cb)(void *ud, int status, const char *message, const Pro
 
 tun_relay *tun_relay_new(uv_loop_t *loop, const tun_relay_config *cfg, const tun_relay_cbs *cbs,
                          void *ud, char *err, size_t errlen);
+/* The tunnel listener's TLS context from cfg's certificate, key and
+ * controller CA (any thread; a reload builds one to check it loads). */
+cm_tls_ctx *tun_relay_tls_new(const tun_relay_config *cfg, char *err, size_t errlen);
+/* Takes over tls for the controller connections accepted from now on (a
+ * reload); links up keep theirs and are verified anew at their next
+ * handshake.  On the relay's loop. */
+void tun_relay_set_tls(tun_relay *r, cm_tls_ctx *tls);
 /* Starts accepting controller connections on hostport ("0.0.0.0:8444"). */
 int tun_relay_listen(tun_relay *r, const char *hostport, char *err, size_t errlen);
 int tun_relay_port(const tun_relay *r);
