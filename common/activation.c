@@ -114,6 +114,11 @@ int cm_activation_take(const struct sockaddr_storage *addr) {
   return -1;
 }
 
+bool cm_activation_inherited(int fd) {
+  read_environment();
+  return fd >= FIRST_FD && fd < FIRST_FD + g_act.n;
+}
+
 size_t cm_activation_unclaimed(char *out, size_t outlen) {
   read_environment();
   size_t n = 0, o = 0;

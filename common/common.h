@@ -578,6 +578,8 @@ int cm_tcp_bound_port(const uv_tcp_t *tcp);
  * handed out once; cm_tcp_bind_fd asks here before it binds (not for
  * SO_REUSEPORT sockets). */
 int cm_activation_take(const struct sockaddr_storage *addr);
+/* Whether fd is one of the inherited sockets (taken or not). */
+bool cm_activation_inherited(int fd);
 /* How many inherited sockets nobody took, their addresses (space-separated)
  * in out. */
 size_t cm_activation_unclaimed(char *out, size_t outlen);

@@ -78,12 +78,15 @@ static void conn_update_wait(rly_conn *c) {
     conn_set_wait(c, RLY_W_NONE, 0); /* gone, or awaiting our answer: no deadline */
   } else if (rly_http_in_request(c->http)) {
     conn_set_wait(c, RLY_W_HEADER, cfg->header_timeout_ms);
+  } else if (c->w->shutting_down && !c->served) {
+    /* Accepted before the listener closed but not yet asked anything: its
+     * request is answered (with Connection: close), as a client that got
+     * in deserves during a handover. */
+    conn_set_wait(c, RLY_W_HEADER, cfg->header_timeout_ms);
+  } else if (c->w->shutting_down) {
+    cm_stream_close(c->st); /* idle during shutdown: done */
+    conn_set_wait(c, RLY_W_NONE, 0);
   } else {
-    if (c->w->shutting_down) {
-      cm_stream_close(c->st); /* idle during shutdown: done */
-      conn_set_wait(c, RLY_W_NONE, 0);
-      return;
-    }
     conn_set_wait(c, RLY_W_IDLE, cfg->idle_timeout_ms);
   }
 }
@@ -169,6 +172,7 @@ static void http_on_request(void *ud, const rly_http_request *req) {
   c->req_start_ms = cm_now_mono_ms();
   conn_set_wait(c, RLY_W_NONE, 0);
   c->req = req;
+  c->served = true;
   if (c->trusted_peer) forwarded_client(c, req);
   if (c->over_limit) {
     rly_http_response r = {.status = 429, .close = true};
@@ -466,7 +470,12 @@ void rly_conns_shutdown(rly_conns *cs) {
   for (cm_list *n = cs->all.next; n != &cs->all;) {
     rly_conn *c = cm_container_of(n, rly_conn, all);
     n = n->next;
-    if (!rly_http_busy(c->http) && !rly_http_in_request(c->http)) cm_stream_close(c->st);
+    if (!rly_http_busy(c->http) && !rly_http_in_request(c->http)) {
+      if (c->served)
+        cm_stream_close(c->st);
+      else
+        conn_update_wait(c); /* one request yet, within --header-timeout */
+    }
   }
 }
 

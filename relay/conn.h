@@ -73,8 +73,9 @@ int rly_conns_init(rly_conns *cs, rly_wctx *w, const rly_router *r);
  * limit (released when it goes); over_limit: the address is over
  * --max-conns-per-ip, so its first request is answered 429. */
 void rly_conns_adopt(rly_conns *cs, int fd, const char *remote, bool ip_held, bool over_limit);
-/* Shutdown: idle connections and ones that never sent a byte go now;
- * requests in flight finish and then close. */
+/* Shutdown: idle keep-alive connections go now; requests in flight
+ * finish and then close, and so does the first request of a connection
+ * that has not sent one yet (within --header-timeout). */
 void rly_conns_shutdown(rly_conns *cs);
 /* The grace period is over: reset every connection. */
 void rly_conns_abort_all(rly_conns *cs);
@@ -107,6 +108,7 @@ struct rly_conn {
   char remote[64];   /* the client: the socket's peer, or whom a trusted proxy named */
   char peer[64];     /* who sends the bytes: the socket's peer, or a PROXY header's client */
   bool trusted_peer; /* peer is in --trusted-proxies: its requests name the client */
+  bool served;       /* has sent a request (at shutdown, one that has not gets to) */
   bool ip_held;      /* counted against --max-conns-per-ip */
   bool over_limit;   /* answer 429 and close */
 };

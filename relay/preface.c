@@ -212,7 +212,7 @@ void rly_preface_start(rly_prefaces *ps, int fd, const char *remote, bool truste
   uv_poll_start(&p->poll, UV_READABLE, on_readable);
 }
 
-void rly_prefaces_shutdown(rly_prefaces *ps) {
+void rly_prefaces_abort(rly_prefaces *ps) {
   for (cm_list *n = ps->all.next; n != &ps->all; n = n->next) {
     preface *p = cm_container_of(n, preface, node);
     finish(p, false);

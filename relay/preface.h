@@ -27,8 +27,9 @@ rly_prefaces *rly_prefaces_new(rly_wctx *w);
  * acceptor counted the socket's address (see rly_conns_adopt). */
 void rly_preface_start(rly_prefaces *ps, int fd, const char *remote, bool trusted, bool ip_held,
                        bool over_limit);
-/* Shutdown: connections still before their header are closed. */
-void rly_prefaces_shutdown(rly_prefaces *ps);
+/* The grace period is over: connections still before their header are
+ * closed (at shutdown they are let finish it, bounded by --header-timeout). */
+void rly_prefaces_abort(rly_prefaces *ps);
 size_t rly_prefaces_count(const rly_prefaces *ps);
 void rly_prefaces_free(rly_prefaces *ps);
 

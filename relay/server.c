@@ -44,6 +44,11 @@ struct rly_server {
   rly_router *router;
   rly_worker *workers[MAX_WORKERS];
   rly_wctx *wctx[MAX_WORKERS];
+  /* A successor on inherited sockets (socket activation) with remote
+   * controllers accepts once a controller link is up: until then the old
+   * relay, or the socket's queue, has its connections (a handover). */
+  bool wait_link, link_poll_on;
+  uv_timer_t link_poll;
   int pending_fd; /* a controller socket handed in before start, or -1 */
   char pending_name[64];
   /* shutdown, on the control thread */
@@ -288,11 +293,37 @@ static bool post_control(rly_server *s, void (*run)(rly_msg *m)) {
   return false;
 }
 
+static void accept_now(rly_server *s) {
+  int rc = rly_listener_start(&s->listener, &s->ctl_loop);
+  if (rc != 0) cm_log(CM_LOG_ERROR, "relay", "cannot accept", CM_S("error", uv_strerror(rc)));
+}
+
+static void stop_link_poll(rly_server *s) {
+  if (!s->link_poll_on) return;
+  s->link_poll_on = false;
+  uv_close((uv_handle_t *)&s->link_poll, NULL);
+}
+
+static void on_link_poll(uv_timer_t *t) {
+  rly_server *s = t->data;
+  if (rly_control_links(s->edge.ctl) == 0) return;
+  stop_link_poll(s);
+  cm_log(CM_LOG_INFO, "relay", "controller link up: accepting");
+  accept_now(s);
+}
+
 static void run_start_accepting(rly_msg *m) {
   rly_server *s = ((server_msg *)m)->s;
   free(m);
-  int rc = rly_listener_start(&s->listener, &s->ctl_loop);
-  if (rc != 0) cm_log(CM_LOG_ERROR, "relay", "cannot accept", CM_S("error", uv_strerror(rc)));
+  if (!s->wait_link || rly_control_links(s->edge.ctl) > 0) {
+    accept_now(s);
+    return;
+  }
+  cm_log(CM_LOG_INFO, "relay", "inherited sockets: accepting once a controller link is up");
+  uv_timer_init(&s->ctl_loop, &s->link_poll);
+  s->link_poll.data = s;
+  s->link_poll_on = true;
+  uv_timer_start(&s->link_poll, on_link_poll, LINK_POLL_MS, LINK_POLL_MS);
 }
 
 /* reuseport: a worker starts or stops its own listener, on its loop. */
@@ -386,6 +417,8 @@ int rly_server_start(rly_server *s, char *err, size_t errlen) {
   }
   s->ctl_thread_ok = true;
   if (linked && (rc = wait_for_link(s, err, errlen)) != 0) return rc;
+  s->wait_link = !linked && !s->reuseport && e->cfg->controller_ca && *e->cfg->controller_ca &&
+                 cm_activation_inherited(s->listener.fd);
   if ((rc = start_accepting(s, err, errlen)) != 0) {
     if (rc == -ENOMEM) snprintf(err, errlen, "out of memory");
     return rc;
@@ -423,6 +456,7 @@ static void run_shutdown(rly_msg *m) {
   cm_log(CM_LOG_INFO, "relay", "shutting down", CM_I("connections", atomic_load(&s->edge.live)),
          CM_I("workers", s->edge.nworkers), CM_I("grace_ms", s->edge.cfg->shutdown_grace_ms));
   rly_listener_close(&s->listener, NULL);
+  stop_link_poll(s);
   rly_reload_stop(&s->edge);
   /* No more controller connections either, and controllers are told: a
    * successor sharing our sockets gets its link now, not after the drain. */

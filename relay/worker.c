@@ -73,6 +73,7 @@ static void on_grace(uv_timer_t *t) {
          CM_I("worker", w->ctx.index), CM_I("connections", rly_conns_count(&w->conns)),
          CM_I("peers", rly_dp_peers(w->ctx.dp)));
   rly_conns_abort_all(&w->conns);
+  rly_prefaces_abort(w->ctx.prefaces);
   rly_dp_close_all(w->ctx.dp, 1001, "relay shutting down");
 }
 
@@ -82,7 +83,6 @@ static void run_shutdown(rly_msg *m) {
   if (w->ctx.shutting_down) return;
   w->ctx.shutting_down = true;
   rly_conns_shutdown(&w->conns);
-  rly_prefaces_shutdown(w->ctx.prefaces);
   rly_dp_shutdown(w->ctx.dp);
   uv_timer_start(&w->grace, on_grace, (uint64_t)w->ctx.edge->cfg->shutdown_grace_ms, 0);
   maybe_finish(&w->ctx);
