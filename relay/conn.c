@@ -78,7 +78,7 @@ static void conn_update_wait(rly_conn *c) {
     conn_set_wait(c, RLY_W_NONE, 0); /* gone, or awaiting our answer: no deadline */
   } else if (rly_http_in_request(c->http)) {
     conn_set_wait(c, RLY_W_HEADER, cfg->header_timeout_ms);
-  } else if (c->w->shutting_down && !c->served) {
+  } else if (c->w->shutting_down && !c->served && !c->cs->let_in_over) {
     /* Accepted before the listener closed but not yet asked anything: its
      * request is answered (with Connection: close), as a client that got
      * in deserves during a handover. */
@@ -109,11 +109,17 @@ static void expire(cm_list *head, uint64_t now, bool header) {
   }
 }
 
+static void close_silent(rly_conns *cs);
+
 static void on_sweep(uv_timer_t *t) {
   rly_conns *cs = t->data;
   uint64_t now = cm_now_mono_ms();
   expire(&cs->header_wait, now, true);
   expire(&cs->idle_wait, now, false);
+  if (cs->w->shutting_down && !cs->let_in_over && now >= cs->let_in_until_ms) {
+    cs->let_in_over = true;
+    close_silent(cs);
+  }
 }
 
 /* ---- the HTTP core's callbacks ------------------------------------------------------- */
@@ -466,17 +472,25 @@ void rly_conns_adopt(rly_conns *cs, int fd, const char *remote, bool ip_held, bo
   conn_set_wait(c, RLY_W_HEADER, cfg->header_timeout_ms);
 }
 
-void rly_conns_shutdown(rly_conns *cs) {
+/* Idle connections during shutdown: the served ones always, the silent
+ * ones too once the let-in window is over. */
+static void close_idle(rly_conns *cs, bool silent_too) {
   for (cm_list *n = cs->all.next; n != &cs->all;) {
     rly_conn *c = cm_container_of(n, rly_conn, all);
     n = n->next;
-    if (!rly_http_busy(c->http) && !rly_http_in_request(c->http)) {
-      if (c->served)
-        cm_stream_close(c->st);
-      else
-        conn_update_wait(c); /* one request yet, within --header-timeout */
-    }
+    if (rly_http_busy(c->http) || rly_http_in_request(c->http)) continue;
+    if (c->served || silent_too)
+      cm_stream_close(c->st);
+    else
+      conn_update_wait(c); /* its request is still welcome */
   }
+}
+
+static void close_silent(rly_conns *cs) { close_idle(cs, true); }
+
+void rly_conns_shutdown(rly_conns *cs) {
+  cs->let_in_until_ms = cm_now_mono_ms() + RLY_SHUTDOWN_LET_IN_MS;
+  close_idle(cs, false);
 }
 
 void rly_conns_abort_all(rly_conns *cs) {

@@ -62,6 +62,9 @@ struct rly_conns {
   atomic_size_t n;     /* read by other workers' /metrics */
   uv_timer_t sweep;
   rly_conn_metrics m;
+  /* Shutdown: connections that have asked nothing yet may until then. */
+  uint64_t let_in_until_ms;
+  bool let_in_over;
 };
 
 int rly_conns_init(rly_conns *cs, rly_wctx *w, const rly_router *r);
@@ -74,8 +77,11 @@ int rly_conns_init(rly_conns *cs, rly_wctx *w, const rly_router *r);
  * --max-conns-per-ip, so its first request is answered 429. */
 void rly_conns_adopt(rly_conns *cs, int fd, const char *remote, bool ip_held, bool over_limit);
 /* Shutdown: idle keep-alive connections go now; requests in flight
- * finish and then close, and so does the first request of a connection
- * that has not sent one yet (within --header-timeout). */
+ * finish and then close.  A connection that has not asked anything yet
+ * (a client between its connect and its request, during a handover) may
+ * start its request within RLY_SHUTDOWN_LET_IN_MS; if it has not by then,
+ * it is closed. */
+#define RLY_SHUTDOWN_LET_IN_MS 500
 void rly_conns_shutdown(rly_conns *cs);
 /* The grace period is over: reset every connection. */
 void rly_conns_abort_all(rly_conns *cs);

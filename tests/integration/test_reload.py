@@ -12,6 +12,10 @@
 * test_cors_and_limits_reload — the --config file's CORS list and
   --max-conns-per-ip change, SIGHUP: curl's preflight gets the new
   Access-Control-Allow-Origin, and the limit applies at its new value.
+* test_tunnel_certificate_and_controller_ca_reload — the relay enrolled
+  anew with another CA (tunnel certificate and controller CA) and
+  reloaded: the link up before stays; a controller of the old CA is
+  refused at its next handshake, one of the new CA links.
 """
 
 import hashlib
@@ -171,28 +175,89 @@ def healthz_status(port):
     return int(p.stdout)
 
 
+def until_status(port, want):
+    """Polls /healthz until it answers want (the connections of earlier
+    requests are released a moment after their clients close)."""
+    deadline = time.monotonic() + T
+    while (got := healthz_status(port)) != want:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+
+
 def test_cors_and_limits_reload(certs, tmp_path):
     base = {"tls-cert": certs.server_crt, "tls-key": certs.server_key}
     r, cfg, pid = relay_with(certs, tmp_path, dict(base, **{"cors-origin": ["https://a.example"],
-                                                     "max-conns-per-ip": 1}))
+                                                            "max-conns-per-ip": 2}))
     held = []
     try:
         assert preflight(r.port, "https://a.example") == "https://a.example"
         assert preflight(r.port, "https://b.example") is None
-        held.append(Address(certs, r.port).connect())  # holds 127.0.0.1's one place
-        assert healthz_status(r.port) == 429
+        held += [Address(certs, r.port).connect() for _ in range(2)]  # 127.0.0.1's two places
+        until_status(r.port, 429)
 
         cfg.write_text(json.dumps(dict(base, **{"cors-origin": ["https://b.example"],
-                                                "max-conns-per-ip": 3})))
+                                                "max-conns-per-ip": 4})))
         r.proc.send_signal(signal.SIGHUP)
         line = r.wait_for_log(msg="settings reloaded")
-        assert line["cors_origins"] == 1 and line["max_conns_per_ip"] == 3, line
+        assert line["cors_origins"] == 1 and line["max_conns_per_ip"] == 4, line
+        until_status(r.port, 200)
+        for s in held:
+            s.close()
+        held = []
+        until_status(r.port, 200)
         assert preflight(r.port, "https://b.example") == "https://b.example"
         assert preflight(r.port, "https://a.example") is None
-        assert healthz_status(r.port) == 200
         r.stop()
         r.check_sanitizers()
     finally:
         for s in held:
             s.close()
+        r.kill()
+
+
+def link(pki, port):
+    """A controller link from pki's controller certificate (the Python
+    HTTP/2 + gRPC controller of grpcpeer.py), once the relay said Hello."""
+    peer = gp.H2Peer(gp.dial_relay(pki, port), client_side=False)
+    ev = peer.next_request(gp.PATH_EVENTS, complete=False)
+    peer.send_response_headers(ev.sid)
+    peer.next_message(ev, "RelayEvent", pred=lambda m: m["hello"])
+    return peer
+
+
+def test_tunnel_certificate_and_controller_ca_reload(tmp_path):
+    """The relay is enrolled anew with another CA (its tunnel certificate
+    and the controller CA both change) and reloaded: the link up before
+    stays up; a controller of the old CA is refused at its next handshake,
+    one of the new CA links."""
+    old, new = gp.Pki(tmp_path / "old"), gp.Pki(tmp_path / "new")
+    crt1, key1 = old.relay("relay-r")
+    crt2, key2 = new.relay("relay-r")
+    cfg = tmp_path / "relay.json"
+    cfg.write_text(json.dumps({"tunnel-cert": crt1, "tunnel-key": key1,
+                               "controller-ca": old.ca_crt}))
+    r = relaytest.Relay(plain=True, extra=["--tunnel-listen", "127.0.0.1:0", "--node-id",
+                                           "relay-r", "--config", str(cfg)])
+    peers = []
+    try:
+        tport = int(r.wait_for_log(msg="listening for controllers")["port"])
+        peers.append(link(old, tport))
+        cfg.write_text(json.dumps({"tunnel-cert": crt2, "tunnel-key": key2,
+                                   "controller-ca": new.ca_crt}))
+        r.proc.send_signal(signal.SIGHUP)
+        line = r.wait_for_log(msg="settings reloaded")
+        assert line["tunnel_tls"] is True, line
+        with pytest.raises(Exception):  # the relay's new certificate is not of the old CA
+            peers.append(link(old, tport))
+        peers.append(link(new, tport))
+        deadline = time.monotonic() + T
+        while (m := relaytest.metrics(r))["relay_controller_links"] != 2:
+            assert time.monotonic() < deadline, m  # the old CA's link stays up beside the new
+            time.sleep(0.05)
+        assert m['relay_certificate_not_after_seconds{which="tunnel"}'] == not_after(crt2), m
+        r.stop()
+        r.check_sanitizers()
+    finally:
+        for p in peers:
+            p.close()
         r.kill()
