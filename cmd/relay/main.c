@@ -273,11 +273,10 @@ static int serve_settings(rly_config *cfg, char *err, size_t errlen) {
  * verifier and the tunnel were built with) and a change to it refuses the
  * reload, named. */
 static const char *const g_reloadable[] = {
-    "tls-cert",       "tls-key",      "client-ca",       "tunnel-cert",       "tunnel-key",
-    "controller-ca",  "cors-origin",  "max-connections", "max-conns-per-ip",  "max-sessions",
-    "max-message",    "hold-bytes",   "peer-wait",       "ws-high-watermark", "ping-idle",
-    "header-timeout", "idle-timeout", "shutdown-grace",  "metrics",           "log-level",
-    "dev-cert-dir",   "pid-file",
+    "tls-cert",       "tls-key",     "client-ca",       "tunnel-cert",       "tunnel-key",
+    "controller-ca",  "cors-origin", "max-connections", "max-conns-per-ip",  "max-sessions",
+    "max-message",    "hold-bytes",  "peer-wait",       "ws-high-watermark", "ping-idle",
+    "shutdown-grace", "metrics",     "log-level",       "dev-cert-dir",      "pid-file",
 };
 
 static bool reloadable(const char *name) {
@@ -339,6 +338,13 @@ static void reload(serve_ctx *x) {
       snprintf(err, sizeof err, "%s: a change needs a restart", o->name);
       rc = -1;
     }
+  }
+  bool remote_now = x->now->controller_ca && *x->now->controller_ca;
+  if (rc == CM_CFG_OK && remote_now != (cfg->controller_ca && *cfg->controller_ca)) {
+    snprintf(err, sizeof err,
+             "controller-ca: between embedded and remote controllers, a "
+             "change needs a restart");
+    rc = -1;
   }
   if (rc == CM_CFG_OK && rly_server_reload(x->srv, cfg, free_settings, err, sizeof err) == 0) {
     x->now = cfg;
