@@ -344,7 +344,9 @@ rly_ctl_auth *rly_ctl_auth_check(rly_wctx *w, const char *token, rly_auth_cb cb,
 
 void rly_ctl_auth_cancel(rly_ctl_auth *a) { a->cancelled = true; }
 
-bool rly_ctl_auth_enabled(const rly_control *c) { return c->auth != NULL; }
+/* The settings', not c->auth: workers ask, and a reload replaces the
+ * verifier (never whether there is one: --no-auth needs a restart). */
+bool rly_ctl_auth_enabled(const rly_control *c) { return !c->e->cfg->no_auth; }
 
 bool rly_ctl_discovery(rly_control *c, cm_buf *out) {
   uv_mutex_lock(&c->snap_lock);
@@ -676,6 +678,21 @@ static void on_auth_stopped(void *ud) {
   rly_control *c = ud;
   c->closing--;
   close_inbox(c);
+}
+
+static void on_replaced_auth_stopped(void *ud) { rly_auth_free(ud); }
+
+int rly_control_replace_auth(rly_control *c, const rly_config *cfg, char *err, size_t errlen) {
+  if (!c->auth || cfg->no_auth) return 0;
+  rly_auth *a = rly_auth_new(cfg, c->loop, on_discovery_change, c, err, errlen);
+  if (!a) return -EINVAL;
+  rly_auth *old = c->auth;
+  c->auth = a;
+  rly_auth_start(a, err, errlen);
+  /* Checks still waiting for the old verifier's keys are answered 503
+   * (they are rare: a key set is loaded and checks are local). */
+  rly_auth_stop(old, on_replaced_auth_stopped, old);
+  return 0;
 }
 
 int rly_control_tls_new(const rly_config *cfg, cm_tls_ctx **out, char *err, size_t errlen) {

@@ -159,11 +159,50 @@ static void await_workers(reload_msg *r) {
   if (atomic_fetch_sub(&r->left, 1) == 1) retire(r);
 }
 
+static bool same(const char *a, const char *b) {
+  return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* What the OIDC verifier is built from. */
+static bool oidc_changed(const rly_config *a, const rly_config *b) {
+  return !same(a->oidc_issuer, b->oidc_issuer) || !same(a->oidc_audience, b->oidc_audience) ||
+         !same(a->oidc_ca, b->oidc_ca) || !same(a->client_id_hint, b->client_id_hint) ||
+         a->jwt_leeway_ms != b->jwt_leeway_ms || a->jwks_refresh_ms != b->jwks_refresh_ms ||
+         a->jwks_min_refetch_ms != b->jwks_min_refetch_ms ||
+         a->call_timeout_ms != b->call_timeout_ms;
+}
+
+/* The OIDC provider's CA must load (a verifier is built on the control
+ * thread, after the check). */
+static int check_oidc(const rly_config *cfg, char *err, size_t errlen) {
+  if (cfg->no_auth) return 0;
+  if (!cfg->oidc_issuer || !cfg->oidc_audience) {
+    snprintf(err, errlen, "oidc-issuer/oidc-audience: the admin API needs both");
+    return -EINVAL;
+  }
+  cm_tls_config tc;
+  cm_tls_config_init(&tc);
+  tc.ca_file = cfg->oidc_ca;
+  tc.system_ca = cfg->oidc_ca == NULL;
+  char why[300];
+  cm_tls_ctx *t = cm_tls_ctx_new_client(&tc, why, sizeof why);
+  if (!t) {
+    snprintf(err, errlen, "oidc-ca: %s", why);
+    return -EINVAL;
+  }
+  cm_tls_ctx_free(t);
+  return 0;
+}
+
 static void run_swap(rly_msg *m) {
   reload_msg *r = (reload_msg *)m;
   rly_edge *e = r->e;
   rly_reloads *rs = e->reloads;
   const rly_config *cfg = r->cfg;
+  char err[400];
+  if (oidc_changed(e->cfg, cfg) && rly_control_replace_auth(e->ctl, cfg, err, sizeof err) != 0)
+    cm_log(CM_LOG_ERROR, "auth", "OIDC verifier not replaced; the previous one stays",
+           CM_S("error", err));
   r->old_cfg = rs->owned; /* the first settings are the caller's: not ours to free */
   r->old_free = rs->cfg_free;
   rs->owned = r->cfg;
@@ -205,6 +244,7 @@ int rly_reload(rly_edge *e, rly_config *cfg, void (*cfg_free)(rly_config *cfg), 
   }
   int rc = rly_public_tls_new(cfg, &r->tls, err, errlen);
   if (rc == 0) rc = rly_control_tls_new(cfg, &r->tunnel_tls, err, errlen);
+  if (rc == 0) rc = check_oidc(cfg, err, errlen);
   if (rc == 0 && cfg->log_level) {
     cm_log_level lvl;
     if (cm_log_level_parse(cfg->log_level, &lvl) != 0) {

@@ -269,14 +269,16 @@ static int serve_settings(rly_config *cfg, char *err, size_t errlen) {
 /* ---- reload ------------------------------------------------------------------ */
 
 /* What a reload may change; anything else is fixed for the process's life
- * (the sockets, the workers, the embedded controller, what the OIDC
- * verifier and the tunnel were built with) and a change to it refuses the
- * reload, named. */
+ * (the sockets, the workers, the embedded controller, the controller
+ * identity, the trusted proxies, the deadlines' timeouts) and a change to
+ * it refuses the reload, named. */
 static const char *const g_reloadable[] = {
-    "tls-cert",       "tls-key",     "client-ca",       "tunnel-cert",       "tunnel-key",
-    "controller-ca",  "cors-origin", "max-connections", "max-conns-per-ip",  "max-sessions",
-    "max-message",    "hold-bytes",  "peer-wait",       "ws-high-watermark", "ping-idle",
-    "shutdown-grace", "metrics",     "log-level",       "dev-cert-dir",      "pid-file",
+    "tls-cert",       "tls-key",          "client-ca",       "tunnel-cert",       "tunnel-key",
+    "controller-ca",  "cors-origin",      "max-connections", "max-conns-per-ip",  "max-sessions",
+    "max-message",    "hold-bytes",       "peer-wait",       "ws-high-watermark", "ping-idle",
+    "shutdown-grace", "metrics",          "log-level",       "dev-cert-dir",      "pid-file",
+    "oidc-issuer",    "oidc-audience",    "oidc-ca",         "client-id-hint",    "jwt-leeway",
+    "jwks-refresh",   "jwks-min-refetch",
 };
 
 static bool reloadable(const char *name) {

@@ -16,6 +16,8 @@
   anew with another CA (tunnel certificate and controller CA) and
   reloaded: the link up before stays; a controller of the old CA is
   refused at its next handshake, one of the new CA links.
+* test_oidc_settings_reload — the --config file names another OIDC
+  provider and audience: after SIGHUP its tokens get 201, the old one's 401.
 """
 
 import hashlib
@@ -261,3 +263,46 @@ def test_tunnel_certificate_and_controller_ca_reload(tmp_path):
         for p in peers:
             p.close()
         r.kill()
+
+
+def test_oidc_settings_reload(certs, tmp_path):
+    """The --config file names another OIDC provider (issuer, audience):
+    after SIGHUP the relay's new verifier fetches that provider's keys, its
+    tokens are accepted (201) and the old provider's refused (401)."""
+    import idp as idpmod
+    from idp import curl_http
+    one, two = idpmod.IdP(certs, name="idp-one"), idpmod.IdP(certs, name="idp-two")
+    k1, k2 = one.add_key("ES256"), two.add_key("ES256")
+    cfg = tmp_path / "relay.json"
+    settings = {"tls-cert": certs.server_crt, "tls-key": certs.server_key,
+                "oidc-issuer": one.issuer, "oidc-audience": "aud-one", "oidc-ca": certs.ca_crt}
+    cfg.write_text(json.dumps(settings))
+    r = relaytest.Relay(no_auth=False, extra=["--config", str(cfg)])
+    r.certs = certs
+    try:
+        r.wait_for_log(msg="JWKS loaded")
+
+        def create(idp, key, aud):
+            tok = idp.token(key, aud, scope="swsrs:session:create")
+            return curl_http(r.url("/admin/sessions"), "POST", cacert=certs.ca_crt,
+                             headers=[("Authorization", "Bearer " + tok)]).status
+
+        assert create(one, k1, "aud-one") == 201
+        assert create(two, k2, "aud-two") == 401
+        settings.update({"oidc-issuer": two.issuer, "oidc-audience": "aud-two"})
+        cfg.write_text(json.dumps(settings))
+        r.proc.send_signal(signal.SIGHUP)
+        r.wait_for_log(msg="settings reloaded")
+        r.wait_for_log(msg="OIDC issuer", issuer=two.issuer)
+        deadline = time.monotonic() + T
+        while len(r.find_logs(msg="JWKS loaded")) < 2:
+            assert time.monotonic() < deadline, "the new provider's keys were not loaded"
+            time.sleep(0.05)
+        assert create(two, k2, "aud-two") == 201
+        assert create(one, k1, "aud-one") == 401
+        r.stop()
+        r.check_sanitizers()
+    finally:
+        r.kill()
+        one.close()
+        two.close()
