@@ -422,6 +422,9 @@ typedef struct cm_tls_config {
 void cm_tls_config_init(cm_tls_config *c);
 cm_tls_ctx *cm_tls_ctx_new_server(const cm_tls_config *c, char *err, size_t errlen);
 cm_tls_ctx *cm_tls_ctx_new_client(const cm_tls_config *c, char *err, size_t errlen);
+/* Drops the caller's reference: connections made from ctx keep it (and
+ * their handshakes working) until they end, so a server may replace its
+ * context while connections from the old one live. */
 void cm_tls_ctx_free(cm_tls_ctx *ctx);
 /* Underlying SSL_CTX (for callers that need extra verification hooks). */
 void *cm_tls_ctx_ssl_ctx(cm_tls_ctx *ctx);
@@ -568,6 +571,23 @@ int cm_tcp_listen(uv_loop_t *loop, uv_tcp_t *tcp, const char *hostport, int back
 int cm_tcp_bound_port(const uv_tcp_t *tcp);
 
 /* ------------------------------------------------------------------------
+ * systemd: socket activation and readiness (activation.c).
+ * ---------------------------------------------------------------------- */
+/* The inherited listening socket (LISTEN_FDS for this pid) bound to
+ * exactly addr, made non-blocking and close-on-exec, or -1.  Each is
+ * handed out once; cm_tcp_bind_fd asks here before it binds (not for
+ * SO_REUSEPORT sockets). */
+int cm_activation_take(const struct sockaddr_storage *addr);
+/* Whether fd is one of the inherited sockets (taken or not). */
+bool cm_activation_inherited(int fd);
+/* How many inherited sockets nobody took, their addresses (space-separated)
+ * in out. */
+size_t cm_activation_unclaimed(char *out, size_t outlen);
+/* sd_notify: state ("READY=1", "STOPPING=1", ...) to $NOTIFY_SOCKET if it
+ * is set (0 if not).  Negative on failure. */
+int cm_notify(const char *state);
+
+/* ------------------------------------------------------------------------
  * PKI for enrolment and development certificates (OpenSSL 3, ECDSA P-256).
  * Keys and certificates are OpenSSL objects (EVP_PKEY *, X509 *) passed as
  * void * so this header needs no OpenSSL includes.  PEM outputs are heap
@@ -616,6 +636,10 @@ int cm_pki_issue_for_key(void *ca_key, const char *ca_cert_pem, void *subject_ke
 /* Certificate checks on an X509 *. */
 bool cm_pki_cert_has_uri(void *x509, const char *uri);
 bool cm_pki_cert_has_eku(void *x509, unsigned usage);
+/* The earliest notAfter (Unix seconds) of the PEM certificates in a file —
+ * a chain or a CA bundle is of use only until its first one ends; an error
+ * when the file has none. */
+int cm_pki_cert_file_not_after(const char *path, int64_t *not_after, char *err, size_t errlen);
 
 /* Version strings of the libraries common links. */
 const char *cm_openssl_version(void);

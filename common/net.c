@@ -79,7 +79,15 @@ int cm_tcp_bind_fd(const char *hostport, bool reuseport, int *fd_out, char *err,
     snprintf(err, errlen, "invalid listen address %s (want IP:PORT or [IPv6]:PORT)", hostport);
     return -EINVAL;
   }
-  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  /* A socket inherited from systemd (socket activation) for this very
+   * address is taken as it is: it outlives us, which is the point.  Not
+   * for SO_REUSEPORT groups: each member must be a socket of its own. */
+  int fd = reuseport ? -1 : cm_activation_take(&ss);
+  if (fd >= 0) {
+    *fd_out = fd;
+    return 0;
+  }
+  fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     rc = -errno;
     snprintf(err, errlen, "socket: %s", strerror(errno));

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -659,4 +660,33 @@ bool cm_pki_cert_has_eku(void *x509, unsigned usage) {
   EXTENDED_KEY_USAGE_free(eku);
   ERR_clear_error();
   return (have & want) == want;
+}
+
+/* ---- expiry ----------------------------------------------------------------------- */
+
+int cm_pki_cert_file_not_after(const char *path, int64_t *not_after, char *err, size_t errlen) {
+  BIO *b = BIO_new_file(path, "r");
+  if (!b) {
+    snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return -errno;
+  }
+  int n = 0;
+  int64_t earliest = 0;
+  X509 *x;
+  while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
+      int64_t t = (int64_t)timegm(&tm);
+      if (n++ == 0 || t < earliest) earliest = t;
+    }
+    X509_free(x);
+  }
+  ERR_clear_error(); /* the read that ended the loop */
+  BIO_free(b);
+  if (n == 0) {
+    snprintf(err, errlen, "%s: no PEM certificate", path);
+    return -EINVAL;
+  }
+  *not_after = earliest;
+  return 0;
 }

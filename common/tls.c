@@ -58,13 +58,36 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
   return SSL_TLSEXT_ERR_OK;
 }
 
+/* The wrapper lives exactly as long as its SSL_CTX, which OpenSSL counts
+ * (every SSL holds a reference): a context replaced at a reload stays
+ * whole — its ALPN callback's data included — for the connections still
+ * using it, and goes with the last of them. */
+static int g_wrapper_idx = -1;
+static uv_once_t g_wrapper_once = UV_ONCE_INIT;
+
+static void wrapper_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                         void *argp) {
+  CM_UNUSED(parent);
+  CM_UNUSED(ad);
+  CM_UNUSED(idx);
+  CM_UNUSED(argl);
+  CM_UNUSED(argp);
+  free(ptr);
+}
+
+static void wrapper_index_init(void) {
+  g_wrapper_idx = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, wrapper_free);
+}
+
 static cm_tls_ctx *ctx_common(const cm_tls_config *c, bool server, char *err, size_t errlen) {
+  uv_once(&g_wrapper_once, wrapper_index_init);
   cm_tls_ctx *t = calloc(1, sizeof *t);
   if (!t) return NULL;
   t->is_server = server;
   t->ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
-  if (!t->ctx) {
+  if (!t->ctx || g_wrapper_idx < 0 || SSL_CTX_set_ex_data(t->ctx, g_wrapper_idx, t) != 1) {
     ssl_err(err, errlen, "SSL_CTX_new", NULL);
+    SSL_CTX_free(t->ctx);
     free(t);
     return NULL;
   }
@@ -139,9 +162,7 @@ cm_tls_ctx *cm_tls_ctx_new_client(const cm_tls_config *c, char *err, size_t errl
 }
 
 void cm_tls_ctx_free(cm_tls_ctx *t) {
-  if (!t) return;
-  SSL_CTX_free(t->ctx);
-  free(t);
+  if (t) SSL_CTX_free(t->ctx); /* t goes with the last reference (wrapper_free) */
 }
 
 void *cm_tls_ctx_ssl_ctx(cm_tls_ctx *t) { return t->ctx; }

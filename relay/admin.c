@@ -16,6 +16,7 @@
 #include "relay/cors.h"
 #include "relay/jwt.h"
 #include "relay/listing.h"
+#include "relay/status.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -23,6 +24,8 @@
 #include <string.h>
 
 #define MAX_ID RLY_MAX_ID
+/* The scope that reads sessions, and so the relay's figures too. */
+#define RLY_SCOPE_READ "swsrs:session:read"
 
 typedef struct admin_op {
   rly_conn *c; /* if it goes first, op_cancel frees the op */
@@ -301,7 +304,27 @@ static void call_controller(admin_op *a, const rly_principal *p) {
  * body's fate or the controller's health): validate, then ask. */
 static bool parse_create_body(admin_op *a, const rly_http_request *req);
 
+/* GET /admin/metrics: the relay's own figures, so the relay decides (no
+ * controller call, and an answer also while no link is up).  Whoever may
+ * read sessions may read them. */
+static void metrics_authorized(admin_op *a, const rly_principal *p) {
+  if (p && !rly_principal_has_scope(p, RLY_SCOPE_READ)) {
+    respond_refusal(a, 403, "insufficient_scope", "the token lacks " RLY_SCOPE_READ);
+    op_done(a);
+    return;
+  }
+  rly_conn *c = a->c;
+  char hdr[sizeof a->cors + 64];
+  snprintf(hdr, sizeof hdr, "%sCache-Control: no-store\r\n", a->cors);
+  op_done(a);
+  rly_metrics_respond(c, hdr);
+}
+
 static void proceed(admin_op *a, const rly_principal *p) {
+  if (a->op == RLY_ADMIN_METRICS) {
+    metrics_authorized(a, p);
+    return;
+  }
   if (a->op == RLY_ADMIN_CREATE && !parse_create_body(a, a->req)) {
     op_done(a);
     return;

@@ -9,7 +9,7 @@
 #include "relay/conn.h"
 
 /* The handlers' arg: which operation a route is. */
-enum { RLY_ADMIN_CREATE = 1, RLY_ADMIN_LIST, RLY_ADMIN_GET, RLY_ADMIN_DELETE };
+enum { RLY_ADMIN_CREATE = 1, RLY_ADMIN_LIST, RLY_ADMIN_GET, RLY_ADMIN_DELETE, RLY_ADMIN_METRICS };
 /* Preflights' arg: the collection or one session. */
 enum { RLY_ADMIN_ALL = 0, RLY_ADMIN_ONE = 1 };
 

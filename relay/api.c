@@ -74,3 +74,29 @@ void rly_metric(cm_buf *b, const char *name, const char *help, bool counter, uin
   cm_buf_printf(b, "# HELP relay_%s %s\n# TYPE relay_%s %s\nrelay_%s %llu\n", name, help, name,
                 type, name, (unsigned long long)v);
 }
+
+/* The text format's label escapes: backslash, double quote, line feed. */
+static void label_value(cm_buf *b, const char *v) {
+  for (const char *p = v; *p; p++) {
+    if (*p == '\\' || *p == '"')
+      cm_buf_printf(b, "\\%c", *p);
+    else if (*p == '\n')
+      cm_buf_printf(b, "\\n");
+    else
+      cm_buf_append(b, p, 1);
+  }
+}
+
+void rly_metric_labeled(cm_buf *b, const char *name, const char *help, bool counter,
+                        const char *const (*labels)[2], size_t nlabels, uint64_t v) {
+  if (help)
+    cm_buf_printf(b, "# HELP relay_%s %s\n# TYPE relay_%s %s\n", name, help, name,
+                  counter ? "counter" : "gauge");
+  cm_buf_printf(b, "relay_%s{", name);
+  for (size_t i = 0; i < nlabels; i++) {
+    cm_buf_printf(b, "%s%s=\"", i ? "," : "", labels[i][0]);
+    label_value(b, labels[i][1]);
+    cm_buf_append(b, "\"", 1);
+  }
+  cm_buf_printf(b, "} %llu\n", (unsigned long long)v);
+}

@@ -36,5 +36,9 @@ int rly_grpc_to_http(int grpc_status, const char **code);
 
 /* Appends one Prometheus metric (relay_<name>) with its HELP and TYPE. */
 void rly_metric(cm_buf *b, const char *name, const char *help, bool counter, uint64_t v);
+/* One labelled sample, relay_<name>{k="v",...} (HELP and TYPE first when
+ * `help` is not NULL); label values are escaped as the text format wants. */
+void rly_metric_labeled(cm_buf *b, const char *name, const char *help, bool counter,
+                        const char *const (*labels)[2], size_t nlabels, uint64_t v);
 
 #endif

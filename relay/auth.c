@@ -35,7 +35,11 @@ struct rly_auth_req {
 };
 
 struct rly_auth {
-  const rly_config *cfg;
+  /* Copies of the settings it was built with (a reload may free those):
+   * pol.issuer and pol.audience point into `owned`. */
+  char *owned[3];
+  const char *client_id_hint;
+  uint32_t wait_ms; /* how long a check may wait for keys (--call-timeout) */
   uv_loop_t *loop;
   void (*on_change)(void *ud);
   void *change_ud;
@@ -248,12 +252,21 @@ rly_auth *rly_auth_new(const rly_config *cfg, uv_loop_t *loop, void (*on_change)
   }
   rly_auth *a = calloc(1, sizeof *a);
   if (!a) return NULL;
-  a->cfg = cfg;
   a->loop = loop;
   a->on_change = on_change;
   a->change_ud = ud;
-  a->pol.issuer = cfg->oidc_issuer;
-  a->pol.audience = cfg->oidc_audience;
+  a->owned[0] = strdup(cfg->oidc_issuer);
+  a->owned[1] = strdup(cfg->oidc_audience);
+  a->owned[2] = cfg->client_id_hint ? strdup(cfg->client_id_hint) : NULL;
+  if (!a->owned[0] || !a->owned[1] || (cfg->client_id_hint && !a->owned[2])) {
+    snprintf(err, errlen, "out of memory");
+    rly_auth_free(a);
+    return NULL;
+  }
+  a->pol.issuer = a->owned[0];
+  a->pol.audience = a->owned[1];
+  a->client_id_hint = a->owned[2];
+  a->wait_ms = (uint32_t)(cfg->call_timeout_ms ? cfg->call_timeout_ms : 5000);
   a->pol.leeway_s = cfg->jwt_leeway_ms / 1000;
   a->refresh_ms = cfg->jwks_refresh_ms ? (uint64_t)cfg->jwks_refresh_ms : 3600000;
   a->min_refetch_ms = cfg->jwks_min_refetch_ms ? (uint64_t)cfg->jwks_min_refetch_ms : 30000;
@@ -265,7 +278,7 @@ rly_auth *rly_auth_new(const rly_config *cfg, uv_loop_t *loop, void (*on_change)
   tc.alpn = "http/1.1";
   a->tls = cm_tls_ctx_new_client(&tc, err, errlen);
   if (!a->tls) {
-    free(a);
+    rly_auth_free(a);
     return NULL;
   }
   uv_timer_init(a->loop, &a->timer);
@@ -301,7 +314,7 @@ rly_auth_req *rly_auth_check(rly_auth *a, const char *token, rly_auth_cb cb, voi
     answer(r, 401, NULL, "invalid_token", "token too large");
     return NULL;
   }
-  uint32_t wait_ms = (uint32_t)(a->cfg->call_timeout_ms ? a->cfg->call_timeout_ms : 5000);
+  uint32_t wait_ms = a->wait_ms;
   if (!a->jwks) {
     /* Keys not loaded yet (start-up, or the IdP has been down since). */
     if (a->nwaiting >= MAX_WAITING || a->stopping) {
@@ -339,7 +352,7 @@ bool rly_auth_discovery_json(rly_auth *a, cm_buf *out) {
                           {"device_authorization_endpoint", a->disc.device_authorization_endpoint}};
   for (size_t i = 0; i < CM_ARRAY_LEN(eps); i++)
     json_object_set_new(o, eps[i][0], eps[i][1] ? json_string(eps[i][1]) : json_null());
-  const char *hint = a->cfg->client_id_hint;
+  const char *hint = a->client_id_hint;
   json_object_set_new(o, "client_id_hint", hint ? json_string(hint) : json_null());
   char *text = json_dumps(o, JSON_COMPACT);
   json_decref(o);
@@ -373,5 +386,7 @@ void rly_auth_free(rly_auth *a) {
   rly_jwks_free(a->jwks);
   if (a->have_disc) rly_oidc_discovery_free(&a->disc);
   cm_tls_ctx_free(a->tls);
+  for (size_t i = 0; i < CM_ARRAY_LEN(a->owned); i++)
+    free(a->owned[i]);
   free(a);
 }

@@ -9,9 +9,13 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define SWEEP_MS 250
+/* Forwarded / X-Forwarded-For field lines read per request; a proxy adds
+ * one, so more than a few means a client wrote its own. */
+#define MAX_FORWARDING 8
 /* Room for the head: status line, Date, Server, and the caller's headers. */
 #define HEAD_ROOM 4096
 
@@ -74,12 +78,15 @@ static void conn_update_wait(rly_conn *c) {
     conn_set_wait(c, RLY_W_NONE, 0); /* gone, or awaiting our answer: no deadline */
   } else if (rly_http_in_request(c->http)) {
     conn_set_wait(c, RLY_W_HEADER, cfg->header_timeout_ms);
+  } else if (c->w->shutting_down && !c->served && !c->cs->let_in_over) {
+    /* Accepted before the listener closed but not yet asked anything: its
+     * request is answered (with Connection: close), as a client that got
+     * in deserves during a handover. */
+    conn_set_wait(c, RLY_W_HEADER, cfg->header_timeout_ms);
+  } else if (c->w->shutting_down) {
+    cm_stream_close(c->st); /* idle during shutdown: done */
+    conn_set_wait(c, RLY_W_NONE, 0);
   } else {
-    if (c->w->shutting_down) {
-      cm_stream_close(c->st); /* idle during shutdown: done */
-      conn_set_wait(c, RLY_W_NONE, 0);
-      return;
-    }
     conn_set_wait(c, RLY_W_IDLE, cfg->idle_timeout_ms);
   }
 }
@@ -102,11 +109,17 @@ static void expire(cm_list *head, uint64_t now, bool header) {
   }
 }
 
+static void close_silent(rly_conns *cs);
+
 static void on_sweep(uv_timer_t *t) {
   rly_conns *cs = t->data;
   uint64_t now = cm_now_mono_ms();
   expire(&cs->header_wait, now, true);
   expire(&cs->idle_wait, now, false);
+  if (cs->w->shutting_down && !cs->let_in_over && now >= cs->let_in_until_ms) {
+    cs->let_in_over = true;
+    close_silent(cs);
+  }
 }
 
 /* ---- the HTTP core's callbacks ------------------------------------------------------- */
@@ -131,12 +144,42 @@ static void log_request(rly_conn *c, const rly_http_request *req, int status) {
          CM_I("status", status), CM_I("ms", ms), CM_S("remote", c->remote));
 }
 
+/* The client a trusted proxy names in a request (or the proxy itself, if
+ * it names none): the address of the logs, of Validate and of the limit. */
+static void forwarded_client(rly_conn *c, const rly_http_request *req) {
+  rly_edge *e = c->w->edge;
+  const char *fwd[MAX_FORWARDING], *xff[MAX_FORWARDING];
+  size_t nf = 0, nx = 0;
+  for (size_t i = 0; i < req->nheaders; i++) {
+    const rly_http_header *h = &req->headers[i];
+    if (strcasecmp(h->name, "forwarded") == 0 && nf < MAX_FORWARDING)
+      fwd[nf++] = h->value;
+    else if (strcasecmp(h->name, "x-forwarded-for") == 0 && nx < MAX_FORWARDING)
+      xff[nx++] = h->value;
+  }
+  char host[64], who[64];
+  int port;
+  struct sockaddr_storage peer, client;
+  snprintf(who, sizeof who, "%s", c->peer);
+  if ((nf || nx) && cm_parse_hostport(c->peer, NULL, host, sizeof host, &port) == 0 &&
+      cm_sockaddr_from(host, port, &peer) == 0 &&
+      rly_forwarded_client(&e->trusted, (const struct sockaddr *)&peer, fwd, nf, xff, nx, &client))
+    rly_proxy_addr_text(&client, who, sizeof who);
+  if (c->ip_held && strcmp(who, c->remote) == 0) return;
+  if (c->ip_held) rly_ip_release(e, c->remote);
+  snprintf(c->remote, sizeof c->remote, "%s", who);
+  c->ip_held = rly_ip_acquire(e, c->remote);
+  c->over_limit = !c->ip_held;
+}
+
 static void http_on_request(void *ud, const rly_http_request *req) {
   rly_conn *c = ud;
   rly_count(&c->cs->m.http_requests, 1);
   c->req_start_ms = cm_now_mono_ms();
   conn_set_wait(c, RLY_W_NONE, 0);
   c->req = req;
+  c->served = true;
+  if (c->trusted_peer) forwarded_client(c, req);
   if (c->over_limit) {
     rly_http_response r = {.status = 429, .close = true};
     char body[200];
@@ -243,7 +286,8 @@ static void on_drain(cm_stream *st) {
 
 static void on_open(cm_stream *st) {
   rly_conn *c = cm_stream_get_data(st);
-  snprintf(c->remote, sizeof c->remote, "%s", cm_stream_peer_addr(st));
+  /* A PROXY header or a forwarding header may have named someone else. */
+  if (!c->remote[0]) snprintf(c->remote, sizeof c->remote, "%s", cm_stream_peer_addr(st));
 }
 
 /* Out of this worker's lists (closed, detached or moved). */
@@ -408,6 +452,8 @@ void rly_conns_adopt(rly_conns *cs, int fd, const char *remote, bool ip_held, bo
   c->ip_held = ip_held;
   c->over_limit = over_limit;
   snprintf(c->remote, sizeof c->remote, "%s", remote);
+  snprintf(c->peer, sizeof c->peer, "%s", remote);
+  c->trusted_peer = rly_cidrs_match_text(&w->edge->trusted, remote);
   /* Any connection may become a WebSocket peer: its write queue's high
    * watermark is the one that pauses the other peer. */
   cm_stream_opts o = {.tls = w->edge->tls,
@@ -426,12 +472,25 @@ void rly_conns_adopt(rly_conns *cs, int fd, const char *remote, bool ip_held, bo
   conn_set_wait(c, RLY_W_HEADER, cfg->header_timeout_ms);
 }
 
-void rly_conns_shutdown(rly_conns *cs) {
+/* Idle connections during shutdown: the served ones always, the silent
+ * ones too once the let-in window is over. */
+static void close_idle(rly_conns *cs, bool silent_too) {
   for (cm_list *n = cs->all.next; n != &cs->all;) {
     rly_conn *c = cm_container_of(n, rly_conn, all);
     n = n->next;
-    if (!rly_http_busy(c->http) && !rly_http_in_request(c->http)) cm_stream_close(c->st);
+    if (rly_http_busy(c->http) || rly_http_in_request(c->http)) continue;
+    if (c->served || silent_too)
+      cm_stream_close(c->st);
+    else
+      conn_update_wait(c); /* its request is still welcome */
   }
+}
+
+static void close_silent(rly_conns *cs) { close_idle(cs, true); }
+
+void rly_conns_shutdown(rly_conns *cs) {
+  cs->let_in_until_ms = cm_now_mono_ms() + RLY_SHUTDOWN_LET_IN_MS;
+  close_idle(cs, false);
 }
 
 void rly_conns_abort_all(rly_conns *cs) {

@@ -62,16 +62,26 @@ struct rly_conns {
   atomic_size_t n;     /* read by other workers' /metrics */
   uv_timer_t sweep;
   rly_conn_metrics m;
+  /* Shutdown: connections that have asked nothing yet may until then. */
+  uint64_t let_in_until_ms;
+  bool let_in_over;
 };
 
 int rly_conns_init(rly_conns *cs, rly_wctx *w, const rly_router *r);
-/* A socket the acceptor took for this worker, from remote ("ip:port"); it
- * already counts in edge->live.  ip_held: it counts against its address's
+/* A socket the acceptor took for this worker, from remote ("ip:port": the
+ * socket's peer, or the client a PROXY header named); it already counts in
+ * edge->live.  A peer in --trusted-proxies names the client of each
+ * request with Forwarded or X-Forwarded-For (proxy.h); the connection
+ * counts against that client's address from then on.  ip_held: it counts against its address's
  * limit (released when it goes); over_limit: the address is over
  * --max-conns-per-ip, so its first request is answered 429. */
 void rly_conns_adopt(rly_conns *cs, int fd, const char *remote, bool ip_held, bool over_limit);
-/* Shutdown: idle connections and ones that never sent a byte go now;
- * requests in flight finish and then close. */
+/* Shutdown: idle keep-alive connections go now; requests in flight
+ * finish and then close.  A connection that has not asked anything yet
+ * (a client between its connect and its request, during a handover) may
+ * start its request within RLY_SHUTDOWN_LET_IN_MS; if it has not by then,
+ * it is closed. */
+#define RLY_SHUTDOWN_LET_IN_MS 500
 void rly_conns_shutdown(rly_conns *cs);
 /* The grace period is over: reset every connection. */
 void rly_conns_abort_all(rly_conns *cs);
@@ -101,9 +111,12 @@ struct rly_conn {
   /* A streamed response waits for the write queue to drain. */
   void (*on_drain)(void *ud);
   void *drain_ud;
-  char remote[64];
-  bool ip_held;    /* counted against --max-conns-per-ip */
-  bool over_limit; /* answer 429 and close */
+  char remote[64];   /* the client: the socket's peer, or whom a trusted proxy named */
+  char peer[64];     /* who sends the bytes: the socket's peer, or a PROXY header's client */
+  bool trusted_peer; /* peer is in --trusted-proxies: its requests name the client */
+  bool served;       /* has sent a request (at shutdown, one that has not gets to) */
+  bool ip_held;      /* counted against --max-conns-per-ip */
+  bool over_limit;   /* answer 429 and close */
 };
 
 void rly_conn_set_pending(rly_conn *c, void *pending, void (*cancel)(void *pending));

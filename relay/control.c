@@ -344,7 +344,9 @@ rly_ctl_auth *rly_ctl_auth_check(rly_wctx *w, const char *token, rly_auth_cb cb,
 
 void rly_ctl_auth_cancel(rly_ctl_auth *a) { a->cancelled = true; }
 
-bool rly_ctl_auth_enabled(const rly_control *c) { return c->auth != NULL; }
+/* The settings', not c->auth: workers ask, and a reload replaces the
+ * verifier (never whether there is one: --no-auth needs a restart). */
+bool rly_ctl_auth_enabled(const rly_control *c) { return !c->e->cfg->no_auth; }
 
 bool rly_ctl_discovery(rly_control *c, cm_buf *out) {
   uv_mutex_lock(&c->snap_lock);
@@ -677,6 +679,51 @@ static void on_auth_stopped(void *ud) {
   rly_control *c = ud;
   c->closing--;
   close_inbox(c);
+}
+
+static void on_replaced_auth_stopped(void *ud) { rly_auth_free(ud); }
+
+int rly_control_replace_auth(rly_control *c, const rly_config *cfg, char *err, size_t errlen) {
+  if (!c->auth || cfg->no_auth) return 0;
+  rly_auth *a = rly_auth_new(cfg, c->loop, on_discovery_change, c, err, errlen);
+  if (!a) return -EINVAL;
+  rly_auth *old = c->auth;
+  c->auth = a;
+  rly_auth_start(a, err, errlen);
+  /* Checks still waiting for the old verifier's keys are answered 503
+   * (they are rare: a key set is loaded and checks are local). */
+  rly_auth_stop(old, on_replaced_auth_stopped, old);
+  return 0;
+}
+
+int rly_control_tls_new(const rly_config *cfg, cm_tls_ctx **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (!cfg->controller_ca || !*cfg->controller_ca) return 0; /* embedded: no tunnel listener */
+  if (!cfg->tunnel_cert || !cfg->tunnel_key) {
+    snprintf(err, errlen,
+             "tunnel-cert/tunnel-key: a remote controller needs the relay's "
+             "enrolled certificate (see `relay gen-csr`)");
+    return -EINVAL;
+  }
+  tun_relay_config tc = {
+      .cert_file = cfg->tunnel_cert, .key_file = cfg->tunnel_key, .ca_file = cfg->controller_ca};
+  char why[400];
+  if (!(*out = tun_relay_tls_new(&tc, why, sizeof why))) {
+    snprintf(err, errlen, "tunnel-cert/tunnel-key/controller-ca: %s", why);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+void rly_control_set_tls(rly_control *c, cm_tls_ctx *tls) {
+  if (c->tun && tls)
+    tun_relay_set_tls(c->tun, tls);
+  else
+    cm_tls_ctx_free(tls);
+}
+
+void rly_control_leave(rly_control *c) {
+  if (c->tun) tun_relay_leave(c->tun);
 }
 
 void rly_control_close(rly_control *c, void (*done)(void *ud), void *ud) {

@@ -42,6 +42,19 @@ int rly_control_add_fd(rly_control *c, int fd, const char *name, char *err, size
 int rly_control_port(const rly_control *c);
 /* Live links; from any thread. */
 size_t rly_control_links(const rly_control *c);
+/* A reload: the tunnel listener's TLS context from cfg's tunnel-cert,
+ * tunnel-key and controller-ca, built on any thread to check that they
+ * load (*out NULL and 0 in embedded mode); rly_control_set_tls (control
+ * thread) takes it over for the controller connections accepted next. */
+int rly_control_tls_new(const rly_config *cfg, cm_tls_ctx **out, char *err, size_t errlen);
+void rly_control_set_tls(rly_control *c, cm_tls_ctx *tls);
+/* A reload changed the OIDC settings: a new verifier from cfg (it keeps
+ * copies, not pointers into cfg) takes the checks from now on and fetches
+ * its discovery document and keys; the old one stops.  Control thread. */
+int rly_control_replace_auth(rly_control *c, const rly_config *cfg, char *err, size_t errlen);
+/* Shutdown: no more controller connections, and every link is told the
+ * relay is leaving (tun_relay_leave); the links stay up for the drain. */
+void rly_control_leave(rly_control *c);
 /* Closes every link, the verifier and the mailbox; calls in flight fail
  * with UNAVAILABLE (their answers are posted before done runs). */
 void rly_control_close(rly_control *c, void (*done)(void *ud), void *ud);

@@ -740,7 +740,10 @@ void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const rly_route_ma
   }
   /* A token the client offered as a subprotocol is the one to echo. */
   if (t.protocol) snprintf(u->protocol, sizeof u->protocol, TOKEN_PROTOCOL "%s", t.tok);
-  if (atomic_load(&e->draining) || w->shutting_down) {
+  /* A controller's Drain refuses new peers; our own shutdown does not (see
+   * accept_peer): its successor may not be accepting yet, and a client
+   * that was let in is answered. */
+  if (atomic_load(&e->draining)) {
     refuse(c, 503, "draining", "this relay is not accepting new peers");
     goto done;
   }
@@ -801,10 +804,6 @@ static void accept_peer(rly_conn *c, rly_upgrade *u) {
   rly_edge *e = c->w->edge;
   const slot_grant *g = &u->grant;
   int slot = g->slot;
-  if (c->w->shutting_down) {
-    refuse(c, 503, "draining", "this relay is not accepting new peers");
-    return;
-  }
   rly_session *x = sess_find(dp, u->id);
   if (x && (x->core.pair.held[slot] || x->peer[slot])) {
     refuse(c, 409, "slot_taken", "this slot is already connected");
@@ -863,6 +862,13 @@ static void accept_peer(rly_conn *c, rly_upgrade *u) {
     peer_input(p, (uint8_t *)cm_buf_head(&leftover), cm_buf_size(&leftover), false);
   cm_buf_free(&leftover);
   cm_stream_uncork(st);
+  /* Shutting down: a peer whose partner is here stays with it for the
+   * grace period; a lone one hears 1001 at once and redials — to the
+   * relay that accepts now (a handover, docs/DESIGN.md §16). */
+  if (dp->w->shutting_down) {
+    if (x->core.pair.state != RLY_PAIR_OPEN) kick_session(x, 1001, "relay shutting down");
+    return;
+  }
   /* A target session: the relay fills the responder slot itself. */
   if (g->target[0] && slot == RLY_SLOT_INITIATOR && x->peer[RLY_SLOT_INITIATOR] == p &&
       !x->peer[RLY_SLOT_RESPONDER] && e->start_target)

@@ -22,12 +22,14 @@
 
 #include "common/common.h"
 #include "relay/http.h"
+#include "relay/proxy.h"
 #include "relay/relay.h"
 
-typedef struct rly_conns rly_conns;     /* conn.h: a worker's HTTP connections */
-typedef struct rly_dp rly_dp;           /* dataplane.h: a worker's sessions and peers */
-typedef struct rly_control rly_control; /* control.h: the controller link */
-typedef struct rly_mailbox rly_mailbox; /* mailbox.h */
+typedef struct rly_conns rly_conns;       /* conn.h: a worker's HTTP connections */
+typedef struct rly_dp rly_dp;             /* dataplane.h: a worker's sessions and peers */
+typedef struct rly_control rly_control;   /* control.h: the controller link */
+typedef struct rly_mailbox rly_mailbox;   /* mailbox.h */
+typedef struct rly_prefaces rly_prefaces; /* preface.h: connections before their PROXY header */
 typedef struct rly_wctx rly_wctx;
 
 /* A counter with one writer (its worker) and any number of readers
@@ -42,9 +44,19 @@ static inline uint64_t rly_counter_get(const rly_counter *c) {
   return atomic_load_explicit(c, memory_order_relaxed);
 }
 
+typedef struct rly_reloads rly_reloads; /* reload.h */
+
+/* Which certificate an expiry gauge is of (reload.h). */
+enum { RLY_CERT_PUBLIC, RLY_CERT_TUNNEL, RLY_CERT_CONTROLLER_CA, RLY_CERT_N };
+
 typedef struct rly_edge {
-  const rly_config *cfg;
-  cm_tls_ctx *tls; /* public listener's; NULL: plain */
+  /* The settings and the public listener's TLS context (NULL: plain): a
+   * reload swaps them (reload.h), so each use loads the pointer afresh and
+   * keeps it no longer than the callback it runs in. */
+  const rly_config *_Atomic cfg;
+  cm_tls_ctx *_Atomic tls;
+  rly_reloads *reloads;
+  _Atomic int64_t cert_not_after[RLY_CERT_N]; /* Unix seconds; 0: none */
   rly_http_limits limits;
   char server_header[64];
   char public_url[256];
@@ -73,6 +85,11 @@ typedef struct rly_edge {
   /* The acceptor's counters (it alone writes them). */
   rly_counter conns_accepted, conns_refused;
 
+  /* --trusted-proxies: who may name the client (PROXY header, Forwarded,
+   * X-Forwarded-For); --proxy-protocol: they must send a PROXY header. */
+  rly_cidrs trusted;
+  bool proxy_protocol;
+
   /* Connections per client address (iplimit.c), under ip_lock. */
   uv_mutex_t ip_lock;
   void *ip_tab;
@@ -86,6 +103,7 @@ struct rly_wctx {
   uv_loop_t *loop;
   rly_mailbox *inbox; /* messages from other threads, run on loop */
   rly_conns *conns;
+  rly_prefaces *prefaces;
   rly_dp *dp;
   bool shutting_down;
   /* Calls and token checks this worker has in flight at the control

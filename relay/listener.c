@@ -5,6 +5,7 @@
 
 #include "relay/conn.h"
 #include "relay/mailbox.h"
+#include "relay/preface.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -22,12 +23,16 @@ typedef struct conn_msg {
   rly_wctx *w;
   int fd;
   bool ip_held, over_limit;
+  bool trusted; /* from --trusted-proxies: the client is named later */
   char remote[64];
 } conn_msg;
 
 static void w_run_adopt(rly_msg *m) {
   conn_msg *k = (conn_msg *)m;
-  rly_conns_adopt(k->w->conns, k->fd, k->remote, k->ip_held, k->over_limit);
+  if (k->w->edge->proxy_protocol)
+    rly_preface_start(k->w->prefaces, k->fd, k->remote, k->trusted, k->ip_held, k->over_limit);
+  else
+    rly_conns_adopt(k->w->conns, k->fd, k->remote, k->ip_held, k->over_limit);
   free(k);
 }
 
@@ -78,7 +83,13 @@ static void take(rly_listener *l, int fd, const struct sockaddr *sa) {
     return;
   }
   rly_count(&e->conns_accepted, 1);
-  if (rly_ip_acquire(e, k->remote)) {
+  /* A trusted proxy carries many clients: its connections count against
+   * the address it names (its PROXY header, or a request's Forwarded),
+   * once it has named it. */
+  k->trusted = rly_cidrs_match(&e->trusted, sa);
+  if (k->trusted) {
+    /* counted later */
+  } else if (rly_ip_acquire(e, k->remote)) {
     k->ip_held = true;
   } else {
     k->over_limit = true; /* told so, with a 429, at its first request */

@@ -33,18 +33,20 @@
 
 typedef struct rly_config {
   /* public listener */
-  char *listen;             /* "127.0.0.1:8443" */
-  char *tls_cert, *tls_key; /* PEM; with neither, see dev_cert_dir / plain */
-  char *dev_cert_dir;       /* make (once) and use a self-signed P-256 cert here */
-  bool plain;               /* no TLS on the public listener */
-  bool allow_public_plain;  /* plain on a non-loopback address (behind a proxy) */
-  char *client_ca;          /* request client certificates verified by this CA */
-  char *alpn;               /* offered ALPN list, default "http/1.1" */
-  char *public_url;         /* base URL peers use; default from listen */
-  char *node_id;            /* default: hostname */
-  char *region;             /* placement label told to controllers (Hello); NULL: none */
-  char *workers;            /* "auto" (the CPUs this process may use) or 1..256 */
-  char *accept;             /* "handoff" (one acceptor; default) or "reuseport" */
+  char *listen;               /* "127.0.0.1:8443" */
+  char *tls_cert, *tls_key;   /* PEM; with neither, see dev_cert_dir / plain */
+  char *dev_cert_dir;         /* make (once) and use a self-signed P-256 cert here */
+  bool plain;                 /* no TLS on the public listener */
+  bool allow_public_plain;    /* plain on a non-loopback address (behind a proxy) */
+  char *client_ca;            /* request client certificates verified by this CA */
+  char *alpn;                 /* offered ALPN list, default "http/1.1" */
+  char *public_url;           /* base URL peers use; default from listen */
+  char *node_id;              /* default: hostname */
+  char *region;               /* placement label told to controllers (Hello); NULL: none */
+  char *workers;              /* "auto" (the CPUs this process may use) or 1..256 */
+  char *accept;               /* "handoff" (one acceptor; default) or "reuseport" */
+  bool proxy_protocol;        /* a PROXY v1/v2 header from every trusted proxy */
+  cm_strlist trusted_proxies; /* CIDRs that may name the client */
 
   /* HTTP */
   long long header_timeout_ms;
@@ -89,6 +91,7 @@ typedef struct rly_config {
 
   char *metrics; /* "public" | "loopback" | "off" */
   char *log_level;
+  char *pid_file; /* read by cmd/relay: `relay reload` signals the pid in it */
 } rly_config;
 
 typedef struct rly_server rly_server;
@@ -108,6 +111,15 @@ int rly_server_start(rly_server *s, char *err, size_t errlen);
 /* From any thread: stops accepting and drains (see above); `done` (may be
  * NULL) runs once, on a relay thread, or at once if nothing was started. */
 void rly_server_shutdown(rly_server *s, void (*done)(void *ud), void *ud);
+/* Once started (any thread): new settings and certificates (SIGHUP).
+ * Every certificate and key is loaded first; a failure changes nothing,
+ * names the setting in err, and cfg stays the caller's.  On success the
+ * server owns cfg (freed with cfg_free once replaced, or at free) and new
+ * connections use it; open sessions and controller links are untouched.
+ * The caller decides which settings may change at all (the listeners,
+ * workers and OIDC verifier are built once). */
+int rly_server_reload(rly_server *s, rly_config *cfg, void (*cfg_free)(rly_config *cfg), char *err,
+                      size_t errlen);
 /* Shuts down (if that was not asked for, waiting for the drain), joins the
  * threads and frees. */
 void rly_server_free(rly_server *s);

@@ -17,6 +17,7 @@
 #include "relay/edge.h"
 #include "relay/listener.h"
 #include "relay/mailbox.h"
+#include "relay/reload.h"
 #include "relay/routes.h"
 #include "relay/target.h"
 #include "relay/worker.h"
@@ -43,6 +44,11 @@ struct rly_server {
   rly_router *router;
   rly_worker *workers[MAX_WORKERS];
   rly_wctx *wctx[MAX_WORKERS];
+  /* A successor on inherited sockets (socket activation) with remote
+   * controllers accepts once a controller link is up: until then the old
+   * relay, or the socket's queue, has its connections (a handover). */
+  bool wait_link, link_poll_on;
+  uv_timer_t link_poll;
   int pending_fd; /* a controller socket handed in before start, or -1 */
   char pending_name[64];
   /* shutdown, on the control thread */
@@ -97,26 +103,10 @@ static int setup_tls(rly_edge *e, char *err, size_t errlen) {
     }
     return 0;
   }
-  if (!cfg->tls_cert || !cfg->tls_key) {
-    snprintf(err, errlen,
-             "tls-cert/tls-key: a certificate and key are required "
-             "(or --dev-cert-dir for a development certificate, or --plain)");
-    return -EINVAL;
-  }
-  cm_tls_config tc;
-  cm_tls_config_init(&tc);
-  tc.cert_file = cfg->tls_cert;
-  tc.key_file = cfg->tls_key;
-  tc.alpn = cfg->alpn && *cfg->alpn ? cfg->alpn : "http/1.1";
-  if (cfg->client_ca) {
-    tc.ca_file = cfg->client_ca;
-    tc.verify_peer = true;
-    tc.require_peer_cert = false; /* browsers connect without one */
-  } else {
-    tc.verify_peer = false;
-  }
-  e->tls = cm_tls_ctx_new_server(&tc, err, errlen);
-  return e->tls ? 0 : -EINVAL;
+  cm_tls_ctx *tls;
+  int rc = rly_public_tls_new(cfg, &tls, err, errlen);
+  atomic_init(&e->tls, tls);
+  return rc;
 }
 
 /* --no-auth opens the admin API to anyone who can connect: loopback only,
@@ -135,6 +125,25 @@ static int check_no_auth(const rly_config *cfg, char *err, size_t errlen) {
   }
   cm_log(CM_LOG_WARN, "relay", "admin API has NO authentication (--no-auth)",
          CM_S("listen", cfg->listen));
+  return 0;
+}
+
+/* --trusted-proxies and --proxy-protocol: the header is only believed from
+ * a list, so one without the other is a mistake to report. */
+static int setup_proxies(rly_edge *e, char *err, size_t errlen) {
+  const cm_strlist *l = &e->cfg->trusted_proxies;
+  const char *bad = NULL;
+  if (rly_cidrs_parse((const char *const *)l->v, l->n, &e->trusted, &bad) != 0) {
+    snprintf(err, errlen,
+             "trusted-proxies: \"%s\" is not an address or CIDR block (host bits zero)",
+             bad ? bad : "?");
+    return -EINVAL;
+  }
+  e->proxy_protocol = e->cfg->proxy_protocol;
+  if (e->proxy_protocol && e->trusted.n == 0) {
+    snprintf(err, errlen, "proxy-protocol: needs --trusted-proxies (whose headers to believe)");
+    return -EINVAL;
+  }
   return 0;
 }
 
@@ -194,11 +203,14 @@ rly_server *rly_server_new(const rly_config *cfg, char *err, size_t errlen) {
     snprintf(err, errlen, "accept: want handoff or reuseport, not \"%s\"", cfg->accept);
     rc = -EINVAL;
   }
+  if (rc == 0) rc = setup_proxies(e, err, errlen);
   if (rc == 0) rc = setup_tls(e, err, errlen);
   if (rc == 0) rc = check_no_auth(cfg, err, errlen);
   if (rc == 0 && (rc = uv_loop_init(&s->ctl_loop)) != 0)
     snprintf(err, errlen, "loop: %s", uv_strerror(rc));
   if (rc == 0) s->ctl_loop_ok = true;
+  if (rc == 0 && (rc = rly_reload_init(e, &s->ctl_loop)) != 0)
+    snprintf(err, errlen, "reload: %s", uv_strerror(rc));
   if (rc == 0 && !(e->ctl = rly_control_new(e, &s->ctl_loop, &g_hooks, err, errlen))) rc = -EINVAL;
   if (rc != 0) {
     rly_server_free(s);
@@ -281,11 +293,37 @@ static bool post_control(rly_server *s, void (*run)(rly_msg *m)) {
   return false;
 }
 
+static void accept_now(rly_server *s) {
+  int rc = rly_listener_start(&s->listener, &s->ctl_loop);
+  if (rc != 0) cm_log(CM_LOG_ERROR, "relay", "cannot accept", CM_S("error", uv_strerror(rc)));
+}
+
+static void stop_link_poll(rly_server *s) {
+  if (!s->link_poll_on) return;
+  s->link_poll_on = false;
+  uv_close((uv_handle_t *)&s->link_poll, NULL);
+}
+
+static void on_link_poll(uv_timer_t *t) {
+  rly_server *s = t->data;
+  if (rly_control_links(s->edge.ctl) == 0) return;
+  stop_link_poll(s);
+  cm_log(CM_LOG_INFO, "relay", "controller link up: accepting");
+  accept_now(s);
+}
+
 static void run_start_accepting(rly_msg *m) {
   rly_server *s = ((server_msg *)m)->s;
   free(m);
-  int rc = rly_listener_start(&s->listener, &s->ctl_loop);
-  if (rc != 0) cm_log(CM_LOG_ERROR, "relay", "cannot accept", CM_S("error", uv_strerror(rc)));
+  if (!s->wait_link || rly_control_links(s->edge.ctl) > 0) {
+    accept_now(s);
+    return;
+  }
+  cm_log(CM_LOG_INFO, "relay", "inherited sockets: accepting once a controller link is up");
+  uv_timer_init(&s->ctl_loop, &s->link_poll);
+  s->link_poll.data = s;
+  s->link_poll_on = true;
+  uv_timer_start(&s->link_poll, on_link_poll, LINK_POLL_MS, LINK_POLL_MS);
 }
 
 /* reuseport: a worker starts or stops its own listener, on its loop. */
@@ -379,6 +417,8 @@ int rly_server_start(rly_server *s, char *err, size_t errlen) {
   }
   s->ctl_thread_ok = true;
   if (linked && (rc = wait_for_link(s, err, errlen)) != 0) return rc;
+  s->wait_link = !linked && !s->reuseport && e->cfg->controller_ca && *e->cfg->controller_ca &&
+                 cm_activation_inherited(s->listener.fd);
   if ((rc = start_accepting(s, err, errlen)) != 0) {
     if (rc == -ENOMEM) snprintf(err, errlen, "out of memory");
     return rc;
@@ -416,10 +456,24 @@ static void run_shutdown(rly_msg *m) {
   cm_log(CM_LOG_INFO, "relay", "shutting down", CM_I("connections", atomic_load(&s->edge.live)),
          CM_I("workers", s->edge.nworkers), CM_I("grace_ms", s->edge.cfg->shutdown_grace_ms));
   rly_listener_close(&s->listener, NULL);
+  stop_link_poll(s);
+  rly_reload_stop(&s->edge);
+  /* No more controller connections either, and controllers are told: a
+   * successor sharing our sockets gets its link now, not after the drain. */
+  rly_control_leave(s->edge.ctl);
   for (size_t i = 0; i < s->edge.nworkers; i++) {
     if (s->reuseport) post_listener(&s->per_worker[i], run_worker_unlisten); /* before its drain */
     rly_worker_shutdown(s->workers[i]);
   }
+}
+
+int rly_server_reload(rly_server *s, rly_config *cfg, void (*cfg_free)(rly_config *cfg), char *err,
+                      size_t errlen) {
+  if (!s->ctl_thread_ok || atomic_load(&s->shutdown_asked)) {
+    snprintf(err, errlen, "the relay is not running");
+    return -EAGAIN;
+  }
+  return rly_reload(&s->edge, cfg, cfg_free, err, errlen);
 }
 
 void rly_server_shutdown(rly_server *s, void (*done)(void *), void *ud) {
@@ -472,6 +526,8 @@ void rly_server_free(rly_server *s) {
   rly_control_free(s->edge.ctl);
   rly_router_free(s->router);
   rly_ip_free(&s->edge);
+  rly_cidrs_free(&s->edge.trusted);
+  rly_reload_free(&s->edge);
   uv_mutex_destroy(&s->edge.ip_lock);
   cm_tls_ctx_free(s->edge.tls);
   free(s);

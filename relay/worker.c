@@ -6,6 +6,7 @@
 #include "relay/control.h"
 #include "relay/dataplane.h"
 #include "relay/mailbox.h"
+#include "relay/preface.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -55,7 +56,9 @@ static void run_drained(rly_msg *m) {
  * connection may still arrive from another worker: see server.c). */
 static void maybe_finish(rly_wctx *ctx) {
   rly_worker *w = cm_container_of(ctx, rly_worker, ctx);
-  if (!ctx->shutting_down || rly_conns_count(&w->conns) > 0 || rly_dp_peers(ctx->dp) > 0) return;
+  if (!ctx->shutting_down || rly_conns_count(&w->conns) > 0 || rly_dp_peers(ctx->dp) > 0 ||
+      rly_prefaces_count(ctx->prefaces) > 0)
+    return;
   uv_timer_stop(&w->grace);
   worker_msg *k = calloc(1, sizeof *k);
   if (!k) return;
@@ -70,6 +73,7 @@ static void on_grace(uv_timer_t *t) {
          CM_I("worker", w->ctx.index), CM_I("connections", rly_conns_count(&w->conns)),
          CM_I("peers", rly_dp_peers(w->ctx.dp)));
   rly_conns_abort_all(&w->conns);
+  rly_prefaces_abort(w->ctx.prefaces);
   rly_dp_close_all(w->ctx.dp, 1001, "relay shutting down");
 }
 
@@ -138,6 +142,7 @@ rly_worker *rly_worker_new(rly_edge *e, size_t index, const rly_router *router,
   }
   if (rc == 0) rc = rly_conns_init(&w->conns, c, router);
   if (rc == 0 && !(c->dp = rly_dp_new(c))) rc = UV_ENOMEM;
+  if (rc == 0 && !(c->prefaces = rly_prefaces_new(c))) rc = UV_ENOMEM;
   if (rc == 0) rc = uv_timer_init(&w->loop, &w->grace);
   if (rc != 0) {
     snprintf(err, errlen, "worker %zu: %s", index, uv_strerror(rc));
@@ -192,6 +197,7 @@ void rly_worker_free(rly_worker *w) {
     uv_loop_close(&w->loop);
   }
   rly_dp_free(w->ctx.dp);
+  rly_prefaces_free(w->ctx.prefaces);
   if (w->inbox_ok) rly_mailbox_destroy(&w->inbox);
   free(w);
 }

@@ -27,6 +27,7 @@ typedef struct clink {
   cm_list node;
   bool tls, up;
   bool retiring; /* replaced by a newer link: closes after the overlap */
+  bool leaving;  /* the relay process said Leaving: it closes this link when drained */
   uint64_t opened_ms;
   uint64_t up_ms; /* when its Hello made the link up; 0 before */
   char node_id[128];
@@ -221,11 +222,29 @@ static void set_up(clink *l, bool up) {
     c->nup++;
   else
     c->nup--;
-  cm_log(up || c->closing || l->retiring ? CM_LOG_INFO : CM_LOG_WARN, /* ours: no alarm */
+  cm_log(up || c->closing || l->retiring || l->leaving ? CM_LOG_INFO : CM_LOG_WARN, /* no alarm */
          "tunnel", up ? "relay link up" : "relay link down", CM_S("relay", l->node_id),
          CM_S("peer", l->base.peer), CM_I("links", c->nup), CM_S("reason", up ? "" : l->base.why));
   if (c->h.on_link) c->h.on_link(c->ud, (tun_ctl_link *)l, up);
   if (up) rotation_link_up(l);
+}
+
+/* The relay process on this link stops accepting (a restart or upgrade):
+ * its successor may already share the address and wait for a link, so the
+ * dialer dials now, as for a new relay, while this link runs on until the
+ * relay closes it (its draining sessions report here).  Its end then
+ * causes no redial. */
+static void relay_leaving(clink *l) {
+  dialer *d = l->d;
+  if (l->leaving) return;
+  l->leaving = true;
+  cm_log(CM_LOG_INFO, "tunnel", "relay leaving; dialing its address again",
+         CM_S("relay", l->node_id), CM_S("peer", l->base.peer));
+  if (!d || d->link != l || l->c->closing) return; /* adopted, or not the dialer's current link */
+  l->d = NULL;
+  d->link = NULL;
+  d->attempt = 0;
+  dial_now(d);
 }
 
 static int on_event_message(void *ud, const uint8_t *msg, size_t len) {
@@ -240,6 +259,8 @@ static int on_event_message(void *ud, const uint8_t *msg, size_t len) {
      * link_closed resets the count if the link then stays up stable_ms. */
     if (!l->up) l->up_ms = cm_now_mono_ms();
     set_up(l, true);
+  } else if (ev->kind_case == RELAY__V1__RELAY_EVENT__KIND_LEAVING) {
+    relay_leaving(l);
   }
   if (l->c->h.on_event) l->c->h.on_event(l->c->ud, (tun_ctl_link *)l, ev);
   tun_grpc_free(&ev->base);
@@ -612,13 +633,17 @@ int tun_ctl_link_send(tun_ctl_link *tl, const Relay__V1__ControllerCommand *cmd)
   return rc;
 }
 
+/* Every link of the node: while one relay process hands over to the next
+ * (Leaving) both have one, and the command may concern either; a relay
+ * ignores a Kick for a session it does not hold. */
 bool tun_ctl_send_to_node(tun_ctl *c, const char *node, const Relay__V1__ControllerCommand *cmd) {
+  bool sent = false;
   for (cm_list *p = c->links.next; p != &c->links; p = p->next) {
     clink *l = cm_container_of(p, clink, node);
     if (l->up && strcmp(l->node_id, node) == 0 && tun_ctl_link_send((tun_ctl_link *)l, cmd) == 0)
-      return true;
+      sent = true;
   }
-  return false;
+  return sent;
 }
 
 const char *tun_ctl_link_node(const tun_ctl_link *l) { return ((const clink *)l)->node_id; }

@@ -114,6 +114,7 @@ struct tun_relay {
   size_t nbackoffs;
   bool closing;
   int handles;
+  bool leaving; /* tun_relay_leave: controllers were told */
   void (*done)(void *);
   void *done_ud;
 };
@@ -218,6 +219,14 @@ static void send_hello(rlink *l) {
   tun_outq_push(&l->base, l->events_sid, &l->events_out, &ev.base);
 }
 
+static void send_leaving(rlink *l) {
+  Relay__V1__Leaving leaving = RELAY__V1__LEAVING__INIT;
+  Relay__V1__RelayEvent ev = RELAY__V1__RELAY_EVENT__INIT;
+  ev.kind_case = RELAY__V1__RELAY_EVENT__KIND_LEAVING;
+  ev.leaving = &leaving;
+  tun_outq_push(&l->base, l->events_sid, &l->events_out, &ev.base);
+}
+
 static void open_events(rlink *l) {
   nghttp2_nv nv[] = {
       TUN_NV(":method", "POST"),
@@ -243,6 +252,7 @@ static void open_events(rlink *l) {
   }
   l->events_since_ms = cm_now_mono_ms();
   send_hello(l);
+  if (l->r->leaving) send_leaving(l); /* a stream reopened while we drain */
   tun_link_wake_at(&l->base, l->events_since_ms + EVENTS_SETTLE_MS);
 }
 
@@ -960,29 +970,34 @@ tun_relay *tun_relay_new(uv_loop_t *loop, const tun_relay_config *cfg, const tun
   uv_timer_init(loop, &r->tick);
   r->tick.data = r;
   r->handles = 1;
-  if (cfg->cert_file) {
-    cm_tls_config tc;
-    cm_tls_config_init(&tc);
-    tc.cert_file = cfg->cert_file;
-    tc.key_file = cfg->key_file;
-    tc.ca_file = cfg->ca_file;
-    tc.verify_peer = true;
-    tc.require_peer_cert = true;
-    tc.alpn = "h2";
-    tc.tls13_only = true; /* both ends are ours */
-    tc.cleanse_plaintext = true;
-    if (!cfg->ca_file) {
-      snprintf(err, errlen, "controller-ca: the tunnel needs the controller CA to verify peers");
-      tun_relay_free(r);
-      return NULL;
-    }
-    r->tls = cm_tls_ctx_new_server(&tc, err, errlen);
-    if (!r->tls) {
-      tun_relay_free(r);
-      return NULL;
-    }
+  if (cfg->cert_file && !(r->tls = tun_relay_tls_new(cfg, err, errlen))) {
+    tun_relay_free(r);
+    return NULL;
   }
   return r;
+}
+
+cm_tls_ctx *tun_relay_tls_new(const tun_relay_config *cfg, char *err, size_t errlen) {
+  cm_tls_config tc;
+  cm_tls_config_init(&tc);
+  tc.cert_file = cfg->cert_file;
+  tc.key_file = cfg->key_file;
+  tc.ca_file = cfg->ca_file;
+  tc.verify_peer = true;
+  tc.require_peer_cert = true;
+  tc.alpn = "h2";
+  tc.tls13_only = true; /* both ends are ours */
+  tc.cleanse_plaintext = true;
+  if (!cfg->ca_file) {
+    snprintf(err, errlen, "controller-ca: the tunnel needs the controller CA to verify peers");
+    return NULL;
+  }
+  return cm_tls_ctx_new_server(&tc, err, errlen);
+}
+
+void tun_relay_set_tls(tun_relay *r, cm_tls_ctx *tls) {
+  cm_tls_ctx_free(r->tls); /* links made from it keep it while they live */
+  r->tls = tls;
 }
 
 int tun_relay_listen(tun_relay *r, const char *hostport, char *err, size_t errlen) {
@@ -1029,6 +1044,24 @@ static void maybe_closed(tun_relay *r) {
     r->done = NULL;
     done(r->done_ud);
   }
+}
+
+void tun_relay_leave(tun_relay *r) {
+  if (r->leaving || r->closing) return;
+  r->leaving = true;
+  if (r->listening) uv_close((uv_handle_t *)&r->listener, on_handle_closed);
+  r->listening = false;
+  size_t told = 0;
+  for (cm_list *p = r->links.next; p != &r->links; p = p->next) {
+    rlink *l = cm_container_of(p, rlink, node);
+    if (l->events_sid > 0 && !l->base.closing) {
+      send_leaving(l);
+      tun_link_pump(&l->base);
+      told++;
+    }
+  }
+  cm_log(CM_LOG_INFO, "tunnel", "leaving: no more controller connections accepted",
+         CM_I("links_told", told));
 }
 
 void tun_relay_close(tun_relay *r, void (*done)(void *), void *ud) {

@@ -154,6 +154,13 @@ typedef void (*tun_call_cb)(void *ud, int status, const char *message, const Pro
 
 tun_relay *tun_relay_new(uv_loop_t *loop, const tun_relay_config *cfg, const tun_relay_cbs *cbs,
                          void *ud, char *err, size_t errlen);
+/* The tunnel listener's TLS context from cfg's certificate, key and
+ * controller CA (any thread; a reload builds one to check it loads). */
+cm_tls_ctx *tun_relay_tls_new(const tun_relay_config *cfg, char *err, size_t errlen);
+/* Takes over tls for the controller connections accepted from now on (a
+ * reload); links up keep theirs and are verified anew at their next
+ * handshake.  On the relay's loop. */
+void tun_relay_set_tls(tun_relay *r, cm_tls_ctx *tls);
 /* Starts accepting controller connections on hostport ("0.0.0.0:8444"). */
 int tun_relay_listen(tun_relay *r, const char *hostport, char *err, size_t errlen);
 int tun_relay_port(const tun_relay *r);
@@ -194,6 +201,11 @@ void tun_call_cancel(tun_call *c);
  * counted (session counters are absolute, so the next report heals it). */
 int tun_relay_send_event(tun_relay *r, const char *controller, const Relay__V1__RelayEvent *ev);
 /* Closes every link and the listener; `done` runs once all is closed. */
+/* A restart or upgrade: stops accepting controller connections (links
+ * stay up, calls and events go on) and sends Leaving on every link, now
+ * and on any Events stream reopened later, so controllers dial the
+ * relay's address again — reaching the process that took it over. */
+void tun_relay_leave(tun_relay *r);
 void tun_relay_close(tun_relay *r, void (*done)(void *ud), void *ud);
 void tun_relay_free(tun_relay *r);
 
@@ -256,7 +268,7 @@ const char *tun_ctl_link_node(const tun_ctl_link *l);
 const char *tun_ctl_link_public_url(const tun_ctl_link *l);
 /* Sends a command on the link's Events stream. */
 int tun_ctl_link_send(tun_ctl_link *l, const Relay__V1__ControllerCommand *cmd);
-/* Sends to the link serving `node` (false when no such link is up). */
+/* Sends to every link up serving `node` (false when there is none). */
 bool tun_ctl_send_to_node(tun_ctl *c, const char *node, const Relay__V1__ControllerCommand *cmd);
 size_t tun_ctl_links(const tun_ctl *c);
 /* Names the registry this controller answers from (TUN_HDR_REGISTRY) on

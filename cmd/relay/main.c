@@ -3,6 +3,7 @@
  * only.  Every subcommand takes --help; a bad subcommand or flag exits 2
  * with a usage line.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -37,6 +38,13 @@ static const cm_cfg_opt g_serve_opts[] = {
         "serve plain HTTP/WS (loopback only unless --allow-public-plain)", NULL),
     OPT("allow-public-plain", CM_CFG_BOOL, allow_public_plain, "false", 0, 0,
         "allow --plain on a non-loopback address (TLS terminated by a proxy)", NULL),
+    OPT("proxy-protocol", CM_CFG_BOOL, proxy_protocol, "false", 0, 0,
+        "connections from --trusted-proxies open with a PROXY v1/v2 header naming the client "
+        "(required from them, refused from anyone else)",
+        NULL),
+    OPT("trusted-proxies", CM_CFG_LIST, trusted_proxies, NULL, 0, 0,
+        "proxies whose PROXY header, Forwarded or X-Forwarded-For name the client (repeatable)",
+        "CIDR"),
     OPT("client-ca", CM_CFG_STRING, client_ca, NULL, 0, 0,
         "request client certificates verified by this CA; fingerprints go to the controller",
         "FILE"),
@@ -133,13 +141,17 @@ static const cm_cfg_opt g_serve_opts[] = {
     OPT("metrics", CM_CFG_STRING, metrics, "loopback", 0, 0,
         "who may read /metrics: public, loopback or off", "MODE"),
     OPT("log-level", CM_CFG_STRING, log_level, "info", 0, 0, "debug, info, warn or error", "LEVEL"),
+    OPT("pid-file", CM_CFG_STRING, pid_file, NULL, 0, 0,
+        "write the process id here once listening (removed at exit)", "FILE"),
 };
 
 static const cm_cfg_spec g_serve_spec = {
     "relay serve [options]",
     "Run the public relay: HTTPS and WebSocket on --listen (health /healthz, readiness /readyz,\n"
-    "metrics /metrics, sessions on /relay/{id}).  With --controller-ca, controllers dial in on\n"
-    "--tunnel-listen over mutual TLS; without it the reference controller runs in-process.",
+    "metrics /metrics, dashboard /dashboard, sessions on /relay/{id}).  With --controller-ca,\n"
+    "controllers dial in on --tunnel-listen over mutual TLS; without it the reference\n"
+    "controller runs in-process.  SIGHUP (or `relay reload`) reads the settings and every\n"
+    "certificate again; SIGTERM stops accepting and drains for --shutdown-grace.",
     g_serve_opts, CM_ARRAY_LEN(g_serve_opts), NULL};
 
 /* ---- serve ------------------------------------------------------------------ */
@@ -148,7 +160,10 @@ typedef struct serve_ctx {
   uv_loop_t *loop;
   rly_server *srv;
   ctl_embedded *embedded; /* the in-process controller, without --controller-ca */
-  uv_signal_t sigint, sigterm;
+  uv_signal_t sigint, sigterm, sighup;
+  int argc; /* serve's arguments, read again at each reload */
+  char **argv;
+  rly_config *now;    /* the settings in force (the relay frees those reloads brought) */
   uv_async_t stopped; /* the relay's threads have drained */
   int signals;
 } serve_ctx;
@@ -187,6 +202,7 @@ static void on_stopped(uv_async_t *a) {
   serve_ctx *x = a->data;
   uv_close((uv_handle_t *)&x->sigint, NULL);
   uv_close((uv_handle_t *)&x->sigterm, NULL);
+  uv_close((uv_handle_t *)&x->sighup, NULL);
   uv_close((uv_handle_t *)&x->stopped, NULL);
 }
 
@@ -203,7 +219,152 @@ static void on_signal(uv_signal_t *h, int signum) {
     exit(1);
   }
   cm_log(CM_LOG_INFO, "relay", "signal received", CM_I("signal", signum));
+  cm_notify("STOPPING=1");
   rly_server_shutdown(x->srv, on_shutdown_done, x);
+}
+
+/* Once listening: every inherited socket must have found its listener (a
+ * socket unit naming an address we do not serve is a mistake to report,
+ * not to ignore), then the pid file, then systemd hears we are ready. */
+static int announce_ready(const rly_config *cfg) {
+  char left[512];
+  if (cm_activation_unclaimed(left, sizeof left) > 0) {
+    cm_log(CM_LOG_ERROR, "relay", "inherited sockets match no listener (--listen, --tunnel-listen)",
+           CM_S("sockets", left));
+    return -1;
+  }
+  if (cfg->pid_file) {
+    char pid[32];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    int rc = cm_write_file_atomic(cfg->pid_file, pid, (size_t)n, 0644, false);
+    if (rc != 0) {
+      cm_log(CM_LOG_ERROR, "relay", "cannot write the pid file", CM_S("pid_file", cfg->pid_file),
+             CM_S("error", strerror(-rc)));
+      return -1;
+    }
+  }
+  cm_notify("READY=1");
+  return 0;
+}
+
+/* What serve makes of its settings once parsed, at start and at each
+ * reload: durations the controller counts in seconds, the development
+ * certificate. */
+static int serve_settings(rly_config *cfg, char *err, size_t errlen) {
+  cfg->max_ttl_s /= 1000;
+  cfg->max_peer_wait_s /= 1000;
+  static char dev_cert[4096], dev_key[4096];
+  if (cfg->dev_cert_dir && !cfg->tls_cert && !cfg->plain) {
+    char why[400];
+    if (rly_dev_cert_ensure(cfg->dev_cert_dir, dev_cert, dev_key, why, sizeof why) != 0) {
+      snprintf(err, errlen, "dev-cert-dir: %s", why);
+      return -1;
+    }
+    cfg->tls_cert = strdup(dev_cert);
+    cfg->tls_key = strdup(dev_key);
+    cm_log(CM_LOG_WARN, "relay", "using a self-signed development certificate",
+           CM_S("cert", dev_cert));
+  }
+  return 0;
+}
+
+/* ---- reload ------------------------------------------------------------------ */
+
+/* What a reload may change; anything else is fixed for the process's life
+ * (the sockets, the workers, the embedded controller, the controller
+ * identity, the trusted proxies, the deadlines' timeouts) and a change to
+ * it refuses the reload, named. */
+static const char *const g_reloadable[] = {
+    "tls-cert",       "tls-key",          "client-ca",       "tunnel-cert",       "tunnel-key",
+    "controller-ca",  "cors-origin",      "max-connections", "max-conns-per-ip",  "max-sessions",
+    "max-message",    "hold-bytes",       "peer-wait",       "ws-high-watermark", "ping-idle",
+    "shutdown-grace", "metrics",          "log-level",       "dev-cert-dir",      "pid-file",
+    "oidc-issuer",    "oidc-audience",    "oidc-ca",         "client-id-hint",    "jwt-leeway",
+    "jwks-refresh",   "jwks-min-refetch",
+};
+
+static bool reloadable(const char *name) {
+  for (size_t i = 0; i < CM_ARRAY_LEN(g_reloadable); i++)
+    if (strcmp(g_reloadable[i], name) == 0) return true;
+  return false;
+}
+
+static bool str_eq(const char *a, const char *b) {
+  return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* The option's field in both settings (copied out: the table gives byte
+ * offsets, and a field is read as its own type). */
+#define FIELDS(type, x, y)                                                                         \
+  type x, y;                                                                                       \
+  memcpy(&x, (const char *)a + o->offset, sizeof x);                                               \
+  memcpy(&y, (const char *)b + o->offset, sizeof y)
+
+static bool opt_equal(const cm_cfg_opt *o, const rly_config *a, const rly_config *b) {
+  if (o->type == CM_CFG_STRING) {
+    typedef const char *cstr;
+    FIELDS(cstr, sa, sb);
+    return str_eq(sa, sb);
+  }
+  if (o->type == CM_CFG_BOOL) {
+    FIELDS(bool, ba, bb);
+    return ba == bb;
+  }
+  if (o->type == CM_CFG_LIST) {
+    FIELDS(cm_strlist, la, lb);
+    if (la.n != lb.n) return false;
+    for (size_t i = 0; i < la.n; i++)
+      if (!str_eq(la.v[i], lb.v[i])) return false;
+    return true;
+  }
+  FIELDS(long long, na, nb);
+  return na == nb;
+}
+#undef FIELDS
+
+static void free_settings(rly_config *cfg) {
+  cm_config_free(&g_serve_spec, cfg);
+  free(cfg);
+}
+
+/* Reads the settings again (flags, environment, --config file) and hands
+ * them to the relay, which loads every certificate before changing
+ * anything; a refusal names the setting and the running ones stay. */
+static void reload(serve_ctx *x) {
+  char err[600];
+  rly_config *cfg = calloc(1, sizeof *cfg);
+  int rc = cfg ? cm_config_load(&g_serve_spec, cfg, x->argc, x->argv, NULL, err, sizeof err) : -1;
+  if (!cfg) snprintf(err, sizeof err, "out of memory");
+  if (rc == CM_CFG_OK) rc = serve_settings(cfg, err, sizeof err);
+  for (size_t i = 0; rc == CM_CFG_OK && i < g_serve_spec.nopts; i++) {
+    const cm_cfg_opt *o = &g_serve_spec.opts[i];
+    if (!reloadable(o->name) && !opt_equal(o, x->now, cfg)) {
+      snprintf(err, sizeof err, "%s: a change needs a restart", o->name);
+      rc = -1;
+    }
+  }
+  bool remote_now = x->now->controller_ca && *x->now->controller_ca;
+  if (rc == CM_CFG_OK && remote_now != (cfg->controller_ca && *cfg->controller_ca)) {
+    snprintf(err, sizeof err,
+             "controller-ca: between embedded and remote controllers, a "
+             "change needs a restart");
+    rc = -1;
+  }
+  if (rc == CM_CFG_OK && rly_server_reload(x->srv, cfg, free_settings, err, sizeof err) == 0) {
+    x->now = cfg;
+    return;
+  }
+  cm_log(CM_LOG_ERROR, "relay", "reload refused; the running settings stay", CM_S("error", err));
+  if (cfg) free_settings(cfg);
+}
+
+static void on_sighup(uv_signal_t *h, int signum) {
+  CM_UNUSED(signum);
+  serve_ctx *x = h->data;
+  cm_log(CM_LOG_INFO, "relay", "reloading (SIGHUP)");
+  cm_notify("RELOADING=1");
+  reload(x);
+  cm_notify("READY=1");
 }
 
 static int cmd_serve(int argc, char **argv) {
@@ -220,29 +381,19 @@ static int cmd_serve(int argc, char **argv) {
   }
   cm_log_set_level(lvl);
   signal(SIGPIPE, SIG_IGN);
-  /* Durations for the controller's limits are given as durations but the
-   * controller counts seconds. */
-  cfg.max_ttl_s /= 1000;
-  cfg.max_peer_wait_s /= 1000;
-  static char dev_cert[4096], dev_key[4096];
-  if (cfg.dev_cert_dir && !cfg.tls_cert && !cfg.plain) {
-    if (rly_dev_cert_ensure(cfg.dev_cert_dir, dev_cert, dev_key, err, sizeof err) != 0) {
-      cm_log(CM_LOG_ERROR, "relay", "development certificate", CM_S("error", err));
-      cm_config_free(&g_serve_spec, &cfg);
-      return 1;
-    }
-    cfg.tls_cert = strdup(dev_cert);
-    cfg.tls_key = strdup(dev_key);
-    cm_log(CM_LOG_WARN, "relay", "using a self-signed development certificate",
-           CM_S("cert", dev_cert));
+  if (serve_settings(&cfg, err, sizeof err) != 0) {
+    cm_log(CM_LOG_ERROR, "relay", "development certificate", CM_S("error", err));
+    cm_config_free(&g_serve_spec, &cfg);
+    return 1;
   }
 
   serve_ctx x = {.loop = uv_default_loop()};
   bool embedded = !cfg.controller_ca || !*cfg.controller_ca;
   x.srv = rly_server_new(&cfg, err, sizeof err);
-  if (!x.srv || (embedded && start_embedded(&x, &cfg, err, sizeof err) != 0) ||
-      rly_server_start(x.srv, err, sizeof err) != 0) {
-    cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
+  bool started = x.srv && (!embedded || start_embedded(&x, &cfg, err, sizeof err) == 0) &&
+                 rly_server_start(x.srv, err, sizeof err) == 0;
+  if (!started) cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
+  if (!started || announce_ready(&cfg) != 0) {
     rly_server_free(x.srv);
     ctl_embedded_stop(x.embedded);
     cm_config_free(&g_serve_spec, &cfg);
@@ -255,12 +406,63 @@ static int cmd_serve(int argc, char **argv) {
   x.sigint.data = x.sigterm.data = &x;
   uv_signal_start(&x.sigint, on_signal, SIGINT);
   uv_signal_start(&x.sigterm, on_signal, SIGTERM);
+  x.argc = argc;
+  x.argv = argv;
+  x.now = &cfg;
+  uv_signal_init(x.loop, &x.sighup);
+  x.sighup.data = &x;
+  uv_signal_start(&x.sighup, on_sighup, SIGHUP);
   uv_run(x.loop, UV_RUN_DEFAULT);
   rly_server_free(x.srv);
   ctl_embedded_stop(x.embedded); /* after the relay closed its end */
   uv_loop_close(x.loop);
+  if (cfg.pid_file) unlink(cfg.pid_file);
   cm_config_free(&g_serve_spec, &cfg);
   return 0;
+}
+
+/* ---- reload ------------------------------------------------------------------- */
+
+typedef struct reload_cfg {
+  char *pid_file;
+} reload_cfg;
+
+static const cm_cfg_opt g_reload_opts[] = {
+    {"pid-file", CM_CFG_STRING, offsetof(reload_cfg, pid_file), NULL, 0, 0,
+     "the running relay's --pid-file", "FILE"},
+};
+
+static const cm_cfg_spec g_reload_spec = {
+    "relay reload --pid-file FILE",
+    "Ask a running `relay serve` to reload (SIGHUP to the pid in its --pid-file): it reads\n"
+    "its settings again (flags, environment, --config file) and every certificate and key;\n"
+    "a reload that does not load is refused whole (see its log) and the running settings stay.",
+    g_reload_opts, CM_ARRAY_LEN(g_reload_opts), NULL};
+
+static int cmd_reload(int argc, char **argv) {
+  reload_cfg rc_;
+  memset(&rc_, 0, sizeof rc_);
+  int rc = cm_config_cli(&g_reload_spec, &rc_, argc, argv, "relay reload");
+  if (rc >= 0) return rc;
+  rc = 1;
+  char text[32] = "";
+  FILE *f = rc_.pid_file ? fopen(rc_.pid_file, "r") : NULL;
+  long pid = 0;
+  char *end = NULL;
+  if (f && fgets(text, sizeof text, f)) pid = strtol(text, &end, 10);
+  if (f) fclose(f);
+  if (!rc_.pid_file) {
+    fprintf(stderr, "relay reload: --pid-file is required\n");
+    rc = EXIT_USAGE;
+  } else if (pid <= 1 || !end || (*end && *end != '\n')) {
+    fprintf(stderr, "relay reload: no process id in %s\n", rc_.pid_file);
+  } else if (kill((pid_t)pid, SIGHUP) != 0) {
+    fprintf(stderr, "relay reload: pid %ld: %s\n", pid, strerror(errno));
+  } else {
+    rc = 0;
+  }
+  cm_config_free(&g_reload_spec, &rc_);
+  return rc;
 }
 
 /* ---- version ------------------------------------------------------------------ */
@@ -333,6 +535,7 @@ static int cmd_gen_csr(int argc, char **argv) {
 
 static const cm_subcmd g_cmds[] = {
     {"serve", cmd_serve, "run the relay"},
+    {"reload", cmd_reload, "make a running relay reload its settings and certificates"},
     {"gen-csr", cmd_gen_csr, "make the tunnel key and print a CSR for enrolment"},
     {"create", cmd_create, "create a session (admin API)"},
     {"list", cmd_list, "list sessions (admin API)"},

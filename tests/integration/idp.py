@@ -5,8 +5,18 @@ CA, so the relay trusts it with --oidc-ca certs.ca_crt) on 127.0.0.1 with
 an ephemeral port, serving on its own thread:
 
 * ``/.well-known/openid-configuration``: issuer, jwks_uri and the
-  authorization, token and device-authorization endpoints (URLs only: the
-  relay never calls them, it only republishes them in its discovery).
+  authorization, token and device-authorization endpoints (the relay
+  never calls them, it only republishes them in its discovery).
+* ``GET /authorize`` (RFC 6749 §4.1 with PKCE, RFC 7636): the browser's
+  sign-in.  The test plays a user who is already signed in at the
+  provider (``authorize_sub``) and consents at once, so the answer is a
+  302 to the client's registered ``redirect_uris`` with a one-time code
+  and the state — or, with ``authorize_error`` set, with that error.  Only
+  S256 challenges are taken; ``authorizations`` records the requests.
+  The token endpoint's ``authorization_code`` grant checks the code, the
+  client, the redirect URI and the verifier against the challenge.
+  Browsers call the token endpoint across origins: it answers CORS for
+  the origins in ``web_origins``.
 * ``/jwks``: the public halves of the *published* keys.
 * ``POST /device`` (RFC 8628 §3.1-3.2) and ``POST /token`` (RFC 6749 §4.4
   and §6, RFC 8628 §3.4-3.5): the OAuth side a CLI client signs in
@@ -152,6 +162,13 @@ class IdP:
         self.grants = []             # DeviceGrant, in order
         self.refresh_tokens = {}     # refresh token -> (client id, scope, sub)
         self.token_requests = []     # (monotonic time, grant_type, form dict)
+        # The browser's sign-in (see the module comment).
+        self.redirect_uris = {}      # client id -> [registered redirect URIs]
+        self.web_origins = set()     # origins the token endpoint answers CORS for
+        self.authorize_sub = "operator"
+        self.authorize_error = None  # e.g. "access_denied": refuse instead
+        self.authorizations = []     # the query (dict) of each /authorize
+        self.codes = {}              # code -> (client, redirect, challenge, scope, sub)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -173,14 +190,25 @@ class IdP:
                 pass
 
             def do_GET(self):
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 with idp._lock:
                     idp.requests.append((time.monotonic(), path))
                     idp.host_headers.append(self.headers.get("Host"))
                     up = idp.available
                     doc = idp._document(path) if up else None
+                    if up and path == "/authorize":
+                        status, where = idp._authorize(urllib.parse.parse_qs(query))
                 if not up:
                     return self._send(503, {"error": "temporarily_unavailable"})
+                if path == "/authorize":
+                    if status != 302:
+                        return self._send(status, where)
+                    self.send_response(302)
+                    self.send_header("Location", where)
+                    self.send_header("Cache-Control", "no-store")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if doc is None:
                     return self._send(404, {"error": "not_found"})
                 self._send(200, doc)
@@ -203,9 +231,23 @@ class IdP:
                         status, doc = idp._post(path, form, self.headers.get("Authorization"))
                 self._send(status, doc)
 
+            def do_OPTIONS(self):
+                self._send(204, None)
+
+            def _cors(self):
+                origin = self.headers.get("Origin")
+                with idp._lock:
+                    allowed = origin in idp.web_origins
+                if allowed:
+                    self.send_header("Access-Control-Allow-Origin", origin)
+                    self.send_header("Access-Control-Allow-Methods", "POST")
+                    self.send_header("Access-Control-Allow-Headers", "Content-Type")
+                    self.send_header("Vary", "Origin")
+
             def _send(self, status, obj):
-                body = json.dumps(obj).encode()
+                body = json.dumps(obj).encode() if obj is not None else b""
                 self.send_response(status)
+                self._cors()
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("Content-Length", str(len(body)))
@@ -280,11 +322,47 @@ class IdP:
             return self._device_poll(cid, form.get("device_code"))
         if grant == "refresh_token":
             return self._refresh(cid, form.get("refresh_token"))
+        if grant == "authorization_code":
+            return self._code_grant(cid, form)
         if grant == "client_credentials":
             if self.clients[cid] is None:
                 return 401, {"error": "unauthorized_client"}
             return 200, self._tokens(cid, form.get("scope", ""), cid, refresh=False)
         return 400, {"error": "unsupported_grant_type"}
+
+    def _authorize(self, query):
+        """(302, Location) or (400, error document) for a /authorize query.
+        Errors about the client or the redirect URI are not redirected
+        (RFC 6749 §4.1.2.1): the URI may be an attacker's."""
+        q = {k: v[0] for k, v in query.items()}
+        self.authorizations.append(q)
+        cid, redirect = q.get("client_id"), q.get("redirect_uri")
+        if cid not in self.clients or redirect not in self.redirect_uris.get(cid, ()):
+            return 400, {"error": "invalid_request",
+                         "error_description": "unknown client or redirect_uri"}
+        answer = {"state": q.get("state", "")}
+        if self.authorize_error:
+            answer["error"] = self.authorize_error
+        elif q.get("response_type") != "code":
+            answer["error"] = "unsupported_response_type"
+        elif q.get("code_challenge_method") != "S256" or not q.get("code_challenge"):
+            answer["error"] = "invalid_request"
+        else:
+            code = secrets.token_urlsafe(24)
+            self.codes[code] = (cid, redirect, q["code_challenge"], q.get("scope", ""),
+                                self.authorize_sub)
+            answer["code"] = code
+        return 302, redirect + "?" + urllib.parse.urlencode(answer)
+
+    def _code_grant(self, cid, form):
+        held = self.codes.pop(form.get("code") or "", None)  # one use only
+        if held is None or held[0] != cid or held[1] != form.get("redirect_uri"):
+            return 400, {"error": "invalid_grant"}
+        verifier = form.get("code_verifier") or ""
+        if b64url(hashlib.sha256(verifier.encode()).digest()) != held[2]:
+            return 400, {"error": "invalid_grant", "error_description": "PKCE verification failed"}
+        scope = " ".join(s for s in held[3].split() if s != "openid")
+        return 200, self._tokens(cid, scope, held[4], refresh=False)
 
     def _device_authorization(self, form, authorization):
         cid, refusal = self._client(form, authorization)

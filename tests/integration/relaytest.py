@@ -152,7 +152,7 @@ class LoggedProcess:
     as JSON objects.
     """
 
-    def __init__(self, argv, env=None, cwd=None, name=None):
+    def __init__(self, argv, env=None, cwd=None, name=None, pass_fds=()):
         self.argv = [str(a) for a in argv]
         self.name = name or os.path.basename(self.argv[0])
         full_env = dict(os.environ)
@@ -167,7 +167,8 @@ class LoggedProcess:
         self._eof = 0
         self.returncode = None
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=full_env, cwd=cwd)
+                                     stderr=subprocess.PIPE, env=full_env, cwd=cwd,
+                                     pass_fds=pass_fds)
         self._threads = [
             threading.Thread(target=self._reader, args=(self.proc.stderr, True), daemon=True),
             threading.Thread(target=self._reader, args=(self.proc.stdout, False), daemon=True),

@@ -1010,6 +1010,38 @@ static void test_gen_csr_checks_node_id(void **state) {
   free(csr);
 }
 
+/* A chain or bundle ends with its first certificate: the earliest notAfter. */
+static void test_cert_file_not_after(void **state) {
+  fixture *fx = *state;
+  char err[512] = "", path[PATH_MAX], both[PATH_MAX];
+  EVP_PKEY *k = new_p256();
+  char *ten = NULL, *three = NULL;
+  cm_pki_issue opt = {.cn = "t", .usage = CM_PKI_SERVER, .days = 10};
+  assert_int_equal(cm_pki_self_signed(k, &opt, &ten, err, sizeof err), 0);
+  opt.days = 3;
+  assert_int_equal(cm_pki_self_signed(k, &opt, &three, err, sizeof err), 0);
+  int64_t now = (int64_t)time(NULL), t = 0;
+  write_raw(path_in(fx, "ten.pem", path), ten, 0644);
+  assert_int_equal(cm_pki_cert_file_not_after(path, &t, err, sizeof err), 0);
+  assert_true(llabs((long long)(t - (now + 10 * 86400))) <= 60);
+  size_t n = strlen(ten) + strlen(three) + 1;
+  char *cat = malloc(n);
+  snprintf(cat, n, "%s%s", ten, three);
+  write_raw(path_in(fx, "both.pem", both), cat, 0644);
+  assert_int_equal(cm_pki_cert_file_not_after(both, &t, err, sizeof err), 0);
+  assert_true(llabs((long long)(t - (now + 3 * 86400))) <= 60);
+  write_raw(path_in(fx, "junk.pem", path), "not a certificate\n", 0644);
+  assert_int_equal(cm_pki_cert_file_not_after(path, &t, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "no PEM certificate"));
+  assert_true(cm_pki_cert_file_not_after(path_in(fx, "missing.pem", path), &t, err, sizeof err) <
+              0);
+  assert_non_null(strstr(err, "missing.pem"));
+  free(cat);
+  free(ten);
+  free(three);
+  EVP_PKEY_free(k);
+}
+
 static void test_cert_checks_null_safe(void **state) {
   (void)state;
   assert_false(cm_pki_cert_has_uri(NULL, CM_PKI_URI_RELAY));
@@ -1038,6 +1070,7 @@ int main(void) {
       T(test_dev_cert_fingerprint_matches_openssl),
       T(test_gen_csr_checks_node_id),
       T(test_cert_checks_null_safe),
+      T(test_cert_file_not_after),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
