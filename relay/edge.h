@@ -84,6 +84,8 @@ typedef struct rly_edge {
 
   /* The acceptor's counters (it alone writes them). */
   rly_counter conns_accepted, conns_refused;
+  /* Connections refused for their PROXY header (or its absence): workers. */
+  rly_counter proxy_refused;
 
   /* --trusted-proxies: who may name the client (PROXY header, Forwarded,
    * X-Forwarded-For); --proxy-protocol: they must send a PROXY header. */

@@ -85,6 +85,7 @@ static void finish(preface *p, bool ok) {
 static void refuse(preface *p, const char *why) {
   cm_log(CM_LOG_WARN, "proxy", "connection refused", CM_S("remote", p->remote),
          CM_S("reason", why));
+  rly_count(&p->ps->w->edge->proxy_refused, 1);
   finish(p, false);
 }
 

@@ -34,6 +34,9 @@ static void conns_text(rly_edge *e, cm_buf *b) {
           rly_counter_get(&e->conns_accepted));
   COUNTER("connections_refused_total", "Connections refused over a limit.",
           rly_counter_get(&e->conns_refused));
+  COUNTER("proxy_header_refused_total",
+          "Connections refused for their PROXY header: untrusted, missing, malformed or late.",
+          rly_counter_get(&e->proxy_refused));
   COUNTER("tls_handshake_failures_total", "Failed or timed-out TLS handshakes.",
           rly_counter_get(&m.tls_handshake_failures));
   COUNTER("http_requests_total", "HTTP requests received.", rly_counter_get(&m.http_requests));

@@ -316,10 +316,17 @@ def test_refusals(pki, start_relay):
     t0 = time.monotonic()
     assert_refused(relay, s, "no PROXY header in time")
     assert time.monotonic() - t0 < 5
-    # Every refusal left the relay serving.
+    # Every refusal left the relay serving, and each was counted.
     s = connect_from(relay.port, TRUSTED)
     assert healthz_on(s, v2_header("192.0.2.2", 2)).status == 200
     s.close()
+    s = connect_from(relay.port, "127.0.0.2")  # a direct loopback client may read /metrics
+    r = healthz_on(s, path="/metrics")
+    s.close()
+    assert r.status == 200, r
+    refused = [line for line in r.body.decode().splitlines()
+               if line.startswith("relay_proxy_header_refused_total ")]
+    assert refused == ["relay_proxy_header_refused_total %d" % (3 + len(bad) + 1)], refused
 
 
 def test_forwarded_headers_only_from_trusted_proxies(pki, start_relay):
