@@ -390,6 +390,21 @@ static int cmd_serve(int argc, char **argv) {
   serve_ctx x = {.loop = uv_default_loop()};
   bool embedded = !cfg.controller_ca || !*cfg.controller_ca;
   x.srv = rly_server_new(&cfg, err, sizeof err);
+  /* The signals are ours before the relay says it is listening: a reload
+   * or a stop sent the moment it does must not find SIGHUP's default
+   * (death).  Their callbacks run only once the loop runs, below. */
+  uv_async_init(x.loop, &x.stopped, on_stopped);
+  x.stopped.data = &x;
+  uv_signal_init(x.loop, &x.sigint);
+  uv_signal_init(x.loop, &x.sigterm);
+  uv_signal_init(x.loop, &x.sighup);
+  x.sigint.data = x.sigterm.data = x.sighup.data = &x;
+  uv_signal_start(&x.sigint, on_signal, SIGINT);
+  uv_signal_start(&x.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&x.sighup, on_sighup, SIGHUP);
+  x.argc = argc;
+  x.argv = argv;
+  x.now = &cfg;
   bool started = x.srv && (!embedded || start_embedded(&x, &cfg, err, sizeof err) == 0) &&
                  rly_server_start(x.srv, err, sizeof err) == 0;
   if (!started) cm_log(CM_LOG_ERROR, "relay", "cannot start", CM_S("error", err));
@@ -399,19 +414,6 @@ static int cmd_serve(int argc, char **argv) {
     cm_config_free(&g_serve_spec, &cfg);
     return 1;
   }
-  uv_async_init(x.loop, &x.stopped, on_stopped);
-  x.stopped.data = &x;
-  uv_signal_init(x.loop, &x.sigint);
-  uv_signal_init(x.loop, &x.sigterm);
-  x.sigint.data = x.sigterm.data = &x;
-  uv_signal_start(&x.sigint, on_signal, SIGINT);
-  uv_signal_start(&x.sigterm, on_signal, SIGTERM);
-  x.argc = argc;
-  x.argv = argv;
-  x.now = &cfg;
-  uv_signal_init(x.loop, &x.sighup);
-  x.sighup.data = &x;
-  uv_signal_start(&x.sighup, on_sighup, SIGHUP);
   uv_run(x.loop, UV_RUN_DEFAULT);
   rly_server_free(x.srv);
   ctl_embedded_stop(x.embedded); /* after the relay closed its end */

@@ -85,6 +85,12 @@ def relay_with(certs, tmp_path, settings, extra=()):
     pid = str(tmp_path / "relay.pid")
     r = relaytest.Relay(extra=["--config", str(cfg), "--pid-file", pid] + list(extra))
     r.certs = certs  # what the relay's own helpers verify with
+    # The pid file follows "listening" (it is written once every listener
+    # is up), so `relay reload` may only look once it is there.
+    deadline = time.monotonic() + T
+    while not (os.path.exists(pid) and open(pid).read().strip()):
+        assert time.monotonic() < deadline, "no pid file " + pid
+        time.sleep(0.02)
     return r, cfg, pid
 
 
