@@ -136,13 +136,19 @@ static int write_frame(rc_ws *ws, const uint8_t *hdr, size_t hl, const uint8_t *
   return cm_stream_above_high(ws->st) ? 1 : 0;
 }
 
-static int send_masked(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin) {
+/* Masks data where it lies and sends it as one frame.  With headroom, data
+ * has RC_WS_HEADROOM writable bytes in front: the header goes there and
+ * the frame leaves as one piece. */
+static int send_masked(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin,
+                       bool headroom) {
   uint8_t key[4], hdr[WS_MAX_HEADER];
   next_mask(ws, key);
   size_t hl = ws_frame_header(hdr, fin, opcode, len, key);
   if (hl == 0) return -EINVAL;
   ws_mask(data, len, key, 0);
-  return write_frame(ws, hdr, hl, data, len);
+  if (!headroom) return write_frame(ws, hdr, hl, data, len);
+  memcpy(data - hl, hdr, hl);
+  return write_frame(ws, data - hl, hl + len, NULL, 0);
 }
 
 static bool data_opcode(uint8_t op) { return op == WS_BINARY || op == WS_TEXT || op == WS_CONT; }
@@ -152,19 +158,13 @@ _Static_assert(RC_WS_HEADROOM >= WS_MAX_HEADER, "room for any frame header");
 int rc_ws_send_headroom(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin) {
   if (ws->state != ST_OPEN || !ws->st || cm_stream_closing(ws->st)) return CM_ECLOSED;
   if (!data_opcode(opcode)) return -EINVAL;
-  uint8_t key[4], hdr[WS_MAX_HEADER];
-  next_mask(ws, key);
-  size_t hl = ws_frame_header(hdr, fin, opcode, len, key);
-  if (hl == 0) return -EINVAL;
-  ws_mask(data, len, key, 0);
-  memcpy(data - hl, hdr, hl);
-  return write_frame(ws, data - hl, hl + len, NULL, 0);
+  return send_masked(ws, opcode, data, len, fin, true);
 }
 
 int rc_ws_send_inplace(rc_ws *ws, uint8_t opcode, uint8_t *data, size_t len, bool fin) {
   if (ws->state != ST_OPEN || !ws->st || cm_stream_closing(ws->st)) return CM_ECLOSED;
   if (!data_opcode(opcode)) return -EINVAL;
-  return send_masked(ws, opcode, data, len, fin);
+  return send_masked(ws, opcode, data, len, fin, false);
 }
 
 int rc_ws_send(rc_ws *ws, uint8_t opcode, const void *data, size_t len, bool fin) {
@@ -174,7 +174,7 @@ int rc_ws_send(rc_ws *ws, uint8_t opcode, const void *data, size_t len, bool fin
   uint8_t *buf = len <= sizeof scratch ? scratch : malloc(len);
   if (!buf) return -ENOMEM;
   if (len) memcpy(buf, data, len);
-  int rc = send_masked(ws, opcode, buf, len, fin);
+  int rc = send_masked(ws, opcode, buf, len, fin, false);
   if (buf != scratch) free(buf);
   return rc;
 }
@@ -184,7 +184,7 @@ static void send_control(rc_ws *ws, uint8_t opcode, const uint8_t *payload, size
   if (!ws->st || cm_stream_closing(ws->st)) return;
   len = CM_MIN(len, sizeof copy);
   if (len) memcpy(copy, payload, len);
-  send_masked(ws, opcode, copy, len, true);
+  send_masked(ws, opcode, copy, len, true, false);
 }
 
 static void send_close(rc_ws *ws, uint16_t code, const char *reason) {

@@ -1104,9 +1104,9 @@ static pid_t spawn_peer(const char *mode, const char *where_flag, const char *wh
   setenv("SWSRS_SESSION", g_sess[0].id, 1);
   setenv("SWSRS_TOKEN", token, 1); /* the environment: never argv */
   setenv("OPENSSL_CONF", conf, 1);
-  char *argv[] = {(char *)opt.relay_bin, (char *)mode,       (char *)where_flag, (char *)where,
-                  W("--ca"),             g_cert,             W("--keep"),        W("--log-level"),
-                  W("info"),             NULL};
+  char *argv[] = {
+      (char *)opt.relay_bin, (char *)mode,     (char *)where_flag, (char *)where, W("--ca"), g_cert,
+      W("--keep"),           W("--log-level"), W("info"),          NULL};
   pid_t pid = bench_spawn(argv, log, false);
   unsetenv("SWSRS_TOKEN");
   unsetenv("OPENSSL_CONF");

@@ -145,7 +145,7 @@ static int wl_on_control(void *ud, uint8_t op, const uint8_t *p, size_t n) {
 }
 
 static const ws_parser_cbs WL_PARSER_CBS = {wl_on_frame_header, wl_on_payload, wl_on_frame_end,
-                                                wl_on_control};
+                                            wl_on_control};
 
 static void wl_parse(wl_conn *c, uint8_t *data, size_t len) {
   if (len == 0 || cm_stream_closing(c->st)) return;
