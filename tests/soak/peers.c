@@ -245,6 +245,15 @@ static void on_close(wl_conn *c, int err, const char *msg) {
   }
   if (!c->ready) {
     g_connecting--;
+    if (p->s->delete_sent && c->http_status == 404) {
+      /* A DELETE whose answer was lost (the relay died under it, or its
+       * deadline passed) may still have been carried out: the session is
+       * gone by our own hand, no drop. */
+      g_tot.upgrade_refused[sk_refusal_kind(404)]++;
+      p->s->state = S_CLOSING;
+      p->state = P_DONE;
+      return;
+    }
     refused(p, c->http_status);
     if (p->s->state == S_CLOSED || p->want_close) {
       p->state = P_DONE;
