@@ -82,10 +82,15 @@ struct tun_call {
   uint64_t deadline;
   uint32_t timeout_ms;
   cm_list rnode, lnode;
-  char tried[MAX_TRIED][TUN_CONTROLLER_NAME_MAX];
+  /* Each attempt's link: its group (for NOT_FOUND replays) and its
+   * controller (for UNAVAILABLE ones). */
+  struct {
+    char group[TUN_CONTROLLER_NAME_MAX], controller[TUN_CONTROLLER_NAME_MAX];
+  } tried[MAX_TRIED];
   size_t ntried;
-  bool pinned; /* tun_relay_call_all: never replayed elsewhere */
-  bool probe;  /* a keepalive health check: not counted as a call */
+  bool pinned;     /* tun_relay_call_to/_all: never replayed elsewhere */
+  bool repeatable; /* Validate: safe to ask again (see replay_elsewhere) */
+  bool probe;      /* a keepalive health check: not counted as a call */
 };
 
 /* A controller that asked for fewer pings keeps its longer interval on its
@@ -142,9 +147,18 @@ static bool link_is(const rlink *l, const char *name) {
   return strcmp(group_of(l), name) == 0 || strcmp(l->controller, name) == 0;
 }
 
-static bool was_tried(const tun_call *c, const rlink *l) {
-  for (size_t k = 0; c && k < c->ntried; k++)
-    if (strcmp(c->tried[k], group_of(l)) == 0) return true;
+/* Which links a replay skips besides the current one. */
+typedef enum {
+  SKIP_NONE,        /* a GOAWAY refused it unprocessed: any other link */
+  SKIP_GROUPS,      /* NOT_FOUND: groups already asked gave their answer */
+  SKIP_CONTROLLERS, /* UNAVAILABLE: controllers that failed it */
+} skip_kind;
+
+static bool was_tried(const tun_call *c, const rlink *l, skip_kind skip) {
+  for (size_t k = 0; c && skip != SKIP_NONE && k < c->ntried; k++) {
+    const char *name = skip == SKIP_GROUPS ? c->tried[k].group : c->tried[k].controller;
+    if (strcmp(name, skip == SKIP_GROUPS ? group_of(l) : l->controller) == 0) return true;
+  }
   return false;
 }
 
@@ -157,10 +171,10 @@ static rlink *group_peer(const rlink *l) {
   return NULL;
 }
 
-/* Round-robin over up links, skipping `exclude` and (for a NOT_FOUND
- * replay) controllers already tried.  A link whose keepalive probe is
- * overdue (a hung controller, perhaps) is taken only when no other is up. */
-static rlink *pick_link(tun_relay *r, const tun_call *c, const rlink *exclude) {
+/* Round-robin over up links, skipping `exclude` and, for a replay of c,
+ * the links `skip` names.  A link whose keepalive probe is overdue (a hung
+ * controller, perhaps) is taken only when no other is up. */
+static rlink *pick_link(tun_relay *r, const tun_call *c, const rlink *exclude, skip_kind skip) {
   size_t n = 0;
   for (cm_list *p = r->links.next; p != &r->links; p = p->next)
     n++;
@@ -173,7 +187,7 @@ static rlink *pick_link(tun_relay *r, const tun_call *c, const rlink *exclude) {
     while (i++ < want)
       p = p->next;
     rlink *l = cm_container_of(p, rlink, node);
-    if (!l->up || l->base.closing || l == exclude || was_tried(c, l)) continue;
+    if (!l->up || l->base.closing || l == exclude || was_tried(c, l, skip)) continue;
     if (!tun_link_overdue(&l->base)) return l;
     if (!fallback) fallback = l;
   }
@@ -448,11 +462,16 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_
   return 0;
 }
 
-/* Replays c on another link: after NOT_FOUND on another controller (the
- * session may be its), after a GOAWAY refused it unprocessed on any. */
-static bool replay_elsewhere(tun_call *c, bool other_controller) {
+/* Replays c on another link: after a GOAWAY refused it unprocessed, on
+ * any; after NOT_FOUND, on another group (the session may be its); and a
+ * repeatable call (Validate, which takes no slot: the relay's ATTACH event
+ * does) after UNAVAILABLE or a link lost under it, on another controller,
+ * which may reach its registry when this one cannot.  Admin calls are not
+ * repeated on UNAVAILABLE: a create or delete may have been carried out. */
+static bool replay_elsewhere(tun_call *c, skip_kind skip) {
   if (c->pinned || c->ntried >= MAX_TRIED) return false;
-  rlink *next = pick_link(c->r, other_controller ? c : NULL, c->link);
+  if (skip == SKIP_CONTROLLERS && !c->repeatable) return false;
+  rlink *next = pick_link(c->r, c, c->link, skip);
   if (!next) return false;
   cm_list_remove(&c->lnode);
   c->r->st.calls_replayed++;
@@ -472,7 +491,7 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void 
   const char *msg = c->grpc_msg;
   if (err == NGHTTP2_REFUSED_STREAM) {
     /* Beyond a GOAWAY's last stream: the controller never saw it. */
-    if (replay_elsewhere(c, false)) return 0;
+    if (replay_elsewhere(c, SKIP_NONE)) return 0;
     status = TUN_GRPC_UNAVAILABLE;
     msg = "refused by a departing controller";
   } else if (err != NGHTTP2_NO_ERROR) {
@@ -488,7 +507,8 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void 
     status = TUN_GRPC_INTERNAL;
     msg = "OK without a response message";
   }
-  if (status == TUN_GRPC_NOT_FOUND && replay_elsewhere(c, true)) return 0;
+  if (status == TUN_GRPC_NOT_FOUND && replay_elsewhere(c, SKIP_GROUPS)) return 0;
+  if (status == TUN_GRPC_UNAVAILABLE && replay_elsewhere(c, SKIP_CONTROLLERS)) return 0;
   call_finish(c, status, msg);
   return 0;
 }
@@ -623,12 +643,14 @@ static void link_closed(tun_link *tl, int err, const char *msg) {
   }
   if (l->up) set_up(l, false);
   cm_list_remove(&l->node);
-  /* In-flight calls fail now: their controller is gone. */
+  /* In-flight calls fail now, their controller is gone; a repeatable one
+   * is asked again on another controller's link. */
   while (!cm_list_empty(&l->calls)) {
     tun_call *c = cm_container_of(l->calls.next, tun_call, lnode);
     if (tl->h2 && c->sid > 0) nghttp2_session_set_stream_user_data(tl->h2, c->sid, NULL);
     c->sid = 0;
-    call_finish(c, TUN_GRPC_UNAVAILABLE, "controller link lost");
+    if (!replay_elsewhere(c, SKIP_CONTROLLERS))
+      call_finish(c, TUN_GRPC_UNAVAILABLE, "controller link lost");
   }
 }
 
@@ -764,7 +786,11 @@ static int submit_call(tun_call *c, rlink *l) {
   if (sid < 0) return -EIO;
   c->sid = sid;
   c->link = l;
-  if (c->ntried < MAX_TRIED) snprintf(c->tried[c->ntried++], sizeof c->tried[0], "%s", group_of(l));
+  if (c->ntried < MAX_TRIED) {
+    snprintf(c->tried[c->ntried].group, sizeof c->tried[0].group, "%s", group_of(l));
+    snprintf(c->tried[c->ntried].controller, sizeof c->tried[0].controller, "%s", l->controller);
+    c->ntried++;
+  }
   cm_list_push_back(&l->calls, &c->lnode);
   tun_link_pump(&l->base);
   return 0;
@@ -790,6 +816,7 @@ static tun_call *call_new(tun_relay *r, const char *path, const ProtobufCMessage
   cm_buf_init_secret(&c->req, r->cfg.link.max_message + TUN_GRPC_PREFIX); /* may hold a token */
   tun_outq_init(&c->out, 0);
   tun_grpc_decoder_init(&c->dec, r->cfg.link.max_message);
+  c->repeatable = strcmp(path, TUN_PATH_VALIDATE) == 0;
   c->desc = desc;
   c->cb = cb;
   c->ud = ud;
@@ -820,7 +847,7 @@ static bool call_start(tun_relay *r, tun_call *c, rlink *l) {
 tun_call *tun_relay_call(tun_relay *r, const char *path, const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *desc, uint32_t timeout_ms,
                          tun_call_cb cb, void *ud, int *status) {
-  rlink *l = r->closing ? NULL : pick_link(r, NULL, NULL);
+  rlink *l = r->closing ? NULL : pick_link(r, NULL, NULL, SKIP_NONE);
   if (!l) {
     r->st.calls++;
     r->st.calls_failed++;

@@ -2,7 +2,8 @@
  * test_tunnel.c — the controller link end to end on one loop: gRPC framing,
  * calls over the in-process transport and over mutual TLS, identity checks
  * (relay cert as controller, unknown CA, expired), NOT_FOUND fail-over
- * between controllers, deadlines, link loss with 1,000 calls in flight,
+ * between controllers, Validate asked again elsewhere after UNAVAILABLE or
+ * a lost link (Admin not), deadlines, link loss with 1,000 calls in flight,
  * keepalive timeout, and redial with backoff.
  */
 #include <setjmp.h>
@@ -24,12 +25,17 @@ typedef struct ctl_state {
   int validates, admins, events, hellos, links_up;
   char last_node[128];
   bool answer_not_found;
+  bool answer_unavailable; /* as a controller whose registry is unreachable */
   const char *name;
 } ctl_state;
 
 static void h_validate(void *ud, tun_ctl_call *call, const Relay__V1__SlotRequest *req) {
   ctl_state *st = ud;
   st->validates++;
+  if (st->answer_unavailable) {
+    tun_ctl_reply(call, TUN_GRPC_UNAVAILABLE, "registry unreachable", NULL);
+    return;
+  }
   if (st->answer_not_found || strcmp(req->session_id, "missing") == 0) {
     tun_ctl_reply(call, TUN_GRPC_NOT_FOUND, "unknown session", NULL);
     return;
@@ -47,6 +53,10 @@ static void h_validate(void *ud, tun_ctl_call *call, const Relay__V1__SlotReques
 static void h_admin(void *ud, tun_ctl_call *call, const Relay__V1__AdminRequest *req) {
   ctl_state *st = ud;
   st->admins++;
+  if (st->answer_unavailable) {
+    tun_ctl_reply(call, TUN_GRPC_UNAVAILABLE, "registry unreachable", NULL);
+    return;
+  }
   Relay__V1__AdminResponse r = RELAY__V1__ADMIN_RESPONSE__INIT;
   r.http_status = req->op == RELAY__V1__ADMIN_OP__ADMIN_OP_CREATE ? 201 : 200;
   r.message = req->principal ? req->principal->subject : (char *)"";
@@ -353,6 +363,66 @@ static void test_not_found_fails_over(void **st) {
   close_relay(r);
 }
 
+static tun_call *admin_get(tun_relay *r, call_result *res, int *status) {
+  Relay__V1__AdminRequest a = RELAY__V1__ADMIN_REQUEST__INIT;
+  a.op = RELAY__V1__ADMIN_OP__ADMIN_OP_GET;
+  a.session_id = (char *)"s";
+  return tun_relay_call(r, TUN_PATH_ADMIN, &a.base, &relay__v1__admin_response__descriptor, 2000,
+                        on_result, res, status);
+}
+
+/* A controller whose registry is down answers UNAVAILABLE: a Validate is
+ * asked again of the other controller; an Admin call is not (a create may
+ * have been done). */
+static void test_unavailable_fails_over_validate_only(void **st) {
+  (void)st;
+  relay_state rs = {0};
+  ctl_state a = {.name = "a", .answer_unavailable = true}, b = {.name = "b"};
+  tun_relay *r = new_relay(&rs, NULL);
+  tun_ctl *ca = new_ctl(&a, NULL), *cb = new_ctl(&b, NULL);
+  link_pair(r, ca, "ctl-a");
+  link_pair(r, cb, "ctl-b");
+  assert_true(links_at_least(&rs, 2, 2000));
+  int status;
+  for (int i = 0; i < 6; i++) {
+    call_result res = {0};
+    assert_non_null(validate(r, "s", "good", &res, 2000, &status));
+    assert_true(run_until(&res.done, 2000));
+    assert_int_equal(res.status, TUN_GRPC_OK);
+    assert_string_equal(res.controller, "ctl-b");
+  }
+  assert_true(a.validates >= 1); /* round-robin began some on a */
+  assert_int_equal(b.validates, 6);
+  int unavailable = 0;
+  for (int i = 0; i < 4; i++) {
+    call_result res = {0};
+    assert_non_null(admin_get(r, &res, &status));
+    assert_true(run_until(&res.done, 2000));
+    if (res.status == TUN_GRPC_UNAVAILABLE) {
+      unavailable++;
+      assert_string_equal(res.controller, "ctl-a");
+      assert_string_equal(res.message, "registry unreachable");
+    } else {
+      assert_int_equal(res.status, TUN_GRPC_OK);
+    }
+  }
+  assert_int_equal(a.admins, 2);
+  assert_int_equal(b.admins, 2);
+  assert_int_equal(unavailable, 2);
+  /* unavailable everywhere: UNAVAILABLE after asking each controller once */
+  b.answer_unavailable = true;
+  int av = a.validates, bv = b.validates;
+  call_result res = {0};
+  assert_non_null(validate(r, "s", "good", &res, 2000, &status));
+  assert_true(run_until(&res.done, 2000));
+  assert_int_equal(res.status, TUN_GRPC_UNAVAILABLE);
+  assert_int_equal(a.validates - av, 1);
+  assert_int_equal(b.validates - bv, 1);
+  close_ctl(ca);
+  close_ctl(cb);
+  close_relay(r);
+}
+
 /* ---- raw fake controller: a socket the test drives by hand ----------------------------- */
 
 static const uint8_t k_settings[9] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
@@ -408,6 +478,60 @@ static void test_link_loss_fails_inflight_calls(void **st) {
   call_result x = {0};
   assert_null(validate(r, "s", "good", &x, 1000, &status));
   assert_int_equal(status, TUN_GRPC_UNAVAILABLE);
+  close_relay(r);
+}
+
+/* A controller dies with Validates in flight: each is asked again of the
+ * other controller and answered; an Admin call in flight fails. */
+static void test_link_loss_replays_validate(void **st) {
+  (void)st;
+  relay_state rs = {0};
+  ctl_state b = {.name = "b"};
+  tun_relay *r = new_relay(&rs, NULL);
+  int fds[2];
+  assert_int_equal(tun_socketpair(fds), 0);
+  assert_int_equal(tun_relay_add_fd(r, fds[0], "raw"), 0);
+  assert_int_equal(write(fds[1], k_settings, sizeof k_settings), 9);
+  tun_ctl *cb = new_ctl(&b, NULL);
+  link_pair(r, cb, "ctl-b");
+  assert_true(links_at_least(&rs, 2, 2000));
+  enum { N = 10 };
+  call_result res[N] = {0}, adm[2] = {0};
+  int status;
+  for (int i = 0; i < N; i++)
+    assert_non_null(validate(r, "s", "good", &res[i], 5000, &status));
+  for (int i = 0; i < 2; i++)
+    assert_non_null(admin_get(r, &adm[i], &status));
+  run_ms(200);
+  drain_fd(fds[1]);
+  int answered = 0;
+  for (int i = 0; i < N; i++)
+    answered += res[i].done;
+  assert_int_equal(answered, N / 2); /* the raw controller holds the others */
+  assert_true(adm[0].done != adm[1].done);
+  close(fds[1]); /* the raw controller dies */
+  bool all = false;
+  uint64_t end = cm_now_mono_ms() + 2000;
+  while (!all && cm_now_mono_ms() < end) {
+    run_ms(5);
+    all = adm[0].done && adm[1].done;
+    for (int i = 0; i < N && all; i++)
+      all = res[i].done;
+  }
+  assert_true(all);
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(res[i].status, TUN_GRPC_OK);
+    assert_string_equal(res[i].controller, "ctl-b");
+  }
+  assert_int_equal(b.validates, N);
+  call_result *lost = adm[0].status == TUN_GRPC_OK ? &adm[1] : &adm[0];
+  assert_int_equal(lost->status, TUN_GRPC_UNAVAILABLE);
+  assert_string_equal(lost->message, "controller link lost");
+  assert_int_equal(b.admins, 1);
+  tun_relay_stats rst;
+  tun_relay_get_stats(r, &rst);
+  assert_int_equal(rst.calls_replayed, N / 2);
+  close_ctl(cb);
   close_relay(r);
 }
 
@@ -714,7 +838,9 @@ int main(void) {
       cmocka_unit_test(test_grpc_framing),
       cmocka_unit_test(test_embedded_roundtrip),
       cmocka_unit_test(test_not_found_fails_over),
+      cmocka_unit_test(test_unavailable_fails_over_validate_only),
       cmocka_unit_test(test_link_loss_fails_inflight_calls),
+      cmocka_unit_test(test_link_loss_replays_validate),
       cmocka_unit_test(test_deadline),
       cmocka_unit_test(test_keepalive_drops_silent_peer),
       cmocka_unit_test(test_tls_roundtrip),
