@@ -107,14 +107,20 @@ static int role_in(Relay__V1__Role r) {
 }
 
 static void on_decided(void *ud, int rc, const ctl_reg_decision *d) {
-  CM_UNUSED(rc); /* d says it all: a store failure is a 503 decision */
   pend *p = ud;
   if (!p->call) {
     free(p);
     return;
   }
-  if (!d->allow && d->http_status == 404) {
-    tun_ctl_reply(p->call, TUN_GRPC_NOT_FOUND, d->message, NULL);
+  /* NOT_FOUND: the relay asks its other registries.  UNAVAILABLE (the
+   * store unreachable or not written): it asks another controller of
+   * this one's, which may reach the store (Validate is safe to repeat);
+   * either way the peer gets the same 404 or 503. */
+  int status = !d->allow && d->http_status == 404 ? TUN_GRPC_NOT_FOUND
+               : rc == CTL_REG_EIO                ? TUN_GRPC_UNAVAILABLE
+                                                  : TUN_GRPC_OK;
+  if (status != TUN_GRPC_OK) {
+    tun_ctl_reply(p->call, status, d->message, NULL);
     free(p);
     return;
   }
