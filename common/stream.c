@@ -42,6 +42,7 @@
 #define TLS_RECORD_MAX   16384
 #define GATHER_CHUNK     (128 * 1024) /* plaintext per send() when gathering */
 #define WRITE_CHUNK_MAX  (1 << 20)
+#define OUT_HANDOVER_MIN (16 * 1024) /* a rest of `out` this big is handed over, not copied */
 #define LINGER_MS        1000
 #define CLOSE_TIMEOUT_MS 5000
 #define CORK_FLUSH       16384 /* one full TLS record */
@@ -95,6 +96,7 @@ typedef struct write_req {
   uv_write_t req;
   cm_stream *s;
   size_t len;
+  uint8_t *owned; /* a buffer handed over whole (flush_out); NULL: the bytes follow */
   uint8_t data[];
 } write_req;
 
@@ -327,6 +329,7 @@ static void after_write(uv_write_t *req, int status) {
   write_req *w = (write_req *)req;
   cm_stream *s = w->s;
   s->queued -= w->len;
+  free(w->owned);
   free(w);
   if (status < 0) {
     if (s->state < S_CLOSED) begin_close(s, status, uv_strerror(status), true);
@@ -346,22 +349,31 @@ static void after_write(uv_write_t *req, int status) {
   }
 }
 
-/* Hands bytes to the kernel, trying a synchronous write first so the
- * common case copies nothing. */
-static int raw_write(cm_stream *s, const uv_buf_t *bufs, unsigned n) {
-  size_t total = 0, done = 0;
-  for (unsigned i = 0; i < n; i++)
-    total += bufs[i].len;
-  if (total == 0) return 0;
-  if (s->queued == 0) {
-    int r = uv_try_write(uvs(s), bufs, n);
-    if (r > 0)
-      done = (size_t)r;
-    else if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS)
-      return r;
+static int queue_write(cm_stream *s, write_req *w, uint8_t *bytes) {
+  uv_buf_t b = uv_buf_init((char *)bytes, (unsigned)w->len);
+  int rc = uv_write(&w->req, uvs(s), &b, 1, after_write);
+  if (rc != 0) {
+    free(w->owned);
+    free(w);
+    return rc;
   }
-  if (done == total) return 0;
-  size_t left = total - done;
+  s->queued += w->len;
+  if (s->queued >= s->high) s->above_high = true;
+  return 0;
+}
+
+/* A synchronous write while nothing is queued: how much the kernel took,
+ * or a hard error. */
+static ssize_t try_write(cm_stream *s, const uv_buf_t *bufs, unsigned n) {
+  if (s->queued > 0) return 0;
+  int r = uv_try_write(uvs(s), bufs, n);
+  if (r >= 0) return r;
+  return r == UV_EAGAIN || r == UV_ENOSYS ? 0 : r;
+}
+
+/* The `left` bytes of bufs after `done`, copied into a request for
+ * uv_write. */
+static int queue_copy(cm_stream *s, const uv_buf_t *bufs, unsigned n, size_t done, size_t left) {
   if (s->queued + left > s->maxq) return CM_EQUEUE;
   write_req *w = malloc(sizeof *w + left);
   if (!w) return -ENOMEM;
@@ -378,25 +390,54 @@ static int raw_write(cm_stream *s, const uv_buf_t *bufs, unsigned n) {
   }
   w->s = s;
   w->len = left;
-  uv_buf_t b = uv_buf_init((char *)w->data, (unsigned)left);
-  int rc = uv_write(&w->req, uvs(s), &b, 1, after_write);
-  if (rc != 0) {
-    free(w);
-    return rc;
+  w->owned = NULL;
+  return queue_write(s, w, w->data);
+}
+
+/* Hands bytes to the kernel, trying a synchronous write first so the
+ * common case copies nothing. */
+static int raw_write(cm_stream *s, const uv_buf_t *bufs, unsigned n) {
+  size_t total = 0;
+  for (unsigned i = 0; i < n; i++)
+    total += bufs[i].len;
+  if (total == 0) return 0;
+  ssize_t done = try_write(s, bufs, n);
+  if (done < 0) return (int)done;
+  size_t left = total - (size_t)done;
+  return left == 0 ? 0 : queue_copy(s, bufs, n, (size_t)done, left);
+}
+
+/* What the kernel did not take of `out`, from `done` on, goes to uv_write
+ * in out's own memory, which the request takes over: gathered records are
+ * not copied a second time.  A small rest is copied instead, so a big
+ * buffer is not held for a few bytes. */
+static int queue_out(cm_stream *s, size_t done) {
+  size_t left = cm_buf_size(&s->out) - done;
+  const uint8_t *rest = cm_buf_head(&s->out) + done;
+  if (left < OUT_HANDOVER_MIN) {
+    uv_buf_t b = uv_buf_init((char *)rest, (unsigned)left);
+    return queue_copy(s, &b, 1, 0, left);
   }
-  s->queued += left;
-  if (s->queued >= s->high) s->above_high = true;
-  return 0;
+  if (s->queued + left > s->maxq) return CM_EQUEUE;
+  write_req *w = malloc(sizeof *w);
+  if (!w) return -ENOMEM;
+  w->s = s;
+  w->len = left;
+  w->owned = s->out.data;
+  cm_buf_init(&s->out, 0); /* out lets go of the memory w now owns */
+  return queue_write(s, w, (uint8_t *)rest);
 }
 
 static int flush_out(cm_stream *s) {
-  if (cm_buf_size(&s->out) == 0) return 0;
+  size_t n = cm_buf_size(&s->out);
+  if (n == 0) return 0;
   if (s->state == S_CLOSED) {
     cm_buf_reset(&s->out);
     return CM_ECLOSED;
   }
-  uv_buf_t b = uv_buf_init((char *)cm_buf_head(&s->out), (unsigned)cm_buf_size(&s->out));
-  int rc = raw_write(s, &b, 1);
+  uv_buf_t b = uv_buf_init((char *)cm_buf_head(&s->out), (unsigned)n);
+  ssize_t done = try_write(s, &b, 1);
+  int rc = done < 0 ? (int)done : (size_t)done < n ? queue_out(s, (size_t)done) : 0;
   cm_buf_reset(&s->out);
   /* Large bursts leave a large buffer: give it back once the burst is out. */
   if (s->out.cap > 4 * READ_CHUNK) cm_buf_free(&s->out);
