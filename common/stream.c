@@ -5,14 +5,17 @@
  * socket: libuv only says when the socket is readable (the read buffer we
  * give it is empty, so it reads nothing and reports UV_ENOBUFS), and
  * OpenSSL's BIO reads recv() into its own record buffer, several records a
- * call (read-ahead); a record OpenSSL writes goes to send() at once while
- * nothing is queued, and only what the kernel does not take is copied, into
- * `out`, for uv_write.  The one copy of ciphertext in user space is for
- * writes of several records, which gather in `out` for one send() (see
- * tls_write).  An idle connection holds no buffer at all (OpenSSL's are
- * released when empty).  Records OpenSSL has read but we have not asked for stay inside
- * it while the owner pauses (SSL_has_pending).  `in` serves only streams
- * adopted from another loop that still carry unread ciphertext.
+ * call (read-ahead), and the records found there reach the owner as one
+ * delivery.  A record OpenSSL writes goes to send() at once while nothing
+ * is queued, and only what the kernel does not take is copied, into `out`,
+ * for uv_write.  The one copy of ciphertext in user space is for writes of
+ * several records and for records sealed while corked, which gather in
+ * `out` for one send() (see tls_write); their rest goes to uv_write in
+ * out's own memory.  An idle connection holds no buffer at all (OpenSSL's
+ * are released when empty).  Records OpenSSL has read but we have not
+ * asked for stay inside it while the owner pauses (SSL_has_pending).  `in`
+ * serves only streams adopted from another loop that still carry unread
+ * ciphertext.
  *
  * Write accounting: `queued` counts bytes handed to uv_write and not yet
  * completed.  Crossing high_watermark arms on_drain, fired when the queue
