@@ -25,7 +25,11 @@
 
 #include "proto/health.pb-c.h"
 
-#define MAX_TRIED             8
+#define MAX_TRIED 8
+/* A controller that answered UNAVAILABLE (its registry unreachable) gets
+ * new calls for this long only when no other link can take them, so a
+ * Validate does not cost a round trip to it first each time. */
+#define UNAVAILABLE_SHUN_MS   1000
 #define DEADLINE_TICK_MS      50
 #define EVENTS_SETTLE_MS      250  /* an unanswered Events stream counts as open */
 #define EVENTS_STABLE_MS      5000 /* open this long: the next end reopens at once */
@@ -54,6 +58,7 @@ typedef struct rlink {
   bool events_open;         /* answered, or standing for EVENTS_SETTLE_MS */
   uint64_t events_since_ms; /* when the current Events stream was opened */
   uint32_t events_attempt;  /* quick ends in a row */
+  uint64_t shunned_until;   /* it answered UNAVAILABLE: see UNAVAILABLE_SHUN_MS */
   tun_outq events_out;
   tun_grpc_decoder events_in;
 } rlink;
@@ -171,9 +176,14 @@ static rlink *group_peer(const rlink *l) {
   return NULL;
 }
 
+/* Overdue (a hung controller, perhaps) or recently UNAVAILABLE. */
+static bool link_shunned(const rlink *l) {
+  return tun_link_overdue(&l->base) || cm_now_mono_ms() < l->shunned_until;
+}
+
 /* Round-robin over up links, skipping `exclude` and, for a replay of c,
- * the links `skip` names.  A link whose keepalive probe is overdue (a hung
- * controller, perhaps) is taken only when no other is up. */
+ * the links `skip` names.  A shunned link is taken only when no other is
+ * up. */
 static rlink *pick_link(tun_relay *r, const tun_call *c, const rlink *exclude, skip_kind skip) {
   size_t n = 0;
   for (cm_list *p = r->links.next; p != &r->links; p = p->next)
@@ -188,7 +198,7 @@ static rlink *pick_link(tun_relay *r, const tun_call *c, const rlink *exclude, s
       p = p->next;
     rlink *l = cm_container_of(p, rlink, node);
     if (!l->up || l->base.closing || l == exclude || was_tried(c, l, skip)) continue;
-    if (!tun_link_overdue(&l->base)) return l;
+    if (!link_shunned(l)) return l;
     if (!fallback) fallback = l;
   }
   return fallback;
@@ -508,6 +518,8 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void 
     msg = "OK without a response message";
   }
   if (status == TUN_GRPC_NOT_FOUND && replay_elsewhere(c, SKIP_GROUPS)) return 0;
+  if (c->grpc_status == TUN_GRPC_UNAVAILABLE) /* the controller's own answer */
+    l->shunned_until = cm_now_mono_ms() + UNAVAILABLE_SHUN_MS;
   if (status == TUN_GRPC_UNAVAILABLE && replay_elsewhere(c, SKIP_CONTROLLERS)) return 0;
   call_finish(c, status, msg);
   return 0;
