@@ -85,6 +85,10 @@ struct cm_stream {
   int sock_err;        /* the BIO's recv() failed (negative errno) */
   bool sock_eof;       /* the BIO's recv() saw the peer's FIN */
   bool gather_records; /* in tls_write: records collect in `out` for one send() */
+  /* What ended a batch of reads the owner paused on (an SSL_ERROR_*, 0:
+   * none) and its message: acted on at resume (tls_pump). */
+  int read_stop;
+  char *read_stop_why;
   /* Leaving for another loop once no write is queued (cm_stream_detach). */
   void (*detach_cb)(void *ud, cm_stream_parcel *p);
   void *detach_ud;
@@ -647,6 +651,17 @@ static bool socket_ended(cm_stream *s) {
   return true;
 }
 
+/* SSL_read stopped with e (not WANT_READ): the peer's close_notify, the
+ * socket's end or a TLS error (why: its message, if known). */
+static void reads_ended(cm_stream *s, int e, const char *why) {
+  flush_out(s); /* e.g. a KeyUpdate answer */
+  if (e == SSL_ERROR_ZERO_RETURN) {
+    begin_close(s, 0, "peer sent close_notify", false);
+  } else if (!socket_ended(s)) {
+    begin_close(s, CM_ETLS, why && why[0] ? why : "TLS error", true);
+  }
+}
+
 /* Runs the handshake and reads records while not paused.  Input comes from
  * in_ptr/in_len (the current uv read), else from the stash `in`. */
 static void tls_pump(cm_stream *s) {
@@ -666,6 +681,15 @@ static void tls_pump(cm_stream *s) {
     handshake_done(s);
     became_open(s);
   }
+  if (s->read_stop && s->state == S_OPEN && !s->paused) {
+    int e = s->read_stop;
+    char *why = s->read_stop_why;
+    s->read_stop = 0;
+    s->read_stop_why = NULL;
+    reads_ended(s, e, why);
+    free(why);
+    return;
+  }
   uint8_t *buf = t_plainbuf + CM_STREAM_HEADROOM;
   while (s->state == S_OPEN && !s->paused) {
     /* The records already here leave in one delivery, as a plain read of
@@ -679,23 +703,23 @@ static void tls_pump(cm_stream *s) {
       if (r <= 0) {
         e = SSL_get_error(s->ssl, r);
         /* Before on_read can touch the thread's error queue. */
-        if (e == SSL_ERROR_SSL) tls_error_msg(s, "TLS error", why, sizeof why);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_ZERO_RETURN)
+          tls_error_msg(s, "TLS error", why, sizeof why);
         break;
       }
       have += (size_t)r;
     }
     if (have > 0) s->cbs.on_read(s, buf, have);
-    /* Closed or paused by the owner: what stopped the reads (the end, an
-     * error) is sticky in OpenSSL and met again on resume. */
-    if (r > 0 || (have > 0 && (s->state != S_OPEN || s->paused))) continue;
-    flush_out(s); /* e.g. a KeyUpdate answer */
-    if (e == SSL_ERROR_WANT_READ) break;
-    if (e == SSL_ERROR_ZERO_RETURN) {
-      begin_close(s, 0, "peer sent close_notify", false);
-    } else if (!socket_ended(s)) {
-      if (!why[0]) tls_error_msg(s, "TLS error", why, sizeof why);
-      begin_close(s, CM_ETLS, why, true);
+    if (r > 0) continue;
+    if (s->state != S_OPEN || e == SSL_ERROR_WANT_READ) break;
+    if (s->paused) {
+      /* The owner paused on the data before the end (a close_notify, an
+       * alert) that OpenSSL has already consumed: it waits for resume. */
+      s->read_stop = e;
+      s->read_stop_why = why[0] ? strdup(why) : NULL;
+      break;
     }
+    reads_ended(s, e, why);
     return;
   }
   flush_out(s);
@@ -714,7 +738,7 @@ static void stash_unread(cm_stream *s) {
 }
 
 static bool has_pending_input(cm_stream *s) {
-  return cm_buf_size(&s->in) > 0 || (s->ssl && SSL_has_pending(s->ssl));
+  return cm_buf_size(&s->in) > 0 || s->read_stop || (s->ssl && SSL_has_pending(s->ssl));
 }
 
 static void process_input(cm_stream *s) {
@@ -993,7 +1017,7 @@ static void finish_detach(cm_stream *s) {
 
 int cm_stream_detach(cm_stream *s, void (*cb)(void *ud, cm_stream_parcel *p), void *ud) {
   if (s->state != S_OPEN || !s->is_tcp || s->detach_cb || s->cork_depth > 0 ||
-      cm_buf_size(&s->cork) > 0 || cm_buf_size(&s->pre) > 0)
+      cm_buf_size(&s->cork) > 0 || cm_buf_size(&s->pre) > 0 || s->read_stop)
     return -EINVAL;
   stop_reading(s);
   uv_timer_stop(&s->timer); /* a deferred delivery of stashed input moves too */
@@ -1059,6 +1083,7 @@ static void on_handle_closed(uv_handle_t *h) {
   if (--s->handles_open > 0) return;
   if (s->cbs.on_close) s->cbs.on_close(s, s->close_err, s->close_msg);
   SSL_free(s->ssl);
+  free(s->read_stop_why);
   cm_buf_free(&s->in);
   cm_buf_free(&s->out);
   cm_buf_free(&s->pre);

@@ -91,8 +91,10 @@ struct tun_call {
    * controller (for UNAVAILABLE ones). */
   struct {
     char group[TUN_CONTROLLER_NAME_MAX], controller[TUN_CONTROLLER_NAME_MAX];
+    bool failed; /* ended UNAVAILABLE: its group gave no answer */
   } tried[MAX_TRIED];
   size_t ntried;
+  bool unanswered; /* some attempt failed: a NOT_FOUND is not everyone's */
   bool pinned;     /* tun_relay_call_to/_all: never replayed elsewhere */
   bool repeatable; /* Validate: safe to ask again (see replay_elsewhere) */
   bool probe;      /* a keepalive health check: not counted as a call */
@@ -161,6 +163,7 @@ typedef enum {
 
 static bool was_tried(const tun_call *c, const rlink *l, skip_kind skip) {
   for (size_t k = 0; c && skip != SKIP_NONE && k < c->ntried; k++) {
+    if (skip == SKIP_GROUPS && c->tried[k].failed) continue; /* not an answer */
     const char *name = skip == SKIP_GROUPS ? c->tried[k].group : c->tried[k].controller;
     if (strcmp(name, skip == SKIP_GROUPS ? group_of(l) : l->controller) == 0) return true;
   }
@@ -478,6 +481,12 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_
  * does) after UNAVAILABLE or a link lost under it, on another controller,
  * which may reach its registry when this one cannot.  Admin calls are not
  * repeated on UNAVAILABLE: a create or delete may have been carried out. */
+/* The current attempt ended UNAVAILABLE (answered so, or its link lost). */
+static void attempt_failed(tun_call *c) {
+  if (c->ntried > 0) c->tried[c->ntried - 1].failed = true;
+  c->unanswered = true;
+}
+
 static bool replay_elsewhere(tun_call *c, skip_kind skip) {
   if (c->pinned || c->ntried >= MAX_TRIED) return false;
   if (skip == SKIP_CONTROLLERS && !c->repeatable) return false;
@@ -518,9 +527,16 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void 
     msg = "OK without a response message";
   }
   if (status == TUN_GRPC_NOT_FOUND && replay_elsewhere(c, SKIP_GROUPS)) return 0;
-  if (c->grpc_status == TUN_GRPC_UNAVAILABLE) /* the controller's own answer */
-    l->shunned_until = cm_now_mono_ms() + UNAVAILABLE_SHUN_MS;
-  if (status == TUN_GRPC_UNAVAILABLE && replay_elsewhere(c, SKIP_CONTROLLERS)) return 0;
+  if (status == TUN_GRPC_NOT_FOUND && c->unanswered) {
+    /* A group that failed may hold it: not a final 404. */
+    status = TUN_GRPC_UNAVAILABLE;
+    msg = "a controller that may know the session did not answer";
+  } else if (status == TUN_GRPC_UNAVAILABLE) {
+    if (c->grpc_status == TUN_GRPC_UNAVAILABLE) /* the controller's own answer */
+      l->shunned_until = cm_now_mono_ms() + UNAVAILABLE_SHUN_MS;
+    attempt_failed(c);
+    if (replay_elsewhere(c, SKIP_CONTROLLERS)) return 0;
+  }
   call_finish(c, status, msg);
   return 0;
 }
@@ -661,6 +677,7 @@ static void link_closed(tun_link *tl, int err, const char *msg) {
     tun_call *c = cm_container_of(l->calls.next, tun_call, lnode);
     if (tl->h2 && c->sid > 0) nghttp2_session_set_stream_user_data(tl->h2, c->sid, NULL);
     c->sid = 0;
+    attempt_failed(c);
     if (!replay_elsewhere(c, SKIP_CONTROLLERS))
       call_finish(c, TUN_GRPC_UNAVAILABLE, "controller link lost");
   }

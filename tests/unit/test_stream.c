@@ -129,6 +129,8 @@ typedef struct ep {
   uv_timer_t resume_timer;
   /* pause right after open for this long (graceful close test) */
   uint32_t pause_on_open_ms;
+  /* pause on the first delivery for this long (close_notify behind data) */
+  uint32_t pause_on_read_ms;
 } ep;
 
 struct fixture {
@@ -210,6 +212,11 @@ static void cb_read(cm_stream *s, uint8_t *data, size_t len) {
   }
   if (cm_buf_size(&e->rx) + len <= (64u << 20)) cm_buf_append(&e->rx, data, len);
   if (e->echo) cm_stream_write(s, data, len);
+  if (e->pause_on_read_ms) {
+    cm_stream_pause(s);
+    uv_timer_start(&e->resume_timer, on_resume_timer, e->pause_on_read_ms, 0);
+    e->pause_on_read_ms = 0;
+  }
 }
 
 static void cb_drain(cm_stream *s) {
@@ -580,15 +587,36 @@ static int flush_wbio(BIO *wb, int fd, size_t limit) {
   return 0;
 }
 
-static void *vanisher_main(void *arg) {
-  vanisher *v = arg;
+/* Runs a client handshake over fd through the memory BIOs; 0 when done. */
+static int hand_handshake(SSL *ssl, BIO *rb, BIO *wb, int fd) {
+  for (;;) {
+    int r = SSL_do_handshake(ssl);
+    if (flush_wbio(wb, fd, SIZE_MAX) != 0) return -1;
+    if (r == 1) return 0;
+    if (SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ) return -1;
+    char buf[16384];
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return -1;
+    BIO_write(rb, buf, (int)n);
+  }
+}
+
+static int hand_connect(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)v->port)};
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   struct timeval tv = {.tv_sec = 10};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
+  close(fd);
+  return -1;
+}
+
+static void *vanisher_main(void *arg) {
+  vanisher *v = arg;
   v->result = 1;
-  if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) goto out_fd;
+  int fd = hand_connect(v->port);
+  if (fd < 0) return NULL;
   SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
   SSL *ssl = SSL_new(ctx);
   BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
@@ -600,16 +628,7 @@ static void *vanisher_main(void *arg) {
     size_t pending = BIO_ctrl_pending(wb);
     if (pending < 100 || flush_wbio(wb, fd, pending / 2) != 0) goto out;
   } else {
-    for (;;) {
-      int r = SSL_do_handshake(ssl);
-      if (flush_wbio(wb, fd, SIZE_MAX) != 0) goto out;
-      if (r == 1) break;
-      if (SSL_get_error(ssl, r) != SSL_ERROR_WANT_READ) goto out;
-      char buf[16384];
-      ssize_t n = recv(fd, buf, sizeof buf, 0);
-      if (n <= 0) goto out;
-      BIO_write(rb, buf, (int)n);
-    }
+    if (hand_handshake(ssl, rb, wb, fd) != 0) goto out;
     v->result = 3;
     if (SSL_write(ssl, "hello", 5) != 5 || flush_wbio(wb, fd, SIZE_MAX) != 0) goto out;
     char big[1000];
@@ -623,7 +642,6 @@ static void *vanisher_main(void *arg) {
 out:
   SSL_free(ssl);
   SSL_CTX_free(ctx);
-out_fd:
   if (v->rst) {
     struct linger l = {.l_onoff = 1, .l_linger = 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
@@ -654,6 +672,72 @@ static void vanish_case(fixture *f, bool after_handshake, bool rst) {
   } else {
     assert_int_equal(f->server.opened, 0);
   }
+}
+
+/* A client that sends data and its close_notify in one segment, then
+ * waits for the server's close_notify without sending FIN (as asyncio and
+ * many TLS stacks close). */
+typedef struct notifier {
+  int port;
+  int result;     /* 0: the server's close_notify (or FIN) came back */
+  double wait_ms; /* from our close_notify to the server's answer */
+} notifier;
+
+static void *notifier_main(void *arg) {
+  notifier *nt = arg;
+  nt->result = 1;
+  int fd = hand_connect(nt->port);
+  if (fd < 0) return NULL;
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  SSL *ssl = SSL_new(ctx);
+  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+  SSL_set_bio(ssl, rb, wb);
+  SSL_set_connect_state(ssl);
+  nt->result = 2;
+  if (hand_handshake(ssl, rb, wb, fd) != 0) goto out;
+  nt->result = 3;
+  if (SSL_write(ssl, "hello", 5) != 5) goto out;
+  SSL_shutdown(ssl); /* close_notify, queued behind the data */
+  if (flush_wbio(wb, fd, SIZE_MAX) != 0) goto out;
+  uint64_t t0 = cm_now_mono_ms();
+  char buf[4096];
+  nt->result = 4;
+  for (;;) { /* session tickets first, then the server's close_notify or FIN */
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0) goto out; /* 10 s timeout: no answer */
+    if (n == 0) break;
+    BIO_write(rb, buf, (int)n);
+    int r = SSL_read(ssl, buf, sizeof buf);
+    if (r <= 0 && SSL_get_error(ssl, r) == SSL_ERROR_ZERO_RETURN) break;
+  }
+  nt->wait_ms = (double)(cm_now_mono_ms() - t0);
+  nt->result = 0;
+out:
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
+  close(fd);
+  return NULL;
+}
+
+/* The owner pauses on the data in front of a close_notify that arrived
+ * with it: the close must still happen at resume, not wait for the peer
+ * to give up (OpenSSL has already consumed the alert). */
+static void test_close_notify_behind_data_while_paused(void **state) {
+  fixture *f = *state;
+  f->srv_tls = server_ctx("http/1.1", NULL, false);
+  f->srv_opts.tls = f->srv_tls;
+  f->server.pause_on_read_ms = 200;
+  notifier nt = {.port = f->port};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, notifier_main, &nt), 0);
+  RUN_UNTIL(f, f->server.closed, 3000);
+  pthread_join(th, NULL);
+  assert_int_equal(nt.result, 0);
+  assert_int_equal(f->server.close_err, 0);
+  assert_string_equal(f->server.close_msg, "peer sent close_notify");
+  assert_int_equal(cm_buf_size(&f->server.rx), 5);
+  assert_memory_equal(cm_buf_head(&f->server.rx), "hello", 5);
+  assert_true(nt.wait_ms >= 150 && nt.wait_ms < 2000); /* the pause, then at once */
 }
 
 static void test_vanish_mid_record_fin(void **state) { vanish_case(*state, true, false); }
@@ -926,6 +1010,7 @@ int main(void) {
       T(test_tls_client_cert_optional),
       T(test_tls_handshake_timeout),
       T(test_vanish_mid_record_fin),
+      T(test_close_notify_behind_data_while_paused),
       T(test_vanish_mid_record_rst),
       T(test_vanish_mid_client_hello),
       T(test_bulk_64mib_tls),

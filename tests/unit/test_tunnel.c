@@ -428,6 +428,32 @@ static void test_unavailable_fails_over_validate_only(void **st) {
   close_relay(r);
 }
 
+/* Two independent controllers: a's registry is unreachable, b does not
+ * know the session.  The answer is 503 (a may know it), never b's 404. */
+static void test_not_found_after_unavailable_is_unavailable(void **st) {
+  (void)st;
+  relay_state rs = {0};
+  ctl_state a = {.name = "a", .answer_unavailable = true},
+            b = {.name = "b", .answer_not_found = true};
+  tun_relay *r = new_relay(&rs, NULL);
+  tun_ctl *ca = new_ctl(&a, NULL), *cb = new_ctl(&b, NULL);
+  link_pair(r, ca, "ctl-a");
+  link_pair(r, cb, "ctl-b");
+  assert_true(links_at_least(&rs, 2, 2000));
+  for (int i = 0; i < 2; i++) { /* a first (round-robin), then b first (a shunned) */
+    call_result res = {0};
+    int status;
+    assert_non_null(validate(r, "s", "good", &res, 2000, &status));
+    assert_true(run_until(&res.done, 2000));
+    assert_int_equal(res.status, TUN_GRPC_UNAVAILABLE);
+  }
+  assert_true(a.validates >= 2);
+  assert_int_equal(b.validates, 2);
+  close_ctl(ca);
+  close_ctl(cb);
+  close_relay(r);
+}
+
 /* ---- raw fake controller: a socket the test drives by hand ----------------------------- */
 
 static const uint8_t k_settings[9] = {0, 0, 0, 4, 0, 0, 0, 0, 0};
@@ -844,6 +870,7 @@ int main(void) {
       cmocka_unit_test(test_embedded_roundtrip),
       cmocka_unit_test(test_not_found_fails_over),
       cmocka_unit_test(test_unavailable_fails_over_validate_only),
+      cmocka_unit_test(test_not_found_after_unavailable_is_unavailable),
       cmocka_unit_test(test_link_loss_fails_inflight_calls),
       cmocka_unit_test(test_link_loss_replays_validate),
       cmocka_unit_test(test_deadline),
