@@ -601,6 +601,28 @@ static int hand_handshake(SSL *ssl, BIO *rb, BIO *wb, int fd) {
   }
 }
 
+/* A client SSL over memory BIOs: the test moves the bytes by hand. */
+typedef struct hand {
+  SSL_CTX *ctx;
+  SSL *ssl;
+  BIO *rb, *wb;
+} hand;
+
+static hand hand_new(void) {
+  hand h = {.ctx = SSL_CTX_new(TLS_client_method())};
+  h.ssl = SSL_new(h.ctx);
+  h.rb = BIO_new(BIO_s_mem());
+  h.wb = BIO_new(BIO_s_mem());
+  SSL_set_bio(h.ssl, h.rb, h.wb);
+  SSL_set_connect_state(h.ssl);
+  return h;
+}
+
+static void hand_free(hand *h) {
+  SSL_free(h->ssl); /* and its BIOs */
+  SSL_CTX_free(h->ctx);
+}
+
 static int hand_connect(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -617,11 +639,9 @@ static void *vanisher_main(void *arg) {
   v->result = 1;
   int fd = hand_connect(v->port);
   if (fd < 0) return NULL;
-  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-  SSL *ssl = SSL_new(ctx);
-  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
-  SSL_set_bio(ssl, rb, wb);
-  SSL_set_connect_state(ssl);
+  hand h = hand_new();
+  SSL *ssl = h.ssl;
+  BIO *rb = h.rb, *wb = h.wb;
   v->result = 2;
   if (!v->after_handshake) {
     SSL_do_handshake(ssl);
@@ -640,8 +660,7 @@ static void *vanisher_main(void *arg) {
   usleep(100 * 1000); /* let the server read the fragment */
   v->result = 0;
 out:
-  SSL_free(ssl);
-  SSL_CTX_free(ctx);
+  hand_free(&h);
   if (v->rst) {
     struct linger l = {.l_onoff = 1, .l_linger = 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
@@ -688,11 +707,9 @@ static void *notifier_main(void *arg) {
   nt->result = 1;
   int fd = hand_connect(nt->port);
   if (fd < 0) return NULL;
-  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-  SSL *ssl = SSL_new(ctx);
-  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
-  SSL_set_bio(ssl, rb, wb);
-  SSL_set_connect_state(ssl);
+  hand h = hand_new();
+  SSL *ssl = h.ssl;
+  BIO *rb = h.rb, *wb = h.wb;
   nt->result = 2;
   if (hand_handshake(ssl, rb, wb, fd) != 0) goto out;
   nt->result = 3;
@@ -713,8 +730,7 @@ static void *notifier_main(void *arg) {
   nt->wait_ms = (double)(cm_now_mono_ms() - t0);
   nt->result = 0;
 out:
-  SSL_free(ssl);
-  SSL_CTX_free(ctx);
+  hand_free(&h);
   close(fd);
   return NULL;
 }
