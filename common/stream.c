@@ -44,8 +44,7 @@
 #define READ_CHUNK       65536
 #define TLS_RECORD_MAX   16384
 #define GATHER_CHUNK     (128 * 1024) /* plaintext per send() when gathering */
-#define WRITE_CHUNK_MAX  (1 << 20)
-#define OUT_HANDOVER_MIN (16 * 1024) /* a rest of `out` this big is handed over, not copied */
+#define OUT_HANDOVER_MIN (16 * 1024)  /* a rest of `out` this big is handed over, not copied */
 #define LINGER_MS        1000
 #define CLOSE_TIMEOUT_MS 5000
 #define CORK_FLUSH       16384 /* one full TLS record */
@@ -451,16 +450,17 @@ static int flush_out(cm_stream *s) {
   return rc;
 }
 
-/* A write of more than one record gathers its records in `out` and sends
- * them GATHER_CHUNK at a time: a send() per 16 KiB record costs a syscall
- * and a wake-up of the reader each, far more than the copy (a tunnel
- * client's 256 KiB messages went from 16 sends to 2, and the client pair
- * from 3.0-3.5 to 3.9-4.4 Gbit/s; docs/BENCHMARKS.md section 5).  A
- * single record still goes straight from OpenSSL's buffer to the kernel. */
+/* A write of more than one record, or any write while corked, gathers its
+ * records in `out` and sends them GATHER_CHUNK at a time (corked: at the
+ * uncork): a send() per 16 KiB record costs a syscall and a wake-up of the
+ * reader each, far more than the copy (a tunnel client's 256 KiB messages
+ * went from 16 sends to 2, and the client pair from 3.0-3.5 to 3.9-4.4
+ * Gbit/s; docs/BENCHMARKS.md section 5).  A single record written uncorked
+ * still goes straight from OpenSSL's buffer to the kernel. */
 static int tls_write(cm_stream *s, const uint8_t *p, size_t n) {
   bool corked = s->cork_depth > 0, gather = corked || n > TLS_RECORD_MAX;
   while (n > 0) {
-    int chunk = (int)CM_MIN(n, gather ? GATHER_CHUNK : WRITE_CHUNK_MAX);
+    int chunk = (int)CM_MIN(n, GATHER_CHUNK); /* n, unless gathering */
     s->gather_records = gather;
     int r = SSL_write(s->ssl, p, chunk);
     s->gather_records = false;
@@ -697,7 +697,8 @@ static void tls_pump(cm_stream *s) {
      * of four of a record each. */
     size_t have = 0;
     int r = 0, e = SSL_ERROR_NONE;
-    char why[200] = "";
+    char why[200];
+    why[0] = '\0'; /* set only when the reads end in an error */
     while (have < READ_ROOM) {
       r = SSL_read(s->ssl, buf + have, (int)(READ_ROOM - have));
       if (r <= 0) {
