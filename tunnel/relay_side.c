@@ -94,7 +94,6 @@ struct tun_call {
     bool failed; /* ended UNAVAILABLE: its group gave no answer */
   } tried[MAX_TRIED];
   size_t ntried;
-  bool unanswered; /* some attempt failed: a NOT_FOUND is not everyone's */
   bool pinned;     /* tun_relay_call_to/_all: never replayed elsewhere */
   bool repeatable; /* Validate: safe to ask again (see replay_elsewhere) */
   bool probe;      /* a keepalive health check: not counted as a call */
@@ -481,10 +480,16 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_
  * does) after UNAVAILABLE or a link lost under it, on another controller,
  * which may reach its registry when this one cannot.  Admin calls are not
  * repeated on UNAVAILABLE: a create or delete may have been carried out. */
+/* Some group gave no answer: a NOT_FOUND is not everyone's. */
+static bool some_attempt_failed(const tun_call *c) {
+  for (size_t k = 0; k < c->ntried; k++)
+    if (c->tried[k].failed) return true;
+  return false;
+}
+
 /* The current attempt ended UNAVAILABLE (answered so, or its link lost). */
 static void attempt_failed(tun_call *c) {
   if (c->ntried > 0) c->tried[c->ntried - 1].failed = true;
-  c->unanswered = true;
 }
 
 static bool replay_elsewhere(tun_call *c, skip_kind skip) {
@@ -527,7 +532,7 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void 
     msg = "OK without a response message";
   }
   if (status == TUN_GRPC_NOT_FOUND && replay_elsewhere(c, SKIP_GROUPS)) return 0;
-  if (status == TUN_GRPC_NOT_FOUND && c->unanswered) {
+  if (status == TUN_GRPC_NOT_FOUND && some_attempt_failed(c)) {
     /* A group that failed may hold it: not a final 404. */
     status = TUN_GRPC_UNAVAILABLE;
     msg = "a controller that may know the session did not answer";
