@@ -70,6 +70,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -84,6 +86,7 @@
 static struct {
   const char *relay_bin, *connect, *haproxy, *tmp, *what, *cipher, *relay_arg;
   int pid, sessions, rounds, workers, streams;
+  int host_cpu; /* peers: % of a core for each of relay, tcp-listen, tcp-dial; 0: none */
   bool plain;
   double secs;
 } opt = {.what = "crypto,throughput,msgs,latency,rss,peers",
@@ -1003,31 +1006,56 @@ static void bench_rss(void) {
 
 /* ---- the client pair (peers) ----------------------------------------------------------- */
 
-/* A TCP source writes a fixed 256 KiB block again and again (the block is
- * static, so writes need no copy) while at most PEER_INFLIGHT writes are
- * queued; the sink counts what arrives. */
-#define PEER_BLOCK    (256 * 1024)
-#define PEER_INFLIGHT 4
+/* A TCP source and a TCP sink stand for the programs at either end (an
+ * ssh client and server, on other hosts in a real deployment).  Neither
+ * copies a byte, so the two cores go to what is measured, not to the
+ * harness: the source hands the kernel references to one static 256 KiB
+ * block (vmsplice into a pipe, splice to the socket; the block never
+ * changes, so the pages can be shared), and the sink has the kernel
+ * discard what arrives (recv with MSG_TRUNC, which TCP honours) and counts
+ * it.  Both are plain descriptors under uv_poll, dup()ed from the libuv
+ * handles that connected and accepted them. */
+#define PEER_BLOCK     (256 * 1024)
+#define PEER_PIPE_SIZE (1024 * 1024)
+#define SINK_RECV_MAX  (1 << 30)
 
 static uint8_t g_block[PEER_BLOCK];
 static uv_tcp_t g_sink_listener, g_src;
-static uv_tcp_t *g_sink;
-static int g_src_inflight;
+static uv_poll_t *g_sink_poll, g_src_poll; /* a sink per connection: a re-join replaces it */
+static int g_sink_fd = -1, g_src_fd = -1, g_src_pipe[2] = {-1, -1};
+static size_t g_src_off, g_src_piped; /* next byte of the block to splice; bytes in the pipe */
 static bool g_src_on, g_src_connected;
 static uint64_t g_sink_bytes;
 static pid_t g_dial_pid, g_listen_pid;
 
-static void sink_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b) {
-  (void)h;
-  (void)sz;
-  static char buf[256 * 1024];
-  *b = uv_buf_init(buf, sizeof buf);
+static void sink_readable(uv_poll_t *h, int status, int events) {
+  (void)events;
+  for (;;) {
+    ssize_t n = status < 0 ? -1 : recv(g_sink_fd, NULL, SINK_RECV_MAX, MSG_TRUNC | MSG_DONTWAIT);
+    if (n > 0) {
+      g_sink_bytes += (uint64_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) uv_poll_stop(h);
+    return;
+  }
 }
 
-static void sink_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
-  (void)b;
-  if (n > 0) g_sink_bytes += (uint64_t)n;
-  if (n < 0) uv_read_stop(s);
+static void sink_close(void) {
+  if (g_sink_fd < 0) return;
+  uv_close((uv_handle_t *)g_sink_poll, (uv_close_cb)free); /* stops polling at once */
+  g_sink_poll = NULL;
+  close(g_sink_fd);
+  g_sink_fd = -1;
+}
+
+/* A plain descriptor for what a libuv handle holds; the handle is closed. */
+static int take_fd(uv_handle_t *h) {
+  uv_os_fd_t fd;
+  int d = uv_fileno(h, &fd) == 0 ? dup(fd) : -1;
+  uv_close(h, h == (uv_handle_t *)&g_src ? NULL : (uv_close_cb)free);
+  return d;
 }
 
 static void on_sink_conn(uv_stream_t *server, int status) {
@@ -1038,29 +1066,41 @@ static void on_sink_conn(uv_stream_t *server, int status) {
     uv_close((uv_handle_t *)c, (uv_close_cb)free);
     return;
   }
-  if (g_sink) uv_close((uv_handle_t *)g_sink, (uv_close_cb)free); /* a re-joined tunnel */
-  g_sink = c;
-  uv_read_start((uv_stream_t *)c, sink_alloc, sink_read);
+  sink_close(); /* a re-joined tunnel */
+  g_sink_fd = take_fd((uv_handle_t *)c);
+  g_sink_poll = malloc(sizeof *g_sink_poll);
+  if (g_sink_fd < 0 || !g_sink_poll || uv_poll_init(g_loop, g_sink_poll, g_sink_fd) != 0)
+    die("sink: no poll");
+  uv_poll_start(g_sink_poll, UV_READABLE, sink_readable);
 }
 
-static void src_pump(void);
-
-static void src_written(uv_write_t *w, int status) {
-  free(w);
-  g_src_inflight--;
-  if (status == 0) src_pump();
+/* Refills the pipe from the block and splices it on until the socket is
+ * full (then waits for writable) or the source is switched off. */
+static void src_writable(uv_poll_t *h, int status, int events) {
+  (void)events;
+  while (g_src_on && status == 0) {
+    if (g_src_piped == 0) {
+      struct iovec iov = {g_block + g_src_off, PEER_BLOCK - g_src_off};
+      ssize_t n = vmsplice(g_src_pipe[1], &iov, 1, SPLICE_F_NONBLOCK);
+      if (n <= 0) break;
+      g_src_piped = (size_t)n;
+      g_src_off = (g_src_off + (size_t)n) % PEER_BLOCK;
+    }
+    ssize_t n = splice(g_src_pipe[0], NULL, g_src_fd, NULL, g_src_piped,
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE);
+    if (n > 0) {
+      g_src_piped -= (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    break;
+  }
+  uv_poll_stop(h);
 }
 
 static void src_pump(void) {
-  while (g_src_on && g_src_connected && g_src_inflight < PEER_INFLIGHT) {
-    uv_write_t *w = malloc(sizeof *w);
-    uv_buf_t b = uv_buf_init((char *)g_block, sizeof g_block);
-    if (uv_write(w, (uv_stream_t *)&g_src, &b, 1, src_written) != 0) {
-      free(w);
-      return;
-    }
-    g_src_inflight++;
-  }
+  if (g_src_on && g_src_connected) uv_poll_start(&g_src_poll, UV_WRITABLE, src_writable);
 }
 
 static void src_connected(uv_connect_t *req, int status) {
@@ -1069,6 +1109,11 @@ static void src_connected(uv_connect_t *req, int status) {
     printf("!! the source could not connect to tcp-listen: %s\n", uv_strerror(status));
     return;
   }
+  g_src_fd = take_fd((uv_handle_t *)&g_src);
+  if (g_src_fd < 0 || pipe2(g_src_pipe, O_NONBLOCK | O_CLOEXEC) != 0 ||
+      uv_poll_init(g_loop, &g_src_poll, g_src_fd) != 0)
+    die("source: no descriptor, pipe or poll");
+  (void)fcntl(g_src_pipe[1], F_SETPIPE_SZ, PEER_PIPE_SIZE); /* fewer, larger splices; optional */
   g_src_connected = true;
   src_pump();
 }
@@ -1149,12 +1194,17 @@ static bool peers_start(void) {
 
 static void peers_stop(void) {
   g_src_on = false;
-  uv_close((uv_handle_t *)&g_src, NULL);
-  run_for(0.3);
+  if (g_src_connected) {
+    uv_close((uv_handle_t *)&g_src_poll, NULL);
+    run_for(0.3);
+    close(g_src_fd);
+    close(g_src_pipe[0]);
+    close(g_src_pipe[1]);
+    g_src_connected = false;
+  }
   stop_child(g_listen_pid, "tcp-listen");
   stop_child(g_dial_pid, "tcp-dial");
-  if (g_sink) uv_close((uv_handle_t *)g_sink, (uv_close_cb)free);
-  g_sink = NULL;
+  sink_close();
   uv_close((uv_handle_t *)&g_sink_listener, NULL);
   run_for(0.1);
 }
@@ -1202,6 +1252,78 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* The best rounds and the paired per-round ratios of one way of running. */
+typedef struct peers_tally {
+  double best_pair, best_dp, ratio[MAX_ROUNDS], busiest;
+  int n;
+} peers_tally;
+
+/* One round: (a), then the pair, adjacent windows. */
+static void peers_round(peers_tally *t) {
+  double x[2];
+  if (!stream_run(T_RELAY, 1, 16384, 8, x)) printf("!! data-plane run had errors\n");
+  printf("  %-12s %7.2f Gbit/s  (data plane alone: WebSocket peers of this process, as (a))\n",
+         "relay", x[0] * 8 / 1e9);
+  cpu_print(&g_cpu, "relay");
+  t->best_dp = CM_MAX(x[0], t->best_dp);
+  peers_cpu c;
+  double r = peers_run(&c);
+  /* The two windows are adjacent, so their ratio is free of the machine's
+   * drift between rounds; the busiest client process's share against the
+   * relay's says which would run out of a core first. */
+  printf("  %-12s %7.2f Gbit/s  (through tcp-listen and tcp-dial); this round's ratio %.2f; "
+         "busiest client process / relay CPU %.2f\n",
+         "client pair", r * 8 / 1e9, x[0] > 0 ? r / x[0] : 0,
+         c.relay > 0 ? CM_MAX(c.listen, c.dial) / c.relay : 0);
+  t->best_pair = CM_MAX(r, t->best_pair);
+  if (x[0] > 0 && t->n < MAX_ROUNDS) t->ratio[t->n++] = r / x[0];
+  if (c.relay > 0) t->busiest = CM_MAX(t->busiest, CM_MAX(c.listen, c.dial) / c.relay);
+}
+
+static void peers_summary(const peers_tally *t, const char *how) {
+  double ratio[MAX_ROUNDS];
+  memcpy(ratio, t->ratio, sizeof ratio);
+  printf("@@ peers | (e) tcp-listen -> relay -> tcp-dial, 1 connection%s, Gbit/s | %.2f | data "
+         "plane (a) alone %.2f | pair/data plane %.2f (best rounds), %.2f (median of the paired "
+         "rounds); busiest client process at most %.2f of the relay's CPU\n",
+         how, t->best_pair * 8 / 1e9, t->best_dp * 8 / 1e9,
+         t->best_dp > 0 ? t->best_pair / t->best_dp : 0, median(ratio, t->n), t->busiest);
+}
+
+/* Equal hosts: in a deployment the relay, tcp-listen and tcp-dial run on
+ * three machines; here five processes share two cores, so the ratio of
+ * the plain rounds is mostly how the scheduler shares them.  The second
+ * kind of round gives the relay, tcp-listen and tcp-dial the same budget
+ * each, opt.host_cpu % of a core, as three equal hosts would have; the
+ * load generator, source and sink (this process) stay unlimited, as the
+ * programs they stand for run elsewhere.  Whichever of the three needs
+ * the most CPU per byte then sets the pair's rate, and (a) is the relay's
+ * rate on that budget. */
+enum { CG_RELAY, CG_LISTEN, CG_DIAL, CG_N };
+static bench_cgroup g_cg[CG_N];
+
+static bool hosts_make(void) {
+  static const char *const name[CG_N] = {"relay-bench-relay", "relay-bench-listen",
+                                         "relay-bench-dial"};
+  const pid_t pid[CG_N] = {g_relay_pid, g_listen_pid, g_dial_pid};
+  for (int i = 0; i < CG_N; i++)
+    if (!bench_cgroup_make(&g_cg[i], name[i]) || !bench_cgroup_add(&g_cg[i], pid[i])) return false;
+  return true;
+}
+
+static bool hosts_limit(int pct) {
+  bool ok = true;
+  for (int i = 0; i < CG_N; i++)
+    ok = g_cg[i].dir[0] && bench_cgroup_limit(&g_cg[i], pct) && ok;
+  return ok;
+}
+
+static void hosts_remove(void) {
+  bench_cgroup_remove(&g_cg[CG_RELAY], g_relay_pid); /* the relay lives on */
+  bench_cgroup_remove(&g_cg[CG_LISTEN], 0);
+  bench_cgroup_remove(&g_cg[CG_DIAL], 0);
+}
+
 static void bench_peers(void) {
   printf("\n== (e) the client pair: TCP source -> tcp-listen -> relay -> tcp-dial -> TCP sink, "
          "1 connection, %.0f s, best of %d; beside (a) ==\n",
@@ -1210,34 +1332,32 @@ static void bench_peers(void) {
     printf("!! the peers did not start (see %s/tcp-*.log)\n", opt.tmp);
     return;
   }
-  double best_pair = 0, best_dp = 0, ratio[MAX_ROUNDS], busiest = 0;
-  int n = 0;
+  bool hosts = opt.host_cpu > 0 && hosts_make();
+  if (opt.host_cpu > 0 && !hosts)
+    printf("!! no usable cgroup cpu controller (needs root): no equal-hosts rounds\n");
+  peers_tally plain = {0}, equal = {0};
   for (int round = 0; round < opt.rounds; round++) {
-    double x[2];
-    if (!stream_run(T_RELAY, 1, 16384, 8, x)) printf("!! data-plane run had errors\n");
-    printf("  %-12s %7.2f Gbit/s  (data plane alone: WebSocket peers of this process, as (a))\n",
-           "relay", x[0] * 8 / 1e9);
-    cpu_print(&g_cpu, "relay");
-    best_dp = x[0] > best_dp ? x[0] : best_dp;
-    peers_cpu c;
-    double r = peers_run(&c);
-    /* The two windows are adjacent, so their ratio is free of the machine's
-     * drift between rounds; the busiest client process's share against the
-     * relay's says which would run out of a core first. */
-    printf("  %-12s %7.2f Gbit/s  (through tcp-listen and tcp-dial); this round's ratio %.2f; "
-           "busiest client process / relay CPU %.2f\n",
-           "client pair", r * 8 / 1e9, x[0] > 0 ? r / x[0] : 0,
-           c.relay > 0 ? CM_MAX(c.listen, c.dial) / c.relay : 0);
-    best_pair = r > best_pair ? r : best_pair;
-    if (x[0] > 0 && n < MAX_ROUNDS) ratio[n++] = r / x[0];
-    if (c.relay > 0) busiest = CM_MAX(busiest, CM_MAX(c.listen, c.dial) / c.relay);
+    peers_round(&plain);
+    if (!hosts) continue;
+    if (!hosts_limit(opt.host_cpu)) {
+      printf("!! could not set the CPU budgets\n");
+      hosts = false;
+      continue;
+    }
+    printf("  -- equal hosts: the relay, tcp-listen and tcp-dial held to %d%% of a core each --\n",
+           opt.host_cpu);
+    peers_round(&equal);
+    hosts_limit(0);
   }
   peers_stop();
-  printf("@@ peers | (e) tcp-listen -> relay -> tcp-dial, 1 connection, Gbit/s | %.2f | data plane "
-         "(a) alone %.2f | pair/data plane %.2f (best rounds), %.2f (median of the paired rounds); "
-         "busiest client process at most %.2f of the relay's CPU\n",
-         best_pair * 8 / 1e9, best_dp * 8 / 1e9, best_dp > 0 ? best_pair / best_dp : 0,
-         median(ratio, n), busiest);
+  if (g_cg[CG_RELAY].dir[0] || g_cg[CG_LISTEN].dir[0] || g_cg[CG_DIAL].dir[0]) hosts_remove();
+  peers_summary(&plain, "");
+  if (equal.n > 0) {
+    char how[96];
+    snprintf(how, sizeof how, ", each of relay, tcp-listen, tcp-dial held to %d%% of a core",
+             opt.host_cpu);
+    peers_summary(&equal, how);
+  }
 }
 
 static void usage(void) {
@@ -1247,6 +1367,8 @@ static void usage(void) {
           "       [--sessions N] [--secs S] [--rounds R] [--cipher aes128|aes256]\n"
           "       [--workers N] [--streams S]  (relay workers, haproxy nbthread; (a)'s sessions)\n"
           "       [--relay-arg FLAG]           (one more flag for relay serve)\n"
+          "       [--host-cpu PCT]  (peers: also rounds with relay, tcp-listen and tcp-dial each\n"
+          "                          held to PCT%% of a core, a cgroup each; needs root)\n"
           "       [--plain 1]  (no TLS anywhere: relay --plain, plain baselines, no haproxy)\n");
   exit(2);
 }
@@ -1287,6 +1409,8 @@ static void parse_args(int argc, char **argv) {
       opt.streams = atoi(v);
     else if (strcmp(a, "--relay-arg") == 0)
       opt.relay_arg = v;
+    else if (strcmp(a, "--host-cpu") == 0)
+      opt.host_cpu = atoi(v);
     else if (strcmp(a, "--plain") == 0)
       opt.plain = strcmp(v, "1") == 0;
     else
