@@ -84,8 +84,10 @@ struct cm_stream {
   int sock_err;        /* the BIO's recv() failed (negative errno) */
   bool sock_eof;       /* the BIO's recv() saw the peer's FIN */
   bool gather_records; /* in tls_write: records collect in `out` for one send() */
-  /* What ended a batch of reads the owner paused on (an SSL_ERROR_*, 0:
-   * none) and its message: acted on at resume (tls_pump). */
+  /* What ended a batch of reads (an SSL_ERROR_*, 0: none) and its
+   * message, kept while the owner has the data in front of it: acted on
+   * after its on_read, at resume if it paused (tls_pump), or at once if a
+   * write it makes meanwhile fails on it (write_failed). */
   int read_stop;
   char *read_stop_why;
   /* Leaving for another loop once no write is queued (cm_stream_detach). */
@@ -530,6 +532,20 @@ static int corked_write(cm_stream *s, const uv_buf_t *bufs, size_t n) {
   return rc;
 }
 
+static void act_on_read_stop(cm_stream *s);
+
+/* A write OpenSSL refused because the reads had already ended in a TLS
+ * error (the owner wrote in on_read, on the data in front of the error):
+ * that error is why the stream closes, not the write. */
+static void write_failed(cm_stream *s, int rc) {
+  if (rc == CM_ETLS && s->read_stop && s->read_stop != SSL_ERROR_ZERO_RETURN) {
+    ERR_clear_error(); /* the write's, a consequence */
+    act_on_read_stop(s);
+    return;
+  }
+  begin_close(s, rc, rc == CM_EQUEUE ? "write queue limit exceeded" : "write failed", true);
+}
+
 int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n) {
   if (s->state >= S_CLOSING) return CM_ECLOSED;
   if (s->state != S_OPEN) {
@@ -543,11 +559,8 @@ int cm_stream_writev(cm_stream *s, const uv_buf_t *bufs, size_t n) {
     return 0;
   }
   int rc = s->cork_depth > 0 ? corked_write(s, bufs, n) : emit(s, bufs, n);
-  if (rc != 0) {
-    begin_close(s, rc, rc == CM_EQUEUE ? "write queue limit exceeded" : "write failed", true);
-    return rc;
-  }
-  return 0;
+  if (rc != 0) write_failed(s, rc);
+  return rc;
 }
 
 void cm_stream_cork(cm_stream *s) { s->cork_depth++; }
@@ -562,8 +575,7 @@ void cm_stream_uncork(cm_stream *s) {
   }
   int rc = emit_cork(s);
   if (rc == 0) rc = flush_out(s);
-  if (rc != 0)
-    begin_close(s, rc, rc == CM_EQUEUE ? "write queue limit exceeded" : "write failed", true);
+  if (rc != 0) write_failed(s, rc);
 }
 
 int cm_stream_write(cm_stream *s, const void *data, size_t len) {
@@ -662,6 +674,21 @@ static void reads_ended(cm_stream *s, int e, const char *why) {
   }
 }
 
+static void keep_read_stop(cm_stream *s, int e, const char *why) {
+  free(s->read_stop_why);
+  s->read_stop = e;
+  s->read_stop_why = why[0] ? strdup(why) : NULL;
+}
+
+static void act_on_read_stop(cm_stream *s) {
+  int e = s->read_stop;
+  char *why = s->read_stop_why;
+  s->read_stop = 0;
+  s->read_stop_why = NULL;
+  reads_ended(s, e, why);
+  free(why);
+}
+
 /* Runs the handshake and reads records while not paused.  Input comes from
  * in_ptr/in_len (the current uv read), else from the stash `in`. */
 static void tls_pump(cm_stream *s) {
@@ -682,12 +709,7 @@ static void tls_pump(cm_stream *s) {
     became_open(s);
   }
   if (s->read_stop && s->state == S_OPEN && !s->paused) {
-    int e = s->read_stop;
-    char *why = s->read_stop_why;
-    s->read_stop = 0;
-    s->read_stop_why = NULL;
-    reads_ended(s, e, why);
-    free(why);
+    act_on_read_stop(s);
     return;
   }
   uint8_t *buf = t_plainbuf + CM_STREAM_HEADROOM;
@@ -710,17 +732,14 @@ static void tls_pump(cm_stream *s) {
       }
       have += (size_t)r;
     }
+    /* The end (a close_notify, an alert, a forged record) is known before
+     * the owner sees the data in front of it, which it may answer. */
+    if (r <= 0 && e != SSL_ERROR_WANT_READ) keep_read_stop(s, e, why);
     if (have > 0) s->cbs.on_read(s, buf, have);
     if (r > 0) continue;
-    if (s->state != S_OPEN || e == SSL_ERROR_WANT_READ) break;
-    if (s->paused) {
-      /* The owner paused on the data before the end (a close_notify, an
-       * alert) that OpenSSL has already consumed: it waits for resume. */
-      s->read_stop = e;
-      s->read_stop_why = why[0] ? strdup(why) : NULL;
-      break;
-    }
-    reads_ended(s, e, why);
+    /* Paused on that data, the owner meets the end at resume. */
+    if (s->state != S_OPEN || !s->read_stop || s->paused) break;
+    act_on_read_stop(s);
     return;
   }
   flush_out(s);

@@ -7,8 +7,7 @@ tcp-listen, tcp-dial, udp-listen, udp-dial).
   ``ca`` is the certificate peers pass with ``--ca``.
 * ``create_session``: a session from ``relay create --output env``, its
   three lines read as ``eval`` would (SWSRS_SESSION, SWSRS_INITIATOR_TOKEN,
-  SWSRS_RESPONDER_TOKEN); a binary without ``relay create`` gets a POST with
-  urllib instead.
+  SWSRS_RESPONDER_TOKEN).
 * ``Peer``: one peer command as a child process, its token in SWSRS_TOKEN
   (never on the command line), stderr collected by a thread, stdin and
   stdout as the test wants them; ``listen_port()`` reads the port from the
@@ -52,17 +51,9 @@ class DevRelay(relaytest.Relay):
         return ssl.create_default_context(cafile=self.ca)
 
 
-def _has_create():
-    p = subprocess.run([RELAY_BIN, "create", "--help"], capture_output=True, timeout=TIMEOUT)
-    return p.returncode == 0
-
-
 def create_session(relay, ttl=600, peer_wait=None):
     """A session as `eval $(relay create --output env)` leaves it: a dict with
-    SWSRS_SESSION, SWSRS_INITIATOR_TOKEN, SWSRS_RESPONDER_TOKEN.  With a
-    binary that has no `relay create`, a POST with urllib instead."""
-    if not _has_create():
-        return _create_with_urllib(relay, ttl, peer_wait)
+    SWSRS_SESSION, SWSRS_INITIATOR_TOKEN, SWSRS_RESPONDER_TOKEN."""
     argv = [RELAY_BIN, "create", "--admin-url", "https://127.0.0.1:%d" % relay.port,
             "--ca", relay.ca, "--output", "env", "--ttl", "%ds" % ttl]
     if peer_wait is not None:
@@ -79,20 +70,6 @@ def create_session(relay, ttl=600, peer_wait=None):
     if set(env) != want:
         raise TestError("relay create --output env printed %r" % sorted(env))
     return env
-
-
-def _create_with_urllib(relay, ttl, peer_wait):
-    body = {"ttl_seconds": ttl}
-    if peer_wait is not None:
-        body["peer_wait_seconds"] = peer_wait
-    req = urllib.request.Request("https://127.0.0.1:%d/admin/sessions" % relay.port,
-                                 data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, context=relay.ssl_context(), timeout=TIMEOUT) as r:
-        assert r.status == 201, r.status
-        s = json.loads(r.read())
-    return {"SWSRS_SESSION": s["id"], "SWSRS_INITIATOR_TOKEN": s["initiator_token"],
-            "SWSRS_RESPONDER_TOKEN": s["responder_token"]}
 
 
 def session_status(relay, sid):

@@ -4,8 +4,7 @@ walk-through of the README, against a real OpenSSH server.
 The test starts Debian's sshd on a free loopback port (sshtest.Sshd) and
 stops it by pid.  The relay runs as
 `./dev run` runs it (development certificate, embedded controller,
---no-auth); the session comes from `relay create --output env` when the
-binary has it, else from the admin API.
+--no-auth); the session comes from `relay create --output env`.
 
 * One connection: tcp-dial (responder) dials sshd for the peer; tcp-listen
   (initiator) accepts one connection; `ssh -p PORT` runs a command and

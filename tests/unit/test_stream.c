@@ -750,6 +750,57 @@ static void test_close_notify_behind_data_while_paused(void **state) {
   assert_true(nt.wait_ms >= 150 && nt.wait_ms < 2000); /* the pause, then at once */
 }
 
+/* A client whose second record is forged (a byte of its tag flipped), sent
+ * in one segment behind a good one. */
+typedef struct forger {
+  int port;
+  int result; /* 0: both records went out */
+} forger;
+
+static void *forger_main(void *arg) {
+  forger *fg = arg;
+  fg->result = 1;
+  int fd = hand_connect(fg->port);
+  if (fd < 0) return NULL;
+  hand h = hand_new();
+  fg->result = 2;
+  if (hand_handshake(h.ssl, h.rb, h.wb, fd) != 0) goto out;
+  fg->result = 3;
+  if (SSL_write(h.ssl, "hello", 5) != 5 || SSL_write(h.ssl, "world", 5) != 5) goto out;
+  char buf[256];
+  int n = BIO_read(h.wb, buf, sizeof buf);
+  if (n < 40) goto out; /* two records of 5 + 1 bytes, a 16-byte tag each */
+  buf[n - 1] ^= 0x01;   /* the second record's tag */
+  if (send(fd, buf, (size_t)n, MSG_NOSIGNAL) != n) goto out;
+  usleep(300 * 1000); /* let the server read both and answer */
+  fg->result = 0;
+out:
+  hand_free(&h);
+  close(fd);
+  return NULL;
+}
+
+/* The owner writes in on_read (an echo) on the data in front of a forged
+ * record OpenSSL has already rejected: the stream must close with the
+ * TLS error that ended the reads, not with the write that it refused. */
+static void test_tls_error_behind_data_while_writing(void **state) {
+  fixture *f = *state;
+  f->srv_tls = server_ctx("http/1.1", NULL, false);
+  f->srv_opts.tls = f->srv_tls;
+  f->server.echo = true;
+  forger fg = {.port = f->port};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, forger_main, &fg), 0);
+  RUN_UNTIL(f, f->server.closed, 3000);
+  pthread_join(th, NULL);
+  assert_int_equal(fg.result, 0);
+  assert_int_equal(cm_buf_size(&f->server.rx), 5);
+  assert_memory_equal(cm_buf_head(&f->server.rx), "hello", 5);
+  assert_int_equal(f->server.close_err, CM_ETLS);
+  assert_non_null(strstr(f->server.close_msg, "TLS error"));
+  assert_non_null(strstr(f->server.close_msg, "bad record mac"));
+}
+
 static void test_vanish_mid_record_fin(void **state) { vanish_case(*state, true, false); }
 static void test_vanish_mid_record_rst(void **state) { vanish_case(*state, true, true); }
 static void test_vanish_mid_client_hello(void **state) { vanish_case(*state, false, false); }
@@ -1021,6 +1072,7 @@ int main(void) {
       T(test_tls_handshake_timeout),
       T(test_vanish_mid_record_fin),
       T(test_close_notify_behind_data_while_paused),
+      T(test_tls_error_behind_data_while_writing),
       T(test_vanish_mid_record_rst),
       T(test_vanish_mid_client_hello),
       T(test_bulk_64mib_tls),
