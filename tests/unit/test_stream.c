@@ -729,6 +729,15 @@ out:
   return NULL;
 }
 
+/* Runs the loop for a hand-driven client thread until the server's stream
+ * has closed, then waits for the thread. */
+static void serve_hand_client(fixture *f, void *(*client)(void *), void *arg) {
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, client, arg), 0);
+  RUN_UNTIL(f, f->server.closed, 3000);
+  pthread_join(th, NULL);
+}
+
 /* The owner pauses on the data in front of a close_notify that arrived
  * with it: the close must still happen at resume, not wait for the peer
  * to give up (OpenSSL has already consumed the alert). */
@@ -738,10 +747,7 @@ static void test_close_notify_behind_data_while_paused(void **state) {
   f->srv_opts.tls = f->srv_tls;
   f->server.pause_on_read_ms = 200;
   notifier nt = {.port = f->port};
-  pthread_t th;
-  assert_int_equal(pthread_create(&th, NULL, notifier_main, &nt), 0);
-  RUN_UNTIL(f, f->server.closed, 3000);
-  pthread_join(th, NULL);
+  serve_hand_client(f, notifier_main, &nt);
   assert_int_equal(nt.result, 0);
   assert_int_equal(f->server.close_err, 0);
   assert_string_equal(f->server.close_msg, "peer sent close_notify");
@@ -789,10 +795,7 @@ static void test_tls_error_behind_data_while_writing(void **state) {
   f->srv_opts.tls = f->srv_tls;
   f->server.echo = true;
   forger fg = {.port = f->port};
-  pthread_t th;
-  assert_int_equal(pthread_create(&th, NULL, forger_main, &fg), 0);
-  RUN_UNTIL(f, f->server.closed, 3000);
-  pthread_join(th, NULL);
+  serve_hand_client(f, forger_main, &fg);
   assert_int_equal(fg.result, 0);
   assert_int_equal(cm_buf_size(&f->server.rx), 5);
   assert_memory_equal(cm_buf_head(&f->server.rx), "hello", 5);
