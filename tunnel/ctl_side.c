@@ -36,11 +36,13 @@ typedef struct clink {
   tun_outq events_out;
   tun_grpc_decoder events_in;
   cm_list calls; /* streams not yet closed */
+  cm_list ready; /* requests the current read completed: served after it (serve_ready) */
 } clink;
 
 struct tun_ctl_call {
   clink *l;
   cm_list node;
+  cm_list ready_node; /* in l->ready */
   int32_t sid;
   char path[64];
   bool is_events, got_end, replied;
@@ -282,6 +284,7 @@ static int on_call_message(void *ud, const uint8_t *msg, size_t len) {
 static void call_free(tun_ctl_call *call) {
   if (call->deferred && !call->replied && call->gone) call->gone(call->gone_ud);
   cm_list_remove(&call->node);
+  cm_list_remove(&call->ready_node);
   tun_grpc_decoder_free(&call->dec);
   tun_outq_free(&call->out);
   cm_secret_free(call->msg);
@@ -342,11 +345,30 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
     }
   }
   if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
-      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->is_events && !call->replied) {
+      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->is_events && !call->replied &&
+      !call->got_end) {
     call->got_end = true;
-    dispatch_unary(call);
+    cm_list_push_back(&l->ready, &call->ready_node);
   }
   return 0;
+}
+
+/* Requests are served once the whole read that completed them has been
+ * through nghttp2, not one by one as each completes.  A controller that
+ * was stopped (SIGSTOP, a stalled disk, a paused VM) wakes to find the
+ * requests that queued meanwhile and, behind them, the relay's
+ * RST_STREAM for each whose deadline passed: the relay has answered those
+ * 503 already, and carrying them out would create sessions whose tokens
+ * nobody got (the client retries and makes a second) or delete after the
+ * caller was told it failed.  A reset that only arrives with a later read
+ * is not seen in time; that is the limit of what a stream can tell. */
+static void serve_ready(tun_link *tl) {
+  clink *l = (clink *)tl;
+  while (!cm_list_empty(&l->ready) && !tl->closed) {
+    tun_ctl_call *call = cm_container_of(l->ready.next, tun_ctl_call, ready_node);
+    cm_list_remove(&call->ready_node);
+    if (!call->replied) dispatch_unary(call);
+  }
 }
 
 static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
@@ -367,7 +389,6 @@ static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_
 }
 
 static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void *user) {
-  CM_UNUSED(err);
   clink *l = user;
   tun_ctl_call *call = nghttp2_session_get_stream_user_data(h2, sid);
   if (!call) return 0;
@@ -375,6 +396,9 @@ static int on_stream_close(nghttp2_session *h2, int32_t sid, uint32_t err, void 
     l->events_sid = 0;
     set_up(l, false);
   }
+  if (cm_list_linked(&call->ready_node))
+    cm_log(CM_LOG_INFO, "tunnel", "call cancelled before it was served", CM_S("method", call->path),
+           CM_S("relay", l->node_id), CM_I("h2_error", err));
   nghttp2_session_set_stream_user_data(h2, sid, NULL);
   call_free(call);
   return 0;
@@ -474,8 +498,11 @@ static void link_free(tun_link *tl) {
   maybe_closed(c);
 }
 
-static const tun_link_hooks g_hooks = {
-    .on_open = link_open, .on_closed = link_closed, .on_free = link_free, .on_wake = link_wake};
+static const tun_link_hooks g_hooks = {.on_open = link_open,
+                                       .on_closed = link_closed,
+                                       .on_free = link_free,
+                                       .on_wake = link_wake,
+                                       .after_input = serve_ready};
 
 static clink *link_new(tun_ctl *c, dialer *d, bool tls) {
   clink *l = calloc(1, sizeof *l);
@@ -484,6 +511,7 @@ static clink *link_new(tun_ctl *c, dialer *d, bool tls) {
   l->d = d;
   l->tls = tls;
   cm_list_init(&l->calls);
+  cm_list_init(&l->ready);
   tun_outq_init(&l->events_out, c->cfg.link.max_event_queue);
   tun_grpc_decoder_init(&l->events_in, c->cfg.link.max_message);
   tun_link_init(&l->base, c->loop, &c->cfg.link, &g_hooks);

@@ -698,7 +698,11 @@ static void link_free(tun_link *tl) {
   maybe_closed(r);
 }
 
-static const tun_link_hooks g_hooks = {link_open, link_closed, link_free, link_probe, link_wake};
+static const tun_link_hooks g_hooks = {.on_open = link_open,
+                                       .on_closed = link_closed,
+                                       .on_free = link_free,
+                                       .probe = link_probe,
+                                       .on_wake = link_wake};
 
 static rlink *link_new(tun_relay *r, bool tls) {
   rlink *l = calloc(1, sizeof *l);

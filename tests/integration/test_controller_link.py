@@ -15,6 +15,10 @@ certificates from real enrolment (init-ca, gen-csr, sign-csr).
   SIGSTOPped controller all answer 503 within 1 s of its SIGKILL; an open
   session keeps flowing; a restarted controller (same --state-dir) is back
   at once and sessions made before the kill still pair.
+* test_calls_that_timed_out_while_the_controller_was_stopped_are_not_carried_out
+  — three creates and a DELETE sent to a SIGSTOPped controller answer 503
+  at their 1 s deadline; woken, the controller finds their resets behind
+  them and serves none: no extra session, the deleted one still there.
 * test_two_controllers_one_relay — two controllers with their own state
   and their own certificates from issue-cert share one relay, which sees
   two controllers: creates are spread round-robin and
@@ -34,6 +38,7 @@ certificates from real enrolment (init-ca, gen-csr, sign-csr).
 """
 
 import asyncio
+import concurrent.futures
 import datetime
 import hashlib
 import json
@@ -523,6 +528,41 @@ def test_readiness_while_the_controller_hangs(pki, tmp_path, start_relay, start_
     finally:
         os.kill(ctl.proc.pid, signal.SIGCONT)
     gp.wait_ready(relay)
+
+
+def test_calls_that_timed_out_while_the_controller_was_stopped_are_not_carried_out(
+        pki, tmp_path, start_relay, start_controller):
+    """Creates and a DELETE sent to a SIGSTOPped controller are answered 503
+    when their deadline passes, and the relay resets their streams; the
+    controller, woken, finds each request with its reset behind it and
+    carries none of them out: no session was made (a client that retries
+    gets one, not two) and the deleted session is still there.  Before
+    requests were served after the whole read, every create was executed
+    on waking (three sessions more than the 201s) and the DELETE too."""
+    relay, ctl = start_remote(start_relay, start_controller, pki, tmp_path,
+                              relay_extra=["--call-timeout", "1s", "--ping-timeout", "30s"])
+    keep = create(relay)
+
+    def sessions():
+        r = gp.http(relay, "GET", "/admin/sessions")
+        assert r.status == 200, r
+        return sorted(x["id"] for x in r.json()["sessions"])
+
+    assert sessions() == [keep["id"]]
+    os.kill(ctl.proc.pid, signal.SIGSTOP)
+    try:
+        calls = [("POST", "/admin/sessions", json.dumps({"ttl_seconds": 600}).encode())] * 3
+        calls.append(("DELETE", "/admin/sessions/" + keep["id"], None))
+        with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+            answers = list(pool.map(lambda c: gp.http(relay, *c), calls))
+    finally:
+        os.kill(ctl.proc.pid, signal.SIGCONT)
+    assert [a.status for a in answers] == [503] * 4, answers
+    gp.wait_ready(relay)
+    fresh = create(relay)  # the woken controller serves new calls
+    assert sessions() == sorted([keep["id"], fresh["id"]])
+    cancelled = ctl.find_logs(msg="call cancelled before it was served")
+    assert len(cancelled) == 4, cancelled
 
 
 # --------------------------------------------------------------------------
