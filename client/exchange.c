@@ -24,8 +24,9 @@ struct rc_xchg {
   uint64_t deadline; /* monotonic ms: the whole exchange */
   uint32_t connect_ms;
   bool resolving, timer_closed, opened, done, cancelled;
+  bool starting; /* inside rc_xchg_start: failures wait for the loop */
   int early_err;
-  char early_msg[160];
+  char early_msg[320];
 };
 
 static void try_next(rc_xchg *x, int err, const char *msg);
@@ -78,11 +79,19 @@ static void where(const rc_xchg *x, char *out, size_t outlen) {
   rc_url_authority(&x->url, out, outlen);
 }
 
+static void fail_soon(rc_xchg *x, int err, const char *msg);
+
+/* A connect to an address literal can fail inside rc_xchg_start (libuv
+ * reports ENETUNREACH or EACCES from connect() itself): that, too, is
+ * reported from the loop. */
 static void fail_connect(rc_xchg *x, int err, const char *why) {
   char host[RC_HOST_MAX + 16], msg[320];
   where(x, host, sizeof host);
   snprintf(msg, sizeof msg, "cannot connect to %s: %s", host, why);
-  fail(x, err, msg);
+  if (x->starting)
+    fail_soon(x, err, msg);
+  else
+    fail(x, err, msg);
 }
 
 /* ---- the connection ----------------------------------------------------------- */
@@ -231,7 +240,9 @@ rc_xchg *rc_xchg_start(uv_loop_t *loop, const rc_xchg_opts *o, rc_xchg_cb cb, vo
   uv_timer_start(&x->timer, on_timer, CM_MIN(x->connect_ms, total), 0);
   struct sockaddr_storage ss;
   if (cm_sockaddr_from(x->url.host, x->url.port, &ss) == 0) {
+    x->starting = true;
     connect_to(x, (struct sockaddr *)&ss);
+    x->starting = false;
     return x;
   }
   char port[8];

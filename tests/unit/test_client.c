@@ -378,6 +378,9 @@ static void test_http_failures(void **state) {
   url_for(url, sizeof url, false, "127.0.0.1", dead_port(), "/x");
   expect_fail(NULL, url, "cannot connect to 127.0.0.1:");
   expect_fail(NULL, url, "connection refused");
+  /* A connect that fails at once (no route to a multicast address:
+   * ENETUNREACH from connect() itself) is reported from the loop too. */
+  expect_fail(NULL, "http://224.0.0.1:9/x", "cannot connect to 224.0.0.1:9");
 
   stub st;
   url_for(url, sizeof url, false, "127.0.0.1", stub_start(&st, 's'), "/x");

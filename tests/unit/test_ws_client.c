@@ -538,6 +538,26 @@ static void expect_stub_end(char mode, const rc_ws_opts *o, rc_ws_end_kind kind,
 
 static void close_it(peer *p) { rc_ws_close(p->ws, 1000, NULL); }
 
+/* A connect that fails inside rc_ws_connect (ENETUNREACH at once for a
+ * multicast address) ends the client from the loop, not before the
+ * caller has its handle. */
+static void test_connect_fails_at_once(void **state) {
+  (void)state;
+  peer p = {0};
+  char err[128];
+  rc_url b, u;
+  assert_int_equal(rc_url_parse("ws://224.0.0.1:9", &b, err, sizeof err), 0);
+  assert_int_equal(rc_url_session(&b, "AAAAAAAAAAAAAAAAAAAAAA", NULL, &u, err, sizeof err), 0);
+  rc_ws_opts o = {.url = &u, .token = "t"};
+  p.ws = rc_ws_connect(loop, &o, &g_peer_cbs, &p, err, sizeof err);
+  assert_non_null(p.ws);
+  assert_false(p.closed); /* not inside rc_ws_connect */
+  assert_true(run_until(&p.closed, 5000));
+  assert_int_equal(p.end.kind, RC_WS_FAILED);
+  if (!strstr(p.end.reason, "cannot connect to 224.0.0.1:9"))
+    fail_msg("reason \"%s\"", p.end.reason);
+}
+
 static void test_bad_servers(void **state) {
   (void)state;
   expect_stub_end('a', NULL, RC_WS_FAILED, "wrong Sec-WebSocket-Accept", NULL);
@@ -556,9 +576,13 @@ int main(void) {
   loop = uv_default_loop();
   cm_log_set_level(CM_LOG_ERROR);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_upgrade_request), cmocka_unit_test(test_bad_servers),
-      cmocka_unit_test(test_pair_plain),      cmocka_unit_test(test_pair_tls),
-      cmocka_unit_test(test_refusals),        cmocka_unit_test(test_backpressure),
+      cmocka_unit_test(test_upgrade_request),
+      cmocka_unit_test(test_bad_servers),
+      cmocka_unit_test(test_connect_fails_at_once),
+      cmocka_unit_test(test_pair_plain),
+      cmocka_unit_test(test_pair_tls),
+      cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_backpressure),
       cmocka_unit_test(test_pings_and_limit),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
