@@ -651,7 +651,10 @@ static void on_tick(uv_timer_t *t) {
   if (ps->ending) return;
   switch (ps->link) {
   case LINK_DOWN:
-    if (now >= ps->link_at) link_dial(ps);
+    /* A lookup that outlived its timeout cannot be cancelled once a
+     * thread runs it, and its request is ours to reuse only when it is
+     * back (on_resolved sees the link moved on and drops the answer). */
+    if (now >= ps->link_at && !ps->resolving) link_dial(ps);
     break;
   case LINK_RESOLVING:
   case LINK_CONNECTING:
