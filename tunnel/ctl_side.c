@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Streams a relay may have open on a link at once (its calls in flight). */
+#define CTL_MAX_STREAMS 4096
+
 typedef struct dialer dialer;
 
 typedef struct clink {
@@ -36,7 +39,7 @@ typedef struct clink {
   tun_outq events_out;
   tun_grpc_decoder events_in;
   cm_list calls; /* streams not yet closed */
-  cm_list ready; /* requests the current read completed: served after it (serve_ready) */
+  cm_list ready; /* complete requests, served after the loop's reads (serve_soon) */
 } clink;
 
 struct tun_ctl_call {
@@ -82,12 +85,17 @@ struct tun_ctl {
   size_t nup;
   bool closing;
   int handles;
+  /* Serves the links' ready requests once the loop's reads are done
+   * (serve_soon); made on first use, so an unstarted controller has none. */
+  uv_check_t serve;
+  bool serve_made;
   void (*done)(void *);
   void *done_ud;
 };
 
 static void dial_later(dialer *d, bool failed);
 static void maybe_closed(tun_ctl *c);
+static void serve_soon(tun_ctl *c);
 
 /* ---- replies ------------------------------------------------------------------ */
 
@@ -349,26 +357,53 @@ static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *
       !call->got_end) {
     call->got_end = true;
     cm_list_push_back(&l->ready, &call->ready_node);
+    serve_soon(l->c);
   }
   return 0;
 }
 
-/* Requests are served once the whole read that completed them has been
- * through nghttp2, not one by one as each completes.  A controller that
- * was stopped (SIGSTOP, a stalled disk, a paused VM) wakes to find the
- * requests that queued meanwhile and, behind them, the relay's
- * RST_STREAM for each whose deadline passed: the relay has answered those
- * 503 already, and carrying them out would create sessions whose tokens
- * nobody got (the client retries and makes a second) or delete after the
- * caller was told it failed.  A reset that only arrives with a later read
- * is not seen in time; that is the limit of what a stream can tell. */
-static void serve_ready(tun_link *tl) {
-  clink *l = (clink *)tl;
-  while (!cm_list_empty(&l->ready) && !tl->closed) {
+/* Requests are served once the loop has read everything waiting on the
+ * links (a check handle runs after the loop's I/O callbacks), not one by
+ * one as each completes.  A controller that was stopped (SIGSTOP, a
+ * stalled disk, a paused VM) wakes to find the requests that queued
+ * meanwhile and, behind them, the relay's RST_STREAM for each whose
+ * deadline passed: the relay has answered those 503 already, and carrying
+ * them out would create sessions whose tokens nobody got (the client
+ * retries and makes a second) or delete after the caller was told it
+ * failed.  What the relay sends only after the wake-up is not seen in
+ * time; that is the limit of what the stream can tell. */
+static void serve_ready(clink *l) {
+  tun_link *tl = &l->base;
+  /* As in nghttp2's callbacks, what the handlers submit leaves with the
+   * pump below, so no stream closes under them. */
+  tl->in_h2 = true;
+  while (!cm_list_empty(&l->ready) && tl->st && !cm_stream_closing(tl->st)) {
     tun_ctl_call *call = cm_container_of(l->ready.next, tun_ctl_call, ready_node);
     cm_list_remove(&call->ready_node);
     if (!call->replied) dispatch_unary(call);
   }
+  tl->in_h2 = false;
+  tun_link_pump(tl);
+}
+
+static void on_serve(uv_check_t *h) {
+  tun_ctl *c = h->data;
+  uv_check_stop(h);
+  for (cm_list *p = c->links.next, *next; p != &c->links; p = next) {
+    next = p->next; /* a link that fails while pumping leaves the list */
+    clink *l = cm_container_of(p, clink, node);
+    if (!cm_list_empty(&l->ready)) serve_ready(l);
+  }
+}
+
+static void serve_soon(tun_ctl *c) {
+  if (c->closing) return;
+  if (!c->serve_made) {
+    uv_check_init(c->loop, &c->serve);
+    c->serve.data = c;
+    c->serve_made = true;
+  }
+  uv_check_start(&c->serve, on_serve);
 }
 
 static int on_data(nghttp2_session *h2, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
@@ -449,10 +484,19 @@ static int link_open(tun_link *tl) {
     return -1;
   }
   l->opened_ms = cm_now_mono_ms();
-  if (nghttp2_session_server_new3(&tl->h2, server_callbacks(), l, NULL, tun_link_mem()) != 0)
-    return -1;
+  /* nghttp2 tears down a server session whose client resets more than
+   * 1,000 streams at once (rapid-reset flood protection).  Our client is
+   * a relay that proved who it is, and it resets a call once, when its
+   * deadline passes: a stalled controller wakes to as many resets as the
+   * relay had calls out, up to the streams we allow. */
+  nghttp2_option *opt;
+  if (nghttp2_option_new(&opt) != 0) return -1;
+  nghttp2_option_set_stream_reset_rate_limit(opt, CTL_MAX_STREAMS, CTL_MAX_STREAMS);
+  int rc = nghttp2_session_server_new3(&tl->h2, server_callbacks(), l, opt, tun_link_mem());
+  nghttp2_option_del(opt);
+  if (rc != 0) return -1;
   nghttp2_settings_entry iv[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 4096},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, CTL_MAX_STREAMS},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20},
   };
   nghttp2_submit_settings(tl->h2, NGHTTP2_FLAG_NONE, iv, CM_ARRAY_LEN(iv));
@@ -498,11 +542,8 @@ static void link_free(tun_link *tl) {
   maybe_closed(c);
 }
 
-static const tun_link_hooks g_hooks = {.on_open = link_open,
-                                       .on_closed = link_closed,
-                                       .on_free = link_free,
-                                       .on_wake = link_wake,
-                                       .after_input = serve_ready};
+static const tun_link_hooks g_hooks = {
+    .on_open = link_open, .on_closed = link_closed, .on_free = link_free, .on_wake = link_wake};
 
 static clink *link_new(tun_ctl *c, dialer *d, bool tls) {
   clink *l = calloc(1, sizeof *l);
@@ -733,6 +774,12 @@ static void maybe_closed(tun_ctl *c) {
   }
 }
 
+static void on_serve_closed(uv_handle_t *h) {
+  tun_ctl *c = h->data;
+  c->handles--;
+  maybe_closed(c);
+}
+
 static void on_dialer_closed(uv_handle_t *h) {
   dialer *d = h->data;
   d->timer_closed = true;
@@ -755,6 +802,10 @@ void tun_ctl_close(tun_ctl *c, void (*done)(void *), void *ud) {
     p = p->next;
     l->d = NULL;
     tun_link_close(&l->base, "controller shutting down");
+  }
+  if (c->serve_made) {
+    c->handles++;
+    uv_close((uv_handle_t *)&c->serve, on_serve_closed);
   }
   maybe_closed(c);
 }

@@ -170,14 +170,6 @@ static void s_on_read(cm_stream *s, uint8_t *data, size_t len) {
     tun_link_abort(l, "HTTP/2 protocol error");
     return;
   }
-  if (l->hooks->after_input) {
-    /* As in mem_recv's callbacks, what it submits leaves with the pump
-     * below: no stream it is working on can close under it. */
-    l->in_h2 = true;
-    l->hooks->after_input(l);
-    l->in_h2 = false;
-    if (l->closed) return;
-  }
   tun_link_pump(l);
 }
 

@@ -26,10 +26,6 @@ typedef struct tun_link_hooks {
   void (*probe)(tun_link *l);
   /* The time set with tun_link_wake_at has come (may be NULL). */
   void (*on_wake)(tun_link *l);
-  /* Everything one read brought has been through nghttp2 (may be NULL):
-   * what its callbacks collected can be acted on knowing the whole read.
-   * Runs as they do (in_h2): the pump after it sends what it submits. */
-  void (*after_input)(tun_link *l);
 } tun_link_hooks;
 
 /* Keepalive.  Silence is measured from the last byte received.  A link

@@ -16,7 +16,7 @@ certificates from real enrolment (init-ca, gen-csr, sign-csr).
   session keeps flowing; a restarted controller (same --state-dir) is back
   at once and sessions made before the kill still pair.
 * test_calls_that_timed_out_while_the_controller_was_stopped_are_not_carried_out
-  — three creates and a DELETE sent to a SIGSTOPped controller answer 503
+  — 1,000 creates and a DELETE sent to a SIGSTOPped controller answer 503
   at their 1 s deadline; woken, the controller finds their resets behind
   them and serves none: no extra session, the deleted one still there.
 * test_two_controllers_one_relay — two controllers with their own state
@@ -38,7 +38,6 @@ certificates from real enrolment (init-ca, gen-csr, sign-csr).
 """
 
 import asyncio
-import concurrent.futures
 import datetime
 import hashlib
 import json
@@ -530,39 +529,68 @@ def test_readiness_while_the_controller_hangs(pki, tmp_path, start_relay, start_
     gp.wait_ready(relay)
 
 
+STOPPED_CREATES = 1000  # ~90 KiB of requests on the link: more than one read of it
+
+
 def test_calls_that_timed_out_while_the_controller_was_stopped_are_not_carried_out(
         pki, tmp_path, start_relay, start_controller):
-    """Creates and a DELETE sent to a SIGSTOPped controller are answered 503
-    when their deadline passes, and the relay resets their streams; the
-    controller, woken, finds each request with its reset behind it and
-    carries none of them out: no session was made (a client that retries
-    gets one, not two) and the deleted session is still there.  Before
-    requests were served after the whole read, every create was executed
-    on waking (three sessions more than the 201s) and the DELETE too."""
+    """1,000 creates and a DELETE sent to a SIGSTOPped controller are
+    answered 503 when their deadline (1 s) passes, and the relay resets
+    their streams; the controller, woken, finds the requests with the
+    resets behind them — more than one read's worth — and carries none
+    out: no session was made (a client that retries gets one, not two) and
+    the deleted session is still there.  Before requests waited for the
+    loop's reads, every one was executed on waking (1,000 sessions more
+    than the 201s, and the DELETE done); serving after each read of the
+    link (64 KiB of TLS records) still executed 36 of them."""
+    _raise_fd_limit(2 * STOPPED_CREATES + 512)
     relay, ctl = start_remote(start_relay, start_controller, pki, tmp_path,
-                              relay_extra=["--call-timeout", "1s", "--ping-timeout", "30s"])
+                              relay_extra=["--call-timeout", "1s", "--ping-timeout", "60s"])
     keep = create(relay)
 
     def sessions():
-        r = gp.http(relay, "GET", "/admin/sessions")
-        assert r.status == 200, r
-        return sorted(x["id"] for x in r.json()["sessions"])
+        ids, token = [], ""
+        while True:
+            r = gp.http(relay, "GET", "/admin/sessions?limit=1000" +
+                        ("&page_token=" + token if token else ""))
+            assert r.status == 200, r
+            j = r.json()
+            ids += [x["id"] for x in j["sessions"]]
+            token = j.get("next_page_token", "")
+            if not token:
+                return sorted(ids)
 
     assert sessions() == [keep["id"]]
+    body = json.dumps({"ttl_seconds": 600}).encode()
+    reqs = [relaytest.http_request("POST", "/admin/sessions", body=body,
+                                   headers=[("Content-Type", "application/json")])]
+    reqs = reqs * STOPPED_CREATES + [relaytest.http_request("DELETE",
+                                                            "/admin/sessions/" + keep["id"])]
+
+    async def stopped_calls():
+        sem = asyncio.Semaphore(200)
+
+        async def one(req):
+            async with sem:
+                rd, wr = await asyncio.open_connection("127.0.0.1", relay.port)
+                try:
+                    wr.write(req)
+                    return (await _read_http(rd))[0]
+                finally:
+                    wr.close()
+        return await asyncio.gather(*[one(r) for r in reqs])
+
     os.kill(ctl.proc.pid, signal.SIGSTOP)
     try:
-        calls = [("POST", "/admin/sessions", json.dumps({"ttl_seconds": 600}).encode())] * 3
-        calls.append(("DELETE", "/admin/sessions/" + keep["id"], None))
-        with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
-            answers = list(pool.map(lambda c: gp.http(relay, *c), calls))
+        statuses = run(stopped_calls())
     finally:
         os.kill(ctl.proc.pid, signal.SIGCONT)
-    assert [a.status for a in answers] == [503] * 4, answers
+    assert statuses == [503] * len(reqs), {st: statuses.count(st) for st in set(statuses)}
     gp.wait_ready(relay)
     fresh = create(relay)  # the woken controller serves new calls
     assert sessions() == sorted([keep["id"], fresh["id"]])
     cancelled = ctl.find_logs(msg="call cancelled before it was served")
-    assert len(cancelled) == 4, cancelled
+    assert len(cancelled) == len(reqs), len(cancelled)
 
 
 # --------------------------------------------------------------------------
