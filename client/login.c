@@ -141,6 +141,17 @@ static bool endpoint_ok(const char *url) {
   return false;
 }
 
+/* The relay URL the settings come from (http(s) or ws(s)): they name the
+ * endpoints secrets go to, so they get endpoint_ok's rule too. */
+static bool settings_url_ok(const char *relay_url) {
+  cm_buf b;
+  cm_buf_init(&b, 0);
+  bool ok = rc_base_url(&b, relay_url) == 0 && cm_buf_append(&b, "", 1) == 0 &&
+            endpoint_ok((const char *)cm_buf_head(&b));
+  cm_buf_free(&b);
+  return ok;
+}
+
 /* A token we will put in a header: visible ASCII, bounded. */
 static bool token_ok(const char *t) {
   size_t n = strlen(t);
@@ -488,6 +499,13 @@ rc_login *rc_login_new(const rc_login_params *p, char *err, size_t errlen) {
                                                !strcmp(c->grant, RC_GRANT_NAME_CLIENT));
   if (p->mode != RC_LOGIN_REFRESH && !p->relay_url) {
     cm_seterr(err, errlen, "no relay URL to read the sign-in settings from");
+    return NULL;
+  }
+  if (p->mode != RC_LOGIN_REFRESH && !settings_url_ok(p->relay_url)) {
+    cm_seterr(err, errlen,
+              "the sign-in settings name where secrets go: read them over https (http only on "
+              "loopback), not from %s",
+              p->relay_url);
     return NULL;
   }
   if (p->mode == RC_LOGIN_CLIENT && (!p->client_id || !p->client_secret)) {

@@ -265,6 +265,22 @@ static void test_discovery(void **st) {
   expect_failed(&a, "relay.test: connection refused");
   rc_login_free(l);
 
+  /* The settings name where the secrets go: read over plain HTTP only on
+   * loopback, since anyone on the path could rewrite them. */
+  const char *plain[] = {"http://relay.test", "ws://relay.test:8080/"};
+  for (size_t i = 0; i < 2; i++) {
+    rc_login_params q = {.mode = RC_LOGIN_DEVICE, .relay_url = plain[i]};
+    assert_null(rc_login_new(&q, err, sizeof err));
+    if (!strstr(err, "https")) fail_msg("\"%s\"", err);
+  }
+  rc_login_params lo = {.mode = RC_LOGIN_CLIENT,
+                        .relay_url = "http://127.0.0.1:8443",
+                        .client_id = "c",
+                        .client_secret = "s"};
+  l = rc_login_new(&lo, err, sizeof err);
+  assert_non_null(l);
+  rc_login_free(l);
+
   /* A relay URL is needed; a timer or an answer nobody asked for is an error. */
   rc_login_params none = {.mode = RC_LOGIN_DEVICE};
   assert_null(rc_login_new(&none, err, sizeof err));
