@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define RENEW_MARGIN_S 60   /* renew cached tokens that end sooner than this */
@@ -28,6 +29,7 @@ typedef struct admin_ctx {
   char path[4096];      /* of the credentials file */
   rc_creds creds;       /* cached credentials, when they are what we use */
   bool cached, renewed; /* the token came from the cache; it was renewed this run */
+  bool cache_elsewhere; /* the cache is for another relay, so it was not used */
   const char *bearer;   /* the token sent, or NULL */
   cm_buf base;          /* the relay's base URL */
   char err[1024];
@@ -89,6 +91,17 @@ static int renew(admin_ctx *x) {
   return 0;
 }
 
+/* Whether base (a base URL, not NUL-terminated) is the relay `url` names. */
+static bool same_relay(const cm_buf *base, const char *url) {
+  cm_buf b;
+  cm_buf_init(&b, 0);
+  bool same = url && rc_base_url(&b, url) == 0 && cm_buf_size(&b) == cm_buf_size(base) &&
+              strncasecmp((const char *)cm_buf_head(&b), (const char *)cm_buf_head(base),
+                          cm_buf_size(base)) == 0;
+  cm_buf_free(&b);
+  return same;
+}
+
 /* The token to send and the relay to send it to; RC_EXIT_* on failure. */
 static int resolve(admin_ctx *x) {
   const rc_admin_opts *o = x->o;
@@ -116,6 +129,12 @@ static int resolve(admin_ctx *x) {
     return RC_EXIT_OK;
   }
   if (rc == -ENOENT) return RC_EXIT_OK; /* no token: fine for a relay run with --no-auth */
+  if (o->admin_url && !same_relay(&x->base, x->creds.relay)) {
+    /* A token is for the relay it was got for: another relay (a typo, or
+     * one run by someone else) does not get it. */
+    x->cache_elsewhere = true;
+    return RC_EXIT_OK;
+  }
   x->cached = true;
   x->bearer = x->creds.access_token;
   if (rc_creds_expiring(&x->creds, cm_now_wall_ms() / 1000, RENEW_MARGIN_S) && renew(x) != 0)
@@ -170,7 +189,14 @@ static int refused(admin_ctx *x, rc_call *c) {
   rc_http_error_line(c->status, (const char *)cm_buf_head(&c->body), cm_buf_size(&c->body), line,
                      sizeof line);
   const char *hint = "";
-  if (c->status == 401 && !x->bearer)
+  char other[600];
+  if (c->status == 401 && x->cache_elsewhere) {
+    snprintf(other, sizeof other,
+             " (the cached credentials are for %s and are sent to no other relay: sign in to "
+             "this one with relay auth --relay URL, or pass --oidc-token)",
+             x->creds.relay);
+    hint = other;
+  } else if (c->status == 401 && !x->bearer)
     hint = " (sign in with relay auth --relay URL, or pass --oidc-token)";
   else if (c->status == 401 && x->cached)
     hint = " (the cached credentials were refused: run relay auth --relay URL again)";

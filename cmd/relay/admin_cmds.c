@@ -34,7 +34,7 @@ typedef struct admin_cfg {
        "the relay (https://HOST[:PORT]); default: the one `relay auth` signed in to", "URL"),      \
       AOPT("oidc-token", CM_CFG_STRING, oidc_token, NULL, 0, 0,                                    \
            "bearer token for the admin API (prefer the environment: argv is visible); "            \
-           "default: the cached credentials of `relay auth`",                                      \
+           "default: the cached credentials of `relay auth` (sent only to their relay)",           \
            "TOKEN"),                                                                               \
       AOPT("output", CM_CFG_STRING, output, NULL, 0, 0,                                            \
            "json, env or table; default: table on a terminal, json otherwise", "FORMAT"),          \

@@ -13,10 +13,12 @@ token, refresh token or device code ever reaches the command's output.
 """
 
 import calendar
+import http.server
 import json
 import os
 import re
 import stat
+import threading
 import time
 
 import pytest
@@ -242,6 +244,45 @@ def test_refresh_before_expiry_and_after_401(env, cenv):
                  env.relay.url(""))
     for s in secrets_of(env) + [third["refresh_token"]]:
         assert s not in p.stderr
+
+
+def test_cached_token_goes_to_its_own_relay_only(env, cenv):
+    """Signed in to one relay, a command pointed at another (--admin-url)
+    sends it no token: the other relay sees no Authorization header, and
+    its 401 is explained.  The same relay named with a trailing slash, or
+    by its wss:// URL, still gets the token."""
+    seen = []
+
+    class Stub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = b'{"error":"unauthorized","message":"no token"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Stub)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        sign_in(env, cenv)
+        other = "http://127.0.0.1:%d" % srv.server_address[1]
+        p = run(["list", "--admin-url", other], cenv)
+        assert_error(p, 1, "relay list: HTTP 401 unauthorized: no token (the cached credentials "
+                     "are for " + env.relay.url(""))
+        assert seen == [None], seen
+        for url in (env.relay.url("") + "/", env.relay.url("").replace("https://", "wss://")):
+            p = run(["list", "--admin-url", url, "--ca", env.certs.ca_crt, "--output", "json"],
+                    cenv)
+            assert p.returncode == 0, p.stderr
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def test_403_when_the_scope_was_not_granted(env, cenv):
