@@ -25,6 +25,11 @@
 #define MAX_BACKOFF_MS   60000
 #define MAX_TOKEN_LEN    16384 /* a token travels in a request header */
 #define MAX_EXPIRES_IN   86400 /* s: a device code for longer than a day is a mistake */
+/* s: any count of seconds from the IdP is held to this (ten years), so that
+ * an absurd one cannot overflow the arithmetic done with it. */
+#define MAX_SECONDS  (10LL * 365 * 86400)
+#define MAX_INTERVAL 3600           /* s between polls, however long the IdP asks for */
+#define MAX_EPOCH_S  253402300799LL /* a JWT's exp: 9999-12-31T23:59:59Z at most */
 
 typedef enum {
   ST_NEW,
@@ -113,17 +118,21 @@ static const char *jstr(const json_t *o, const char *key) {
 }
 
 /* A positive count of seconds, given as a number or (as some IdPs do) a
- * string of digits; -1 when absent or malformed. */
-static long long jseconds(const json_t *o, const char *key) {
+ * string of digits, held to max; -1 when absent or malformed. */
+static long long jseconds(const json_t *o, const char *key, long long max) {
   const json_t *v = json_object_get(o, key);
-  if (json_is_integer(v)) return json_integer_value(v) >= 0 ? json_integer_value(v) : -1;
-  if (json_is_real(v)) return json_real_value(v) >= 0 ? (long long)json_real_value(v) : -1;
-  if (json_is_string(v)) {
+  long long n = -1;
+  if (json_is_integer(v)) {
+    n = json_integer_value(v);
+  } else if (json_is_real(v)) {
+    double d = json_real_value(v); /* compared before the cast: a huge one has no long long */
+    n = d < 0 ? -1 : d > (double)max ? max : (long long)d;
+  } else if (json_is_string(v)) {
     char *end;
-    long long n = strtoll(json_string_value(v), &end, 10);
-    return end != json_string_value(v) && *end == '\0' && n >= 0 ? n : -1;
+    n = strtoll(json_string_value(v), &end, 10); /* saturates, then held below */
+    if (end == json_string_value(v) || *end != '\0') n = -1;
   }
-  return -1;
+  return n < 0 ? -1 : CM_MIN(n, max);
 }
 
 /* https, or http to a loopback host (as the relay accepts from its IdP):
@@ -358,8 +367,8 @@ static void on_device(rc_login *l, int status, const char *body, size_t len, int
   const char *uri = o ? jstr(o, "verification_uri") : NULL;
   if (o && !uri) uri = jstr(o, "verification_url"); /* an older draft's name, still seen */
   const char *complete = o ? jstr(o, "verification_uri_complete") : NULL;
-  long long expires = o ? jseconds(o, "expires_in") : -1,
-            interval = o ? jseconds(o, "interval") : -1;
+  long long expires = o ? jseconds(o, "expires_in", MAX_SECONDS) : -1,
+            interval = o ? jseconds(o, "interval", MAX_SECONDS) : -1;
   if (!code || !user || !uri || expires <= 0) {
     json_decref(o);
     return fail(l, a,
@@ -368,7 +377,7 @@ static void on_device(rc_login *l, int status, const char *body, size_t len, int
   }
   l->expires_in_s = CM_MIN(expires, MAX_EXPIRES_IN);
   l->deadline_ms = now_ms + l->expires_in_s * 1000;
-  l->interval_ms = (uint64_t)(interval > 0    ? interval
+  l->interval_ms = (uint64_t)(interval > 0    ? CM_MIN(interval, MAX_INTERVAL)
                               : interval == 0 ? 1
                                               : DEFAULT_INTERVAL) *
                    1000;
@@ -405,7 +414,7 @@ static int64_t jwt_exp(const char *tok) {
   uint8_t *raw = cm_secret_alloc(n + 1);
   long got = raw ? cm_b64url_decode(p1 + 1, n, raw, n + 1) : -1;
   json_t *o = got > 0 ? parse_object((const char *)raw, (size_t)got) : NULL;
-  long long exp = o ? jseconds(o, "exp") : -1;
+  long long exp = o ? jseconds(o, "exp", MAX_EPOCH_S) : -1;
   json_decref(o);
   cm_secret_free(raw);
   return exp > 0 ? exp : 0;
@@ -417,7 +426,7 @@ static void on_tokens(rc_login *l, const char *body, size_t len, int64_t now_ms,
   json_t *o = parse_object(body, len);
   const char *at = o ? jstr(o, "access_token") : NULL, *rt = o ? jstr(o, "refresh_token") : NULL;
   const char *type = o ? jstr(o, "token_type") : NULL, *scope = o ? jstr(o, "scope") : NULL;
-  long long expires = o ? jseconds(o, "expires_in") : -1;
+  long long expires = o ? jseconds(o, "expires_in", MAX_SECONDS) : -1;
   const char *problem = !at || !token_ok(at)                 ? "no usable access_token"
                         : rt && !token_ok(rt)                ? "a malformed refresh_token"
                         : type && strcasecmp(type, "bearer") ? "a token_type other than Bearer"

@@ -318,9 +318,13 @@ static void test_token_response(void **st) {
            "{\"access_token\":\"eyJhbGciOiJFUzI1NiJ9.%s.c2ln\","
            "\"token_type\":\"bearer\"}",
            p64);
+  /* Absurd lifetimes are held to ten years, not overflowed. */
   const char *bodies[] = {jwt, "{\"access_token\":\"opaque\",\"expires_in\":\"60\"}",
-                          "{\"access_token\":\"opaque\"}"};
-  const int64_t want[] = {T0 / 1000 + 77, (T0 + 2000) / 1000 + 60, 0};
+                          "{\"access_token\":\"opaque\"}",
+                          "{\"access_token\":\"o\",\"expires_in\":9223372036854775807}",
+                          "{\"access_token\":\"o\",\"expires_in\":1e300}"};
+  const int64_t ten_years = (T0 + 2000) / 1000 + 10LL * 365 * 86400;
+  const int64_t want[] = {T0 / 1000 + 77, (T0 + 2000) / 1000 + 60, 0, ten_years, ten_years};
   for (size_t i = 0; i < CM_ARRAY_LEN(bodies); i++) {
     rc_login_action a;
     rc_login *l = device_started(&a, g_device);
@@ -331,6 +335,18 @@ static void test_token_response(void **st) {
     assert_null(c.refresh_token);
     rc_creds_clear(&c);
   }
+}
+
+/* An interval too large to be meant waits what is left of the code's life,
+ * not a wrapped-around zero (a poll loop against the token endpoint). */
+static void test_device_huge_interval(void **st) {
+  (void)st;
+  rc_login_action a;
+  rc_login *l = device_started(&a, "{\"device_code\":\"D\",\"user_code\":\"U\","
+                                   "\"verification_uri\":\"https://idp.test/a\","
+                                   "\"expires_in\":600,\"interval\":2305843009213693952}");
+  expect_wait(&a, 600000);
+  rc_login_free(l);
 }
 
 /* ---- refresh -------------------------------------------------------------------------- */
@@ -463,7 +479,7 @@ int main(void) {
       cmocka_unit_test(test_device_flow),        cmocka_unit_test(test_device_deadline),
       cmocka_unit_test(test_device_refusals),    cmocka_unit_test(test_discovery),
       cmocka_unit_test(test_token_response),     cmocka_unit_test(test_refresh),
-      cmocka_unit_test(test_client_credentials),
+      cmocka_unit_test(test_client_credentials), cmocka_unit_test(test_device_huge_interval),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
