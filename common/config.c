@@ -68,6 +68,14 @@ int cm_parse_size(const char *s, long long *out) {
 
 static void *field(void *cfg, const cm_cfg_opt *o) { return (char *)cfg + o->offset; }
 
+/* Any string setting may be a secret (a slot token, a bearer token): each
+ * copy is wiped before it is freed, the one replaced as much as the last. */
+static void free_string(char *s) {
+  if (!s) return;
+  OPENSSL_cleanse(s, strlen(s));
+  free(s);
+}
+
 static int set_value(const cm_cfg_opt *o, void *cfg, const char *val, const char *src, char *err,
                      size_t errlen) {
   long long n;
@@ -75,7 +83,7 @@ static int set_value(const cm_cfg_opt *o, void *cfg, const char *val, const char
   switch (o->type) {
   case CM_CFG_STRING: {
     char **p = field(cfg, o);
-    free(*p);
+    free_string(*p);
     *p = strdup(val);
     return *p ? 0 : -ENOMEM;
   }
@@ -146,7 +154,7 @@ static const cm_cfg_opt *find_opt(const cm_cfg_spec *spec, const char *name, siz
 static void clear_value(const cm_cfg_opt *o, void *cfg) {
   if (o->type == CM_CFG_STRING) {
     char **p = field(cfg, o);
-    free(*p);
+    free_string(*p);
     *p = NULL;
   } else if (o->type == CM_CFG_LIST) {
     cm_strlist_free(field(cfg, o));

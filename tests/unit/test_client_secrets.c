@@ -160,6 +160,43 @@ static void test_client_secret_and_slot_tokens(void **st) {
   assert_false(freed_unwiped(tr));
 }
 
+/* A token set twice (the environment, then a flag that wins; or a config
+ * file under both) leaves no copy behind: the one replaced and the one
+ * kept are wiped before they are freed. */
+typedef struct tok_cfg {
+  char *token;
+} tok_cfg;
+
+static void test_config_values_replaced_are_wiped(void **st) {
+  (void)st;
+  need_asan();
+  static const cm_cfg_opt opts[] = {
+      {"token", CM_CFG_STRING, offsetof(tok_cfg, token), NULL, 0, 0, "slot token", "TOKEN"}};
+  static const cm_cfg_spec spec = {
+      .usage = "t", .summary = "t", .opts = opts, .nopts = 1, .env_prefix = "RELAYTEST_SECRETS_"};
+  char from_file[CM_TOKEN_LEN + 1], from_env[CM_TOKEN_LEN + 1], from_flag[CM_TOKEN_LEN + 1];
+  token(from_file);
+  token(from_env);
+  token(from_flag);
+  char json[128], flag[64], err[256];
+  snprintf(json, sizeof json, "{\"token\":\"%s\"}", from_file);
+  snprintf(flag, sizeof flag, "--token=%s", from_flag);
+  setenv("RELAYTEST_SECRETS_TOKEN", from_env, 1);
+  char *argv[] = {flag, NULL};
+  tok_cfg c = {0};
+  scan_start();
+  assert_int_equal(cm_config_load_text(&spec, &c, json, strlen(json), "config file t", 1, argv,
+                                       NULL, err, sizeof err),
+                   CM_CFG_OK);
+  assert_string_equal(c.token, from_flag);
+  cm_config_free(&spec, &c);
+  scan_stop();
+  unsetenv("RELAYTEST_SECRETS_TOKEN");
+  assert_false(freed_unwiped(from_file));
+  assert_false(freed_unwiped(from_env));
+  assert_false(freed_unwiped(from_flag));
+}
+
 int main(void) {
   freedscan_install();
   rc_init();
@@ -167,6 +204,7 @@ int main(void) {
       cmocka_unit_test(test_control_plain_jansson_leaves_tokens),
       cmocka_unit_test(test_device_flow_and_file),
       cmocka_unit_test(test_client_secret_and_slot_tokens),
+      cmocka_unit_test(test_config_values_replaced_are_wiped),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
