@@ -26,6 +26,8 @@
 /* A tunnel that heard from the peer, or was open this long, worked: the
  * next join goes at once.  Others back off. */
 #define STABLE_MS 2000
+/* tcp-listen takes one connection at a time: a short queue is plenty. */
+#define LISTEN_BACKLOG 16
 
 typedef struct tunnel {
   rc_peer *p;
@@ -384,7 +386,7 @@ static void on_handle_closed(uv_handle_t *h) {
   free(p->listen);
   free(p->target);
   free(p);
-  done(ud, &res);
+  if (done) done(ud, &res);
 }
 
 /* Everything the peer holds is gone or going: close the handles; the
@@ -465,11 +467,18 @@ const char *rc_peer_listen_addr(rc_peer *p) { return p->listen; }
 const char *rc_peer_target(rc_peer *p) { return p->target; }
 
 static int start_listener(rc_peer *p, char *err, size_t errlen) {
-  int rc = cm_tcp_listen(p->loop, &p->listener, p->listen, 16, on_connection, err, errlen);
+  int rc = cm_tcp_bind(p->loop, &p->listener, p->listen, err, errlen);
   if (rc != 0) return rc;
+  /* Counted from here: should listen fail, the listener inside p closes
+   * before p goes (libuv runs close callbacks last-closed first). */
   p->listener.data = p;
-  p->listener_open = true;
   p->handles++;
+  if ((rc = uv_listen((uv_stream_t *)&p->listener, LISTEN_BACKLOG, on_connection)) != 0) {
+    cm_seterr(err, errlen, "listen on %s: %s", p->listen, uv_strerror(rc));
+    uv_close((uv_handle_t *)&p->listener, on_handle_closed);
+    return rc;
+  }
+  p->listener_open = true;
   struct sockaddr_storage ss;
   int len = sizeof ss;
   char addr[80];
@@ -509,8 +518,6 @@ static char *dup_secret(const char *s) {
   if (d) memcpy(d, s, n);
   return d;
 }
-
-static void free_when_closed(uv_handle_t *h) { free(h->data); }
 
 /* The local end of raw: standard input and output. */
 static int start_raw(rc_peer *p, char *err, size_t errlen) {
@@ -568,10 +575,8 @@ rc_peer *rc_peer_start(uv_loop_t *loop, const rc_peer_opts *o, rc_peer_done_cb d
   /* pubsub.c took copies of its strings: nothing points into o any more. */
   p->o.redis = p->o.session = p->o.redis_user = p->o.redis_password = p->o.prefix = NULL;
   if (rc != 0) {
-    if (p->token) cm_secret_free(p->token);
-    free(p->listen);
-    free(p->target);
-    uv_close((uv_handle_t *)&p->retry, free_when_closed);
+    p->done = NULL; /* the caller hears of it from our NULL, not from done */
+    uv_close((uv_handle_t *)&p->retry, on_handle_closed);
     return NULL;
   }
   if (o->mode == RC_PEER_RAW)
