@@ -21,7 +21,8 @@ struct rc_xchg {
   struct addrinfo *addrs, *next_addr;
   uv_timer_t timer;
   cm_stream *st;
-  uint64_t deadline; /* monotonic ms: the whole exchange */
+  uint64_t deadline;         /* monotonic ms: the whole exchange */
+  uint64_t connect_deadline; /* monotonic ms: connected (TLS included) by then */
   uint32_t connect_ms;
   bool resolving, timer_closed, opened, done, cancelled;
   bool starting; /* inside rc_xchg_start: failures wait for the loop */
@@ -148,10 +149,35 @@ static void s_on_close(cm_stream *st, int err, const char *msg) {
 static const cm_stream_cbs g_stream_cbs = {
     .on_open = s_on_open, .on_read = s_on_read, .on_close = s_on_close};
 
+/* An address that drops what we send (a route that black-holes IPv6, a
+ * host that is down) would take the whole connect budget and leave none
+ * for the next: each attempt gets an even share of what is left, the last
+ * one all of it. */
+static void arm_attempt(rc_xchg *x) {
+  uint64_t now = cm_now_mono_ms(), left = x->connect_deadline > now ? x->connect_deadline - now : 0;
+  uint64_t tries = 1;
+  for (const struct addrinfo *a = x->next_addr; a; a = a->ai_next)
+    tries++;
+  uv_timer_start(&x->timer, on_timer, left / tries, 0);
+}
+
 static void connect_to(rc_xchg *x, const struct sockaddr *addr) {
   int err = 0;
   x->st = cm_stream_connect(x->loop, addr, &x->sopts, &g_stream_cbs, x, &err);
-  if (!x->st) try_next(x, err, uv_strerror(err));
+  if (!x->st) {
+    try_next(x, err, uv_strerror(err));
+    return;
+  }
+  if (!x->starting) arm_attempt(x);
+}
+
+/* The current attempt had its share: on to the next address. */
+static void give_up_attempt(rc_xchg *x) {
+  cm_stream *st = x->st;
+  x->st = NULL;
+  cm_stream_set_cbs(st, &(cm_stream_cbs){.on_close = NULL});
+  cm_stream_abort(st);
+  try_next(x, -ETIMEDOUT, "timed out");
 }
 
 /* Tries the next resolved address, or fails with the last error. */
@@ -171,6 +197,8 @@ static void on_timer(uv_timer_t *t) {
   rc_xchg *x = t->data;
   if (x->early_err) {
     fail(x, x->early_err, x->early_msg);
+  } else if (!x->opened && x->st && x->next_addr && cm_now_mono_ms() < x->connect_deadline) {
+    give_up_attempt(x);
   } else if (!x->opened) {
     char host[RC_HOST_MAX + 16], msg[320];
     where(x, host, sizeof host);
@@ -237,6 +265,7 @@ rc_xchg *rc_xchg_start(uv_loop_t *loop, const rc_xchg_opts *o, rc_xchg_cb cb, vo
     fail_soon(x, -EINVAL, "an https or wss URL needs a TLS context");
     return x;
   }
+  x->connect_deadline = cm_now_mono_ms() + CM_MIN(x->connect_ms, total);
   uv_timer_start(&x->timer, on_timer, CM_MIN(x->connect_ms, total), 0);
   struct sockaddr_storage ss;
   if (cm_sockaddr_from(x->url.host, x->url.port, &ss) == 0) {

@@ -13,10 +13,12 @@ never printed.
 """
 
 import asyncio
+import http.server
 import json
 import os
 import pty
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -222,6 +224,69 @@ def test_unreachable_relay(cenv):
         "connection refused" % port
     p = run(["create", "--admin-url", "https://relay.invalid"], cenv)
     assert_error(p, 1, "relay create: ", "relay.invalid")
+
+
+def test_next_address_when_the_first_drops_connects(cenv, tmp_path):
+    """A name with two addresses whose first drops connection attempts (a
+    black-holed IPv6 route, say): the client gives each attempt its share
+    of the connect budget and reaches the second in time.  The name comes
+    from an /etc/hosts bind-mounted in a mount namespace of the command's
+    own (unshare -m), ::1 first by the address-selection rules; [::1]:P
+    is a listener whose accept queue is full (SYNs dropped), 127.0.0.1:P
+    an HTTP stub.  Before, the first address took the whole budget: exit 1,
+    "timed out connecting"."""
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs root and unshare for a private /etc/hosts")
+    hole = socket.socket(socket.AF_INET6)
+    try:
+        hole.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    fill = []
+    for _ in range(4):  # the accept queue full: further SYNs are dropped
+        c = socket.socket(socket.AF_INET6)
+        c.setblocking(False)
+        c.connect_ex(("::1", port))
+        fill.append(c)
+
+    class Stub(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"sessions":[]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", port), Stub)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("::1 twohost.test\n127.0.0.1 twohost.test\n")
+    try:
+        t0 = time.monotonic()
+        p = subprocess.run(
+            ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts),
+             relaytest.RELAY_BIN, "list", "--admin-url", "http://twohost.test:%d" % port,
+             "--timeout", "4s", "--output", "json"],
+            env=cenv, capture_output=True, text=True, timeout=relaytest.TIMEOUT)
+        took = time.monotonic() - t0
+        if p.returncode != 0 and "mount" in p.stderr:
+            pytest.skip("cannot bind-mount /etc/hosts here: " + p.stderr.strip())
+        assert p.returncode == 0, (p.returncode, p.stderr)
+        assert json.loads(p.stdout) == {"sessions": []}, p.stdout
+        assert 1.5 < took < 4.0, took  # the first attempt had half of the 4 s
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        hole.close()
+        for c in fill:
+            c.close()
 
 
 def test_bad_certificate_without_ca(plain_relay, cenv):
