@@ -15,13 +15,19 @@ redistest.RedisServer) and python3-redis as the backend; Python
 * A peer that stops reading: the pubsub peer's memory stays bounded while
   100 MiB is published at it, and every message is either delivered or
   counted as dropped.
+* A Redis lookup slower than --redis-timeout (a black-hole name server in
+  a private resolv.conf): the next dial waits for it, no abort.
 * Credentials: a password from a 0600 file or SWSRS_REDIS_PASSWORD (never
   on stderr), a world-readable file refused, a wrong password reported
   with Redis's words, a URL with credentials refused as usage.
 """
 
 import asyncio
+import json
 import os
+import shutil
+import socket
+import subprocess
 import threading
 import time
 
@@ -303,6 +309,60 @@ def authsrv(tmp_path):
     s = RedisServer(tmp_path / "redis-auth", password="s3cret-redis-Pw")
     yield s
     s.stop()
+
+
+def test_lookup_slower_than_the_redis_timeout(relay, tmp_path):
+    """A Redis host name whose lookup outlives --redis-timeout: the lookup
+    cannot be cancelled once a thread runs it, and the next dial waits for
+    it to come back instead of handing libuv the same request again (which
+    aborted in uv__getaddrinfo_done when the first answer came, 4 s in).
+    The name server is a black hole of the test's (nothing answers on
+    127.0.0.X:53) named by a resolv.conf bind-mounted in a mount namespace
+    of the command's own (unshare -m)."""
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs root and unshare for a private resolv.conf")
+    ns_ip = "127.0.0.%d" % (100 + os.getpid() % 150)
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        hole.bind((ns_ip, 53))
+    except OSError as e:
+        pytest.skip("cannot bind %s:53: %s" % (ns_ip, e))
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver %s\n" % ns_ip)
+    s = create_session(relay)
+    env = dict(os.environ, SWSRS_URL=relay.base_url, SWSRS_SESSION=s["SWSRS_SESSION"],
+               SWSRS_TOKEN=s["SWSRS_RESPONDER_TOKEN"], RES_OPTIONS="timeout:4 attempts:1",
+               ASAN_OPTIONS="detect_leaks=1:abort_on_error=0",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    proc = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"',
+         str(conf), peertest.RELAY_BIN, "pubsub-dial", "--redis", "redis://redis.test:6379",
+         "--redis-timeout", "100ms", "--ca", relay.ca, "--role", "responder",
+         "--log-level", "info"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        try:
+            proc.wait(timeout=6.5)  # past the first answer (4 s) and the next dial
+        except subprocess.TimeoutExpired:
+            pass
+        alive = proc.poll() is None
+        proc.terminate()
+        err = proc.communicate(timeout=TIMEOUT)[1].decode("utf-8", "replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hole.close()
+    if "mount" in err and "failed" in err.split("\n")[0]:
+        pytest.skip("cannot bind-mount resolv.conf here: " + err.splitlines()[0])
+    assert alive, err[-3000:]
+    assert "Assertion" not in err and "Sanitizer" not in err, err[-3000:]
+    # The second attempt began only once the first lookup was back (4 s).
+    fails = [json.loads(l) for l in err.splitlines()
+             if '"timed out connecting to redis"' in l]
+    assert len(fails) >= 2, err[-3000:]
+    t = [time.mktime(time.strptime(f["time"][:19], "%Y-%m-%dT%H:%M:%S")) +
+         float(f["time"][19:23]) for f in fails[:2]]
+    assert t[1] - t[0] >= 3.0, (t, err[-3000:])
 
 
 def test_password_from_file_and_environment_never_shown(relay, authsrv, tmp_path):
