@@ -276,8 +276,8 @@ def test_next_address_when_the_first_drops_connects(cenv, tmp_path):
              "--timeout", "4s", "--output", "json"],
             env=cenv, capture_output=True, text=True, timeout=relaytest.TIMEOUT)
         took = time.monotonic() - t0
-        if p.returncode != 0 and "mount" in p.stderr:
-            pytest.skip("cannot bind-mount /etc/hosts here: " + p.stderr.strip())
+        if p.returncode != 0 and p.stderr.startswith(("unshare:", "mount:")):
+            pytest.skip("no private mount namespace here: " + p.stderr.strip())
         assert p.returncode == 0, (p.returncode, p.stderr)
         assert json.loads(p.stdout) == {"sessions": []}, p.stdout
         assert 1.5 < took < 4.0, took  # the first attempt had half of the 4 s

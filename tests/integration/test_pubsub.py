@@ -352,8 +352,8 @@ def test_lookup_slower_than_the_redis_timeout(relay, tmp_path):
         if proc.poll() is None:
             proc.kill()
         hole.close()
-    if "mount" in err and "failed" in err.split("\n")[0]:
-        pytest.skip("cannot bind-mount resolv.conf here: " + err.splitlines()[0])
+    if err.startswith(("unshare:", "mount:")):
+        pytest.skip("no private mount namespace here: " + err.splitlines()[0])
     assert alive, err[-3000:]
     assert "Assertion" not in err and "Sanitizer" not in err, err[-3000:]
     # The second attempt began only once the first lookup was back (4 s).
