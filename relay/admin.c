@@ -124,7 +124,7 @@ static void op_cancel(void *pending) {
 }
 
 static void op_done(admin_op *a) {
-  rly_conn_clear_pending(a->c);
+  rly_conn_clear_pending(a->c, a);
   op_free(a);
 }
 
@@ -287,7 +287,7 @@ static void call_controller(admin_op *a, const rly_principal *p) {
   }
   if (a->op == RLY_ADMIN_LIST) { /* listing.c takes it from here */
     rly_conn *c = a->c;
-    rly_conn_clear_pending(c);
+    rly_conn_clear_pending(c, a);
     rly_list_sessions(c, a->req, p, a->cors);
     op_free(a);
     return;

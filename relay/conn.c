@@ -201,7 +201,11 @@ void rly_conn_set_pending(rly_conn *c, void *pending, void (*cancel)(void *pendi
   c->pending_cancel = cancel;
 }
 
-void rly_conn_clear_pending(rly_conn *c) { rly_conn_set_pending(c, NULL, NULL); }
+void rly_conn_clear_pending(rly_conn *c, const void *who) {
+  /* Either may already be a later request's: not ours to end. */
+  if (c->pending == who) rly_conn_set_pending(c, NULL, NULL);
+  if (c->drain_ud == who) rly_conn_on_drain(c, NULL, NULL);
+}
 
 int rly_conn_respond(rly_conn *c, const rly_http_response *r) {
   /* A body the write queue cannot take whole would be cut after its

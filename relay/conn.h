@@ -120,8 +120,11 @@ struct rly_conn {
 };
 
 void rly_conn_set_pending(rly_conn *c, void *pending, void (*cancel)(void *pending));
-/* The work in flight finished by itself. */
-void rly_conn_clear_pending(rly_conn *c);
+/* The work in flight, who, finished by itself: it is no longer the
+ * connection's pending work, nor its drain hook's.  Only who's own is
+ * cleared: answering a request can run the next one pipelined behind it at
+ * once, and that one's work (registered meanwhile) must stay cancellable. */
+void rly_conn_clear_pending(rly_conn *c, const void *who);
 
 /* Answer the current request (any time, sync or async). */
 int rly_conn_respond(rly_conn *c, const rly_http_response *r);

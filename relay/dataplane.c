@@ -638,7 +638,7 @@ static void on_validate(void *ud, int status, const char *message, const Protobu
                         const char *controller) {
   rly_upgrade *u = ud;
   rly_conn *c = u->conn;
-  rly_conn_clear_pending(c);
+  rly_conn_clear_pending(c, u);
   u->call = NULL;
   const Relay__V1__SlotDecision *d = (const Relay__V1__SlotDecision *)resp;
   if (status != TUN_GRPC_OK) {
@@ -918,7 +918,7 @@ void rly_dp_kick(rly_wctx *w, const char *session_id, uint16_t code, const char 
 static void on_moved(rly_conn *c, void *ud) {
   rly_upgrade *u = ud;
   u->conn = c;
-  rly_conn_clear_pending(c);
+  rly_conn_clear_pending(c, u);
   accept_peer(c, u);
   upgrade_free(u);
 }
@@ -941,7 +941,7 @@ static void to_home(rly_conn *c, rly_upgrade *u) {
   rly_conn_set_pending(c, u, upgrade_cancel);
   rly_count(&w->dp->m.moves, 1);
   if (rly_conn_move(c, w->edge->workers[home], on_moved, u) != 0) {
-    rly_conn_clear_pending(c);
+    rly_conn_clear_pending(c, u);
     refuse(c, 503, "overloaded", "the connection could not be handed over");
     upgrade_free(u);
   }

@@ -85,8 +85,7 @@ static void op_cancel(void *pending) { op_free(pending); }
 
 /* Done with the connection (answered, or reset): it no longer waits on us. */
 static void op_finish(list_op *o) {
-  rly_conn_clear_pending(o->c);
-  rly_conn_on_drain(o->c, NULL, NULL);
+  rly_conn_clear_pending(o->c, o);
   op_free(o);
 }
 
@@ -278,14 +277,21 @@ static void on_next_page(list_op *o, ctl_walk *w, int status, const char *messag
 
 /* ---- the first pages, before the status line ------------------------------------------------ */
 
-/* The status line and the body's opening; pump() does the rest. */
-static void start_body(list_op *o) {
+/* The status line and the body's opening; pump() does the rest.  False
+ * when no body follows: for HEAD the head was the whole answer (or the
+ * connection failed), and o is done. */
+static bool start_body(list_op *o) {
   char hdr[768];
   snprintf(hdr, sizeof hdr, "%sCache-Control: no-store\r\n", o->cors);
   rly_http_response r = {
       .status = 200, .content_type = "application/json", .extra_headers = hdr, .chunked = true};
   rly_conn_respond(o->c, &r);
+  if (!rly_http_streaming(o->c->http)) {
+    op_finish(o);
+    return false;
+  }
   cm_buf_append(&o->out, "{\"sessions\":[", 13);
+  return true;
 }
 
 static void on_first_page(list_op *o, ctl_walk *w, int status, const char *message,
@@ -316,10 +322,8 @@ static void on_first_page(list_op *o, ctl_walk *w, int status, const char *messa
     respond_error(o, o->refused, o->refused_code, o->refused_msg[0] ? o->refused_msg : NULL);
   else if (ok == 0)
     respond_error(o, 503, "controller_unavailable", "the controller could not be reached");
-  else {
-    start_body(o);
+  else if (start_body(o))
     pump(o);
-  }
 }
 
 /* ---- one page ----------------------------------------------------------------------------------
@@ -343,7 +347,7 @@ static void on_one_page(list_op *o, ctl_walk *w, int status, const char *message
     for (size_t i = 0; i < n && !next[0]; i++)
       if (strcmp(names[i], w->name) > 0) page_token_make(names[i], "", next, sizeof next);
   }
-  start_body(o);
+  if (!start_body(o)) return;
   page_items(&o->out, &o->items, r);
   if (next[0]) snprintf(o->tail, sizeof o->tail, "],\"next_page_token\":\"%s\"}", next);
   o->cur = o->nw; /* pump only flushes and ends */

@@ -135,7 +135,7 @@ static void figures_cancel(void *pending) {
 
 static void on_figures(void *ud, const rly_link_figures *f) {
   figures_op *o = ud;
-  rly_conn_clear_pending(o->c);
+  rly_conn_clear_pending(o->c, o);
   o->answer(o->c, f, o->extra[0] ? o->extra : NULL);
   free(o);
 }

@@ -221,6 +221,28 @@ def test_pipelined_keepalive(start_relay):
     s.close()
 
 
+def test_head_listing_is_a_head_and_holds_nothing(start_relay):
+    """HEAD /admin/sessions (plain, --no-auth, embedded controller): the
+    listing's head with no body, twice on one keep-alive connection that
+    then goes on serving; the relay keeps nothing of them (LeakSanitizer
+    at stop).  Before, each HEAD left its whole listing state behind
+    (about 12 KiB and the first pages): a loop of HEADs grew the relay
+    without bound."""
+    r = start_relay(plain=True)
+    s = raw_connect(r.port)
+    rd = Reader(s)
+    for _ in range(2):
+        s.sendall(http_request("HEAD", "/admin/sessions"))
+        head = rd.read_response(head_request=True)
+        assert head.status == 200 and head.body == b"", head
+        assert head.header("Content-Type") == "application/json"
+    s.sendall(http_request("GET", "/healthz", headers=[("Connection", "close")]))
+    last = rd.read_response()
+    assert last.status == 200 and last.body == b"ok"
+    s.close()
+    r.stop()  # and its sanitizer report, leaks included
+
+
 def test_pipelined_tls(start_relay):
     r = start_relay()
     s = r.connect()

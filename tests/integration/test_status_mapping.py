@@ -208,3 +208,32 @@ def test_good_answers_still_pass(link, hooks):
     assert r.status == 200 and r.json()["id"] == sid, r
     check(gp.http(relay, "GET", "/admin/sessions/" + gp.token22()), 404)
     assert gp.http(relay, "DELETE", "/admin/sessions/" + sid).status == 204
+
+
+def test_pipelined_admin_calls_and_a_client_that_leaves(link, hooks):
+    """Two admin requests pipelined on one connection, the second slow at
+    the controller; the client reads the first answer and leaves.  The
+    relay must cancel the second call, its pending work, and not answer
+    it into the freed connection.  Before the fix answering the first ran
+    the second at once (pipelining) and finishing the first then erased
+    the second's cancel hook: ASan, heap-use-after-free in
+    rly_conn_respond when the slow answer came.  The same with a listing
+    second (its own pending work and drain hook)."""
+    relay, ctl = link
+    slow = gp.token22()
+
+    def hook(req, context):
+        if req.get("session_id") == slow or req.get("op") == gp.OP_LIST:
+            time.sleep(0.5)
+        return None
+    hooks.admin_hook = hook
+    for second in ("/admin/sessions/" + slow, "/admin/sessions?limit=5"):
+        s = relay.connect(relaytest.TIMEOUT)
+        s.sendall(relaytest.http_request("GET", "/admin/sessions/" + gp.token22()) +
+                  relaytest.http_request("GET", second))
+        r = relaytest.Reader(s).read_response()
+        assert r.status == 404, r
+        s.close()
+        time.sleep(1.0)  # the slow answer arrives for a connection that is gone
+        assert relay.get("/healthz").status == 200
+        relay.check_sanitizers()
