@@ -720,6 +720,12 @@ void rly_dp_upgrade(rly_conn *c, const rly_http_request *req, const rly_route_ma
   u->conn = c;
   snprintf(u->id, sizeof u->id, "%s", session_id);
   if (!check_handshake(c, req, u)) goto done;
+  /* No session has such an id: refused here, not at the cost of a
+   * Validate round trip (nor under an id cut to fit u->id). */
+  if (!rly_session_id_ok(session_id)) {
+    refuse(c, 404, "unknown_session", "no such session");
+    goto done;
+  }
   const char *origin = rly_http_header_get(req, "Origin");
   if (origin && e->cfg->cors_origins.n > 0 && !rly_origin_allowed(&e->cfg->cors_origins, origin)) {
     refuse(c, 403, "origin_not_allowed", "this Origin may not connect");

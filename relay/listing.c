@@ -371,18 +371,28 @@ static void on_page(void *ud, int status, const char *message, const ProtobufCMe
 
 /* ---- entry ---------------------------------------------------------------------------------- */
 
+/* The first `name` of the query into v: 1, 0 when absent, -1 when it does
+ * not decode (too long, %00): a refusal, not an unpaged listing. */
+static int query_param(const rly_http_request *req, const char *name, char *v, size_t vlen) {
+  const char *cur = req->query;
+  return rly_http_query_next(&cur, name, v, vlen);
+}
+
 static bool parse_query(list_op *o, const rly_http_request *req, char *ctl, char *ctl_token,
                         bool *have_token) {
   char v[MAX_PAGE_TOKEN + 1];
   *have_token = false;
-  if (rly_http_query_get(req->query, "limit", v, sizeof v)) {
+  int got = query_param(req, "limit", v, sizeof v);
+  if (got < 0) return false;
+  if (got > 0) {
     char *end;
     long n = strtol(v, &end, 10);
     if (!v[0] || *end || n < 1 || n > MAX_LIMIT) return false;
     o->paged = true;
     o->limit = (uint32_t)n;
   }
-  if (rly_http_query_get(req->query, "page_token", v, sizeof v) && v[0]) {
+  if ((got = query_param(req, "page_token", v, sizeof v)) < 0) return false;
+  if (got > 0 && v[0]) {
     if (!page_token_parse(v, ctl, ctl_token)) return false;
     o->paged = true;
     *have_token = true;

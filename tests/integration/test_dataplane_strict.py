@@ -95,6 +95,19 @@ def test_upgrade_over_http10_is_not_upgraded(relay, admin):
     assert_pairs(relay, s)
 
 
+def test_upgrade_to_an_impossible_id_is_404_without_asking(relay, admin):
+    """An id no session can have (longer than any id, or not base64url) is
+    404 unknown_session at the edge, and no Validate goes to the controller
+    for it."""
+    s = admin.create()
+    before = relaytest.metrics(relay)["relay_controller_calls_total"]
+    for bad in (s["id"] + "A" * 60, s["id"][:-1] + "!", "a.b"):
+        r = send_request(relay, "GET", "/relay/" + bad, ws_headers(s["initiator_token"]))
+        relaytest.assert_error_body(r, 404, "unknown_session")
+    assert relaytest.metrics(relay)["relay_controller_calls_total"] == before
+    assert_pairs(relay, s)
+
+
 def test_upgrade_with_head_is_400(relay, admin):
     s = admin.create()
     r = send_request(relay, "HEAD", "/relay/" + s["id"], ws_headers(s["initiator_token"]))

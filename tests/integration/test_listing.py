@@ -269,6 +269,11 @@ def test_paging_parameters(bulk):
     assert not set(page) & set(first), "the next page repeats the first"
     r, _ = get_json(bulk.relay, "/admin/sessions?page_token=%21%21not-a-token%21%21")
     relaytest.assert_error_body(r, 400, "invalid_request")
+    # A value that does not decode is refused too, not taken as absent
+    # (which listed everything, unpaged, with 200).
+    for bad in ("page_token=" + "A" * 1100, "page_token=%00", "limit=%00", "limit=" + "9" * 2000):
+        r, _ = get_json(bulk.relay, "/admin/sessions?" + bad)
+        relaytest.assert_error_body(r, 400, "invalid_request")
     r, doc = get_json(bulk.relay, "/admin/sessions?limit=1")
     assert r.status == 200 and len(doc["sessions"]) == 1, r
 
