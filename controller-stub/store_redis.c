@@ -282,6 +282,12 @@ static const redisReply *op_reply(redisAsyncContext *ac, void *reply, const char
   if (rr && rr->type == REDIS_REPLY_ERROR) {
     cm_log(CM_LOG_WARN, log_comp, "redis refused a command", CM_S("op", what),
            CM_S("error", rr->str));
+    /* The script cache was emptied under a live connection (SCRIPT FLUSH,
+     * or a restart behind a proxy that kept it): every EVALSHA would fail
+     * alike.  A new connection loads the scripts again.  (hiredis frees
+     * the context once this callback returns.) */
+    if (c && rr->str && strncmp(rr->str, "NOSCRIPT", 8) == 0)
+      conn_drop(c, "redis lost our scripts; reconnecting to load them");
     return NULL;
   }
   return rr;

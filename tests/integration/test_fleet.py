@@ -372,6 +372,29 @@ def test_redis_hung_times_out(tmp_path, start_relay, start_controller):
     redis.stop()
 
 
+def test_script_cache_flushed(tmp_path, start_relay, start_controller):
+    """SCRIPT FLUSH (an operator's, or a Redis restarted behind a proxy
+    that kept the connection) empties the script cache under a live
+    connection: the controller reloads its scripts, and creates succeed
+    again within a second.  Before, every call was NOSCRIPT, answered 503
+    for as long as the connection stayed up."""
+    redis = ft.Redis(tmp_path / "redis")
+    fleet = ft.Fleet(tmp_path, start_relay, start_controller, redis, nrelays=1, nctl=1)
+    fleet.wait_linked()
+    a = fleet.relays[0]
+    assert create(a).status == 201
+    assert redis.cli("SCRIPT", "FLUSH").strip() == "OK"
+    t0 = time.monotonic()
+    statuses = []
+    while time.monotonic() - t0 < 5:
+        statuses.append(create(a).status)
+        if statuses[-1] == 201:
+            break
+        time.sleep(0.05)
+    assert statuses[-1] == 201 and time.monotonic() - t0 < 1.5, statuses
+    redis.stop()
+
+
 def test_auth_acl_user(tmp_path, start_relay, start_controller):
     """An ACL user whose password comes from a 0600 file: it works, and the
     password reaches neither argv nor a log line.  A wrong one is refused
