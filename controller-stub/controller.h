@@ -31,6 +31,7 @@ typedef struct ctl_config {
   const char *store_password;                 /* secret: AUTH (NULL: none) */
   const char *store_prefix;                   /* Redis key prefix; NULL: "relay:" */
   uint32_t store_timeout_ms;                  /* a Redis command's deadline; 0: 2 s */
+  uint32_t store_flush_ms;                    /* relay events written this often; 0: 250 ms */
   const char *name;                           /* this controller, in logs and leases */
   uint32_t default_ttl_s;                     /* 0: 3600 */
   uint32_t default_peer_wait_s;               /* 0: 120 */

@@ -609,7 +609,8 @@ static ctl_store *store_open(ctl_server *s, const ctl_config *cfg, const ctl_reg
   ctl_redis_config r = {.password = cfg->store_password,
                         .prefix = cfg->store_prefix,
                         .name = cfg->name,
-                        .timeout_ms = cfg->store_timeout_ms};
+                        .timeout_ms = cfg->store_timeout_ms,
+                        .flush_ms = cfg->store_flush_ms};
   if (ctl_redis_url_parse(cfg->store_url, &r.url, err, errlen) != 0) return NULL;
   return ctl_store_redis_new(s->loop, &r, rc, &owner, err, errlen);
 }

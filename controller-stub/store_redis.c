@@ -69,6 +69,7 @@ typedef struct rconn {
   uv_timer_t retry;
   uv_getaddrinfo_t gai;
   bool resolving, closed;
+  bool draining;  /* closing: hiredis sends what is queued, then disconnects */
   uint64_t *sent; /* [INFLIGHT_MAX] */
   size_t head, len;
 } rconn;
@@ -576,7 +577,8 @@ static void on_events_reply(redisAsyncContext *ac, void *reply, void *priv) {
   CM_UNUSED(priv);
   const redisReply *rr = op_reply(ac, reply, "events");
   rconn *c = ac->data;
-  if (!c || !rr || rr->type != REDIS_REPLY_ARRAY) return;
+  /* Closing: the kick could reach no one (the links are going too). */
+  if (!c || !rr || rr->type != REDIS_REPLY_ARRAY || c->r->closing) return;
   for (size_t i = 0; i + 1 < rr->elements; i += 2) {
     char id[CM_TOKEN_LEN + 1], node[CTL_REG_NODE_MAX + 1];
     rstr_at(rr, i, id, sizeof id);
@@ -861,11 +863,17 @@ static void conn_drop(rconn *c, const char *why) {
   conn_lost(c, why);
 }
 
+static void drain_done(rconn *c);
+
 static void on_disconnect(const redisAsyncContext *ac, int status) {
   CM_UNUSED(status);
   rconn *c = ac->data;
   if (!c || c->ac != ac) return;
   c->ac = NULL;
+  if (c->draining) {
+    drain_done(c);
+    return;
+  }
   conn_lost(c, ac->errstr[0] ? ac->errstr : "connection closed");
 }
 
@@ -1100,6 +1108,34 @@ static void conn_close(rconn *c) {
   if (c->resolving) uv_cancel((uv_req_t *)&c->gai);
 }
 
+/* ---- closing with commands in flight ------------------------------------------------
+ * r_close writes the last batch of relay events (a DETACH lost at shutdown
+ * would leave its slot held in Redis): hiredis sends what is queued and
+ * waits for the answers before it disconnects (redisAsyncDisconnect).  A
+ * Redis that does not answer within the store timeout is cut off. */
+static void drain_done(rconn *c) {
+  c->draining = false;
+  uv_timer_stop(&c->retry);
+  uv_close((uv_handle_t *)&c->retry, on_retry_closed);
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+  rconn *c = t->data;
+  c->draining = false;
+  conn_drop(c, "closing: redis did not answer in time");
+  uv_close((uv_handle_t *)&c->retry, on_retry_closed);
+}
+
+static void conn_close_draining(rconn *c) {
+  if (!c->ac || !c->ready || c->len == 0) {
+    conn_close(c);
+    return;
+  }
+  c->draining = true;
+  redisAsyncDisconnect(c->ac);
+  uv_timer_start(&c->retry, on_drain_timeout, c->r->rc.timeout_ms, 0);
+}
+
 static void r_close(ctl_store *st, void (*done)(void *ud), void *ud) {
   rstore *r = rs(st);
   if (r->closing) return;
@@ -1108,7 +1144,7 @@ static void r_close(ctl_store *st, void (*done)(void *ud), void *ud) {
   r->done = done;
   r->done_ud = ud;
   /* The lease is left to expire: another controller takes over then. */
-  conn_close(&r->cmd);
+  conn_close_draining(&r->cmd);
   conn_close(&r->sub);
   uv_close((uv_handle_t *)&r->tick, on_handle_closed);
 }

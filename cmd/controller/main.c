@@ -26,7 +26,7 @@ typedef struct run_cfg {
   char *ca_dir, *cert, *key, *ca;
   char *state_dir;
   char *store, *store_password_file, *store_prefix, *name;
-  long long store_timeout;
+  long long store_timeout, store_flush;
   long long default_ttl, default_peer_wait, max_ttl, max_peer_wait;
   long long max_sessions, max_message;
   long long ping_interval, ping_timeout, backoff_base, backoff_max, max_link_age;
@@ -63,6 +63,10 @@ static const cm_cfg_opt g_run_opts[] = {
         "prefix of every Redis key and channel (one fleet per prefix)", "TEXT"),
     OPT("store-timeout", CM_CFG_DURATION, store_timeout, "2s", 50, 60000,
         "a Redis command unanswered this long drops the connection (calls fail 503 until back)",
+        "DURATION"),
+    OPT("store-flush", CM_CFG_DURATION, store_flush, "250ms", 10, 60000,
+        "relay events (peers joining and leaving, counters) are written to Redis this often, "
+        "in one script call; what is waiting is written at shutdown too",
         "DURATION"),
     OPT("name", CM_CFG_STRING, name, NULL, 0, 0,
         "this controller's name in logs and the reaper lease (default: its certificate file)",
@@ -259,6 +263,7 @@ static int cmd_run(int argc, char **argv) {
                    .store_password = password,
                    .store_prefix = rc.store_prefix,
                    .store_timeout_ms = (uint32_t)rc.store_timeout,
+                   .store_flush_ms = (uint32_t)rc.store_flush,
                    .name = name,
                    .target_allow = &rc.target_allow};
   if (rc.name)

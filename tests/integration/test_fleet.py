@@ -395,6 +395,34 @@ def test_script_cache_flushed(tmp_path, start_relay, start_controller):
     redis.stop()
 
 
+def test_shutdown_writes_the_last_relay_events(tmp_path, start_relay, start_controller):
+    """Relay events wait up to --store-flush to be written in one script
+    call; a controller stopped (SIGTERM) meanwhile writes what waits before
+    it exits, so Redis knows which relay holds the slot of a peer that
+    joined.  Before, the last batch was queued and then freed with the
+    connection unsent: the ATTACH (or a DETACH, leaving a slot held)
+    never reached Redis."""
+    redis = ft.Redis(tmp_path / "redis")
+    fleet = ft.Fleet(tmp_path, start_relay, start_controller, redis, nrelays=1, nctl=1,
+                     ctl_extra=["--store-flush", "30s"])
+    fleet.wait_linked()
+    a = fleet.relays[0]
+    s = created(a)
+    key = "relay:s:" + s["id"]
+
+    async def main():
+        ws = await gi.ws_open(a, s["id"], s["initiator_token"])
+        try:
+            await asyncio.sleep(0.5)  # the ATTACH reaches the controller's batch
+            assert redis.cli("HGET", key, "s1") in ("", None)  # 30 s batches: not yet
+            await asyncio.get_running_loop().run_in_executor(None, fleet.ctls[0].stop)
+            assert redis.cli("HGET", key, "s1") == a.node
+        finally:
+            await ws.close()
+    asyncio.run(asyncio.wait_for(main(), 60))
+    redis.stop()
+
+
 def test_auth_acl_user(tmp_path, start_relay, start_controller):
     """An ACL user whose password comes from a 0600 file: it works, and the
     password reaches neither argv nor a log line.  A wrong one is refused
