@@ -586,24 +586,31 @@ int rly_http_respond_end(rly_http_conn *c) {
 
 bool rly_http_streaming(const rly_http_conn *c) { return c->streaming; }
 
-size_t rly_http_format_error(char *out, size_t outlen, int status, const char *code,
-                             const char *msg) {
-  char emsg[256];
+/* in as the inside of a JSON string, cut (whole escapes only) to fit. */
+static void json_escape(const char *in, char *out, size_t outlen) {
   size_t o = 0;
-  /* JSON-escape the message: it may quote client input. */
-  for (const char *p = msg ? msg : rly_http_status_text(status); *p && o + 7 < sizeof emsg; p++) {
+  for (const char *p = in; *p && o + 7 < outlen; p++) {
     unsigned char ch = (unsigned char)*p;
     if (ch == '"' || ch == '\\') {
-      emsg[o++] = '\\';
-      emsg[o++] = (char)ch;
+      out[o++] = '\\';
+      out[o++] = (char)ch;
     } else if (ch < 0x20) {
-      o += (size_t)snprintf(emsg + o, sizeof emsg - o, "\\u%04x", ch);
+      o += (size_t)snprintf(out + o, outlen - o, "\\u%04x", ch);
     } else {
-      emsg[o++] = (char)ch;
+      out[o++] = (char)ch;
     }
   }
-  emsg[o] = '\0';
-  int n = snprintf(out, outlen, "{\"error\":\"%s\",\"message\":\"%s\"}", code, emsg);
+  out[o] = '\0';
+}
+
+size_t rly_http_format_error(char *out, size_t outlen, int status, const char *code,
+                             const char *msg) {
+  /* Both escaped: the message may quote client input, and the code may be
+   * a controller's. */
+  char ecode[128], emsg[256];
+  json_escape(code, ecode, sizeof ecode);
+  json_escape(msg ? msg : rly_http_status_text(status), emsg, sizeof emsg);
+  int n = snprintf(out, outlen, "{\"error\":\"%s\",\"message\":\"%s\"}", ecode, emsg);
   return n < 0 ? 0 : CM_MIN((size_t)n, outlen - 1);
 }
 

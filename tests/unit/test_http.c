@@ -982,6 +982,12 @@ static void test_error_format(void **state) {
   assert_non_null(j);
   assert_string_equal(json_string_value(json_object_get(j, "message")), "quote \" back\\ \x01");
   json_decref(j);
+  /* The code too: a controller's reason may hold anything. */
+  rly_http_format_error(out, sizeof out, 502, "odd\"reason\\", "m");
+  j = json_loads(out, 0, &je);
+  assert_non_null(j);
+  assert_string_equal(json_string_value(json_object_get(j, "error")), "odd\"reason\\");
+  json_decref(j);
   rly_http_format_error(out, sizeof out, 404, "not_found", NULL);
   assert_string_equal(out, "{\"error\":\"not_found\",\"message\":\"Not Found\"}");
   /* Truncated output stays a terminated string. */
