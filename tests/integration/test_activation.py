@@ -144,8 +144,14 @@ def test_two_relays_share_the_socket(certs):
         a.stop(signal.SIGTERM)
         for _ in range(50):
             assert healthz(port).status == 200
-        served = [l for l in b.find_logs(msg="request") if l.get("target") == "/healthz"]
-        assert len(served) >= 50, len(served)
+
+        def served():
+            return [l for l in b.find_logs(msg="request") if l.get("target") == "/healthz"]
+        # A request's log line may follow its answer by a moment: wait for it.
+        deadline = time.monotonic() + T
+        while len(served()) < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(served()) >= 50, len(served())
         b.stop()
     finally:
         a.kill()
