@@ -604,19 +604,38 @@ static relay_ent *relay_find(const ctl_registry *reg, const char *node) {
   return NULL;
 }
 
+/* Full, an entry of a relay that went and has no session counted on it
+ * makes room: relays come back under new ids (a container's hostname), and
+ * the table would otherwise fill with ones that are gone for good.  (A
+ * session names its relay by id, so nothing points at the entry.) */
+static relay_ent *relay_reclaim(ctl_registry *reg) {
+  for (size_t i = 0; i < reg->nrelays; i++) {
+    relay_ent *r = &reg->relays[i];
+    if (r->live || r->load > 0) continue;
+    free(r->node);
+    free(r->url);
+    memset(r, 0, sizeof *r);
+    return r;
+  }
+  return NULL;
+}
+
 static relay_ent *relay_get(ctl_registry *reg, const char *node) {
   relay_ent *r = relay_find(reg, node);
-  if (r || reg->nrelays >= CTL_REG_MAX_RELAYS) return r;
-  r = &reg->relays[reg->nrelays];
+  if (r) return r;
+  bool fresh = reg->nrelays < CTL_REG_MAX_RELAYS;
+  r = fresh ? &reg->relays[reg->nrelays] : relay_reclaim(reg);
+  if (!r) return NULL;
   r->node = strdup(node);
   r->url = strdup("");
   if (!r->node || !r->url) {
     free(r->node);
     free(r->url);
     r->node = r->url = NULL;
+    if (!fresh) *r = reg->relays[--reg->nrelays]; /* no hole where the reclaimed one was */
     return NULL;
   }
-  reg->nrelays++;
+  if (fresh) reg->nrelays++;
   return r;
 }
 

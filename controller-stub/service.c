@@ -527,6 +527,10 @@ static void on_link(void *ud, tun_ctl_link *link, bool up) {
   /* Another link to the same relay is still up: it stays live, and so do
    * its peers' slots. */
   if (nl && --nl->n > 0) return;
+  /* Its last link: the entry goes (relays come back under new ids, and a
+   * full table would leave a newcomer uncounted, so that its first link
+   * down would take the relay down under a link still up). */
+  if (nl) *nl = s->nodes[--s->nnodes];
   s->st->ops->relay_down(s->st, node);
 }
 

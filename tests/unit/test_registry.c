@@ -290,6 +290,31 @@ static void test_relay_down_clears_its_slots(void **st) {
   ctl_registry_close(r);
 }
 
+/* Relays come and go under new ids (a container gets a new hostname each
+ * time): one that went, with no session counted on it, gives its entry to
+ * a newcomer, so the 1,025th id ever seen is still made live (it was
+ * refused -ENOSPC: left out of placement for good). */
+static void test_gone_relays_make_room(void **st) {
+  (void)st;
+  ctl_registry *r = open_reg(NULL, NULL);
+  char node[32];
+  for (int i = 0; i < CTL_REG_MAX_RELAYS; i++) {
+    snprintf(node, sizeof node, "gone-%d", i);
+    assert_int_equal(ctl_reg_set_relay_live(r, node, true), 0);
+    assert_int_equal(ctl_reg_set_relay_live(r, node, false), 0);
+  }
+  ctl_reg_created a;
+  create_ok(r, T0, "busy", &a); /* a relay with a session keeps its entry */
+  assert_int_equal(ctl_reg_set_relay_live(r, "busy", false), 0);
+  assert_int_equal(ctl_reg_set_relay_live(r, "newcomer", true), 0);
+  assert_true(ctl_reg_relay_is_live(r, "newcomer"));
+  assert_int_equal(ctl_reg_set_relay_url(r, "newcomer", "wss://n.example"), 0);
+  ctl_reg_relay view[4];
+  assert_int_equal(ctl_reg_relays(r, view, 4), 1);
+  assert_string_equal(view[0].node, "newcomer");
+  ctl_registry_close(r);
+}
+
 static void test_stats_idempotent(void **st) {
   (void)st;
   ctl_registry *r = open_reg(NULL, NULL);
@@ -1068,6 +1093,7 @@ int main(void) {
       T(test_slot_taken_409_and_detach),
       T(test_states),
       T(test_relay_down_clears_its_slots),
+      T(test_gone_relays_make_room),
       T(test_stats_idempotent),
       T(test_stats_epochs_add),
       T(test_stats_epochs_fold),
