@@ -204,6 +204,7 @@ typedef struct args {
   size_t *len;
   char (*num)[24]; /* storage for numbers */
   size_t n, cap, nnum;
+  bool cut; /* an argument did not fit: the call is not sent */
 } args;
 
 static int args_init(args *a, size_t cap) {
@@ -211,6 +212,7 @@ static int args_init(args *a, size_t cap) {
   a->len = calloc(cap, sizeof *a->len);
   a->num = calloc(cap, sizeof *a->num);
   a->n = a->nnum = 0;
+  a->cut = false;
   a->cap = cap;
   return a->v && a->len && a->num ? 0 : -ENOMEM;
 }
@@ -222,19 +224,28 @@ static void args_free(args *a) {
 }
 
 static void arg_s(args *a, const char *s) {
-  if (a->n == a->cap) return;
+  if (a->n == a->cap) {
+    a->cut = true;
+    return;
+  }
   a->v[a->n] = s;
   a->len[a->n++] = strlen(s);
 }
 
 static void arg_i(args *a, long long x) {
-  if (a->n == a->cap || a->nnum == a->cap) return;
+  if (a->n == a->cap || a->nnum == a->cap) {
+    a->cut = true;
+    return;
+  }
   snprintf(a->num[a->nnum], sizeof a->num[0], "%lld", x);
   arg_s(a, a->num[a->nnum++]);
 }
 
 static void arg_u(args *a, uint64_t x) {
-  if (a->n == a->cap || a->nnum == a->cap) return;
+  if (a->n == a->cap || a->nnum == a->cap) {
+    a->cut = true;
+    return;
+  }
   snprintf(a->num[a->nnum], sizeof a->num[0], "%llu", (unsigned long long)x);
   arg_s(a, a->num[a->nnum++]);
 }
@@ -248,7 +259,9 @@ static void args_script(args *a, rstore *r, int script) {
 }
 
 static int send_args(rstore *r, args *a, redisCallbackFn *cb, void *priv) {
-  if (a->n == a->cap) return -1; /* truncated: a bug, never sent */
+  /* A list filled exactly to its capacity is whole (a full event chunk);
+   * only one an argument did not fit in is refused (a bug, never sent). */
+  if (a->cut) return -1;
   return send_argv(&r->cmd, cb, priv, (int)a->n, a->v, a->len);
 }
 
@@ -463,7 +476,11 @@ static void on_status_reply(redisAsyncContext *ac, void *reply, void *priv) {
   rop *o = priv;
   const redisReply *rr = op_reply(ac, reply, "get/delete");
   ctl_reg_status st;
-  int rc = !rr ? CTL_REG_EIO : rint_at(rr, 0) == 0 ? -ENOENT : 0;
+  /* Only the script's own {0} says "no such session": any other shape is
+   * the store failing (503), not a NOT_FOUND the relay would take as final. */
+  bool shaped = rr && rr->type == REDIS_REPLY_ARRAY && rr->elements >= 1 &&
+                rr->element[0]->type == REDIS_REPLY_INTEGER;
+  int rc = !shaped ? CTL_REG_EIO : rint_at(rr, 0) == 0 ? -ENOENT : 0;
   if (rc == 0 && (rr->elements < 2 || !status_from(rr->element[1], &st))) rc = CTL_REG_EIO;
   ((ctl_store_status_cb)o->cb)(o->ud, rc, rc == 0 ? &st : NULL);
   rop_free(o);
@@ -601,6 +618,7 @@ static void flush_events(rstore *r) {
   if (args_init(&a, 4 + FLUSH_CHUNK * per) != 0) return;
   for (size_t at = 0; at < r->batch.n; at += FLUSH_CHUNK) {
     a.n = a.nnum = 0;
+    a.cut = false;
     args_script(&a, r, S_EVENTS);
     for (size_t i = at; i < r->batch.n && i < at + FLUSH_CHUNK; i++) {
       const ctl_batch_ent *e = &r->batch.ents[i];
@@ -618,7 +636,11 @@ static void flush_events(rstore *r) {
         arg_u(&a, e->ctr.ep[k].out);
       }
     }
-    if (send_args(r, &a, on_events_reply, NULL) != 0) break;
+    if (send_args(r, &a, on_events_reply, NULL) != 0) {
+      cm_log(CM_LOG_WARN, log_comp, "relay events not written",
+             CM_I("sessions", (long long)(r->batch.n - at)));
+      break;
+    }
   }
   args_free(&a);
   ctl_batch_clear(&r->batch);
