@@ -79,6 +79,19 @@ def created(relay_, **body):
     return r.json()
 
 
+def created_on(relay_, node, timeout=T):
+    """A session placed on relay `node`.  Placement reads the fleet's view
+    from the controllers' heartbeat (every second): a relay that linked a
+    moment ago may not be in it yet (400 unknown_relay), so wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = create(relay_, relay=node)
+        if r.status != 400 or time.monotonic() > deadline:
+            assert r.status == 201, r
+            return r.json()
+        time.sleep(0.1)
+
+
 def listing(relay):
     r = gp.http(relay, "GET", "/admin/sessions")
     assert r.status == 200, r
@@ -100,7 +113,7 @@ def test_placement_across_relays(fleet):
     # Load: two sessions on relay-a, one on relay-c, none on relay-b.
     made = []
     for node in ("relay-a", "relay-a", "relay-c"):
-        made.append(created(a, relay=node))
+        made.append(created_on(a, node))
         assert made[-1]["initiator_url"].startswith(
             "ws://127.0.0.1:%d/" % fleet.by_node(node).port)
     # Placement reads the fleet's load from the heartbeat: wait for it.
