@@ -1050,11 +1050,12 @@ static void sink_close(void) {
   g_sink_fd = -1;
 }
 
-/* A plain descriptor for what a libuv handle holds; the handle is closed. */
-static int take_fd(uv_handle_t *h) {
+/* A plain descriptor for what a libuv handle holds; the handle is closed
+ * (with closed_cb). */
+static int take_fd(uv_handle_t *h, uv_close_cb closed_cb) {
   uv_os_fd_t fd;
   int d = uv_fileno(h, &fd) == 0 ? dup(fd) : -1;
-  uv_close(h, h == (uv_handle_t *)&g_src ? NULL : (uv_close_cb)free);
+  uv_close(h, closed_cb);
   return d;
 }
 
@@ -1067,7 +1068,7 @@ static void on_sink_conn(uv_stream_t *server, int status) {
     return;
   }
   sink_close(); /* a re-joined tunnel */
-  g_sink_fd = take_fd((uv_handle_t *)c);
+  g_sink_fd = take_fd((uv_handle_t *)c, (uv_close_cb)free);
   g_sink_poll = malloc(sizeof *g_sink_poll);
   if (g_sink_fd < 0 || !g_sink_poll || uv_poll_init(g_loop, g_sink_poll, g_sink_fd) != 0)
     die("sink: no poll");
@@ -1109,7 +1110,7 @@ static void src_connected(uv_connect_t *req, int status) {
     printf("!! the source could not connect to tcp-listen: %s\n", uv_strerror(status));
     return;
   }
-  g_src_fd = take_fd((uv_handle_t *)&g_src);
+  g_src_fd = take_fd((uv_handle_t *)&g_src, NULL);
   if (g_src_fd < 0 || pipe2(g_src_pipe, O_NONBLOCK | O_CLOEXEC) != 0 ||
       uv_poll_init(g_loop, &g_src_poll, g_src_fd) != 0)
     die("source: no descriptor, pipe or poll");

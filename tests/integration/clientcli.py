@@ -11,13 +11,18 @@
 * ``assert_error(p, status, *parts)``: exit status, nothing on stdout, and
   exactly one line on stderr that contains every part.
 * ``creds_file(env)``: where the credentials of that environment live.
+* ``StubRelay(status, body, port=0)``: a plain-HTTP admin API on
+  127.0.0.1 that answers every GET with one JSON body and records each
+  request's Authorization header (``seen``); a context manager.
 * ``OidcEnv(certs)``: the test IdP (a public client registered for the CLI,
   access tokens for AUDIENCE) and a TLS relay that trusts it and names
   that client in its discovery document.
 """
 
+import http.server
 import os
 import subprocess
+import threading
 
 import idp as idpmod
 import relaytest
@@ -25,6 +30,41 @@ import relaytest
 AUDIENCE = "relay-admin-test"
 CLIENT = "relay-cli-test"
 CREATE, READ, DELETE = "swsrs:session:create", "swsrs:session:read", "swsrs:session:delete"
+
+class StubRelay:
+    """GET anything: `status` with the JSON `body`; Authorization headers in
+    `seen`, in order (None for a request without one)."""
+
+    def __init__(self, status, body, port=0):
+        self.seen = []
+        seen = self.seen
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(self.headers.get("Authorization"))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.srv = http.server.HTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 

@@ -13,7 +13,6 @@ never printed.
 """
 
 import asyncio
-import http.server
 import json
 import os
 import pty
@@ -29,7 +28,8 @@ import pytest
 import websockets
 
 import relaytest
-from clientcli import CREATE, DELETE, READ, OidcEnv, assert_error, client_env, creds_file, run
+from clientcli import (CREATE, DELETE, READ, OidcEnv, StubRelay, assert_error, client_env,
+                       creds_file, run)
 from idp import curl_http
 
 ALL = " ".join((CREATE, READ, DELETE))
@@ -251,21 +251,7 @@ def test_next_address_when_the_first_drops_connects(cenv, tmp_path):
         c.connect_ex(("::1", port))
         fill.append(c)
 
-    class Stub(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b'{"sessions":[]}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", port), Stub)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
+    stub = StubRelay(200, b'{"sessions":[]}', port=port)
     hosts = tmp_path / "hosts"
     hosts.write_text("::1 twohost.test\n127.0.0.1 twohost.test\n")
     try:
@@ -282,8 +268,7 @@ def test_next_address_when_the_first_drops_connects(cenv, tmp_path):
         assert json.loads(p.stdout) == {"sessions": []}, p.stdout
         assert took > 1.5, took  # the first attempt had its half of the 4 s
     finally:
-        srv.shutdown()
-        srv.server_close()
+        stub.close()
         hole.close()
         for c in fill:
             c.close()

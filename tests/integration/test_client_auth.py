@@ -13,18 +13,17 @@ token, refresh token or device code ever reaches the command's output.
 """
 
 import calendar
-import http.server
 import json
 import os
 import re
 import stat
-import threading
 import time
 
 import pytest
 
 import relaytest
-from clientcli import AUDIENCE, CLIENT, OidcEnv, assert_error, client_env, creds_file, run, start
+from clientcli import (AUDIENCE, CLIENT, OidcEnv, StubRelay, assert_error, client_env, creds_file,
+                       run, start)
 
 ALL = ["swsrs:session:create", "swsrs:session:read", "swsrs:session:delete"]
 
@@ -251,38 +250,17 @@ def test_cached_token_goes_to_its_own_relay_only(env, cenv):
     sends it no token: the other relay sees no Authorization header, and
     its 401 is explained.  The same relay named with a trailing slash, or
     by its wss:// URL, still gets the token."""
-    seen = []
-
-    class Stub(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.headers.get("Authorization"))
-            body = b'{"error":"unauthorized","message":"no token"}'
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Stub)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    try:
+    with StubRelay(401, b'{"error":"unauthorized","message":"no token"}') as stub:
         sign_in(env, cenv)
-        other = "http://127.0.0.1:%d" % srv.server_address[1]
+        other = "http://127.0.0.1:%d" % stub.port
         p = run(["list", "--admin-url", other], cenv)
         assert_error(p, 1, "relay list: HTTP 401 unauthorized: no token (the cached credentials "
                      "are for " + env.relay.url(""))
-        assert seen == [None], seen
+        assert stub.seen == [None], stub.seen
         for url in (env.relay.url("") + "/", env.relay.url("").replace("https://", "wss://")):
             p = run(["list", "--admin-url", url, "--ca", env.certs.ca_crt, "--output", "json"],
                     cenv)
             assert p.returncode == 0, p.stderr
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_403_when_the_scope_was_not_granted(env, cenv):

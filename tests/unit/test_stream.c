@@ -628,6 +628,23 @@ static void hand_free(hand *h) {
   SSL_CTX_free(h->ctx);
 }
 
+/* A client connected and through its handshake: the fd, or -1.  *step
+ * names how far it got (1: connecting, 2: the handshake, 3: done). */
+static int hand_open(int port, hand *h, int *step) {
+  *step = 1;
+  int fd = hand_connect(port);
+  if (fd < 0) return -1;
+  *h = hand_new();
+  *step = 2;
+  if (hand_handshake(h->ssl, h->rb, h->wb, fd) != 0) {
+    hand_free(h);
+    close(fd);
+    return -1;
+  }
+  *step = 3;
+  return fd;
+}
+
 static void *vanisher_main(void *arg) {
   vanisher *v = arg;
   v->result = 1;
@@ -698,15 +715,11 @@ typedef struct notifier {
 
 static void *notifier_main(void *arg) {
   notifier *nt = arg;
-  nt->result = 1;
-  int fd = hand_connect(nt->port);
+  hand h;
+  int fd = hand_open(nt->port, &h, &nt->result);
   if (fd < 0) return NULL;
-  hand h = hand_new();
   SSL *ssl = h.ssl;
   BIO *rb = h.rb, *wb = h.wb;
-  nt->result = 2;
-  if (hand_handshake(ssl, rb, wb, fd) != 0) goto out;
-  nt->result = 3;
   if (SSL_write(ssl, "hello", 5) != 5) goto out;
   SSL_shutdown(ssl); /* close_notify, queued behind the data */
   if (flush_wbio(wb, fd, SIZE_MAX) != 0) goto out;
@@ -765,13 +778,9 @@ typedef struct forger {
 
 static void *forger_main(void *arg) {
   forger *fg = arg;
-  fg->result = 1;
-  int fd = hand_connect(fg->port);
+  hand h;
+  int fd = hand_open(fg->port, &h, &fg->result);
   if (fd < 0) return NULL;
-  hand h = hand_new();
-  fg->result = 2;
-  if (hand_handshake(h.ssl, h.rb, h.wb, fd) != 0) goto out;
-  fg->result = 3;
   if (SSL_write(h.ssl, "hello", 5) != 5 || SSL_write(h.ssl, "world", 5) != 5) goto out;
   char buf[256];
   int n = BIO_read(h.wb, buf, sizeof buf);
